@@ -1,0 +1,3 @@
+//! Cross-crate integration tests over real HTTP and real databases.
+
+mod server;
