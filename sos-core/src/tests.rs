@@ -244,3 +244,34 @@ proptest! {
         let _ = Sha256Digest::from_hex(&input);
     }
 }
+
+proptest! {
+    /// Mirrors the fuzz target `parse_outside_input`: arbitrary bytes into every parser, no panic,
+    /// and whatever parses as a signal round-trips.
+    #[test]
+    fn parsers_never_panic_on_arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+        if let Ok(text) = std::str::from_utf8(&data) {
+            let _ = text.parse::<TenantId>();
+            let _ = text.parse::<SignalKind>();
+            let _ = text.parse::<Sha256Digest>();
+            let _ = text.parse::<Severity>();
+        }
+        if let Ok(signal) = serde_json::from_slice::<Signal>(&data) {
+            let back: Signal = serde_json::from_slice(&serde_json::to_vec(&signal).unwrap()).unwrap();
+            prop_assert_eq!(back, signal);
+        }
+    }
+
+    #[test]
+    fn signal_json_roundtrips(subject in "\\PC{1,60}", text in "\\PC{1,60}", days in 0i64..10_000) {
+        prop_assume!(!subject.trim().is_empty() && !text.trim().is_empty());
+        let signal = Signal::builder(acme(), "stale-deal".parse().unwrap())
+            .subject(subject)
+            .text(text)
+            .observed_at(Utc.with_ymd_and_hms(2020, 1, 1, 0, 0, 0).unwrap() + Duration::days(days))
+            .build()
+            .unwrap();
+        let back: Signal = serde_json::from_str(&serde_json::to_string(&signal).unwrap()).unwrap();
+        prop_assert_eq!(back, signal);
+    }
+}
