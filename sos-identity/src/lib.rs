@@ -1,12 +1,78 @@
-//! Deterministic 16-dimensional identity vectors for agents.
+//! Deterministic 16-dimensional identity vectors for agents, their traits, portraits, a
+//! hash-chained registry and resonance routing.
 //!
 //! # Overview
 //!
-//! An agent's vector comes from SHA-256 of its name and role: the same (name, role) gives the
-//! same vector and the same portrait on every machine, forever.
+//! - [`IdentityVector`]: SHA-256 of a version tag and the length-prefixed name and role
+//!   ([`AgentName`], [`AgentRole`], validated but never trimmed or case-folded). The same
+//!   (name, role) gives the same 32 bytes on every machine, forever. Specified with test vectors
+//!   in `docs/identity.md`.
+//! - [`Traits`]: a stable table from dimensions to aesthetic and behavioural parameters.
+//! - [`ResonanceRouter`]: signals go to the agents they resemble (cosine similarity), with bounded
+//!   load, stickiness by subject, deterministic ties and an exact integer mode.
 //!
-//! This crate is being built in stages; the items below are what exists so far.
+//! # Usage
+//!
+//! ```toml
+//! [dependencies]
+//! sos-identity = "0.1"
+//! ```
+//!
+//! # Examples
+//!
+//! ```
+//! use sos_identity::{IdentityVector, Traits};
+//!
+//! let vector = IdentityVector::derive("alice", "researcher")?;
+//! assert_eq!(vector.as_bytes().len(), 32);
+//! let traits = Traits::of(&vector);
+//! assert!(traits.behaviour.formality < 1.0);
+//! // Whitespace is significant: no silent merging of "alice" and "alice ".
+//! assert_ne!(vector, IdentityVector::derive("alice ", "researcher")?);
+//! # Ok::<(), sos_identity::Error>(())
+//! ```
+//!
+//! # Performance
+//!
+//! Deriving a vector costs one SHA-256 of about 40 bytes. Routing one signal scans 64 bytes
+//! per agent in the float mode; see `BENCHMARKS.md` for figures beside the memory-bandwidth bound.
+//!
+//! # Untrusted input
+//!
+//! Names and roles are parsed by [`AgentName::new`] and [`AgentRole::new`], which return
+//! [`Error::InvalidIdentity`] and never panic. A portrait is a recognition aid, not
+//! authentication: verify an agent against the registry.
+//!
+//! # Crate features
+//!
+//! - `sqlite`: the SQLite registry store.
+//! - `postgres`: the PostgreSQL registry store.
+//!
+//! The in-memory store is always available.
 
 mod error;
+mod portrait;
+mod registry;
+mod route;
+mod traits;
+mod vector;
+
+#[cfg(test)]
+mod tests;
 
 pub use error::{Error, Result};
+pub use portrait::{DRAWS_PER_FEATURE, PORTRAIT_SEED_TAG, Portrait};
+pub use registry::{
+    ChainSummary, ENTRY_HASH_TAG, IdentityRegistry, MemoryRegistry, Registration, RegistryEntry,
+    verify_agent, verify_chain,
+};
+#[cfg(feature = "postgres")]
+pub use registry::{PostgresRegistry, postgres_migrator};
+#[cfg(feature = "sqlite")]
+pub use registry::{SqliteRegistry, sqlite_migrator};
+pub use route::{
+    AppliedRule, Candidate, ExplainedCandidate, Explanation, KindEvidenceProfile, LoadPolicy,
+    MAX_SIGNAL_COMPONENT, ResonanceRouter, Routed, RouterConfig, ScoreMode, SignalProfile, SignalVector,
+};
+pub use traits::{Aesthetics, Behaviour, CommunicationStyle, Geometry, Texture, Traits};
+pub use vector::{AgentName, AgentRole, DIMENSIONS, Field, IdentityVector, MAX_FIELD_LEN, VERSION_TAG};

@@ -1,0 +1,726 @@
+//! Resonance routing: signals go to the agents whose identity vectors they resemble.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::Serialize;
+use sos_core::{DomainHasher, Signal, SignalId};
+
+use crate::error::{Error, Result};
+use crate::vector::{AgentName, DIMENSIONS, IdentityVector};
+
+/// Agents per block of the struct-of-arrays layout.
+const LANES: usize = 8;
+/// Floats per block: 16 dimensions × 8 agents, dimension-major.
+const BLOCK: usize = DIMENSIONS * LANES;
+
+/// The largest magnitude of a [`SignalVector`] component.
+pub const MAX_SIGNAL_COMPONENT: i32 = 1 << 20;
+
+/// A signal mapped into the identity space: 16 integers of magnitude at most
+/// [`MAX_SIGNAL_COMPONENT`].
+///
+/// Integers keep the exact routing mode exact: a dot product with an agent's `r` view fits an
+/// `i64`, and comparing two cosines by cross-multiplication fits an `i128`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SignalVector([i32; DIMENSIONS]);
+
+impl SignalVector {
+    /// Wraps 16 components.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when a component's magnitude exceeds [`MAX_SIGNAL_COMPONENT`] or
+    /// all components are zero (a zero vector has no direction).
+    pub fn new(components: [i32; DIMENSIONS]) -> Result<Self> {
+        if components.iter().any(|value| value.unsigned_abs() > MAX_SIGNAL_COMPONENT.unsigned_abs()) {
+            return Err(Error::InvalidConfig {
+                reason: "a signal vector component exceeds 2^20 in magnitude",
+            });
+        }
+        if components.iter().all(|value| *value == 0) {
+            return Err(Error::InvalidConfig { reason: "a signal vector must not be all zeros" });
+        }
+        Ok(Self(components))
+    }
+
+    /// The direction of an identity vector (its `r` view): a signal "like this agent".
+    pub fn from_identity(vector: &IdentityVector) -> Self {
+        Self(vector.r())
+    }
+
+    /// The 16 components.
+    pub const fn components(&self) -> &[i32; DIMENSIONS] {
+        &self.0
+    }
+
+    fn norm_squared(&self) -> i64 {
+        self.0.iter().map(|value| i64::from(*value) * i64::from(*value)).sum()
+    }
+
+    fn normalised(&self) -> [f32; DIMENSIONS] {
+        normalise(&self.0)
+    }
+}
+
+fn normalise(components: &[i32; DIMENSIONS]) -> [f32; DIMENSIONS] {
+    let norm = components.iter().map(|value| f64::from(*value) * f64::from(*value)).sum::<f64>().sqrt();
+    // Identity `r` components are odd, so an agent's norm is never zero; a signal vector is
+    // checked to be non-zero by `SignalVector::new`.
+    components.map(|value| (f64::from(value) / norm) as f32)
+}
+
+/// Maps a signal into the identity space. Hosts implement it to say what their signals are about.
+pub trait SignalProfile: Send + Sync + fmt::Debug {
+    /// The direction of `signal`.
+    fn profile(&self, signal: &Signal) -> SignalVector;
+}
+
+/// The default profile: `3·r(kind) + r(kind, evidence)`.
+///
+/// `r(kind)` is the `r` view of `DomainHasher("sos-identity/signal-kind/v1").str_field(kind)`;
+/// `r(kind, evidence)` that of `DomainHasher("sos-identity/signal-evidence/v1")` over the kind and
+/// the evidence as canonical JSON (object keys sorted, no whitespace). Signals of one kind
+/// therefore cluster around one direction (cosine about 0.95 with it), and their evidence
+/// spreads them a little, so one kind is not pinned to one agent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KindEvidenceProfile;
+
+impl SignalProfile for KindEvidenceProfile {
+    fn profile(&self, signal: &Signal) -> SignalVector {
+        let mut kind = DomainHasher::new("sos-identity/signal-kind/v1");
+        // Kinds are at most 64 bytes: the field cannot exceed the u32 limit.
+        let _ = kind.str_field(signal.kind().as_str());
+        let kind = IdentityVector::from_bytes(kind.finish().to_bytes()).r();
+        let mut canonical = String::new();
+        canonical_json(signal.evidence(), &mut canonical);
+        let mut evidence = DomainHasher::new("sos-identity/signal-evidence/v1");
+        let _ = evidence.str_field(signal.kind().as_str());
+        // Evidence is bounded by the signal's own size limits, far below 4 GiB; were it longer,
+        // the hash would simply cover the kind alone, which is still a valid direction.
+        let _ = evidence.str_field(&canonical);
+        let evidence = IdentityVector::from_bytes(evidence.finish().to_bytes()).r();
+        // |3·65535 + 65535| < 2^20 and both parts are odd, so the sum is even but never all zero
+        // unless evidence = −3·kind componentwise, which odd values within range cannot reach
+        // for every component at once; fall back to the kind alone in that impossible case.
+        let components: [i32; DIMENSIONS] = std::array::from_fn(|d| 3 * kind[d] + evidence[d]);
+        SignalVector::new(components).unwrap_or(SignalVector(kind))
+    }
+}
+
+/// Canonical JSON: object keys in byte order, no whitespace, serde_json's number and string
+/// formatting. Independent of whether serde_json preserves insertion order.
+fn canonical_json(value: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (position, key) in keys.into_iter().enumerate() {
+                if position > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                if let Some(inner) = map.get(key) {
+                    canonical_json(inner, out);
+                }
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (position, item) in items.iter().enumerate() {
+                if position > 0 {
+                    out.push(',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// How scores are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[non_exhaustive]
+pub enum ScoreMode {
+    /// Pre-normalised `f32` dot products over the blocked layout: fastest.
+    #[default]
+    Float,
+    /// `i64` dot products of the `r` views, cosines compared by cross-multiplication in `i128`:
+    /// the same winner on every CPU and compiler, bit for bit.
+    Exact,
+}
+
+/// How load decides between the ranked candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+#[non_exhaustive]
+pub enum LoadPolicy {
+    /// Bounded load: walk the ranking to the first agent whose load stays within
+    /// `ceil((1 + epsilon) · (total load + 1) / agents)` (the default, `epsilon` 0.25).
+    #[default]
+    Bounded,
+    /// Always the best-scoring agent. Unfair: real signals cluster, and a cluster's nearest
+    /// agent then takes all of it.
+    Argmax,
+}
+
+/// Router settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct RouterConfig {
+    /// Scoring mode.
+    pub mode: ScoreMode,
+    /// Load policy.
+    pub load: LoadPolicy,
+    /// The slack of bounded load, in `(0, 16]`.
+    pub epsilon: f64,
+    /// Whether a subject seen before goes back to its agent while that agent has capacity.
+    pub sticky: bool,
+    /// The most subjects remembered for stickiness; when full, the memory is cleared.
+    pub max_sticky_subjects: usize,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            mode: ScoreMode::Float,
+            load: LoadPolicy::Bounded,
+            epsilon: 0.25,
+            sticky: true,
+            max_sticky_subjects: 100_000,
+        }
+    }
+}
+
+impl RouterConfig {
+    /// Sets the scoring mode.
+    pub fn with_mode(mut self, mode: ScoreMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Sets the load policy.
+    pub fn with_load(mut self, load: LoadPolicy) -> Self {
+        self.load = load;
+        self
+    }
+
+    /// Sets the bounded-load slack.
+    pub fn with_epsilon(mut self, epsilon: f64) -> Self {
+        self.epsilon = epsilon;
+        self
+    }
+
+    /// Turns stickiness on or off.
+    pub fn with_sticky(mut self, sticky: bool) -> Self {
+        self.sticky = sticky;
+        self
+    }
+}
+
+/// One ranked agent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Candidate {
+    /// The agent.
+    pub agent: AgentName,
+    /// Cosine similarity in `[-1, 1]` (computed in `f64` for display; the ranking itself used the
+    /// configured mode).
+    pub score: f64,
+}
+
+/// Which rule picked the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub enum AppliedRule {
+    /// The subject went back to the agent that handled it before.
+    Sticky,
+    /// The best-scoring agent had capacity (or the policy is argmax).
+    Best,
+    /// Bounded load skipped `skipped` better-scoring agents at capacity.
+    Overflow {
+        /// How many better-scoring agents were full.
+        skipped: usize,
+    },
+}
+
+/// The outcome of routing one signal.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Routed {
+    /// The chosen agent.
+    pub agent: AgentName,
+    /// Its cosine similarity with the signal.
+    pub score: f64,
+    /// Which rule chose it.
+    pub rule: AppliedRule,
+    /// The per-agent capacity at the time (`u64::MAX` under argmax).
+    pub capacity: u64,
+}
+
+/// One candidate of an explanation, with the 16 terms of its cosine.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExplainedCandidate {
+    /// The agent.
+    pub agent: AgentName,
+    /// Cosine similarity.
+    pub score: f64,
+    /// `a_d · s_d / (|a|·|s|)` for each dimension `d`; they sum to `score`.
+    pub contributions: [f64; DIMENSIONS],
+    /// The agent's current load.
+    pub load: u64,
+}
+
+/// Why a signal would go where it goes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Explanation {
+    /// The top candidates, best first.
+    pub candidates: Vec<ExplainedCandidate>,
+    /// What routing would do now (without changing any load).
+    pub decision: Routed,
+}
+
+/// Routes signals to agents by cosine similarity of identity vectors, with bounded load,
+/// stickiness by subject and deterministic tie-breaking.
+///
+/// Agents sit in blocks of 8 × 16 pre-normalised `f32` (dimension-major, so one block scores 8
+/// agents with straight-line multiply-adds), beside their exact `r` views for the integer mode.
+///
+/// ```
+/// use sos_identity::{AgentName, IdentityVector, ResonanceRouter, RouterConfig, SignalVector};
+///
+/// let mut router = ResonanceRouter::new(RouterConfig::default())?;
+/// for name in ["ada", "grace", "edsger"] {
+///     router.add(AgentName::new(name)?, IdentityVector::derive(name, "engineer")?)?;
+/// }
+/// let like_grace = SignalVector::from_identity(&IdentityVector::derive("grace", "engineer")?);
+/// let top = router.top_k(&like_grace, [0; 16], 1);
+/// assert_eq!(top[0].agent.as_str(), "grace");
+/// # Ok::<(), sos_identity::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct ResonanceRouter {
+    config: RouterConfig,
+    names: Vec<AgentName>,
+    index: HashMap<AgentName, usize>,
+    blocks: Vec<[f32; BLOCK]>,
+    exact: Vec<[i32; DIMENSIONS]>,
+    norms: Vec<i64>,
+    loads: Vec<u64>,
+    total_load: u64,
+    subjects: HashMap<[u8; 32], AgentName>,
+}
+
+/// A score in a form both modes can order: `f32` cosine, or an exact (dot, squared norm) pair.
+#[derive(Debug, Clone, Copy)]
+enum Score {
+    Float(f32),
+    Exact { dot: i64, norm: i64 },
+}
+
+impl Score {
+    fn compare(&self, other: &Self) -> Ordering {
+        match (self, other) {
+            (Self::Float(a), Self::Float(b)) => a.total_cmp(b),
+            (Self::Exact { dot: dot_a, norm: norm_a }, Self::Exact { dot: dot_b, norm: norm_b }) => {
+                compare_exact(*dot_a, *norm_a, *dot_b, *norm_b)
+            }
+            // One router never mixes modes.
+            (Self::Float(_), Self::Exact { .. }) => Ordering::Less,
+            (Self::Exact { .. }, Self::Float(_)) => Ordering::Greater,
+        }
+    }
+}
+
+/// Compares `dot_a / sqrt(norm_a)` with `dot_b / sqrt(norm_b)` exactly.
+///
+/// Signs first; then `dot_a² · norm_b` against `dot_b² · norm_a`. With `|dot| < 2^41` and
+/// `norm < 2^37`, each product stays below `2^119`, inside `i128`.
+fn compare_exact(dot_a: i64, norm_a: i64, dot_b: i64, norm_b: i64) -> Ordering {
+    let sign_a = dot_a.signum();
+    let sign_b = dot_b.signum();
+    if sign_a != sign_b {
+        return sign_a.cmp(&sign_b);
+    }
+    let left = i128::from(dot_a) * i128::from(dot_a) * i128::from(norm_b);
+    let right = i128::from(dot_b) * i128::from(dot_b) * i128::from(norm_a);
+    if sign_a >= 0 { left.cmp(&right) } else { right.cmp(&left) }
+}
+
+/// The tie key of (signal id, agent): the first 8 bytes of
+/// `DomainHasher("sos-identity/tie/v1").field(signal id).str_field(agent)`. Lower wins.
+fn tie_key(signal: &[u8; 16], agent: &AgentName) -> u64 {
+    let mut hasher = DomainHasher::new("sos-identity/tie/v1");
+    let _ = hasher.field(signal);
+    // Names are at most 256 bytes.
+    let _ = hasher.str_field(agent.as_str());
+    let digest = hasher.finish();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_bytes()[..8]);
+    u64::from_be_bytes(first)
+}
+
+impl ResonanceRouter {
+    /// An empty router.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when `epsilon` is not in `(0, 16]`.
+    pub fn new(config: RouterConfig) -> Result<Self> {
+        if !(config.epsilon > 0.0 && config.epsilon <= 16.0) {
+            return Err(Error::InvalidConfig { reason: "epsilon must be in (0, 16]" });
+        }
+        Ok(Self {
+            config,
+            names: Vec::new(),
+            index: HashMap::new(),
+            blocks: Vec::new(),
+            exact: Vec::new(),
+            norms: Vec::new(),
+            loads: Vec::new(),
+            total_load: 0,
+            subjects: HashMap::new(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RouterConfig {
+        &self.config
+    }
+
+    /// The number of agents.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether the router holds no agent.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Adds an agent.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DuplicateAgent`] when the name is already present.
+    pub fn add(&mut self, name: AgentName, vector: IdentityVector) -> Result<()> {
+        if self.index.contains_key(&name) {
+            return Err(Error::DuplicateAgent { name: name.into_string() });
+        }
+        let slot = self.names.len();
+        let r = vector.r();
+        if slot % LANES == 0 {
+            self.blocks.push([0.0; BLOCK]);
+        }
+        self.write_slot(slot, &r);
+        self.exact.push(r);
+        self.norms.push(r.iter().map(|value| i64::from(*value) * i64::from(*value)).sum());
+        self.loads.push(0);
+        self.index.insert(name.clone(), slot);
+        self.names.push(name);
+        Ok(())
+    }
+
+    fn write_slot(&mut self, slot: usize, r: &[i32; DIMENSIONS]) {
+        let unit = normalise(r);
+        let block = &mut self.blocks[slot / LANES];
+        for (dimension, value) in unit.iter().enumerate() {
+            block[dimension * LANES + slot % LANES] = *value;
+        }
+    }
+
+    /// Removes an agent (its load leaves with it). The last agent moves into its slot.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownAgent`] when no agent has this name.
+    pub fn remove(&mut self, name: &AgentName) -> Result<()> {
+        let Some(slot) = self.index.remove(name) else {
+            return Err(Error::UnknownAgent { name: name.as_str().to_owned() });
+        };
+        let last = self.names.len() - 1;
+        self.total_load -= self.loads[slot];
+        if slot != last {
+            let moved = self.exact[last];
+            self.write_slot(slot, &moved);
+            self.exact[slot] = moved;
+            self.norms[slot] = self.norms[last];
+            self.loads[slot] = self.loads[last];
+            self.names.swap(slot, last);
+            self.index.insert(self.names[slot].clone(), slot);
+        }
+        self.names.pop();
+        self.exact.pop();
+        self.norms.pop();
+        self.loads.pop();
+        // Clear the vacated lane so the padding of the last block stays zero.
+        let block = &mut self.blocks[last / LANES];
+        for dimension in 0..DIMENSIONS {
+            block[dimension * LANES + last % LANES] = 0.0;
+        }
+        if last % LANES == 0 {
+            self.blocks.pop();
+        }
+        self.subjects.retain(|_, agent| agent != name);
+        Ok(())
+    }
+
+    /// The current load of an agent.
+    pub fn load(&self, name: &AgentName) -> Option<u64> {
+        self.index.get(name).map(|slot| self.loads[*slot])
+    }
+
+    /// The loads of all agents, in no particular order.
+    pub fn loads(&self) -> &[u64] {
+        &self.loads
+    }
+
+    /// Marks one signal of `name` as handled, lowering its load.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownAgent`] when no agent has this name.
+    pub fn complete(&mut self, name: &AgentName) -> Result<()> {
+        let slot =
+            *self.index.get(name).ok_or_else(|| Error::UnknownAgent { name: name.as_str().to_owned() })?;
+        if self.loads[slot] > 0 {
+            self.loads[slot] -= 1;
+            self.total_load -= 1;
+        }
+        Ok(())
+    }
+
+    /// `Greater` when `a` ranks before `b`: higher score, then lower tie key.
+    fn rank_order(&self, id: &[u8; 16], a: (Score, usize), b: (Score, usize)) -> Ordering {
+        match a.0.compare(&b.0) {
+            Ordering::Equal => tie_key(id, &self.names[b.1]).cmp(&tie_key(id, &self.names[a.1])),
+            other => other,
+        }
+    }
+
+    /// Slots of the best `k` agents, best first.
+    fn top_slots(&self, signal: &SignalVector, id: &[u8; 16], k: usize) -> Vec<(Score, usize)> {
+        let k = k.min(self.names.len());
+        let mut best: Vec<(Score, usize)> = Vec::with_capacity(k + 1);
+        if k == 0 {
+            return best;
+        }
+        let consider = |candidate: (Score, usize), best: &mut Vec<(Score, usize)>| {
+            if best.len() == k {
+                let Some(worst) = best.last() else { return };
+                if self.rank_order(id, candidate, *worst) != Ordering::Greater {
+                    return;
+                }
+                best.pop();
+            }
+            let position = best
+                .iter()
+                .position(|held| self.rank_order(id, candidate, *held) == Ordering::Greater)
+                .unwrap_or(best.len());
+            best.insert(position, candidate);
+        };
+        match self.config.mode {
+            ScoreMode::Float => {
+                let unit = signal.normalised();
+                for (block_index, block) in self.blocks.iter().enumerate() {
+                    let scores = block_scores(block, &unit);
+                    let base = block_index * LANES;
+                    let lanes = LANES.min(self.names.len() - base);
+                    for (lane, score) in scores.iter().take(lanes).enumerate() {
+                        // Quick reject against the current k-th score before any tie logic.
+                        if best.len() == k
+                            && let Some((Score::Float(worst), _)) = best.last()
+                            && *score < *worst
+                        {
+                            continue;
+                        }
+                        consider((Score::Float(*score), base + lane), &mut best);
+                    }
+                }
+            }
+            ScoreMode::Exact => {
+                for (slot, r) in self.exact.iter().enumerate() {
+                    let score = Score::Exact { dot: exact_dot(r, signal), norm: self.norms[slot] };
+                    consider((score, slot), &mut best);
+                }
+            }
+        }
+        best
+    }
+
+    fn cosine(&self, slot: usize, signal: &SignalVector) -> f64 {
+        let dot = exact_dot(&self.exact[slot], signal) as f64;
+        dot / ((self.norms[slot] as f64).sqrt() * (signal.norm_squared() as f64).sqrt())
+    }
+
+    /// The best `k` agents for `signal`, ignoring load. Ties are broken by the hash of
+    /// (`signal_id`, agent name), never by position.
+    pub fn top_k(&self, signal: &SignalVector, signal_id: [u8; 16], k: usize) -> Vec<Candidate> {
+        self.top_slots(signal, &signal_id, k)
+            .into_iter()
+            .map(|(_, slot)| Candidate { agent: self.names[slot].clone(), score: self.cosine(slot, signal) })
+            .collect()
+    }
+
+    fn capacity(&self) -> u64 {
+        match self.config.load {
+            LoadPolicy::Argmax => u64::MAX,
+            LoadPolicy::Bounded => {
+                let agents = self.names.len().max(1) as f64;
+                let bound = ((1.0 + self.config.epsilon) * (self.total_load as f64 + 1.0) / agents).ceil();
+                bound.max(1.0) as u64
+            }
+        }
+    }
+
+    fn subject_key(subject: &str) -> Option<[u8; 32]> {
+        if subject.is_empty() {
+            return None;
+        }
+        let mut hasher = DomainHasher::new("sos-identity/subject/v1");
+        // Subjects are bounded by the signal's limits, far below 4 GiB.
+        let _ = hasher.str_field(subject);
+        Some(hasher.finish().to_bytes())
+    }
+
+    /// Decides where a signal goes, without changing anything.
+    fn decide(
+        &self,
+        signal: &SignalVector,
+        id: &[u8; 16],
+        subject: &str,
+    ) -> Result<(usize, AppliedRule, u64)> {
+        if self.names.is_empty() {
+            return Err(Error::NoAgents);
+        }
+        let capacity = self.capacity();
+        if self.config.sticky
+            && let Some(key) = Self::subject_key(subject)
+            && let Some(agent) = self.subjects.get(&key)
+            && let Some(slot) = self.index.get(agent)
+            && self.loads[*slot] < capacity
+        {
+            return Ok((*slot, AppliedRule::Sticky, capacity));
+        }
+        // Most signals find room among the first few; only when all of them are full does the
+        // walk widen to the whole ranking.
+        let mut width = 32;
+        loop {
+            let ranked = self.top_slots(signal, id, width);
+            for (skipped, (_, slot)) in ranked.iter().enumerate() {
+                if self.loads[*slot] < capacity {
+                    let rule =
+                        if skipped == 0 { AppliedRule::Best } else { AppliedRule::Overflow { skipped } };
+                    return Ok((*slot, rule, capacity));
+                }
+            }
+            if width >= self.names.len() {
+                // Unreachable: some agent is at or below the mean load, which is below capacity.
+                let slot = ranked.first().map_or(0, |(_, slot)| *slot);
+                return Ok((slot, AppliedRule::Overflow { skipped: 0 }, capacity));
+            }
+            width = width.saturating_mul(8);
+        }
+    }
+
+    /// Routes a signal through `profile`, raising the chosen agent's load by one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoAgents`] when the router is empty.
+    pub fn route(&mut self, signal: &Signal, profile: &dyn SignalProfile) -> Result<Routed> {
+        let vector = profile.profile(signal);
+        self.route_vector(&vector, signal.id(), signal.subject())
+    }
+
+    /// Routes an already profiled signal. `subject` drives stickiness (empty: none).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoAgents`] when the router is empty.
+    pub fn route_vector(&mut self, signal: &SignalVector, id: SignalId, subject: &str) -> Result<Routed> {
+        let id_bytes = *id.as_uuid().as_bytes();
+        let (slot, rule, capacity) = self.decide(signal, &id_bytes, subject)?;
+        self.loads[slot] += 1;
+        self.total_load += 1;
+        if self.config.sticky
+            && let Some(key) = Self::subject_key(subject)
+        {
+            if self.subjects.len() >= self.config.max_sticky_subjects && !self.subjects.contains_key(&key) {
+                self.subjects.clear();
+            }
+            self.subjects.insert(key, self.names[slot].clone());
+        }
+        Ok(Routed { agent: self.names[slot].clone(), score: self.cosine(slot, signal), rule, capacity })
+    }
+
+    /// Explains where `signal` would go now: the top `k` with scores, per-dimension
+    /// contributions and loads, and the decision with the rule that applied. Changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoAgents`] when the router is empty.
+    pub fn explain(&self, signal: &Signal, profile: &dyn SignalProfile, k: usize) -> Result<Explanation> {
+        let vector = profile.profile(signal);
+        let id_bytes = *signal.id().as_uuid().as_bytes();
+        let (slot, rule, capacity) = self.decide(&vector, &id_bytes, signal.subject())?;
+        let signal_norm = (vector.norm_squared() as f64).sqrt();
+        let candidates = self
+            .top_slots(&vector, &id_bytes, k)
+            .into_iter()
+            .map(|(_, slot)| {
+                let agent_norm = (self.norms[slot] as f64).sqrt();
+                let r = &self.exact[slot];
+                let contributions: [f64; DIMENSIONS] = std::array::from_fn(|d| {
+                    f64::from(r[d]) * f64::from(vector.0[d]) / (agent_norm * signal_norm)
+                });
+                ExplainedCandidate {
+                    agent: self.names[slot].clone(),
+                    score: self.cosine(slot, &vector),
+                    contributions,
+                    load: self.loads[slot],
+                }
+            })
+            .collect();
+        let decision =
+            Routed { agent: self.names[slot].clone(), score: self.cosine(slot, &vector), rule, capacity };
+        Ok(Explanation { candidates, decision })
+    }
+
+    /// Sum of every float of the agent array: the memory-bandwidth bound a full scan is
+    /// measured against in the benchmarks.
+    pub fn bandwidth_probe(&self) -> f32 {
+        let mut lanes = [0.0f32; LANES];
+        for block in &self.blocks {
+            for chunk in block.chunks_exact(LANES) {
+                for (lane, value) in chunk.iter().enumerate() {
+                    lanes[lane] += *value;
+                }
+            }
+        }
+        lanes.iter().sum()
+    }
+}
+
+/// The 8 dot products of one block with a unit signal.
+#[inline]
+fn block_scores(block: &[f32; BLOCK], unit: &[f32; DIMENSIONS]) -> [f32; LANES] {
+    let mut sums = [0.0f32; LANES];
+    for (dimension, value) in unit.iter().enumerate() {
+        let row = &block[dimension * LANES..dimension * LANES + LANES];
+        for lane in 0..LANES {
+            sums[lane] += row[lane] * value;
+        }
+    }
+    sums
+}
+
+fn exact_dot(r: &[i32; DIMENSIONS], signal: &SignalVector) -> i64 {
+    r.iter().zip(signal.0.iter()).map(|(a, s)| i64::from(*a) * i64::from(*s)).sum()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! Integration tests of sos-identity through its public API.
