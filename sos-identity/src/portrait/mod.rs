@@ -125,12 +125,14 @@ const CONTRAST: [(f64, f64); 4] = [(0.88, 0.56), (0.93, 0.40), (0.24, 0.66), (0.
 /// Ring radii in hundredths, outermost first.
 const RING_RADII: [i64; 4] = [2150, 1550, 1000, 550];
 /// Element sizes in hundredths by scale level.
-const ELEMENT_SIZES: [i64; 4] = [230, 290, 350, 410];
+const ELEMENT_SIZES: [i64; 4] = [280, 360, 440, 520];
+/// The tinted half of the background, by split feature: top, left, upper-left and upper-right.
+const SPLITS: [&str; 4] = ["M0 0H64V32H0z", "M0 0H32V64H0z", "M0 0H64L0 64z", "M0 0H64V64z"];
 /// Corner radius of the frame, by frame feature.
 const FRAME_CORNERS: [u32; 4] = [8, 32, 3, 16];
 
 /// The fixed feature draws: feature `k` owns words `2k` and `2k + 1` of the ChaCha20 stream.
-fn feature_draws(vector: &IdentityVector) -> [[u32; DRAWS_PER_FEATURE]; 4] {
+fn feature_draws(vector: &IdentityVector) -> [[u32; DRAWS_PER_FEATURE]; 5] {
     let mut hasher = DomainHasher::new(PORTRAIT_SEED_TAG);
     // A 32-byte field cannot exceed the u32 length limit.
     let _ = hasher.field(vector.as_bytes());
@@ -141,7 +143,7 @@ fn feature_draws(vector: &IdentityVector) -> [[u32; DRAWS_PER_FEATURE]; 4] {
 fn write_svg(vector: &IdentityVector, svg: &mut String) {
     // Writing to a String cannot fail; the results are discarded on that invariant.
     let traits = Traits::of(vector).aesthetics;
-    let [frame_draw, marks_draw, radius_draw, texture_draw] = feature_draws(vector);
+    let [frame_draw, marks_draw, radius_draw, texture_draw, split_draw] = feature_draws(vector);
 
     let hue = f64::from(traits.hue_family) * 22.5;
     let accent_hue = (hue + ACCENT_OFFSETS[usize::from(traits.accent)]) % 360.0;
@@ -177,6 +179,12 @@ fn write_svg(vector: &IdentityVector, svg: &mut String) {
     let _ =
         write!(svg, "<circle id=\"m\" cy=\"-29\" r=\"{}\" fill=\"{accent}\"/></defs>", Fixed(mark_radius));
     let _ = write!(svg, "<rect width=\"64\" height=\"64\" rx=\"{corner}\" fill=\"{background}\"/>");
+    // Half of the background in the accent hue at the background's lightness: a large area
+    // that varies with the accent (8) and the split direction (4), so that portraits sharing a
+    // hue family and contrast still differ at thumbnail size.
+    let tint = hsl(accent_hue, 0.75, background_lightness);
+    let split = SPLITS[(split_draw[0] % 4) as usize];
+    let _ = write!(svg, "<path clip-path=\"url(#f)\" fill=\"{tint}\" d=\"{split}\"/>");
     write_texture(svg, traits.texture, foreground, texture_draw[0]);
     svg.push_str("<g transform=\"translate(32 32)\">");
     // Rotation of the whole ring: eighths of one sector, in hundredths of a degree.
