@@ -1,0 +1,20 @@
+-- sos-webhooks: one dedupe record per (tenant, provider, event id).
+-- Every key column is NOT NULL (named shape unique-null): a NULL would make the key distinct
+-- from every other and silently admit duplicates.
+CREATE TABLE sos_webhook_events (
+    tenant        TEXT        NOT NULL,
+    provider      TEXT        NOT NULL,
+    event_id      TEXT        NOT NULL,
+    body_hash     BYTEA       NOT NULL CHECK (octet_length(body_hash) = 32),
+    state         TEXT        NOT NULL CHECK (state IN ('processing', 'processed', 'failed')),
+    claim_token   TEXT        NOT NULL,
+    attempts      INTEGER     NOT NULL CHECK (attempts >= 1),
+    lease_until   TIMESTAMPTZ NOT NULL,
+    last_error    TEXT,
+    first_seen_at TIMESTAMPTZ NOT NULL,
+    updated_at    TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (tenant, provider, event_id)
+);
+
+-- Retention purges processed records by age.
+CREATE INDEX sos_webhook_events_processed_age ON sos_webhook_events (updated_at) WHERE state = 'processed';

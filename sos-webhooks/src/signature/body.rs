@@ -1,0 +1,48 @@
+//! Reading a request body with a size limit enforced while it streams in.
+
+use futures::{Stream, StreamExt as _};
+
+use crate::error::{Error, Result};
+
+/// The default body limit: 1 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// Collects a body from a stream of chunks, refusing it as soon as it grows past `limit` bytes.
+///
+/// The limit is checked on the bytes actually received, never on a `Content-Length` the sender
+/// claims, and reading stops at the first chunk that crosses it.
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// use sos_webhooks::signature::read_body_limited;
+///
+/// let chunks = futures::stream::iter([Ok::<_, std::io::Error>(&b"{\"id\":"[..]), Ok(&b"1}"[..])]);
+/// assert_eq!(read_body_limited(chunks, 1024).await?, b"{\"id\":1}");
+///
+/// let endless = futures::stream::repeat_with(|| Ok::<_, std::io::Error>([0u8; 4096]));
+/// assert!(read_body_limited(endless, 1024 * 1024).await.is_err());
+/// # Ok::<(), sos_webhooks::Error>(())
+/// # }).unwrap();
+/// ```
+///
+/// # Errors
+///
+/// [`Error::BodyTooLarge`] past the limit; [`Error::BodyRead`] when the stream fails.
+pub async fn read_body_limited<S, B, E>(stream: S, limit: usize) -> Result<Vec<u8>>
+where
+    S: Stream<Item = std::result::Result<B, E>>,
+    B: AsRef<[u8]>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|error| Error::BodyRead(error.into()))?;
+        let chunk = chunk.as_ref();
+        if chunk.len() > limit.saturating_sub(body.len()) {
+            return Err(Error::BodyTooLarge { limit });
+        }
+        body.extend_from_slice(chunk);
+    }
+    Ok(body)
+}

@@ -1,0 +1,169 @@
+//! SQLite: transactional mode, the two-phase suite, and the child side of the multi-process
+//! tests.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sos_core::SystemClock;
+use sos_testkit::SqliteTestDatabase;
+use sos_webhooks::{EventKey, Outcome, RunError, SqliteStore, WebhookGuard, sqlite_migrator};
+use sqlx::SqlitePool;
+
+use crate::support::{Counts, key};
+
+pub(crate) async fn database() -> SqliteTestDatabase {
+    let migrator = sqlite_migrator();
+    let database = SqliteTestDatabase::new(&[&migrator]).await;
+    sqlx::query(
+        "CREATE TABLE handler_effects (tenant TEXT NOT NULL, event_id TEXT NOT NULL, worker TEXT NOT NULL)",
+    )
+    .execute(database.pool())
+    .await
+    .unwrap();
+    database
+}
+
+pub(crate) async fn effects(pool: &SqlitePool, event: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM handler_effects WHERE event_id = ?1")
+        .bind(event)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+pub(crate) async fn deliver(
+    guard: &WebhookGuard<SqliteStore>,
+    key: &EventKey,
+    body: &[u8],
+    worker: &str,
+) -> Result<Outcome<()>, RunError<sqlx::Error>> {
+    let event = key.event_id().as_str().to_owned();
+    let worker = worker.to_owned();
+    guard
+        .transactional(key, body, |tx| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO handler_effects (tenant, event_id, worker) VALUES ('acme', ?1, ?2)")
+                    .bind(event)
+                    .bind(worker)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
+}
+
+/// The child's work in the multi-process test. `url` is the database file's path.
+pub(crate) async fn deliver_all(url: &str, events: usize, tasks: usize) -> Counts {
+    let pool = sos_testkit::sqlite_pool(Path::new(url), tasks as u32).await;
+    let guard = Arc::new(WebhookGuard::new(SqliteStore::new(pool), SystemClock));
+    let worker = format!("pid-{}", std::process::id());
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let guard = Arc::clone(&guard);
+        let worker = worker.clone();
+        handles.push(tokio::spawn(async move {
+            let mut counts = Counts::default();
+            for event in 0..events {
+                let key = key("acme", &format!("evt_{event}"));
+                let body = format!("{{\"id\":{event}}}");
+                loop {
+                    match deliver(&guard, &key, body.as_bytes(), &worker).await.unwrap() {
+                        Outcome::Processed(()) => counts.processed += 1,
+                        Outcome::AlreadyProcessed => counts.already += 1,
+                        Outcome::RetryInFlight => {
+                            counts.retries += 1;
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                            continue;
+                        }
+                        other => panic!("unexpected answer {other:?}"),
+                    }
+                    break;
+                }
+            }
+            counts
+        }));
+    }
+    let mut total = Counts::default();
+    for handle in handles {
+        total.add(handle.await.unwrap());
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_two_phase_conformance() {
+    let database = database().await;
+    crate::conformance::two_phase_suite(SqliteStore::new(database.pool().clone())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_handler_error_leaves_nothing() {
+    let database = database().await;
+    let guard = WebhookGuard::new(SqliteStore::new(database.pool().clone()), SystemClock);
+    let event = key("acme", "evt_error");
+    let result = guard
+        .transactional(&event, b"{}", |tx| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO handler_effects VALUES ('acme', 'evt_error', 'failing')")
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|error| error.to_string())?;
+                Err::<(), _>("the handler failed after writing".to_owned())
+            })
+        })
+        .await;
+    assert!(matches!(result, Err(RunError::Handler(_))));
+    assert_eq!(effects(database.pool(), "evt_error").await, 0);
+    let records: i64 = sqlx::query_scalar("SELECT count(*) FROM sos_webhook_events")
+        .fetch_one(database.pool())
+        .await
+        .unwrap();
+    assert_eq!(records, 0);
+    assert_eq!(deliver(&guard, &event, b"{}", "retry").await.unwrap(), Outcome::Processed(()));
+    assert_eq!(deliver(&guard, &event, b"{}", "again").await.unwrap(), Outcome::AlreadyProcessed);
+    assert_eq!(effects(database.pool(), "evt_error").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_retry_in_flight_while_handler_holds_the_write_lock() {
+    let database = database().await;
+    let guard = Arc::new(WebhookGuard::new(SqliteStore::new(database.pool().clone()), SystemClock));
+    let event = key("acme", "evt_slow");
+    let (started_sender, started_receiver) = tokio::sync::oneshot::channel();
+    let slow = {
+        let guard = Arc::clone(&guard);
+        let event = event.clone();
+        tokio::spawn(async move {
+            guard
+                .transactional(&event, b"{}", |tx| {
+                    Box::pin(async move {
+                        sqlx::query("INSERT INTO handler_effects VALUES ('acme', 'evt_slow', 'slow')")
+                            .execute(&mut **tx)
+                            .await?;
+                        let _ = started_sender.send(());
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        Ok::<_, sqlx::Error>(())
+                    })
+                })
+                .await
+        })
+    };
+    started_receiver.await.unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(deliver(&guard, &event, b"{}", "dup").await.unwrap(), Outcome::RetryInFlight);
+    assert!(started.elapsed() < Duration::from_millis(500), "answered after {:?}", started.elapsed());
+    assert_eq!(slow.await.unwrap().unwrap(), Outcome::Processed(()));
+    assert_eq!(deliver(&guard, &event, b"{}", "late").await.unwrap(), Outcome::AlreadyProcessed);
+    assert_eq!(effects(database.pool(), "evt_slow").await, 1);
+    // The connection's own busy timeout (5 s from the harness) was put back.
+    let timeouts: Vec<i64> = {
+        let mut values = Vec::new();
+        for _ in 0..4 {
+            values.push(sqlx::query_scalar("PRAGMA busy_timeout").fetch_one(database.pool()).await.unwrap());
+        }
+        values
+    };
+    assert!(timeouts.iter().all(|timeout| *timeout == 5000), "{timeouts:?}");
+}
