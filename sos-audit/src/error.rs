@@ -1,13 +1,88 @@
 //! The one error type of `sos-audit`.
 
+use crate::ExpectRows;
+
 /// Everything that can go wrong in `sos-audit`.
+///
+/// Tampering found by the verifier is not an error: it is a [`Finding`](crate::Finding) inside a
+/// [`Verdict`](crate::Verdict). Errors are about input that cannot be read or stores that cannot
+/// be reached.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A value from `sos-core` was rejected.
     #[error(transparent)]
     Core(#[from] sos_core::Error),
+    /// A field of a new entry was rejected before anything was written.
+    #[error("invalid audit entry {field}: {reason}")]
+    InvalidEntry {
+        /// Which field (`actor`, `action`, `subject`).
+        field: &'static str,
+        /// Why it was rejected and what is accepted.
+        reason: &'static str,
+    },
+    /// A payload could not be put in canonical JSON form.
+    #[error(
+        "invalid audit payload: {reason}; use objects, arrays, strings, booleans, null and integers within ±(2^53 - 1)"
+    )]
+    InvalidPayload {
+        /// What was wrong.
+        reason: String,
+    },
+    /// The host's write inside an audited transaction changed an unexpected number of rows; the
+    /// audit entry and the write were both rolled back.
+    #[error(
+        "audited write changed {actual} rows where {expected} were expected; the write and its audit entry were rolled back"
+    )]
+    UnexpectedRows {
+        /// What the caller expected.
+        expected: ExpectRows,
+        /// What the write reported.
+        actual: u64,
+    },
+    /// The host's write inside an audited transaction failed; the audit entry and the write were
+    /// both rolled back.
+    #[error("audited write failed, so the write and its audit entry were rolled back")]
+    HostWrite(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The backing store failed (connection, SQL or constraint error).
+    #[error(
+        "audit store failed; check that the database is reachable and the sos-audit migrations are applied"
+    )]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A stored row cannot even be read as an audit entry (wrong hash length, negative sequence
+    /// number, invalid tenant id). The verifier reports this as tampering.
+    #[error("stored audit row of tenant {tenant:?} at seq {seq} is corrupt: {reason}")]
+    CorruptEntry {
+        /// The tenant column as stored.
+        tenant: String,
+        /// The sequence number as stored.
+        seq: i64,
+        /// What is wrong with the row.
+        reason: &'static str,
+    },
+    /// A line of a JSONL chain file is not a valid entry.
+    #[error("line {line} of the chain file is not a valid audit entry: {reason}")]
+    MalformedLine {
+        /// The 1-based line number.
+        line: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An expected head was not `SEQ:HASH`.
+    #[error("invalid chain head {input:?}: expected SEQ:HASH, such as 42:<64 hex characters>")]
+    InvalidHead {
+        /// The rejected input (at most 200 characters).
+        input: String,
+    },
+    /// Reading or writing a chain file failed.
+    #[error("chain file I/O failed")]
+    Io(#[from] std::io::Error),
 }
 
 /// `Result` with [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn storage(error: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Storage(Box::new(error))
+}

@@ -1,0 +1,266 @@
+//! The SQLite store and audited writes (feature `sqlite`).
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use sos_core::{Clock, Sha256Digest, SystemClock, TenantId};
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
+use sqlx::{Connection as _, Row as _};
+
+use crate::entry::{AuditEntry, ChainHead, NewEntry};
+use crate::error::{Error, Result, storage};
+use crate::store::{AuditStore, ExpectRows};
+
+/// The SQLite migrations of `sos-audit` (versions `01xxxxxxxx`; versions of other crates
+/// sharing the database are ignored).
+pub fn sqlite_migrator() -> Migrator {
+    let mut migrator = sqlx::migrate!("./migrations/sqlite");
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
+/// Per-tenant chains in SQLite, and audited writes in the host's own transaction.
+///
+/// SQLite has one writer at a time, so appends serialize on the database's write lock: every
+/// append first writes the tenant's `audit_heads` row, which takes the write lock before the
+/// head is read, so no append works from a stale head. Start host transactions with
+/// [`SqliteAuditChain::begin`] (`BEGIN IMMEDIATE`): a deferred transaction that reads before it
+/// writes can fail with `SQLITE_BUSY` when another writer got in first. The primary key
+/// `(tenant, seq)` is the backstop.
+#[derive(Debug, Clone)]
+pub struct SqliteAuditChain {
+    pool: SqlitePool,
+    clock: Arc<dyn Clock>,
+}
+
+impl SqliteAuditChain {
+    /// A chain store on `pool` (run [`sqlite_migrator`] first), on the system clock.
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool, clock: Arc::new(SystemClock) }
+    }
+
+    /// Uses `clock` for entry times.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Starts a host transaction with `BEGIN IMMEDIATE`, taking the write lock up front.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] when the database cannot be reached or stays locked past its busy
+    /// timeout.
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(storage)
+    }
+
+    /// Audit before write: appends `entry`, then runs the host's `write` on the same connection,
+    /// inside a savepoint of the host's transaction (or a transaction of its own when `conn` is
+    /// not in one).
+    ///
+    /// `write` returns the number of rows it changed. When that number does not meet `expect`, or
+    /// `write` fails, the savepoint is rolled back, so neither the audit entry nor the write
+    /// survives even if the host then commits its transaction, and the caller gets
+    /// [`Error::UnexpectedRows`] or [`Error::HostWrite`]. The head lock is held until the host's
+    /// transaction ends; keep audited transactions short.
+    ///
+    /// ```no_run
+    /// # async fn example(chain: sos_audit::SqliteAuditChain, entry: sos_audit::NewEntry) -> sos_audit::Result<()> {
+    /// use sos_audit::ExpectRows;
+    ///
+    /// let mut tx = chain.begin().await?;
+    /// chain
+    ///     .audited(&mut tx, entry, ExpectRows::Exactly(1), |conn| {
+    ///         Box::pin(async move {
+    ///             let done = sqlx::query("UPDATE deals SET stage = 'won' WHERE id = 42").execute(conn).await?;
+    ///             Ok::<_, sqlx::Error>(done.rows_affected())
+    ///         })
+    ///     })
+    ///     .await?;
+    /// tx.commit().await.map_err(|error| sos_audit::Error::Storage(error.into()))?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnexpectedRows`], [`Error::HostWrite`], or [`Error::Storage`] when the database
+    /// fails (the savepoint is rolled back in every case).
+    pub async fn audited<F, E>(
+        &self,
+        conn: &mut SqliteConnection,
+        entry: NewEntry,
+        expect: ExpectRows,
+        write: F,
+    ) -> Result<AuditEntry>
+    where
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<u64, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let mut savepoint = if conn.is_in_transaction() {
+            conn.begin().await.map_err(storage)?
+        } else {
+            conn.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?
+        };
+        let appended = match append_locked(&mut savepoint, entry, self.clock.now()).await {
+            Ok(appended) => appended,
+            Err(error) => {
+                savepoint.rollback().await.map_err(storage)?;
+                return Err(error);
+            }
+        };
+        let failure = match write(&mut savepoint).await {
+            Ok(rows) if expect.admits(rows) => None,
+            Ok(rows) => Some(Error::UnexpectedRows { expected: expect, actual: rows }),
+            Err(error) => Some(Error::HostWrite(Box::new(error))),
+        };
+        match failure {
+            None => {
+                savepoint.commit().await.map_err(storage)?;
+                Ok(appended)
+            }
+            Some(error) => {
+                savepoint.rollback().await.map_err(storage)?;
+                Err(error)
+            }
+        }
+    }
+}
+
+async fn append_locked(
+    conn: &mut SqliteConnection,
+    entry: NewEntry,
+    time: chrono::DateTime<chrono::Utc>,
+) -> Result<AuditEntry> {
+    let tenant = entry.tenant().as_str().to_owned();
+    // Writing the head row first takes SQLite's write lock before the head is read, so the read
+    // cannot be stale; the no-op update returns the current head.
+    let row = sqlx::query(
+        "INSERT INTO audit_heads (tenant, seq, hash) VALUES (?1, 0, ?2)
+         ON CONFLICT (tenant) DO UPDATE SET seq = audit_heads.seq
+         RETURNING seq, hash",
+    )
+    .bind(&tenant)
+    .bind(Sha256Digest::ZERO.as_bytes().as_slice())
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(storage)?;
+    let (last_seq, prev_hash) = head_from_row(&tenant, &row)?;
+    let stored = entry.into_entry(last_seq + 1, time, prev_hash)?;
+    let seq = i64::try_from(stored.seq).map_err(|_| Error::CorruptEntry {
+        tenant: tenant.clone(),
+        seq: i64::MAX,
+        reason: "the chain is full (seq exceeds i64)",
+    })?;
+    sqlx::query(
+        "INSERT INTO audit_entries (tenant, seq, time_us, actor, action, subject, payload, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .bind(&tenant)
+    .bind(seq)
+    .bind(stored.time_us)
+    .bind(&stored.actor)
+    .bind(&stored.action)
+    .bind(&stored.subject)
+    .bind(&stored.payload)
+    .bind(stored.prev_hash.as_bytes().as_slice())
+    .bind(stored.hash.as_bytes().as_slice())
+    .execute(&mut *conn)
+    .await
+    .map_err(storage)?;
+    sqlx::query("UPDATE audit_heads SET seq = ?2, hash = ?3 WHERE tenant = ?1")
+        .bind(&tenant)
+        .bind(seq)
+        .bind(stored.hash.as_bytes().as_slice())
+        .execute(&mut *conn)
+        .await
+        .map_err(storage)?;
+    Ok(stored)
+}
+
+fn head_from_row(tenant: &str, row: &SqliteRow) -> Result<(u64, Sha256Digest)> {
+    let seq: i64 = row.try_get("seq").map_err(storage)?;
+    let hash: Vec<u8> = row.try_get("hash").map_err(storage)?;
+    let corrupt = |reason| Error::CorruptEntry { tenant: tenant.to_owned(), seq, reason };
+    let seq_unsigned = u64::try_from(seq).map_err(|_| corrupt("negative seq in the head row"))?;
+    let hash = <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| corrupt("head hash is not 32 bytes"))?;
+    Ok((seq_unsigned, Sha256Digest::from_bytes(hash)))
+}
+
+fn entry_from_row(row: &SqliteRow) -> Result<AuditEntry> {
+    let tenant: String = row.try_get("tenant").map_err(storage)?;
+    let seq: i64 = row.try_get("seq").map_err(storage)?;
+    let prev_hash: Vec<u8> = row.try_get("prev_hash").map_err(storage)?;
+    let hash: Vec<u8> = row.try_get("hash").map_err(storage)?;
+    crate::entry_from_parts(crate::RowParts {
+        tenant,
+        seq,
+        time_us: row.try_get("time_us").map_err(storage)?,
+        actor: row.try_get("actor").map_err(storage)?,
+        action: row.try_get("action").map_err(storage)?,
+        subject: row.try_get("subject").map_err(storage)?,
+        payload: row.try_get("payload").map_err(storage)?,
+        prev_hash,
+        hash,
+    })
+}
+
+impl AuditStore for SqliteAuditChain {
+    async fn append(&self, entry: NewEntry) -> Result<AuditEntry> {
+        let mut tx = self.begin().await?;
+        let stored = append_locked(&mut tx, entry, self.clock.now()).await?;
+        tx.commit().await.map_err(storage)?;
+        Ok(stored)
+    }
+
+    async fn head(&self, tenant: &TenantId) -> Result<Option<ChainHead>> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_heads WHERE tenant = ?1")
+            .bind(tenant.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(storage)?;
+        let Some(row) = row else { return Ok(None) };
+        let (seq, hash) = head_from_row(tenant.as_str(), &row)?;
+        Ok((seq > 0).then_some(ChainHead { seq, hash }))
+    }
+
+    async fn read_page(&self, tenant: &TenantId, after_seq: u64, limit: u32) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT tenant, seq, time_us, actor, action, subject, payload, prev_hash, hash
+             FROM audit_entries WHERE tenant = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )
+        .bind(tenant.as_str())
+        .bind(i64::try_from(after_seq).unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(storage)?;
+        rows.iter().map(entry_from_row).collect()
+    }
+
+    async fn tenants(&self) -> Result<Vec<TenantId>> {
+        let rows = sqlx::query(
+            "SELECT tenant FROM audit_heads UNION SELECT DISTINCT tenant FROM audit_entries ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(storage)?;
+        rows.iter()
+            .map(|row| {
+                let tenant: String = row.try_get(0).map_err(storage)?;
+                TenantId::new(tenant.clone()).map_err(|_| Error::CorruptEntry {
+                    tenant,
+                    seq: 0,
+                    reason: "the tenant id is invalid",
+                })
+            })
+            .collect()
+    }
+}

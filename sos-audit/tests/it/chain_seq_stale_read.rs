@@ -1,0 +1,129 @@
+//! Named shape `chain-seq-stale-read`: concurrent appenders, in several OS processes, to one
+//! tenant's chain on one PostgreSQL never fork it or reuse a sequence number; other tenants do
+//! not wait for them.
+
+use std::process::Command;
+use std::time::Duration;
+
+use sos_audit::{AuditStore, ExpectRows, PgAuditChain, Verdict, verify_store};
+use sos_testkit::PgTestDatabase;
+
+use crate::{entry, tenant};
+
+const ROLE_VAR: &str = "SOS_CHILD_ROLE";
+const URL_VAR: &str = "SOS_AUDIT_CHILD_DATABASE_URL";
+const COUNT_VAR: &str = "SOS_AUDIT_CHILD_ENTRIES";
+const PROCESSES: usize = 2;
+const TASKS: u64 = 8;
+const TOTAL: u64 = 5_000;
+
+async fn append_concurrently(url: &str, entries: u64) {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(TASKS as u32)
+        .connect(url)
+        .await
+        .expect("child connects to the test database");
+    let chain = PgAuditChain::new(pool);
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let chain = chain.clone();
+        let share = entries / TASKS + u64::from(task < entries % TASKS);
+        tasks.push(tokio::spawn(async move {
+            for index in 0..share {
+                chain.append(entry("acme", task * 1_000_000 + index)).await.expect("append");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("appender task");
+    }
+}
+
+/// The child half of `two_processes_eight_tasks_one_gap_free_chain`. Run on its own (without
+/// `SOS_CHILD_ROLE`), it appends 80 entries from 8 tasks to a fresh database and checks the chain,
+/// so it is a meaningful test either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn child_appender() {
+    if std::env::var(ROLE_VAR).as_deref() == Ok("audit-appender") {
+        let url = std::env::var(URL_VAR).expect("the parent passes the database URL");
+        let entries: u64 =
+            std::env::var(COUNT_VAR).expect("the parent passes the count").parse().expect("a count");
+        append_concurrently(&url, entries).await;
+        return;
+    }
+    let database = PgTestDatabase::new(&[&sos_audit::postgres_migrator()]).await;
+    append_concurrently(database.url(), 80).await;
+    let chain = PgAuditChain::new(database.pool().clone());
+    let verdict = verify_store(&chain, &tenant("acme"), None, |_| {}).await.expect("verify");
+    assert!(matches!(verdict, Verdict::Intact(ref verified) if verified.entries == 80), "{verdict:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_eight_tasks_one_gap_free_chain() {
+    let database = PgTestDatabase::new(&[&sos_audit::postgres_migrator()]).await;
+    let executable = std::env::current_exe().expect("the test binary's path");
+    let per_process = TOTAL / PROCESSES as u64;
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|_| {
+            Command::new(&executable)
+                .args(["--exact", "chain_seq_stale_read::child_appender", "--nocapture"])
+                .env(ROLE_VAR, "audit-appender")
+                .env(URL_VAR, database.url())
+                .env(COUNT_VAR, per_process.to_string())
+                .spawn()
+                .expect("spawn a child appender")
+        })
+        .collect();
+    for mut child in children {
+        let status = tokio::task::spawn_blocking(move || child.wait()).await.expect("join").expect("wait");
+        assert!(status.success(), "a child appender failed: {status}");
+    }
+    let chain = PgAuditChain::new(database.pool().clone());
+    let verdict = verify_store(&chain, &tenant("acme"), None, |_| {}).await.expect("verify");
+    match verdict {
+        Verdict::Intact(verified) => {
+            assert_eq!(verified.entries, TOTAL);
+            assert_eq!(verified.head.map(|head| head.seq), Some(TOTAL));
+        }
+        other => panic!("the chain forked or has gaps: {other:?}"),
+    }
+    let distinct: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT seq) FROM audit_entries WHERE tenant = 'acme'")
+            .fetch_one(database.pool())
+            .await
+            .expect("count");
+    assert_eq!(distinct, TOTAL as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_do_not_serialize_on_each_other() {
+    let database = PgTestDatabase::new(&[&sos_audit::postgres_migrator()]).await;
+    let chain = PgAuditChain::new(database.pool().clone());
+    chain.append(entry("acme", 0)).await.expect("first append");
+
+    // Hold acme's head lock in an open transaction.
+    let mut tx = database.pool().begin().await.expect("begin");
+    chain
+        .audited(&mut tx, entry("acme", 1), ExpectRows::Exactly(0), |_conn| {
+            Box::pin(async move { Ok::<u64, sqlx::Error>(0) })
+        })
+        .await
+        .expect("audited entry holding the lock");
+
+    let blocked = tokio::spawn({
+        let chain = chain.clone();
+        async move { chain.append(entry("acme", 2)).await }
+    });
+    let other = tokio::time::timeout(Duration::from_secs(5), chain.append(entry("globex", 0)))
+        .await
+        .expect("another tenant's append does not wait for acme's lock")
+        .expect("append");
+    assert_eq!(other.seq, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!blocked.is_finished(), "a second acme append must wait for the head lock");
+
+    tx.commit().await.expect("commit");
+    let unblocked = blocked.await.expect("join").expect("append after the lock is released");
+    assert_eq!(unblocked.seq, 3);
+    assert!(verify_store(&chain, &tenant("acme"), None, |_| {}).await.expect("verify").is_intact());
+}

@@ -1,0 +1,109 @@
+//! The entry table is write-once in the database itself, and tampering done around the triggers
+//! (deliberately, as the table owner) is found by the verifier.
+
+use sos_audit::{AuditStore, Finding, verify_store};
+
+use crate::{entry, tenant};
+
+mod postgres {
+    use sos_audit::PgAuditChain;
+    use sos_testkit::PgTestDatabase;
+
+    use super::*;
+
+    async fn chain_of(length: u64) -> (PgTestDatabase, PgAuditChain) {
+        let database = PgTestDatabase::new(&[&sos_audit::postgres_migrator()]).await;
+        let chain = PgAuditChain::new(database.pool().clone());
+        for index in 0..length {
+            chain.append(entry("acme", index)).await.expect("append");
+        }
+        (database, chain)
+    }
+
+    #[tokio::test]
+    async fn update_delete_truncate_are_rejected() {
+        let (database, _chain) = chain_of(3).await;
+        for statement in [
+            "UPDATE audit_entries SET actor = 'mallory' WHERE seq = 2",
+            "DELETE FROM audit_entries WHERE seq = 3",
+            "TRUNCATE audit_entries",
+        ] {
+            let error = sqlx::query(statement).execute(database.pool()).await.expect_err(statement);
+            assert!(error.to_string().contains("append-only"), "{statement}: {error}");
+        }
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_entries")
+            .fetch_one(database.pool())
+            .await
+            .expect("count");
+        assert_eq!(count, 3);
+    }
+
+    #[tokio::test]
+    async fn tampering_around_the_triggers_is_found() {
+        let (database, chain) = chain_of(6).await;
+        // Deliberately bypass the write-once triggers, as a superuser could.
+        sqlx::query("ALTER TABLE audit_entries DISABLE TRIGGER USER")
+            .execute(database.pool())
+            .await
+            .expect("disable");
+        sqlx::query("UPDATE audit_entries SET subject = 'record/forged' WHERE seq = 4")
+            .execute(database.pool())
+            .await
+            .expect("tamper");
+        let verdict = verify_store(&chain, &tenant("acme"), None, |_| {}).await.expect("verify");
+        assert_eq!(verdict.finding(), Some(&Finding::Modified { seq: 4, claimed_seq: 4 }));
+
+        sqlx::query("DELETE FROM audit_entries WHERE seq = 6")
+            .execute(database.pool())
+            .await
+            .expect("truncate tail");
+        sqlx::query("UPDATE audit_entries SET subject = 'record/3' WHERE seq = 4")
+            .execute(database.pool())
+            .await
+            .expect("restore");
+        let verdict = verify_store(&chain, &tenant("acme"), None, |_| {}).await.expect("verify");
+        assert!(
+            matches!(verdict.finding(), Some(Finding::Truncated { last: 5, .. })),
+            "the head row catches a careless truncation: {verdict:?}"
+        );
+        sqlx::query("ALTER TABLE audit_entries ENABLE TRIGGER USER")
+            .execute(database.pool())
+            .await
+            .expect("enable");
+    }
+}
+
+mod sqlite {
+    use sos_audit::SqliteAuditChain;
+    use sos_testkit::SqliteTestDatabase;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn update_and_delete_are_rejected_and_bypass_is_found() {
+        let database = SqliteTestDatabase::new(&[&sos_audit::sqlite_migrator()]).await;
+        let chain = SqliteAuditChain::new(database.pool().clone());
+        for index in 0..5 {
+            chain.append(entry("acme", index)).await.expect("append");
+        }
+        for statement in [
+            "UPDATE audit_entries SET actor = 'mallory' WHERE seq = 2",
+            "DELETE FROM audit_entries",
+            "DELETE FROM audit_entries WHERE seq = 3",
+        ] {
+            let error = sqlx::query(statement).execute(database.pool()).await.expect_err(statement);
+            assert!(error.to_string().contains("append-only"), "{statement}: {error}");
+        }
+        // Deliberately bypass the trigger and delete an entry in the middle.
+        sqlx::query("DROP TRIGGER audit_entries_no_delete")
+            .execute(database.pool())
+            .await
+            .expect("drop trigger");
+        sqlx::query("DELETE FROM audit_entries WHERE seq = 3")
+            .execute(database.pool())
+            .await
+            .expect("tamper");
+        let verdict = verify_store(&chain, &tenant("acme"), None, |_| {}).await.expect("verify");
+        assert_eq!(verdict.finding(), Some(&Finding::Missing { seq: 3, found: 4 }));
+    }
+}
