@@ -1,0 +1,538 @@
+//! Explanations: the leaf predicates a ruliad checked, with the observed value against the threshold.
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::fmt;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+use sos_core::{Severity, Signal, SignalKind, TenantId};
+
+thread_local! {
+    static TRACE: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Whether explanations are recorded on this thread (on by default).
+pub fn trace_enabled() -> bool {
+    TRACE.with(Cell::get)
+}
+
+/// Runs `work` with explanations switched on or off on this thread, restoring the previous
+/// setting afterwards (also on panic).
+///
+/// With the trace off, an evaluation still names the guard that stopped it, but does not keep
+/// the predicates that held, and signals carry only their labels as evidence.
+pub fn with_trace<T>(enabled: bool, work: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            TRACE.with(|trace| trace.set(self.0));
+        }
+    }
+    let _restore = Restore(TRACE.with(|trace| trace.replace(enabled)));
+    work()
+}
+
+/// A value observed by a predicate, or the threshold it was compared against.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Value {
+    /// The field was absent.
+    Missing,
+    /// A yes/no value.
+    Bool(bool),
+    /// A whole number.
+    Int(i64),
+    /// A real number.
+    Float(f64),
+    /// A span of time, in seconds.
+    Seconds(i64),
+    /// A point in time.
+    Time(DateTime<Utc>),
+    /// A word, such as a stage name.
+    Text(Cow<'static, str>),
+    /// A list of words.
+    List(Vec<Cow<'static, str>>),
+}
+
+impl From<bool> for Value {
+    fn from(value: bool) -> Self {
+        Self::Bool(value)
+    }
+}
+impl From<i64> for Value {
+    fn from(value: i64) -> Self {
+        Self::Int(value)
+    }
+}
+impl From<u32> for Value {
+    fn from(value: u32) -> Self {
+        Self::Int(i64::from(value))
+    }
+}
+impl From<f64> for Value {
+    fn from(value: f64) -> Self {
+        Self::Float(value)
+    }
+}
+impl From<TimeDelta> for Value {
+    fn from(value: TimeDelta) -> Self {
+        Self::Seconds(value.num_seconds())
+    }
+}
+impl From<DateTime<Utc>> for Value {
+    fn from(value: DateTime<Utc>) -> Self {
+        Self::Time(value)
+    }
+}
+impl From<&'static str> for Value {
+    fn from(value: &'static str) -> Self {
+        Self::Text(Cow::Borrowed(value))
+    }
+}
+impl From<String> for Value {
+    fn from(value: String) -> Self {
+        Self::Text(Cow::Owned(value))
+    }
+}
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(value: Option<T>) -> Self {
+        value.map_or(Self::Missing, Into::into)
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing => f.write_str("missing"),
+            Self::Bool(value) => write!(f, "{value}"),
+            Self::Int(value) => write!(f, "{value}"),
+            Self::Float(value) => write!(f, "{value}"),
+            Self::Seconds(seconds) => fmt_span(*seconds, f),
+            Self::Time(time) => write!(f, "{}", time.format("%Y-%m-%dT%H:%M:%SZ")),
+            Self::Text(text) => f.write_str(text),
+            Self::List(items) => write!(f, "[{}]", items.join(", ")),
+        }
+    }
+}
+
+fn fmt_span(seconds: i64, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    const DAY: i64 = 86_400;
+    if seconds % DAY == 0 {
+        write!(f, "{} d", seconds / DAY)
+    } else if seconds.abs() >= DAY {
+        // One decimal is enough for a person; the exact seconds stay in the structured value.
+        write!(f, "{:.1} d", seconds as f64 / DAY as f64)
+    } else if seconds % 3_600 == 0 {
+        write!(f, "{} h", seconds / 3_600)
+    } else if seconds % 60 == 0 {
+        write!(f, "{} min", seconds / 60)
+    } else {
+        write!(f, "{seconds} s")
+    }
+}
+
+/// How a predicate compared its observed value with its threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Op {
+    /// Greater than.
+    Gt,
+    /// Greater than or equal.
+    Ge,
+    /// Less than.
+    Lt,
+    /// Less than or equal.
+    Le,
+    /// Equal.
+    Eq,
+    /// Not equal.
+    Ne,
+    /// Member of a list.
+    In,
+    /// Not a member of a list.
+    NotIn,
+}
+
+impl Op {
+    /// The symbol shown in explanations.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Gt => ">",
+            Self::Ge => ">=",
+            Self::Lt => "<",
+            Self::Le => "<=",
+            Self::Eq => "=",
+            Self::Ne => "!=",
+            Self::In => "in",
+            Self::NotIn => "not in",
+        }
+    }
+}
+
+/// One leaf check of a ruliad: `name observed op threshold`, and whether it held.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Predicate {
+    /// What was checked, such as `idle` or `stage`.
+    pub name: Cow<'static, str>,
+    /// The value the ruliad observed.
+    pub observed: Value,
+    /// The comparison.
+    pub op: Op,
+    /// The threshold or expected value.
+    pub threshold: Value,
+    /// Whether the check held.
+    pub held: bool,
+}
+
+impl Predicate {
+    fn new(
+        name: impl Into<Cow<'static, str>>,
+        observed: impl Into<Value>,
+        op: Op,
+        threshold: impl Into<Value>,
+        held: bool,
+    ) -> Self {
+        Self { name: name.into(), observed: observed.into(), op, threshold: threshold.into(), held }
+    }
+
+    /// `observed > threshold`.
+    pub fn gt<T: PartialOrd + Into<Value>>(
+        name: impl Into<Cow<'static, str>>,
+        observed: T,
+        threshold: T,
+    ) -> Self {
+        let held = observed > threshold;
+        Self::new(name, observed, Op::Gt, threshold, held)
+    }
+
+    /// `observed >= threshold`.
+    pub fn ge<T: PartialOrd + Into<Value>>(
+        name: impl Into<Cow<'static, str>>,
+        observed: T,
+        threshold: T,
+    ) -> Self {
+        let held = observed >= threshold;
+        Self::new(name, observed, Op::Ge, threshold, held)
+    }
+
+    /// `observed < threshold`.
+    pub fn lt<T: PartialOrd + Into<Value>>(
+        name: impl Into<Cow<'static, str>>,
+        observed: T,
+        threshold: T,
+    ) -> Self {
+        let held = observed < threshold;
+        Self::new(name, observed, Op::Lt, threshold, held)
+    }
+
+    /// `observed <= threshold`.
+    pub fn le<T: PartialOrd + Into<Value>>(
+        name: impl Into<Cow<'static, str>>,
+        observed: T,
+        threshold: T,
+    ) -> Self {
+        let held = observed <= threshold;
+        Self::new(name, observed, Op::Le, threshold, held)
+    }
+
+    /// `observed = expected`.
+    pub fn eq<T: PartialEq + Into<Value>>(
+        name: impl Into<Cow<'static, str>>,
+        observed: T,
+        expected: T,
+    ) -> Self {
+        let held = observed == expected;
+        Self::new(name, observed, Op::Eq, expected, held)
+    }
+
+    /// A yes/no fact that must be true, such as `consent = true`.
+    pub fn is_true(name: impl Into<Cow<'static, str>>, observed: bool) -> Self {
+        Self::new(name, observed, Op::Eq, true, observed)
+    }
+
+    /// A field that must be present; the observed value is shown when it is.
+    pub fn present<T: Into<Value>>(name: impl Into<Cow<'static, str>>, observed: Option<T>) -> Self {
+        let held = observed.is_some();
+        Self::new(name, observed, Op::Ne, Value::Missing, held)
+    }
+
+    /// `observed not in excluded`.
+    pub fn not_in(
+        name: impl Into<Cow<'static, str>>,
+        observed: Cow<'static, str>,
+        excluded: &[&'static str],
+    ) -> Self {
+        let held = !excluded.contains(&observed.as_ref());
+        let list = excluded.iter().map(|item| Cow::Borrowed(*item)).collect();
+        Self::new(name, Value::Text(observed), Op::NotIn, Value::List(list), held)
+    }
+
+    /// A predicate with a free-form comparison, for combinators and host rules.
+    pub fn custom(
+        name: impl Into<Cow<'static, str>>,
+        observed: impl Into<Value>,
+        op: Op,
+        threshold: impl Into<Value>,
+        held: bool,
+    ) -> Self {
+        Self::new(name, observed, op, threshold, held)
+    }
+}
+
+impl fmt::Display for Predicate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {} {}", self.name, self.observed, self.op.as_str(), self.threshold)?;
+        if !self.held {
+            f.write_str(" (failed)")?;
+        }
+        Ok(())
+    }
+}
+
+/// The draft of a signal a ruliad wants to emit; [`Explain::fire`] validates it and adds the
+/// explanation and labels as evidence.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    tenant: TenantId,
+    kind: &'static str,
+    observed_at: DateTime<Utc>,
+    subject: String,
+    text: String,
+    severity: Severity,
+}
+
+impl Draft {
+    /// A draft of kind `kind` (a slug such as `stale-deal-nudge`) for `tenant`, observed at `now`.
+    pub fn new(tenant: &TenantId, kind: &'static str, now: DateTime<Utc>) -> Self {
+        Self {
+            tenant: tenant.clone(),
+            kind,
+            observed_at: now,
+            subject: String::new(),
+            text: String::new(),
+            severity: Severity::Notice,
+        }
+    }
+
+    /// What the signal is about; plain text, never a template.
+    pub fn subject(mut self, subject: impl Into<String>) -> Self {
+        self.subject = subject.into();
+        self
+    }
+
+    /// The sentence a person reads; plain text, never a template.
+    pub fn text(mut self, text: impl Into<String>) -> Self {
+        self.text = text.into();
+        self
+    }
+
+    /// How urgent it is (default [`Severity::Notice`]).
+    pub fn severity(mut self, severity: Severity) -> Self {
+        self.severity = severity;
+        self
+    }
+}
+
+/// Records the predicates of one evaluation; see the crate docs for a ruliad that uses it.
+#[derive(Debug, Clone)]
+pub struct Explain {
+    predicates: Vec<Predicate>,
+    labels: serde_json::Map<String, serde_json::Value>,
+    cause: Vec<String>,
+    enabled: bool,
+}
+
+impl Default for Explain {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Explain {
+    /// An empty explanation; records everything unless the trace is off (see [`with_trace`]).
+    pub fn new() -> Self {
+        Self {
+            predicates: Vec::new(),
+            labels: serde_json::Map::new(),
+            cause: Vec::new(),
+            enabled: trace_enabled(),
+        }
+    }
+
+    /// Records `predicate` and returns whether it held. A predicate that failed is always
+    /// recorded, so that the guard that stopped an evaluation is known even with the trace off.
+    pub fn check(&mut self, predicate: Predicate) -> bool {
+        let held = predicate.held;
+        if self.enabled || !held {
+            self.predicates.push(predicate);
+        }
+        held
+    }
+
+    /// Adds a label (such as `deal_id`) to the signal's evidence; labels are used for grouping
+    /// and inhibition, and are part of the cause digest.
+    pub fn label(&mut self, name: &str, value: impl Into<String>) -> &mut Self {
+        let value = value.into();
+        self.cause.push(format!("{name}={value}"));
+        self.labels.insert(name.to_owned(), serde_json::Value::String(value));
+        self
+    }
+
+    /// Stops the evaluation at the last failed predicate.
+    pub fn stop(mut self) -> Evaluation {
+        let guard_index = self.predicates.iter().rposition(|predicate| !predicate.held);
+        let guard = match guard_index {
+            Some(index) => self.predicates[index].clone(),
+            None => Predicate::is_true("condition", false),
+        };
+        if guard_index.is_none() {
+            self.predicates.push(guard.clone());
+        }
+        Evaluation { outcome: Outcome::Stopped { guard: Box::new(guard) }, explanation: self.predicates }
+    }
+
+    /// Validates the draft and fires it, with the explanation and labels as evidence and a cause
+    /// digest over the tenant, the kind and the labels.
+    pub fn fire(mut self, draft: Draft) -> Evaluation {
+        let kind = match SignalKind::new(draft.kind) {
+            Ok(kind) => kind,
+            Err(_) => {
+                self.predicates.push(Predicate::custom("kind", draft.kind, Op::Eq, "a slug", false));
+                return self.stop();
+            }
+        };
+        let mut cause = sos_core::DomainHasher::new("sos-ruliads/cause/v1");
+        let mut hashed =
+            cause.str_field(draft.tenant.as_str()).and_then(|hasher| hasher.str_field(draft.kind));
+        for part in &self.cause {
+            hashed = hashed.and_then(|hasher| hasher.str_field(part));
+        }
+        if hashed.is_err() {
+            self.predicates.push(Predicate::custom("labels", "too long", Op::Le, "4 GiB", false));
+            return self.stop();
+        }
+        let mut evidence = serde_json::Map::new();
+        evidence.insert("labels".to_owned(), serde_json::Value::Object(self.labels.clone()));
+        if self.enabled {
+            let because =
+                self.predicates.iter().map(|predicate| serde_json::Value::String(predicate.to_string()));
+            evidence.insert("because".to_owned(), serde_json::Value::Array(because.collect()));
+        }
+        let built = Signal::builder(draft.tenant, kind)
+            .subject(draft.subject)
+            .text(draft.text)
+            .severity(draft.severity)
+            .observed_at(draft.observed_at)
+            .cause(cause.finish())
+            .evidence(serde_json::Value::Object(evidence))
+            .build();
+        match built {
+            Ok(signal) => {
+                Evaluation { outcome: Outcome::Fired(Box::new(signal)), explanation: self.predicates }
+            }
+            Err(error) => {
+                self.predicates.push(Predicate::custom("signal", error.to_string(), Op::Eq, "valid", false));
+                self.stop()
+            }
+        }
+    }
+}
+
+/// What an evaluation came to.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The ruliad fired this signal.
+    Fired(Box<Signal>),
+    /// The ruliad did not fire; this guard stopped it.
+    Stopped {
+        /// The predicate that failed.
+        guard: Box<Predicate>,
+    },
+}
+
+/// The result of evaluating one ruliad against one entity: a signal or the guard that stopped
+/// it, with the predicates that were checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    outcome: Outcome,
+    explanation: Vec<Predicate>,
+}
+
+impl Evaluation {
+    /// An evaluation from its parts (for combinators and tests).
+    pub fn new(outcome: Outcome, explanation: Vec<Predicate>) -> Self {
+        Self { outcome, explanation }
+    }
+
+    /// A stopped evaluation whose guard is `guard`, keeping `explanation` before it.
+    pub fn stopped(guard: Predicate, mut explanation: Vec<Predicate>) -> Self {
+        explanation.push(guard.clone());
+        Self { outcome: Outcome::Stopped { guard: Box::new(guard) }, explanation }
+    }
+
+    /// What it came to.
+    pub fn outcome(&self) -> &Outcome {
+        &self.outcome
+    }
+
+    /// The signal, when it fired.
+    pub fn signal(&self) -> Option<&Signal> {
+        match &self.outcome {
+            Outcome::Fired(signal) => Some(signal),
+            Outcome::Stopped { .. } => None,
+        }
+    }
+
+    /// The signal, when it fired, by value.
+    pub fn into_signal(self) -> Option<Signal> {
+        match self.outcome {
+            Outcome::Fired(signal) => Some(*signal),
+            Outcome::Stopped { .. } => None,
+        }
+    }
+
+    /// The guard that stopped it, when it did not fire.
+    pub fn guard(&self) -> Option<&Predicate> {
+        match &self.outcome {
+            Outcome::Fired(_) => None,
+            Outcome::Stopped { guard } => Some(guard),
+        }
+    }
+
+    /// Whether it fired.
+    pub fn fired(&self) -> bool {
+        matches!(self.outcome, Outcome::Fired(_))
+    }
+
+    /// The predicates that were checked, in order.
+    pub fn explanation(&self) -> &[Predicate] {
+        &self.explanation
+    }
+
+    /// The explanation as one line: `idle 9 d > 7 d; stage not in [closed-won, closed-lost]`.
+    pub fn explain(&self) -> String {
+        let parts: Vec<String> = self.explanation.iter().map(ToString::to_string).collect();
+        parts.join("; ")
+    }
+
+    /// Puts `predicates` before this evaluation's own (used by combinators).
+    pub fn with_prefix(mut self, mut predicates: Vec<Predicate>) -> Self {
+        predicates.append(&mut self.explanation);
+        self.explanation = predicates;
+        self
+    }
+
+    /// Appends a predicate to the explanation (used by combinators).
+    pub fn push(&mut self, predicate: Predicate) {
+        self.explanation.push(predicate);
+    }
+
+    /// Splits the evaluation into its parts.
+    pub fn into_parts(self) -> (Outcome, Vec<Predicate>) {
+        (self.outcome, self.explanation)
+    }
+}

@@ -1,0 +1,306 @@
+//! Vertical packs: `<dir>/<vertical>/seed.json`, resolved and validated at deploy time.
+//!
+//! The format is specified in `docs/ruliads.md`. A pack names the catalog ruliads an agent is
+//! born with, their parameters and the trust gate's configuration. Everything is checked when
+//! the pack is loaded; an error names the file, the field and the known names.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::catalog;
+use crate::crm::Record;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::ruliad::Ruliad;
+use crate::trust::TrustConfig;
+
+/// The name of the pack file inside each vertical's directory.
+pub const SEED_FILE: &str = "seed.json";
+
+/// The top-level fields a `seed.json` may have.
+pub const KNOWN_FIELDS: &[&str] =
+    &["agent_role", "collections", "compliance", "description", "ruliads_enabled", "trust"];
+
+/// One enabled ruliad as written in the pack.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Enabled {
+    /// The catalog name.
+    pub name: String,
+    /// Its parameters (`null` for the defaults).
+    pub params: serde_json::Value,
+}
+
+/// A loaded, validated vertical pack with its ready engine.
+pub struct Pack {
+    vertical: String,
+    file: PathBuf,
+    agent_role: String,
+    description: Option<String>,
+    compliance: Vec<String>,
+    collections: Vec<String>,
+    enabled: Vec<Enabled>,
+    trust: TrustConfig,
+    engine: Engine<Record>,
+}
+
+impl fmt::Debug for Pack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pack")
+            .field("vertical", &self.vertical)
+            .field("file", &self.file)
+            .field("agent_role", &self.agent_role)
+            .field("ruliads", &self.engine.names())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pack {
+    /// Loads every `<dir>/<vertical>/seed.json`, sorted by vertical name; directories whose
+    /// name starts with `.` and plain files are skipped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the directory or a file cannot be read, [`Error::Pack`] for the first
+    /// invalid pack (use [`check`] to see them all).
+    pub fn load_dir(dir: &Path) -> Result<Vec<Pack>> {
+        verticals(dir)?.into_iter().map(|(vertical, file)| Pack::load_file(&vertical, &file)).collect()
+    }
+
+    /// Loads one pack file as vertical `vertical`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when it cannot be read, [`Error::Pack`] when it is invalid.
+    pub fn load_file(vertical: &str, file: &Path) -> Result<Pack> {
+        let bytes = std::fs::read(file).map_err(|source| Error::Io { path: file.to_owned(), source })?;
+        Pack::parse(vertical, file, &bytes)
+    }
+
+    /// Parses and validates pack bytes; `file` is only used in errors. Never panics.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pack`] naming the file, the field and what to do.
+    pub fn parse(vertical: &str, file: &Path, bytes: &[u8]) -> Result<Pack> {
+        let error = |field: &str, reason: String| Error::Pack {
+            file: file.to_owned(),
+            field: field.to_owned(),
+            reason,
+        };
+        let root: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|json| error("(root)", format!("malformed JSON: {json}")))?;
+        let serde_json::Value::Object(root) = root else {
+            return Err(error("(root)", "expected a JSON object".to_owned()));
+        };
+        for key in root.keys() {
+            if !KNOWN_FIELDS.contains(&key.as_str()) {
+                return Err(error(key, format!("unknown field; known fields: {}", KNOWN_FIELDS.join(", "))));
+            }
+        }
+        let agent_role = match root.get("agent_role") {
+            Some(serde_json::Value::String(role)) if !role.trim().is_empty() => role.clone(),
+            Some(_) => return Err(error("agent_role", "expected a non-empty string".to_owned())),
+            None => {
+                return Err(error(
+                    "agent_role",
+                    "missing; say what the agent is, such as \"operations coordinator\"".to_owned(),
+                ));
+            }
+        };
+        let description = match root.get("description") {
+            None => None,
+            Some(serde_json::Value::String(text)) => Some(text.clone()),
+            Some(_) => return Err(error("description", "expected a string".to_owned())),
+        };
+        let compliance = string_list(&root, "compliance").map_err(|reason| error("compliance", reason))?;
+        let collections = string_list(&root, "collections").map_err(|reason| error("collections", reason))?;
+        let trust = match root.get("trust") {
+            None => TrustConfig::default(),
+            Some(value) => {
+                let config: TrustConfig = serde_json::from_value(value.clone())
+                    .map_err(|json| error("trust", format!("{json}; see docs/ruliads.md for the fields")))?;
+                config.validate().map_err(|invalid| error("trust", invalid.to_string()))?;
+                config
+            }
+        };
+        let Some(serde_json::Value::Array(entries)) = root.get("ruliads_enabled") else {
+            return Err(error(
+                "ruliads_enabled",
+                "missing or not an array; list catalog ruliad names".to_owned(),
+            ));
+        };
+        let mut seen = BTreeSet::new();
+        let mut enabled = Vec::with_capacity(entries.len());
+        let mut ruliads: Vec<Box<dyn Ruliad<Record>>> = Vec::with_capacity(entries.len());
+        for (index, entry) in entries.iter().enumerate() {
+            let field = format!("ruliads_enabled[{index}]");
+            let (name, params) = match entry {
+                serde_json::Value::String(name) => (name.clone(), serde_json::Value::Null),
+                serde_json::Value::Object(object) => {
+                    if let Some(unknown) = object.keys().find(|key| *key != "name" && *key != "params") {
+                        return Err(error(
+                            &format!("{field}.{unknown}"),
+                            "unknown field; known fields: name, params".to_owned(),
+                        ));
+                    }
+                    let Some(serde_json::Value::String(name)) = object.get("name") else {
+                        return Err(error(&format!("{field}.name"), "missing or not a string".to_owned()));
+                    };
+                    (name.clone(), object.get("params").cloned().unwrap_or(serde_json::Value::Null))
+                }
+                _ => {
+                    return Err(error(&field, "expected a ruliad name or {\"name\", \"params\"}".to_owned()));
+                }
+            };
+            if !seen.insert(name.clone()) {
+                return Err(error(&field, format!("duplicate ruliad {name:?}; enable each ruliad once")));
+            }
+            let ruliad = catalog::build(&name, &params).map_err(|built| match built {
+                Error::UnknownRuliad { name, known } => {
+                    error(&field, format!("unknown ruliad {name:?}; known names: {}", known.join(", ")))
+                }
+                Error::InvalidParameter { field: parameter, reason, .. } => {
+                    error(&format!("{field}.params.{parameter}"), reason)
+                }
+                other => error(&field, other.to_string()),
+            })?;
+            ruliads.push(ruliad);
+            enabled.push(Enabled { name, params });
+        }
+        Ok(Pack {
+            vertical: vertical.to_owned(),
+            file: file.to_owned(),
+            agent_role,
+            description,
+            compliance,
+            collections,
+            enabled,
+            trust,
+            engine: Engine::new(ruliads),
+        })
+    }
+
+    /// The vertical's name (its directory).
+    pub fn vertical(&self) -> &str {
+        &self.vertical
+    }
+
+    /// The file it was loaded from.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// The agent's role.
+    pub fn agent_role(&self) -> &str {
+        &self.agent_role
+    }
+
+    /// The pack's description, if any.
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+
+    /// Compliance regimes the vertical names (informational).
+    pub fn compliance(&self) -> &[String] {
+        &self.compliance
+    }
+
+    /// Content collections the vertical names (informational).
+    pub fn collections(&self) -> &[String] {
+        &self.collections
+    }
+
+    /// The enabled ruliads as written.
+    pub fn enabled(&self) -> &[Enabled] {
+        &self.enabled
+    }
+
+    /// The trust gate's configuration.
+    pub fn trust(&self) -> &TrustConfig {
+        &self.trust
+    }
+
+    /// The ready engine.
+    pub fn engine(&self) -> &Engine<Record> {
+        &self.engine
+    }
+
+    /// Takes the engine out of the pack.
+    pub fn into_engine(self) -> Engine<Record> {
+        self.engine
+    }
+}
+
+fn string_list(
+    root: &serde_json::Map<String, serde_json::Value>,
+    field: &str,
+) -> std::result::Result<Vec<String>, String> {
+    match root.get(field) {
+        None => Ok(Vec::new()),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .map(|item| {
+                item.as_str().map(str::to_owned).ok_or_else(|| "expected an array of strings".to_owned())
+            })
+            .collect(),
+        Some(_) => Err("expected an array of strings".to_owned()),
+    }
+}
+
+/// The `(vertical, seed.json path)` pairs under `dir`, sorted by name, dot-directories skipped.
+///
+/// # Errors
+///
+/// [`Error::Io`] when the directory cannot be read; [`Error::Pack`] when a vertical directory
+/// has no `seed.json`.
+pub fn verticals(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let io = |source| Error::Io { path: dir.to_owned(), source };
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !entry.file_type().map_err(io)?.is_dir() {
+            continue;
+        }
+        let file = entry.path().join(SEED_FILE);
+        if !file.is_file() {
+            return Err(Error::Pack {
+                file,
+                field: "(file)".to_owned(),
+                reason: "missing; every vertical directory needs a seed.json".to_owned(),
+            });
+        }
+        found.push((name, file));
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The outcome of [`check`] for one vertical.
+#[derive(Debug)]
+pub struct Checked {
+    /// The vertical.
+    pub vertical: String,
+    /// The file.
+    pub file: PathBuf,
+    /// The enabled ruliads' names, or the error.
+    pub result: Result<Vec<String>>,
+}
+
+/// Validates every pack under `dir` without stopping at the first error, like
+/// `promtool check rules`.
+///
+/// # Errors
+///
+/// [`Error::Io`] when the directory cannot be listed, or a vertical lacks its `seed.json`.
+pub fn check(dir: &Path) -> Result<Vec<Checked>> {
+    Ok(verticals(dir)?
+        .into_iter()
+        .map(|(vertical, file)| {
+            let result = Pack::load_file(&vertical, &file)
+                .map(|pack| pack.enabled().iter().map(|enabled| enabled.name.clone()).collect());
+            Checked { vertical, file, result }
+        })
+        .collect())
+}

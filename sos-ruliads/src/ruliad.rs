@@ -1,0 +1,99 @@
+//! The `Ruliad` trait: one small rule that looks at one entity and may emit one signal.
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sos_core::TenantId;
+
+use crate::explain::Evaluation;
+
+/// What a signal is for a person, which decides how the trust gate treats it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    /// An observation ("you get most leads on Tuesday mornings"); allowed from the first-insight
+    /// phase on.
+    Insight,
+    /// A nudge to act ("you haven't followed up with Acme in 8 days"); allowed only once the
+    /// agent has earned it.
+    #[default]
+    Intervention,
+}
+
+/// A rule: given the current time and one entity, fire a signal or say which guard stopped it.
+///
+/// Rules are pure and deterministic for a given time and input (the stateful combinators keep
+/// their state explicitly, see [`crate::combinators`]). Each has a stable name and a version.
+pub trait Ruliad<E: ?Sized>: Send + Sync + fmt::Debug {
+    /// The stable name, a slug such as `stale-deal-nudge`; also the kind of the signals it fires.
+    fn name(&self) -> &str;
+
+    /// The version of the rule's logic; bump it when its behaviour changes.
+    fn version(&self) -> u32 {
+        1
+    }
+
+    /// Whether its signals are insights or interventions (default: interventions).
+    fn class(&self) -> Class {
+        Class::Intervention
+    }
+
+    /// Evaluates the rule at `now` against `entity`.
+    fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation;
+}
+
+impl<E: ?Sized, R: Ruliad<E> + ?Sized> Ruliad<E> for Box<R> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn version(&self) -> u32 {
+        (**self).version()
+    }
+    fn class(&self) -> Class {
+        (**self).class()
+    }
+    fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
+        (**self).evaluate(now, entity)
+    }
+}
+
+impl<E: ?Sized, R: Ruliad<E> + ?Sized> Ruliad<E> for &R {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn version(&self) -> u32 {
+        (**self).version()
+    }
+    fn class(&self) -> Class {
+        (**self).class()
+    }
+    fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
+        (**self).evaluate(now, entity)
+    }
+}
+
+impl<E: ?Sized, R: Ruliad<E> + ?Sized> Ruliad<E> for Arc<R> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn version(&self) -> u32 {
+        (**self).version()
+    }
+    fn class(&self) -> Class {
+        (**self).class()
+    }
+    fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
+        (**self).evaluate(now, entity)
+    }
+}
+
+/// An entity with an identity, needed by the stateful combinators and the engine to keep state
+/// per (tenant, entity).
+pub trait Entity {
+    /// The tenant the entity belongs to.
+    fn tenant(&self) -> &TenantId;
+    /// A key unique among the tenant's entities of this type, such as a deal id.
+    fn key(&self) -> &str;
+}

@@ -1,0 +1,204 @@
+use chrono::{DateTime, TimeDelta, Utc};
+use sos_ruliads::combinators::Condition;
+use sos_ruliads::combinators::{
+    StateMap, all, any, at_most, condition, dedupe_by_cause, first_of, hysteresis, keep_firing_for,
+    map_signal, not, pending_for, unless, when,
+};
+use sos_ruliads::crm::{Record, Stage};
+use sos_ruliads::{Draft, Evaluation, Explain, Predicate, Ruliad, catalog};
+
+use crate::{at, deal};
+
+fn stale() -> Box<dyn Ruliad<Record>> {
+    catalog::build("stale-deal-nudge", &serde_json::Value::Null).expect("defaults")
+}
+
+fn is_stage(stage: Stage) -> impl Fn(DateTime<Utc>, &Record) -> Predicate + Send + Sync {
+    move |_, record| match record {
+        Record::Deal(deal) => {
+            Predicate::eq("stage", deal.stage.as_str().to_owned(), stage.as_str().to_owned())
+        }
+        _ => Predicate::is_true("deal", false),
+    }
+}
+
+/// Fires whenever the deal's value is at least `threshold` cents.
+#[derive(Debug)]
+struct ValueAtLeast(i64);
+
+impl Ruliad<Record> for ValueAtLeast {
+    fn name(&self) -> &str {
+        "value-at-least"
+    }
+    fn evaluate(&self, now: DateTime<Utc>, record: &Record) -> Evaluation {
+        let mut why = Explain::new();
+        let Record::Deal(deal) = record else { return why.stop() };
+        if !why.check(Predicate::ge("value", deal.value_cents.unwrap_or(0), self.0)) {
+            return why.stop();
+        }
+        why.label("deal_id", deal.id.clone());
+        why.fire(Draft::new(&deal.tenant, "value-at-least", now).subject("Deal").text("Big."))
+    }
+}
+
+fn valued(value: i64) -> Record {
+    let mut record = deal("d1", Stage::Proposal, Some(1));
+    if let Record::Deal(deal) = &mut record {
+        deal.value_cents = Some(value);
+    }
+    record
+}
+
+#[test]
+fn all_any_not_combine_conditions() {
+    let negotiation = || condition("negotiation", is_stage(Stage::Negotiation));
+    let discovery = || condition("discovery", is_stage(Stage::Discovery));
+    let entity = deal("d1", Stage::Negotiation, Some(1));
+    let mut why = Explain::new();
+    assert!(all::<Record>(vec![Box::new(negotiation()), Box::new(not(discovery()))]).check(
+        at(10, 9),
+        &entity,
+        &mut why
+    ));
+    assert!(!all::<Record>(vec![Box::new(negotiation()), Box::new(discovery())]).check(
+        at(10, 9),
+        &entity,
+        &mut why
+    ));
+    assert!(all::<Record>(vec![]).check(at(10, 9), &entity, &mut why));
+    assert!(any::<Record>(vec![Box::new(discovery()), Box::new(negotiation())]).check(
+        at(10, 9),
+        &entity,
+        &mut why
+    ));
+    assert!(!any::<Record>(vec![Box::new(discovery())]).check(at(10, 9), &entity, &mut why));
+    assert!(!any::<Record>(vec![]).check(at(10, 9), &entity, &mut why));
+}
+
+#[test]
+fn when_and_unless_gate_a_ruliad_and_name_the_guard() {
+    let only_negotiation = when(condition("negotiation", is_stage(Stage::Negotiation)), stale());
+    assert!(only_negotiation.evaluate(at(10, 9), &deal("d1", Stage::Negotiation, Some(1))).fired());
+    let stopped = only_negotiation.evaluate(at(10, 9), &deal("d1", Stage::Discovery, Some(1)));
+    assert_eq!(stopped.guard().expect("stopped").name, "stage");
+    assert!(stopped.explain().starts_with("stage discovery = negotiation (failed)"));
+
+    let except_negotiation = unless(condition("negotiation", is_stage(Stage::Negotiation)), stale());
+    assert!(!except_negotiation.evaluate(at(10, 9), &deal("d1", Stage::Negotiation, Some(1))).fired());
+    assert!(except_negotiation.evaluate(at(10, 9), &deal("d1", Stage::Discovery, Some(1))).fired());
+}
+
+#[test]
+fn first_of_takes_the_first_that_fires() {
+    let priority = first_of("big-or-stale", vec![Box::new(ValueAtLeast(1_000)), stale()]);
+    let big = priority.evaluate(at(10, 9), &valued(5_000)).into_signal().expect("fires");
+    assert_eq!(big.kind().as_str(), "value-at-least");
+    let small = priority.evaluate(at(10, 9), &valued(5)).into_signal().expect("stale still fires");
+    assert_eq!(small.kind().as_str(), "stale-deal-nudge");
+    let none = priority.evaluate(at(2, 9), &valued(5));
+    assert_eq!(none.guard().expect("stopped").name, "idle");
+}
+
+#[test]
+fn map_signal_transforms_the_signal() {
+    let louder = map_signal(stale(), |signal: sos_core::Signal| {
+        sos_core::Signal::builder(signal.tenant().clone(), signal.kind().clone())
+            .subject(signal.subject())
+            .text(format!("{} Please look today.", signal.text()))
+            .cause(*signal.cause())
+            .build()
+            .expect("still valid")
+    });
+    let signal =
+        louder.evaluate(at(10, 9), &deal("d1", Stage::Discovery, Some(1))).into_signal().expect("fires");
+    assert!(signal.text().ends_with("Please look today."));
+}
+
+mod replay_same {
+    use super::*;
+
+    #[test]
+    fn dedupe_by_cause_never_fires_the_same_cause_twice() {
+        let once = dedupe_by_cause(stale(), 10);
+        let entity = deal("d1", Stage::Discovery, Some(1));
+        assert!(once.evaluate(at(10, 9), &entity).fired());
+        let replay = once.evaluate(at(11, 9), &entity);
+        assert_eq!(replay.guard().expect("stopped").name, "cause first fired");
+        assert!(once.evaluate(at(10, 9), &deal("d2", Stage::Discovery, Some(1))).fired());
+        // A new idle episode is a new cause.
+        assert!(once.evaluate(at(20, 9), &deal("d1", Stage::Discovery, Some(12))).fired());
+    }
+
+    #[test]
+    fn dedupe_state_survives_a_restart_through_serde() {
+        let before = dedupe_by_cause(stale(), 10);
+        let entity = deal("d1", Stage::Discovery, Some(1));
+        assert!(before.evaluate(at(10, 9), &entity).fired());
+        let saved = serde_json::to_string(&before.snapshot()).expect("serializes");
+        let after = dedupe_by_cause(stale(), 10);
+        after.restore(serde_json::from_str(&saved).expect("deserializes"));
+        assert!(!after.evaluate(at(10, 9), &entity).fired());
+    }
+}
+
+#[test]
+fn state_is_bounded() {
+    let once = dedupe_by_cause(stale(), 3);
+    for index in 0..10 {
+        assert!(once.evaluate(at(10, 9), &deal(&format!("d{index}"), Stage::Discovery, Some(1))).fired());
+    }
+    assert_eq!(once.snapshot().len(), 3);
+    let mut map: StateMap<u32> = StateMap::new(2);
+    map.insert("a".into(), at(1, 0), 1);
+    map.insert("b".into(), at(2, 0), 2);
+    map.insert("c".into(), at(3, 0), 3);
+    assert_eq!((map.get("a"), map.get("b"), map.get("c")), (None, Some(&2), Some(&3)));
+}
+
+#[test]
+fn at_most_limits_per_entity_per_window() {
+    let limited = at_most(stale(), 2, TimeDelta::days(7));
+    let entity = deal("d1", Stage::Discovery, Some(1));
+    assert!(limited.evaluate(at(10, 9), &entity).fired());
+    assert!(limited.evaluate(at(11, 9), &entity).fired());
+    let third = limited.evaluate(at(12, 9), &entity);
+    assert_eq!(third.guard().expect("stopped").name, "fired in window");
+    assert!(limited.evaluate(at(12, 9), &deal("d2", Stage::Discovery, Some(1))).fired());
+    assert!(limited.evaluate(at(17, 9), &entity).fired(), "the window slid past the first");
+}
+
+#[test]
+fn pending_for_waits_for_the_condition_to_hold() {
+    let patient = pending_for(stale(), TimeDelta::days(2));
+    let entity = deal("d1", Stage::Discovery, Some(1));
+    let first = patient.evaluate(at(10, 9), &entity);
+    assert_eq!(first.guard().expect("pending").name, "pending");
+    assert!(!patient.evaluate(at(11, 9), &entity).fired());
+    assert!(patient.evaluate(at(12, 9), &entity).fired());
+    // Activity resets the wait.
+    assert!(!patient.evaluate(at(13, 9), &deal("d1", Stage::Discovery, Some(13))).fired());
+    assert!(!patient.evaluate(at(21, 9), &deal("d1", Stage::Discovery, Some(13))).fired());
+}
+
+#[test]
+fn keep_firing_for_bridges_a_short_dip() {
+    let sticky = keep_firing_for(ValueAtLeast(1_000), TimeDelta::hours(12));
+    assert!(sticky.evaluate(at(10, 9), &valued(1_500)).fired());
+    let dip = sticky.evaluate(at(10, 15), &valued(900));
+    assert!(dip.fired(), "{}", dip.explain());
+    assert!(!sticky.evaluate(at(10, 22), &valued(900)).fired());
+}
+
+#[test]
+fn hysteresis_clears_only_below_the_lower_threshold() {
+    let clear = condition("clear", |_, record: &Record| match record {
+        Record::Deal(deal) => Predicate::lt("value", deal.value_cents.unwrap_or(0), 800),
+        _ => Predicate::is_true("deal", false),
+    });
+    let steady = hysteresis(ValueAtLeast(1_000), clear);
+    let mut fired = Vec::new();
+    for (hour, value) in [(1, 1_010), (2, 990), (3, 1_005), (4, 995), (5, 850), (6, 790), (7, 990)] {
+        fired.push(steady.evaluate(at(10, hour), &valued(value)).fired());
+    }
+    assert_eq!(fired, [true, true, true, true, true, false, false]);
+}
