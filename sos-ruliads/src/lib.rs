@@ -112,6 +112,7 @@ pub mod engine;
 mod error;
 mod explain;
 pub mod fixture;
+pub mod grouping;
 pub mod pack;
 mod ruliad;
 pub mod trust;

@@ -3,6 +3,7 @@
 mod catalog;
 mod combinators;
 mod engine;
+mod grouping;
 mod host;
 mod packs;
 mod trust;
