@@ -171,7 +171,8 @@ impl ClaimStore for PgStore {
 impl WebhookGuard<PgStore> {
     /// Runs `handler` exactly once per event, in transactional mode.
     ///
-    /// The guard opens a transaction, takes a non-blocking advisory lock on the key (a
+    /// The guard opens a transaction and, in one statement, takes a non-blocking advisory lock
+    /// on the key (a
     /// duplicate arriving while a handler runs is answered [`Outcome::RetryInFlight`] at once,
     /// however long the handler takes), claims the event with one
     /// `INSERT … ON CONFLICT DO NOTHING RETURNING` already marked processed, runs the handler
@@ -193,23 +194,22 @@ impl WebhookGuard<PgStore> {
         F: PgHandler<T, E>,
     {
         let body_hash = Sha256Digest::of(body);
-        let pool = &self.store().pool;
-        // Fast path for the common duplicate: a committed record answers without a
-        // transaction. This read decides nothing on its own; only the insert below claims.
-        if let Some(answer) = self.store().existing(pool, key, &body_hash).await? {
-            if answer != Duplicate::RetryInFlight {
-                return Ok(answer.into());
-            }
-        }
         let now = self.now();
-        let mut transaction = pool.begin().await.map_err(Error::from)?;
-        let claimed = sqlx::query(
-            "INSERT INTO sos_webhook_events \
-               (tenant, provider, event_id, body_hash, state, claim_token, attempts, lease_until, last_error, first_seen_at, updated_at) \
-             SELECT $1, $2, $3, $4, 'processed', $5, 1, $6, NULL, $6, $6 \
-             WHERE pg_try_advisory_xact_lock($7) \
-             ON CONFLICT (tenant, provider, event_id) DO NOTHING \
-             RETURNING 1",
+        let mut transaction = self.store().pool.begin().await.map_err(Error::from)?;
+        // One statement claims and, when it cannot, reads the record to answer from. The read
+        // sees the statement's snapshot, so it never sees the row this statement inserted,
+        // and a row committed after the snapshot reads as absent (answered "retry": safe).
+        let row = sqlx::query(
+            "WITH claimed AS ( \
+               INSERT INTO sos_webhook_events \
+                 (tenant, provider, event_id, body_hash, state, claim_token, attempts, lease_until, last_error, first_seen_at, updated_at) \
+               SELECT $1, $2, $3, $4, 'processed', $5, 1, $6, NULL, $6, $6 \
+               WHERE pg_try_advisory_xact_lock($7) \
+               ON CONFLICT (tenant, provider, event_id) DO NOTHING \
+               RETURNING 1 AS one) \
+             SELECT EXISTS (SELECT 1 FROM claimed), e.state, e.body_hash \
+             FROM (SELECT 1) AS single \
+             LEFT JOIN sos_webhook_events e ON e.tenant = $1 AND e.provider = $2 AND e.event_id = $3",
         )
         .bind(key.tenant().as_str())
         .bind(key.provider().as_str())
@@ -218,15 +218,21 @@ impl WebhookGuard<PgStore> {
         .bind(new_token())
         .bind(now)
         .bind(key.lock_id())
-        .fetch_optional(&mut *transaction)
+        .fetch_one(&mut *transaction)
         .await
         .map_err(Error::from)?;
-        if claimed.is_none() {
+        let claimed: bool = row.try_get(0).map_err(Error::from)?;
+        if !claimed {
             // Either the lock is held by a delivery in flight (no committed record: retry),
             // or a committed record exists (answer from it).
-            let answer = self.store().existing(&mut *transaction, key, &body_hash).await?;
+            let state: Option<String> = row.try_get(1).map_err(Error::from)?;
+            let hash: Option<Vec<u8>> = row.try_get(2).map_err(Error::from)?;
             transaction.rollback().await.map_err(Error::from)?;
-            return Ok(answer.unwrap_or(Duplicate::RetryInFlight).into());
+            let answer = match (state, hash) {
+                (Some(state), Some(hash)) => answer_from(&state, &hash, &body_hash),
+                _ => Duplicate::RetryInFlight,
+            };
+            return Ok(answer.into());
         }
         match handler(&mut transaction).await {
             Ok(value) => {

@@ -315,4 +315,20 @@ proptest! {
         let _ = parse_slack_signature(&text);
         let _ = parse_shopify_hmac(&text);
     }
+
+    // Mirrors of the fuzz targets' verifier halves: random header values and bodies get a
+    // typed error, never a panic.
+    #[test]
+    fn verifiers_never_panic_on_random_headers(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let text = String::from_utf8_lossy(&bytes);
+        let clock = clock_at(1_700_000_000);
+        let mut parts = text.splitn(3, '\n');
+        let (first, second, third) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        prop_assert!(StripeVerifier::new(["whsec_fuzz"]).unwrap().verify_header(&text, &bytes, &clock).is_err());
+        prop_assert!(GithubVerifier::new(["fuzz"]).unwrap().verify_header(&text, &bytes).is_err());
+        prop_assert!(ShopifyVerifier::new(["fuzz"]).unwrap().verify_header(&text, &bytes).is_err());
+        prop_assert!(SlackVerifier::new(["fuzz"]).unwrap().verify_header(first, second, &bytes, &clock).is_err());
+        let standard = StandardWebhooksVerifier::new(["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]).unwrap();
+        prop_assert!(standard.verify_header(first, second, third, &bytes, &clock).is_err());
+    }
 }
