@@ -1,3 +1,9 @@
 //! Cross-crate integration tests over real HTTP and real databases.
+//!
+//! The `adversarial_*` modules hold the findings of adversarial review: each test is an attack
+//! that once worked or was tried, kept so that it keeps failing.
 
+mod adversarial_audit;
+mod adversarial_identity;
+mod adversarial_webhooks;
 mod server;
