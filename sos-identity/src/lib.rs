@@ -8,6 +8,11 @@
 //!   (name, role) gives the same 32 bytes on every machine, forever. Specified with test vectors
 //!   in `docs/identity.md`.
 //! - [`Traits`]: a stable table from dimensions to aesthetic and behavioural parameters.
+//! - [`Portrait`]: a deterministic SVG (≤ 4 KB, byte-identical everywhere) drawn from the traits
+//!   and a ChaCha20 stream seeded from the vector. A recognition aid, not authentication.
+//! - The registry ([`IdentityRegistry`]: [`MemoryRegistry`], `SqliteRegistry`,
+//!   `PostgresRegistry`): a per-tenant hash chain of registrations; a name keeps its first role
+//!   forever, and [`verify_chain`] names the first tampered entry.
 //! - [`ResonanceRouter`]: signals go to the agents they resemble (cosine similarity), with bounded
 //!   load, stickiness by subject, deterministic ties and an exact integer mode.
 //!
@@ -30,6 +35,24 @@
 //! // Whitespace is significant: no silent merging of "alice" and "alice ".
 //! assert_ne!(vector, IdentityVector::derive("alice ", "researcher")?);
 //! # Ok::<(), sos_identity::Error>(())
+//! ```
+//!
+//! Registering and verifying:
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use sos_identity::{AgentName, AgentRole, IdentityRegistry, MemoryRegistry, verify_chain};
+//!
+//! let registry = MemoryRegistry::default();
+//! let tenant = "acme".parse()?;
+//! let alice = AgentName::new("alice")?;
+//! registry.register(&tenant, &alice, &AgentRole::new("researcher")?).await?;
+//! // Identity is immutable: the same name with another role is refused.
+//! assert!(registry.register(&tenant, &alice, &AgentRole::new("admin")?).await.is_err());
+//! let summary = verify_chain(&tenant, &registry.entries(&tenant).await?)?;
+//! assert_eq!(summary.len, 1);
+//! # Ok::<(), sos_identity::Error>(())
+//! # }).unwrap();
 //! ```
 //!
 //! # Performance

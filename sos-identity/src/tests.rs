@@ -114,10 +114,19 @@ proptest! {
         }
     }
 
+    /// Mirror of the fuzz target `fuzz/fuzz_targets/parse_identity.rs`.
     #[test]
-    fn parsing_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+    fn fuzz_mirror_parse_identity(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
         let text = String::from_utf8_lossy(&bytes);
+        let middle = text.char_indices().nth(text.chars().count() / 2).map_or(text.len(), |(index, _)| index);
+        let (name, role) = text.split_at(middle);
+        if let Ok(vector) = IdentityVector::derive(name, role) {
+            prop_assert_eq!(vector, IdentityVector::derive(name, role)?);
+            prop_assert!(Portrait::of(&vector).as_svg().len() <= Portrait::MAX_BYTES);
+        }
         let _ = AgentName::new(text.as_ref());
         let _ = IdentityVector::from_hex(text.as_ref());
+        let _ = serde_json::from_slice::<AgentName>(&bytes);
+        let _ = serde_json::from_slice::<IdentityVector>(&bytes);
     }
 }

@@ -527,6 +527,14 @@ impl ResonanceRouter {
                 let unit = signal.normalised();
                 for (block_index, block) in self.blocks.iter().enumerate() {
                     let scores = block_scores(block, &unit);
+                    // Most blocks hold no candidate at all: one comparison of the block's best
+                    // against the current k-th score skips them without per-lane branches.
+                    if best.len() == k
+                        && let Some((Score::Float(worst), _)) = best.last()
+                        && scores.iter().fold(f32::NEG_INFINITY, |max, score| max.max(*score)) < *worst
+                    {
+                        continue;
+                    }
                     let base = block_index * LANES;
                     let lanes = LANES.min(self.names.len() - base);
                     for (lane, score) in scores.iter().take(lanes).enumerate() {
