@@ -16,5 +16,5 @@ CREATE TABLE sos_webhook_events (
     PRIMARY KEY (tenant, provider, event_id)
 );
 
--- Retention purges processed records by age.
-CREATE INDEX sos_webhook_events_processed_age ON sos_webhook_events (updated_at) WHERE state = 'processed';
+-- No index besides the key: every claim would pay for it, and the retention purge (a rare
+-- housekeeping DELETE by age) can afford a scan.

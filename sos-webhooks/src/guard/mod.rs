@@ -250,6 +250,7 @@ pub struct GuardConfig {
     failed_retry_after: Duration,
     retention: Duration,
     busy_timeout: Duration,
+    read_first: bool,
 }
 
 impl Default for GuardConfig {
@@ -259,6 +260,7 @@ impl Default for GuardConfig {
             failed_retry_after: Duration::from_secs(30),
             retention: Duration::from_secs(7 * 24 * 3600),
             busy_timeout: Duration::from_millis(50),
+            read_first: false,
         }
     }
 }
@@ -298,6 +300,22 @@ impl GuardConfig {
     pub fn with_busy_timeout(mut self, busy_timeout: Duration) -> Self {
         self.busy_timeout = busy_timeout;
         self
+    }
+
+    /// PostgreSQL transactional mode: read the record before claiming (default off).
+    ///
+    /// With it, a duplicate of a processed event costs one indexed read instead of a
+    /// transaction, and a new event pays one extra round trip. Turn it on when duplicates are
+    /// frequent. The read only answers committed duplicates early; the claim still decides.
+    /// SQLite always reads first, so that duplicates never wait for its single write lock.
+    pub fn with_read_first(mut self, read_first: bool) -> Self {
+        self.read_first = read_first;
+        self
+    }
+
+    /// Whether PostgreSQL transactional mode reads the record before claiming.
+    pub fn read_first(&self) -> bool {
+        self.read_first
     }
 
     /// The two-phase lease.

@@ -194,6 +194,14 @@ impl WebhookGuard<PgStore> {
         F: PgHandler<T, E>,
     {
         let body_hash = Sha256Digest::of(body);
+        if self.config().read_first() {
+            // Answers committed duplicates without a transaction; decides nothing on its own.
+            if let Some(answer) = self.store().existing(&self.store().pool, key, &body_hash).await? {
+                if answer != Duplicate::RetryInFlight {
+                    return Ok(answer.into());
+                }
+            }
+        }
         let now = self.now();
         let mut transaction = self.store().pool.begin().await.map_err(Error::from)?;
         // One statement claims and, when it cannot, reads the record to answer from. The read

@@ -213,3 +213,33 @@ async fn pg_body_mismatch_in_transactional_mode() {
     assert_eq!(outcome.to_http().status().as_u16(), 409);
     assert_eq!(effects(database.pool(), "evt_mismatch").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_read_first_answers_duplicates_and_still_claims() {
+    let database = database().await;
+    let config = sos_webhooks::GuardConfig::default().with_read_first(true);
+    let guard =
+        Arc::new(WebhookGuard::new(PgStore::new(database.pool().clone()), SystemClock).with_config(config));
+    let event = key("acme", "evt_read_first");
+    // Concurrent first deliveries: the read finds nothing for all of them, the claim decides.
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let guard = Arc::clone(&guard);
+        let event = event.clone();
+        tasks.push(tokio::spawn(async move {
+            deliver(&guard, &event, b"{}", &format!("w{worker}")).await.unwrap()
+        }));
+    }
+    let mut processed = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Outcome::Processed(()) => processed += 1,
+            Outcome::AlreadyProcessed | Outcome::RetryInFlight => {}
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(processed, 1);
+    assert_eq!(deliver(&guard, &event, b"{}", "late").await.unwrap(), Outcome::AlreadyProcessed);
+    assert_eq!(deliver(&guard, &event, b"{\"x\":1}", "late").await.unwrap(), Outcome::BodyMismatch);
+    assert_eq!(effects(database.pool(), "evt_read_first").await, 1);
+}
