@@ -116,7 +116,8 @@ impl NewEntry {
             prev_hash,
             hash: Sha256Digest::ZERO,
         };
-        entry.hash = entry.compute_hash()?;
+        let mut scratch = Vec::with_capacity(256 + entry.payload.len() + entry.subject.len());
+        entry.hash = entry.compute_hash_with(&mut scratch)?;
         Ok(entry)
     }
 }
@@ -188,6 +189,27 @@ impl AuditEntry {
         Ok(hasher.finish())
     }
 
+    /// Recomputes the entry's hash like [`AuditEntry::compute_hash`], writing the preimage into
+    /// `scratch` and hashing it in one pass (the verifier's fast path: one SHA-256 call over
+    /// contiguous bytes instead of one update per field). Both give the same digest.
+    ///
+    /// # Errors
+    ///
+    /// As [`AuditEntry::compute_hash`].
+    pub fn compute_hash_with(&self, scratch: &mut Vec<u8>) -> Result<Sha256Digest> {
+        scratch.clear();
+        push_field(scratch, ENTRY_DOMAIN.as_bytes())?;
+        push_field(scratch, self.tenant.as_str().as_bytes())?;
+        push_field(scratch, &self.seq.to_be_bytes())?;
+        push_field(scratch, &self.time_us.to_be_bytes())?;
+        push_field(scratch, self.actor.as_bytes())?;
+        push_field(scratch, self.action.as_bytes())?;
+        push_field(scratch, self.subject.as_bytes())?;
+        push_field(scratch, self.payload.as_bytes())?;
+        push_field(scratch, self.prev_hash.as_bytes())?;
+        Ok(Sha256Digest::of(scratch))
+    }
+
     /// The entry's time as a UTC timestamp, if it is within chrono's range.
     pub fn time(&self) -> Option<DateTime<Utc>> {
         DateTime::from_timestamp_micros(self.time_us)
@@ -197,6 +219,14 @@ impl AuditEntry {
     pub fn as_head(&self) -> ChainHead {
         ChainHead { seq: self.seq, hash: self.hash }
     }
+}
+
+fn push_field(out: &mut Vec<u8>, bytes: &[u8]) -> Result<()> {
+    let length =
+        u32::try_from(bytes.len()).map_err(|_| sos_core::Error::FieldTooLong { len: bytes.len() })?;
+    out.extend_from_slice(&length.to_be_bytes());
+    out.extend_from_slice(bytes);
+    Ok(())
 }
 
 /// The last entry of a chain, by sequence number and hash: `SEQ:HASH` in text.

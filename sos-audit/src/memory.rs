@@ -55,13 +55,18 @@ impl MemoryAuditStore {
         // The guarded map is only ever changed by whole pushes, so it is valid even if a holder
         // panicked.
         let mut chains = self.chains.lock().unwrap_or_else(PoisonError::into_inner);
-        let chain = chains.entry(entry.tenant().clone()).or_default();
-        let (seq, prev_hash) = match chain.last() {
-            Some(last) => (last.seq + 1, last.hash),
-            None => (1, Sha256Digest::ZERO),
-        };
+        // Looked up by reference so that the common case does not clone the tenant id.
+        let (seq, prev_hash) = chains
+            .get(entry.tenant())
+            .and_then(|chain| chain.last())
+            .map_or((1, Sha256Digest::ZERO), |last| (last.seq + 1, last.hash));
         let stored = entry.into_entry(seq, time, prev_hash)?;
-        chain.push(stored.clone());
+        match chains.get_mut(&stored.tenant) {
+            Some(chain) => chain.push(stored.clone()),
+            None => {
+                chains.insert(stored.tenant.clone(), vec![stored.clone()]);
+            }
+        }
         Ok(stored)
     }
 }

@@ -159,9 +159,12 @@ async fn append_locked(
         seq: i64::MAX,
         reason: "the chain is full (seq exceeds i64)",
     })?;
+    // One round trip to SQLite's worker thread for both statements; they share the numbered
+    // parameters.
     sqlx::query(
         "INSERT INTO audit_entries (tenant, seq, time_us, actor, action, subject, payload, prev_hash, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9);
+         UPDATE audit_heads SET seq = ?2, hash = ?9 WHERE tenant = ?1",
     )
     .bind(&tenant)
     .bind(seq)
@@ -175,13 +178,6 @@ async fn append_locked(
     .execute(&mut *conn)
     .await
     .map_err(storage)?;
-    sqlx::query("UPDATE audit_heads SET seq = ?2, hash = ?3 WHERE tenant = ?1")
-        .bind(&tenant)
-        .bind(seq)
-        .bind(stored.hash.as_bytes().as_slice())
-        .execute(&mut *conn)
-        .await
-        .map_err(storage)?;
     Ok(stored)
 }
 

@@ -152,6 +152,25 @@ fn apply(entries: &mut Vec<AuditEntry>, mutation: &Mutation, index: usize) -> u6
 }
 
 proptest! {
+    /// The verifier's one-pass hash equals the `DomainHasher` definition.
+    #[test]
+    fn one_pass_hash_equals_domain_hasher(
+        actor in "[a-z:]{1,20}",
+        subject in any::<String>(),
+        seq in 1u64..u64::MAX,
+        time_us in any::<i64>(),
+        note in any::<String>(),
+    ) {
+        let new = NewEntry::new(tenant(), actor, "act", subject.replace('\0', ""), &serde_json::json!({ "note": note }));
+        if let Ok(new) = new {
+            let time = Utc.timestamp_opt(0, 0).single().expect("epoch");
+            let mut entry = new.into_entry(seq, time, Sha256Digest::of(b"prev")).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            entry.time_us = time_us;
+            let mut scratch = Vec::new();
+            prop_assert_eq!(entry.compute_hash_with(&mut scratch).ok(), entry.compute_hash().ok());
+        }
+    }
+
     #[test]
     fn verifier_reports_exactly_the_first_mutated_position(
         length in 2usize..40,

@@ -213,6 +213,7 @@ pub struct ChainVerifier {
     pending_gap: Option<u64>,
     finding: Option<Finding>,
     entries: u64,
+    scratch: Vec<u8>,
 }
 
 impl ChainVerifier {
@@ -226,6 +227,7 @@ impl ChainVerifier {
             pending_gap: None,
             finding: None,
             entries: 0,
+            scratch: Vec::with_capacity(1024),
         }
     }
 
@@ -272,7 +274,7 @@ impl ChainVerifier {
 
     fn check(&mut self, entry: &AuditEntry) -> Option<Finding> {
         let expected = self.next_seq;
-        match entry.compute_hash() {
+        match entry.compute_hash_with(&mut self.scratch) {
             Ok(hash) if hash == entry.hash => {}
             _ => return Some(Finding::Modified { seq: expected, claimed_seq: entry.seq }),
         }
