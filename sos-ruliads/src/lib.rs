@@ -16,7 +16,12 @@
 //! - vertical [`pack`]s (`<dir>/<vertical>/seed.json`) resolved and validated at deploy time;
 //! - the [`engine`] that evaluates a pack over a batch, deterministically, on every core;
 //! - the [`trust`] gate: Plant → Introduce → Observe → First insight → Intervene, with a budget
-//!   that follows people's feedback.
+//!   that follows people's feedback;
+//! - [`grouping`]: group_wait, group_interval, repeat_interval, inhibition and flapping, every
+//!   held-back signal recorded with its reason;
+//! - the [`ceiling`] on concurrently running triggers (one atomic conditional write on
+//!   PostgreSQL and SQLite, replays refused under a unique key);
+//! - the [`store`] of claimed causes and state blobs, so a host restarts without re-firing.
 //!
 //! The formats are specified in `docs/ruliads.md`.
 //!
@@ -103,9 +108,14 @@
 //!
 //! # Crate features
 //!
-//! None yet: everything here is in memory.
+//! - `postgres`: `PgCeiling`, `PgStore` and `store::postgres_migrator`.
+//! - `sqlite`: `SqliteCeiling`, `SqliteStore` and `store::sqlite_migrator`.
+//!
+//! The in-memory ceiling and store are always available. Migrations use the version range
+//! `0300000001…` and ignore other crates' migrations in a shared database.
 
 pub mod catalog;
+pub mod ceiling;
 pub mod combinators;
 pub mod crm;
 pub mod engine;
@@ -115,6 +125,7 @@ pub mod fixture;
 pub mod grouping;
 pub mod pack;
 mod ruliad;
+pub mod store;
 pub mod trust;
 
 pub use error::{Error, Result};

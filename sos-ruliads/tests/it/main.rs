@@ -1,11 +1,15 @@
 //! Integration tests of `sos-ruliads`, through the public API only.
 
 mod catalog;
+#[cfg(all(feature = "postgres", feature = "sqlite"))]
+mod ceiling;
 mod combinators;
 mod engine;
 mod grouping;
 mod host;
 mod packs;
+#[cfg(all(feature = "postgres", feature = "sqlite"))]
+mod store;
 mod trust;
 
 use chrono::{DateTime, TimeZone, Utc};

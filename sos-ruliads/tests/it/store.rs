@@ -1,0 +1,154 @@
+use std::sync::Arc;
+
+use chrono::TimeDelta;
+use sos_core::{Sha256Digest, TenantId};
+use sos_ruliads::crm::Stage;
+use sos_ruliads::store::{
+    MemoryStore, PgStore, SqliteStore, StateStore, claim_new, postgres_migrator, sqlite_migrator,
+};
+use sos_ruliads::trust::{TrustConfig, TrustGate, TrustState};
+use sos_ruliads::{Ruliad, catalog};
+use sos_testkit::{PgTestDatabase, SqliteTestDatabase};
+
+use crate::{at, deal};
+
+fn tenant(name: &str) -> TenantId {
+    name.parse().expect("valid tenant")
+}
+
+/// The behaviour every backend shares.
+async fn store_suite<S: StateStore>(store: &S) {
+    let (acme, globex) = (tenant("acme"), tenant("globex"));
+    let cause = Sha256Digest::of(b"deal-1");
+    assert!(store.claim_cause(at(10, 9), &acme, "stale-deal-nudge", &cause).await.expect("ok"));
+    assert!(
+        !store.claim_cause(at(10, 10), &acme, "stale-deal-nudge", &cause).await.expect("ok"),
+        "replay-same"
+    );
+    assert!(store.claim_cause(at(10, 9), &acme, "other-rule", &cause).await.expect("ok"));
+    assert!(
+        store.claim_cause(at(10, 9), &globex, "stale-deal-nudge", &cause).await.expect("ok"),
+        "tenants apart"
+    );
+    let later = Sha256Digest::of(b"deal-2");
+    assert!(store.claim_cause(at(12, 9), &acme, "stale-deal-nudge", &later).await.expect("ok"));
+    assert_eq!(store.forget_causes_before(&acme, at(11, 0)).await.expect("ok"), 2);
+    assert!(store.claim_cause(at(13, 9), &acme, "stale-deal-nudge", &cause).await.expect("ok"), "forgotten");
+    assert!(!store.claim_cause(at(13, 9), &acme, "stale-deal-nudge", &later).await.expect("ok"), "kept");
+    assert!(
+        !store.claim_cause(at(13, 9), &globex, "stale-deal-nudge", &cause).await.expect("ok"),
+        "other tenant kept"
+    );
+
+    assert_eq!(store.get(&acme, "trust").await.expect("ok"), None);
+    let mut gate = TrustGate::plant(TrustConfig::default(), at(1, 9)).expect("valid");
+    gate.introduce(at(1, 9), &acme, "Nova").expect("valid");
+    gate.observe_message();
+    let saved = serde_json::to_value(gate.state()).expect("serializes");
+    store.put(at(10, 9), &acme, "trust", &saved).await.expect("ok");
+    store.put(at(10, 9), &acme, "trust", &saved).await.expect("replaces");
+    assert_eq!(store.get(&globex, "trust").await.expect("ok"), None);
+    let loaded = store.get(&acme, "trust").await.expect("ok").expect("stored");
+    let state: TrustState = serde_json::from_value(loaded).expect("deserializes");
+    assert_eq!(TrustGate::restore(TrustConfig::default(), state).expect("valid"), gate);
+}
+
+#[tokio::test]
+async fn memory_store_behaves() {
+    store_suite(&MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn sqlite_store_behaves() {
+    let database = SqliteTestDatabase::new(&[&sqlite_migrator()]).await;
+    store_suite(&SqliteStore::new(database.pool().clone())).await;
+}
+
+#[tokio::test]
+async fn postgres_store_behaves() {
+    let database = PgTestDatabase::new(&[&postgres_migrator()]).await;
+    store_suite(&PgStore::new(database.pool().clone())).await;
+}
+
+/// Two evaluators in this process run the stale-deal rule over the same 40 deals and keep only
+/// the signals whose cause they claimed first. Returns how many they kept.
+async fn two_evaluators<S: StateStore + 'static>(store: Arc<S>) -> usize {
+    let mut tasks = Vec::new();
+    for evaluator in 0..2 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let rule = catalog::build("stale-deal-nudge", &serde_json::Value::Null).expect("defaults");
+            let mut kept = 0;
+            // Each evaluator runs three rounds, on different days, in a different deal order.
+            for round in 0..3 {
+                let now = at(10, 9) + TimeDelta::days(round);
+                let mut signals: Vec<_> = (0..40)
+                    .filter_map(|index| {
+                        rule.evaluate(now, &deal(&format!("d{index}"), Stage::Discovery, Some(1)))
+                            .into_signal()
+                    })
+                    .collect();
+                if evaluator == 1 {
+                    signals.reverse();
+                }
+                kept += claim_new(&*store, now, signals).await.expect("store works").len();
+            }
+            kept
+        }));
+    }
+    let mut kept = 0;
+    for task in tasks {
+        kept += task.await.expect("task");
+    }
+    kept
+}
+
+/// The child half of the two-process test. Without `SOS_CHILD_ROLE` it runs the two evaluators
+/// against an in-memory store, which must keep each of the 40 causes exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_evaluator_process() {
+    let kept = if std::env::var("SOS_CHILD_ROLE").as_deref() == Ok("ruliads-evaluators") {
+        let url = std::env::var("SOS_CHILD_URL").expect("the parent passes the database URL");
+        let pool =
+            sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await.expect("connect");
+        two_evaluators(Arc::new(PgStore::new(pool))).await
+    } else {
+        let kept = two_evaluators(Arc::new(MemoryStore::new())).await;
+        assert_eq!(kept, 40);
+        kept
+    };
+    println!("\nKEPT={kept}");
+}
+
+#[tokio::test]
+async fn four_evaluators_in_two_processes_fire_each_cause_once() {
+    let database = PgTestDatabase::new(&[&postgres_migrator()]).await;
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().expect("test binary"))
+                .args(["--exact", "store::child_evaluator_process", "--nocapture", "--test-threads", "1"])
+                .env("SOS_CHILD_ROLE", "ruliads-evaluators")
+                .env("SOS_CHILD_URL", database.url())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn child")
+        })
+        .collect();
+    let mut kept = 0;
+    for child in children {
+        let output = child.wait_with_output().expect("child ran");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "child failed: {stdout}");
+        kept += stdout
+            .lines()
+            .find_map(|line| line.split("KEPT=").nth(1))
+            .and_then(|count| count.split_whitespace().next()?.parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("child printed no count: {stdout}"));
+    }
+    assert_eq!(kept, 40, "40 causes, 4 evaluators, 3 rounds: each cause fires once, 0 duplicates");
+    let claimed: i64 = sqlx::query_scalar("SELECT count(*) FROM sos_ruliads_seen_causes")
+        .fetch_one(database.pool())
+        .await
+        .expect("count");
+    assert_eq!(claimed, 40);
+}
