@@ -62,13 +62,13 @@ fn traits_follow_the_table() {
     let mut bytes = [0u8; 32];
     bytes[0] = 0xf0; // u0 = 0xf000 → hue family 15
     bytes[2] = 0xe0; // u1 = 0xe000 → geometry 7 (cross)
-    bytes[4] = 0x20; // u2 = 0x2000 → symmetry 3
+    bytes[4] = 0x20; // u2 = 0x2000 → symmetry 4
     bytes[6] = 0xc0; // u3 = 0xc000 → contrast 3
     bytes[12] = 0xff; // u6 → layers 4
     let traits = Traits::of(&IdentityVector::from_bytes(bytes));
     assert_eq!(traits.aesthetics.hue_family, 15);
     assert_eq!(traits.aesthetics.geometry, Geometry::Cross);
-    assert_eq!(traits.aesthetics.symmetry, 3);
+    assert_eq!(traits.aesthetics.symmetry, 4);
     assert_eq!(traits.aesthetics.contrast, 3);
     assert_eq!(traits.aesthetics.layers, 4);
     assert_eq!(traits.behaviour.communication, CommunicationStyle::Concise);

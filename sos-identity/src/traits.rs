@@ -95,7 +95,7 @@ pub struct Aesthetics {
     pub hue_family: u8,
     /// Geometry class of the ring elements, from dimension 1 (`u1 >> 13`).
     pub geometry: Geometry,
-    /// Rotational symmetry order, 2..=9, from dimension 2 (`2 + (u2 >> 13)`).
+    /// Rotational symmetry order, 3..=10, from dimension 2 (`3 + (u2 >> 13)`).
     pub symmetry: u8,
     /// Contrast level, 0..4 (0 softest), from dimension 3 (`u3 >> 14`).
     pub contrast: u8,
@@ -136,7 +136,7 @@ pub struct Behaviour {
 /// use sos_identity::{IdentityVector, Traits};
 ///
 /// let traits = Traits::of(&IdentityVector::derive("alice", "researcher")?);
-/// assert!((2..=9).contains(&traits.aesthetics.symmetry));
+/// assert!((3..=10).contains(&traits.aesthetics.symmetry));
 /// let sum: f32 = traits.behaviour.domain_weights.iter().sum();
 /// assert!((sum - 1.0).abs() < 1e-5);
 /// # Ok::<(), sos_identity::Error>(())
@@ -160,7 +160,7 @@ impl Traits {
         let aesthetics = Aesthetics {
             hue_family: top(u[0], 4),
             geometry: Geometry::from_index(u[1] >> 13),
-            symmetry: 2 + top(u[2], 3),
+            symmetry: 3 + top(u[2], 3),
             contrast: top(u[3], 2),
             texture: Texture::ALL[usize::from(u[4] >> 14)],
             accent: top(u[5], 3),

@@ -121,13 +121,17 @@ fn shape(geometry: Geometry) -> &'static str {
 /// Hue offsets of the accent, by accent index.
 const ACCENT_OFFSETS: [f64; 8] = [180.0, 150.0, 210.0, 120.0, 240.0, 90.0, 270.0, 60.0];
 /// (background lightness, foreground lightness) by contrast level.
-const CONTRAST: [(f64, f64); 4] = [(0.88, 0.56), (0.93, 0.40), (0.24, 0.66), (0.13, 0.78)];
+const CONTRAST: [(f64, f64); 4] = [(0.88, 0.48), (0.93, 0.36), (0.24, 0.66), (0.13, 0.78)];
 /// Ring radii in hundredths, outermost first.
 const RING_RADII: [i64; 4] = [2150, 1550, 1000, 550];
 /// Element sizes in hundredths by scale level.
-const ELEMENT_SIZES: [i64; 4] = [280, 360, 440, 520];
+const ELEMENT_SIZES: [i64; 4] = [320, 400, 480, 560];
 /// The tinted half of the background, by split feature: top, left, upper-left and upper-right.
 const SPLITS: [&str; 4] = ["M0 0H64V32H0z", "M0 0H32V64H0z", "M0 0H64L0 64z", "M0 0H64V64z"];
+/// Element growth in percent, by number of layers.
+const RING_ROOM: [i64; 4] = [150, 120, 100, 90];
+/// Centre glyph sizes in hundredths, by number of layers.
+const GLYPH_SIZES: [i64; 4] = [1000, 780, 520, 300];
 /// Corner radius of the frame, by frame feature.
 const FRAME_CORNERS: [u32; 4] = [8, 32, 3, 16];
 
@@ -160,7 +164,8 @@ fn write_svg(vector: &IdentityVector, svg: &mut String) {
     );
     let order = i64::from(traits.symmetry);
     let layers = usize::from(traits.layers);
-    let base_size = ELEMENT_SIZES[usize::from(traits.scale)];
+    // Fewer rings leave more room: elements grow by 150 %, 120 %, 100 % or 90 % for 1–4 rings.
+    let base_size = ELEMENT_SIZES[usize::from(traits.scale)] * RING_ROOM[layers - 1] / 100;
     for (layer, ring_radius) in RING_RADII.iter().enumerate().take(layers) {
         // Jitter of 0 to 0.75 in steps of 0.25, from one byte of the radius draw per layer.
         let jitter = i64::from((radius_draw[0] >> (8 * layer)) & 3) * 25;
@@ -198,7 +203,8 @@ fn write_svg(vector: &IdentityVector, svg: &mut String) {
             let _ = write!(svg, "<use href=\"#l{layer}\" transform=\"rotate({})\"/>", Fixed(angle));
         }
     }
-    let glyph_size = if layers == 4 { 300 } else { 520 };
+    // The glyph fills the room the rings leave: large when there is one ring, small with four.
+    let glyph_size = GLYPH_SIZES[layers - 1];
     let glyph_fill = if layers % 2 == 1 { accent } else { foreground };
     let _ = write!(
         svg,

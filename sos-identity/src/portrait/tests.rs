@@ -18,7 +18,7 @@ fn hsl_primaries() {
 
 #[test]
 fn worst_case_portrait_fits_the_budget() {
-    // Every feature at its most expensive: 4 layers of 9 stars, all 16 marks, dots texture.
+    // Every feature at its most expensive: 4 layers of 10 stars, all 16 marks, dots texture.
     let mut worst_size = 0;
     for seed in 0u32..2000 {
         let mut bytes = [0xffu8; 32];
