@@ -126,6 +126,18 @@ proptest::proptest! {
     }
 }
 
+proptest::proptest! {
+    /// Untrusted input never panics the parsers, and whatever they accept derives the spec's vector.
+    #[test]
+    fn injection_arbitrary_input_never_panics(text in proptest::prelude::any::<String>(), hex in "[0-9a-fA-Fé ]{0,70}") {
+        if let (Ok(name), Ok(role)) = (AgentName::new(text.as_str()), AgentRole::new(text.as_str())) {
+            proptest::prop_assert_eq!(*IdentityVector::of(&name, &role).as_bytes(), reference_vector(&text, &text));
+        }
+        let _ = IdentityVector::from_hex(&hex);
+        let _ = serde_json::from_str::<AgentName>(&serde_json::to_string(&text).expect("json"));
+    }
+}
+
 /// Whether the crate accepts `text` (the strategy avoids controls, so this is mostly NFC).
 fn accepted(text: &str) -> bool {
     AgentName::new(text).is_ok()
@@ -384,6 +396,44 @@ async fn toctou_dedupe_many_tasks_one_name_sqlite() {
 async fn toctou_dedupe_many_tasks_one_name_postgres() {
     let pg = PgTestDatabase::new(&[&postgres_migrator()]).await;
     one_name_many_tasks(Arc::new(PostgresRegistry::new(pg.pool().clone(), clock())), 24).await;
+}
+
+/// Named shape `replay-same` under concurrency: many tasks register the same (name, role) at
+/// once. One creates the entry; every other gets `Existing` with that very entry; nothing else is
+/// appended.
+async fn one_identity_many_replays<R: IdentityRegistry + 'static>(registry: Arc<R>, tasks: usize) {
+    let acme = tenant("acme");
+    let barrier = Arc::new(tokio::sync::Barrier::new(tasks));
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let (registry, barrier, acme) = (registry.clone(), barrier.clone(), acme.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                registry.register(&acme, &name("replayed"), &role("worker")).await
+            })
+        })
+        .collect();
+    let mut created = Vec::new();
+    let mut existing = Vec::new();
+    for handle in handles {
+        match handle.await.expect("no task panicked") {
+            Ok(Registration::Created(entry)) => created.push(entry),
+            Ok(Registration::Existing(entry)) => existing.push(entry),
+            other => panic!("a replay of the same identity got {other:?}"),
+        }
+    }
+    assert_eq!(created.len(), 1, "exactly one creation");
+    assert!(existing.iter().all(|entry| *entry == created[0]), "replays return the created entry");
+    assert_eq!(registry.entries(&acme).await.expect("entries"), created);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replay_same_concurrent_registrations_of_one_identity() {
+    one_identity_many_replays(Arc::new(MemoryRegistry::new(clock())), 32).await;
+    let sqlite = SqliteTestDatabase::new(&[&sqlite_migrator()]).await;
+    one_identity_many_replays(Arc::new(SqliteRegistry::new(sqlite.pool().clone(), clock())), 16).await;
+    let pg = PgTestDatabase::new(&[&postgres_migrator()]).await;
+    one_identity_many_replays(Arc::new(PostgresRegistry::new(pg.pool().clone(), clock())), 16).await;
 }
 
 /// Named shapes `toctou-dedupe` and `chain-seq-stale-read` across OS processes: two processes, each
