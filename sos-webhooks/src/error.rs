@@ -82,6 +82,14 @@ pub enum Error {
     )]
     LeaseLost,
 
+    /// The handler's transaction could not commit its claim: a statement inside it failed (so
+    /// PostgreSQL aborted it) or the handler removed the claim. Nothing was committed.
+    #[error(
+        "the handler's transaction was aborted by a failed statement, or the claim was removed; \
+         nothing was committed, so return the statement's error from the handler instead of ignoring it"
+    )]
+    TransactionAborted,
+
     /// A configuration value is out of range.
     #[error("invalid configuration: {reason}")]
     InvalidConfig {

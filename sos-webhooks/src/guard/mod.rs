@@ -447,25 +447,46 @@ pub(crate) fn answer_from(state: &str, stored_hash: &[u8], body_hash: &Sha256Dig
     }
 }
 
-/// Failure reasons are stored for operators, cut to a bounded length.
-pub(crate) fn truncate_reason(reason: &str) -> &str {
+/// Failure reasons are stored for operators: control characters (NUL cannot be stored in
+/// PostgreSQL text) become U+FFFD, and the text is cut to at most 500 bytes.
+pub(crate) fn clean_reason(reason: &str) -> String {
     const MAX: usize = 500;
-    if reason.len() <= MAX {
-        return reason;
+    let mut cleaned = String::with_capacity(reason.len().min(MAX));
+    for character in reason.chars() {
+        let character = if character.is_control() { '\u{FFFD}' } else { character };
+        if cleaned.len() + character.len_utf8() > MAX {
+            break;
+        }
+        cleaned.push(character);
     }
-    let mut end = MAX;
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    &reason[..end]
+    cleaned
 }
 
+/// Far enough for any lease or horizon, and inside every backend's time range.
+fn far_future() -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+fn far_past() -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp(-62_135_596_800, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// `instant + duration`, saturating at year 9999: a huge lease means "never expires", never
+/// "already expired".
 pub(crate) fn add(instant: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
-    chrono::Duration::from_std(duration).ok().and_then(|d| instant.checked_add_signed(d)).unwrap_or(instant)
+    chrono::Duration::from_std(duration)
+        .ok()
+        .and_then(|duration| instant.checked_add_signed(duration))
+        .map_or_else(far_future, |later| later.min(far_future()))
 }
 
+/// `instant - duration`, saturating at year 1: a huge retention or retry delay means "nothing
+/// is old enough", never "everything is".
 pub(crate) fn sub(instant: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
-    chrono::Duration::from_std(duration).ok().and_then(|d| instant.checked_sub_signed(d)).unwrap_or(instant)
+    chrono::Duration::from_std(duration)
+        .ok()
+        .and_then(|duration| instant.checked_sub_signed(duration))
+        .map_or_else(far_past, |earlier| earlier.max(far_past()))
 }
 
 /// The idempotent webhook guard over a store.
@@ -550,8 +571,8 @@ impl<S: ClaimStore> WebhookGuard<S> {
                 Ok(Outcome::Processed(value))
             }
             Err(error) => {
-                let reason = error.to_string();
-                self.store.fail(&claim, self.now(), truncate_reason(&reason)).await?;
+                let reason = clean_reason(&error.to_string());
+                self.store.fail(&claim, self.now(), &reason).await?;
                 Err(RunError::Handler(error))
             }
         }

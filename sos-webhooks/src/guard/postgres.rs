@@ -203,6 +203,7 @@ impl WebhookGuard<PgStore> {
             }
         }
         let now = self.now();
+        let token = new_token();
         let mut transaction = self.store().pool.begin().await.map_err(Error::from)?;
         // One statement claims and, when it cannot, reads the record to answer from. The read
         // sees the statement's snapshot, so it never sees the row this statement inserted,
@@ -223,7 +224,7 @@ impl WebhookGuard<PgStore> {
         .bind(key.provider().as_str())
         .bind(key.event_id().as_str())
         .bind(body_hash.as_bytes().as_slice())
-        .bind(new_token())
+        .bind(&token)
         .bind(now)
         .bind(key.lock_id())
         .fetch_one(&mut *transaction)
@@ -244,6 +245,24 @@ impl WebhookGuard<PgStore> {
         }
         match handler(&mut transaction).await {
             Ok(value) => {
+                // PostgreSQL answers COMMIT of an aborted transaction with a silent ROLLBACK, so
+                // a handler that swallowed a failed statement would otherwise be reported
+                // processed with nothing committed. Checking that the claim is still there
+                // fails in an aborted transaction, and also catches a handler that deleted it.
+                let still_claimed = sqlx::query(
+                    "SELECT 1 FROM sos_webhook_events \
+                     WHERE tenant = $1 AND provider = $2 AND event_id = $3 AND claim_token = $4",
+                )
+                .bind(key.tenant().as_str())
+                .bind(key.provider().as_str())
+                .bind(key.event_id().as_str())
+                .bind(&token)
+                .fetch_optional(&mut *transaction)
+                .await;
+                if !matches!(still_claimed, Ok(Some(_))) {
+                    transaction.rollback().await.map_err(Error::from)?;
+                    return Err(Error::TransactionAborted.into());
+                }
                 transaction.commit().await.map_err(Error::from)?;
                 Ok(Outcome::Processed(value))
             }

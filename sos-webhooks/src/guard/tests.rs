@@ -35,11 +35,23 @@ fn lock_ids_differ_by_part_boundaries() {
 }
 
 #[test]
-fn reasons_are_truncated_on_char_boundaries() {
+fn reasons_are_cleaned_and_truncated_on_char_boundaries() {
     let long = "é".repeat(400);
-    let cut = truncate_reason(&long);
+    let cut = clean_reason(&long);
     assert!(cut.len() <= 500);
-    assert!(long.starts_with(cut));
+    assert!(long.starts_with(&cut));
+    assert_eq!(clean_reason("a\0b\u{7}c"), "a\u{FFFD}b\u{FFFD}c");
+}
+
+#[test]
+fn huge_durations_saturate_safely() {
+    let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    assert!(add(now, Duration::MAX) > now + chrono::Duration::days(365 * 1000), "a huge lease never expires");
+    assert!(
+        sub(now, Duration::MAX) < now - chrono::Duration::days(365 * 1000),
+        "a huge horizon purges nothing"
+    );
+    assert_eq!(add(now, Duration::from_secs(60)), now + chrono::Duration::seconds(60));
 }
 
 #[test]

@@ -164,7 +164,13 @@ pub(crate) fn check_tolerance(timestamp: i64, clock: &dyn Clock, tolerance: Dura
 
 /// A header's value as text, or a typed error when it is absent or not visible ASCII.
 pub(crate) fn header_str<'h>(headers: &'h http::HeaderMap, name: &'static str) -> Result<&'h str> {
-    let value = headers.get(name).ok_or(Error::MissingHeader { header: name })?;
+    let mut values = headers.get_all(name).iter();
+    let value = values.next().ok_or(Error::MissingHeader { header: name })?;
+    // Two copies of a signed header are ambiguous: a proxy and this verifier could each act on
+    // a different one (one verified, the other used), so both are refused.
+    if values.next().is_some() {
+        return Err(Error::MalformedHeader { header: name, reason: "it appears more than once" });
+    }
     value.to_str().map_err(|_| Error::MalformedHeader { header: name, reason: "it is not visible ASCII" })
 }
 

@@ -177,6 +177,18 @@ fn verify_through_header_map() {
 }
 
 #[test]
+fn duplicated_signed_headers_are_refused() {
+    let body = b"{}";
+    let mut headers = http::HeaderMap::new();
+    headers.append("x-hub-signature-256", sign_github("s", body).parse().unwrap());
+    headers.append("x-hub-signature-256", "sha256=00".parse().unwrap());
+    assert!(matches!(
+        GithubVerifier::new(["s"]).unwrap().verify(&headers, body),
+        Err(Error::MalformedHeader { header: "x-hub-signature-256", reason: "it appears more than once" })
+    ));
+}
+
+#[test]
 fn non_utf8_bodies_verify() {
     let body = [0xff, 0x00, 0xfe, 0x80];
     let header = sign_github("s", &body);

@@ -243,3 +243,38 @@ async fn pg_read_first_answers_duplicates_and_still_claims() {
     assert_eq!(deliver(&guard, &event, b"{\"x\":1}", "late").await.unwrap(), Outcome::BodyMismatch);
     assert_eq!(effects(database.pool(), "evt_read_first").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_swallowed_statement_error_is_never_answered_processed() {
+    let database = database().await;
+    let guard = WebhookGuard::new(PgStore::new(database.pool().clone()), SystemClock);
+    let event = key("acme", "evt_swallowed");
+    let result = guard
+        .transactional(&event, b"{}", |tx| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO handler_effects VALUES ('acme', 'evt_swallowed', 'w')")
+                    .execute(&mut **tx)
+                    .await?;
+                // A failed statement aborts the transaction; the handler wrongly ignores it.
+                let _ = sqlx::query("SELECT 1 / 0").execute(&mut **tx).await;
+                Ok::<_, sqlx::Error>(())
+            })
+        })
+        .await;
+    assert!(matches!(result, Err(RunError::Guard(sos_webhooks::Error::TransactionAborted))), "{result:?}");
+    assert_eq!(effects(database.pool(), "evt_swallowed").await, 0);
+    assert_eq!(deliver(&guard, &event, b"{}", "retry").await.unwrap(), Outcome::Processed(()));
+    assert_eq!(effects(database.pool(), "evt_swallowed").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_failure_reason_with_nul_is_recorded() {
+    let database = database().await;
+    let guard = WebhookGuard::new(PgStore::new(database.pool().clone()), crate::support::manual_clock());
+    let event = key("acme", "evt_nul");
+    let message = format!("upstream said: \u{0}{}", "é".repeat(400));
+    let result = guard.two_phase(&event, b"{}", |_| async { Err::<(), _>(message.clone()) }).await;
+    assert!(matches!(result, Err(RunError::Handler(_))), "{result:?}");
+    let outcome = guard.two_phase(&event, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
+    assert_eq!(outcome, Outcome::PriorAttemptFailed);
+}
