@@ -1109,6 +1109,41 @@ fn routing_is_independent_of_insertion_order() {
     }
 }
 
+/// Stability: adding an agent moves a signal's best agent only to the newcomer, and removing one
+/// moves only the signals it held, in both modes (so slot reshuffling by removal never leaks
+/// into rankings).
+#[test]
+fn routing_stability_one_agent_moves_only_its_own_signals() {
+    for mode in [ScoreMode::Exact, ScoreMode::Float] {
+        let config = RouterConfig::default().with_mode(mode).with_sticky(false).with_load(LoadPolicy::Argmax);
+        let mut router = build(config, &(0..60).collect::<Vec<_>>());
+        let best = |router: &ResonanceRouter| -> Vec<String> {
+            (0..600u64)
+                .map(|signal| {
+                    router.top_k(&probe(signal), *signal_id(signal).as_uuid().as_bytes(), 1)[0]
+                        .agent
+                        .as_str()
+                        .to_owned()
+                })
+                .collect()
+        };
+        let before = best(&router);
+        router
+            .add(name("newcomer"), IdentityVector::derive("newcomer", "worker").expect("valid"))
+            .expect("new");
+        let after = best(&router);
+        let moved = before.iter().zip(&after).filter(|(old, new)| old != new).count();
+        assert!(before.iter().zip(&after).all(|(old, new)| old == new || new == "newcomer"), "{mode:?}");
+        assert!(moved > 0 && moved < 60, "{mode:?}: {moved} of 600 moved to the newcomer");
+        let victim = name("agent-17");
+        router.remove(&victim).expect("present");
+        let removed = best(&router);
+        for ((old, new), index) in after.iter().zip(&removed).zip(0..) {
+            assert!(old == new || old == "agent-17", "{mode:?}: signal {index} moved from {old} to {new}");
+        }
+    }
+}
+
 /// Ties are broken by the spec's hash of (signal id, agent name), never by position: agents with
 /// identical vectors (and, in exact mode, equal cosines from permuted vectors) win according to
 /// the tie key, whatever order they were added in, and each twin wins for some signals.
