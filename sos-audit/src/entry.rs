@@ -105,6 +105,18 @@ impl NewEntry {
 
     /// Places the entry in a chain: the store calls this while it holds the chain's head.
     pub fn into_entry(self, seq: u64, time: DateTime<Utc>, prev_hash: Sha256Digest) -> Result<AuditEntry> {
+        let mut scratch = Vec::with_capacity(256 + self.payload.len() + self.subject.len());
+        self.into_entry_with(seq, time, prev_hash, &mut scratch)
+    }
+
+    /// As [`NewEntry::into_entry`], reusing `scratch` for the hash preimage.
+    pub(crate) fn into_entry_with(
+        self,
+        seq: u64,
+        time: DateTime<Utc>,
+        prev_hash: Sha256Digest,
+        scratch: &mut Vec<u8>,
+    ) -> Result<AuditEntry> {
         let mut entry = AuditEntry {
             tenant: self.tenant,
             seq,
@@ -116,8 +128,7 @@ impl NewEntry {
             prev_hash,
             hash: Sha256Digest::ZERO,
         };
-        let mut scratch = Vec::with_capacity(256 + entry.payload.len() + entry.subject.len());
-        entry.hash = entry.compute_hash_with(&mut scratch)?;
+        entry.hash = entry.compute_hash_with(scratch)?;
         Ok(entry)
     }
 }

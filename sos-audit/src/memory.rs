@@ -29,14 +29,21 @@ use crate::store::AuditStore;
 /// ```
 #[derive(Debug, Clone)]
 pub struct MemoryAuditStore {
-    chains: Arc<Mutex<BTreeMap<TenantId, Vec<AuditEntry>>>>,
+    state: Arc<Mutex<State>>,
     clock: Arc<dyn Clock>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    chains: BTreeMap<TenantId, Vec<AuditEntry>>,
+    /// Reused for every hash preimage, so an append allocates only the stored entry.
+    scratch: Vec<u8>,
 }
 
 impl MemoryAuditStore {
     /// An empty store on the system clock.
     pub fn new() -> Self {
-        Self { chains: Arc::default(), clock: Arc::new(SystemClock) }
+        Self { state: Arc::default(), clock: Arc::new(SystemClock) }
     }
 
     /// Uses `clock` for entry times.
@@ -54,13 +61,14 @@ impl MemoryAuditStore {
         let time = self.clock.now();
         // The guarded map is only ever changed by whole pushes, so it is valid even if a holder
         // panicked.
-        let mut chains = self.chains.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let State { chains, scratch } = &mut *state;
         // Looked up by reference so that the common case does not clone the tenant id.
         let (seq, prev_hash) = chains
             .get(entry.tenant())
             .and_then(|chain| chain.last())
             .map_or((1, Sha256Digest::ZERO), |last| (last.seq + 1, last.hash));
-        let stored = entry.into_entry(seq, time, prev_hash)?;
+        let stored = entry.into_entry_with(seq, time, prev_hash, scratch)?;
         match chains.get_mut(&stored.tenant) {
             Some(chain) => chain.push(stored.clone()),
             None => {
@@ -83,12 +91,14 @@ impl AuditStore for MemoryAuditStore {
     }
 
     async fn head(&self, tenant: &TenantId) -> Result<Option<ChainHead>> {
-        let chains = self.chains.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let chains = &state.chains;
         Ok(chains.get(tenant).and_then(|chain| chain.last()).map(AuditEntry::as_head))
     }
 
     async fn read_page(&self, tenant: &TenantId, after_seq: u64, limit: u32) -> Result<Vec<AuditEntry>> {
-        let chains = self.chains.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let chains = &state.chains;
         let Some(chain) = chains.get(tenant) else { return Ok(Vec::new()) };
         // Sequence numbers are 1-based and gap-free here, so seq n sits at index n - 1.
         let start = usize::try_from(after_seq).unwrap_or(usize::MAX).min(chain.len());
@@ -97,7 +107,8 @@ impl AuditStore for MemoryAuditStore {
     }
 
     async fn tenants(&self) -> Result<Vec<TenantId>> {
-        let chains = self.chains.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let chains = &state.chains;
         Ok(chains.keys().cloned().collect())
     }
 }
