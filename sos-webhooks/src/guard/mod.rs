@@ -259,7 +259,7 @@ impl Default for GuardConfig {
             lease: Duration::from_secs(60),
             failed_retry_after: Duration::from_secs(30),
             retention: Duration::from_secs(7 * 24 * 3600),
-            busy_timeout: Duration::from_millis(50),
+            busy_timeout: Duration::from_millis(20),
             read_first: false,
         }
     }
@@ -296,7 +296,7 @@ impl GuardConfig {
     }
 
     /// SQLite transactional mode: how long to wait for the write lock before answering
-    /// [`Outcome::RetryInFlight`] (default 50 ms).
+    /// [`Outcome::RetryInFlight`] (default 20 ms, inside the 50 ms goal for that answer).
     pub fn with_busy_timeout(mut self, busy_timeout: Duration) -> Self {
         self.busy_timeout = busy_timeout;
         self

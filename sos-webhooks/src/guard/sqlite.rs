@@ -7,8 +7,9 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use sos_core::Sha256Digest;
 use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::SqlitePool;
-use sqlx::{Row as _, Sqlite, Transaction};
+use sqlx::{Acquire as _, Row as _, Sqlite, Transaction};
 
 use super::{
     Claim, ClaimAnswer, ClaimRequest, ClaimStore, Duplicate, EventKey, Outcome, RunError, WebhookGuard,
@@ -28,13 +29,29 @@ pub fn sqlite_migrator() -> Migrator {
 ///
 /// Write it as `|tx| Box::pin(async move { … })`.
 pub trait SqliteHandler<T, E>:
-    for<'t> FnOnce(&'t mut Transaction<'static, Sqlite>) -> BoxFuture<'t, Result<T, E>>
+    for<'t, 'c> FnOnce(&'t mut Transaction<'c, Sqlite>) -> BoxFuture<'t, Result<T, E>>
 {
 }
 
 impl<T, E, F> SqliteHandler<T, E> for F where
-    F: for<'t> FnOnce(&'t mut Transaction<'static, Sqlite>) -> BoxFuture<'t, Result<T, E>>
+    F: for<'t, 'c> FnOnce(&'t mut Transaction<'c, Sqlite>) -> BoxFuture<'t, Result<T, E>>
 {
+}
+
+/// A pooled connection whose busy timeout the guard has shortened. If the guard's future is
+/// dropped before the timeout is put back, the connection is closed instead of returning to
+/// the pool with the guard's setting.
+struct ShortTimeout {
+    connection: PoolConnection<Sqlite>,
+    shortened: bool,
+}
+
+impl Drop for ShortTimeout {
+    fn drop(&mut self) {
+        if self.shortened {
+            self.connection.close_on_drop();
+        }
+    }
 }
 
 fn micros(instant: DateTime<Utc>) -> i64 {
@@ -180,7 +197,7 @@ impl WebhookGuard<SqliteStore> {
     ///
     /// SQLite has one writer at a time: the claim's insert takes the database's write lock,
     /// waiting at most [`GuardConfig::busy_timeout`](super::GuardConfig::busy_timeout)
-    /// (default 50 ms) before answering [`Outcome::RetryInFlight`]. While one handler runs,
+    /// (default 20 ms) before answering [`Outcome::RetryInFlight`]. While one handler runs,
     /// deliveries of *other* new events are answered `RetryInFlight` too; duplicates of
     /// processed events are answered without the lock. The handler's writes and the
     /// "processed" mark commit together, or not at all.
@@ -208,17 +225,20 @@ impl WebhookGuard<SqliteStore> {
             }
         }
         let now = self.now();
-        let mut transaction = pool.begin().await.map_err(Error::from)?;
+        let mut connection =
+            ShortTimeout { connection: pool.acquire().await.map_err(Error::from)?, shortened: false };
         // Wait only briefly for the write lock, then put the connection's own timeout back.
         let previous: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
-            .fetch_one(&mut *transaction)
+            .fetch_one(&mut *connection.connection)
             .await
             .map_err(Error::from)?;
         let short = self.config().busy_timeout().as_millis().min(i64::MAX as u128);
+        connection.shortened = true;
         sqlx::query(&format!("PRAGMA busy_timeout = {short}"))
-            .execute(&mut *transaction)
+            .execute(&mut *connection.connection)
             .await
             .map_err(Error::from)?;
+        let mut transaction = connection.connection.begin().await.map_err(Error::from)?;
         let claimed = sqlx::query(
             "INSERT INTO sos_webhook_events \
                (tenant, provider, event_id, body_hash, state, claim_token, attempts, lease_until, last_error, first_seen_at, updated_at) \
@@ -238,6 +258,7 @@ impl WebhookGuard<SqliteStore> {
             .execute(&mut *transaction)
             .await
             .map_err(Error::from)?;
+        connection.shortened = false;
         let claimed = match claimed {
             Ok(claimed) => claimed,
             Err(error) if is_busy(&error) => {

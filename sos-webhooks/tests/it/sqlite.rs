@@ -167,3 +167,44 @@ async fn sqlite_retry_in_flight_while_handler_holds_the_write_lock() {
     };
     assert!(timeouts.iter().all(|timeout| *timeout == 5000), "{timeouts:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_cancelled_claim_leaves_no_short_busy_timeout_in_the_pool() {
+    let database = database().await;
+    let guard = Arc::new(WebhookGuard::new(SqliteStore::new(database.pool().clone()), SystemClock));
+    let (started_sender, started_receiver) = tokio::sync::oneshot::channel();
+    let (release_sender, release_receiver) = tokio::sync::oneshot::channel::<()>();
+    let holder = {
+        let guard = Arc::clone(&guard);
+        tokio::spawn(async move {
+            guard
+                .transactional(&key("acme", "evt_holder"), b"{}", |_tx| {
+                    Box::pin(async move {
+                        let _ = started_sender.send(());
+                        let _ = release_receiver.await;
+                        Ok::<_, sqlx::Error>(())
+                    })
+                })
+                .await
+        })
+    };
+    started_receiver.await.unwrap();
+    // Deliveries of other new events wait for the write lock; cancel them mid-wait.
+    for attempt in 0..4 {
+        let event = key("acme", &format!("evt_cancelled_{attempt}"));
+        let cancelled =
+            tokio::time::timeout(Duration::from_millis(5), deliver(&guard, &event, b"{}", "c")).await;
+        assert!(cancelled.is_err(), "the delivery was expected to wait for the write lock");
+    }
+    release_sender.send(()).unwrap();
+    assert_eq!(holder.await.unwrap().unwrap(), Outcome::Processed(()));
+    let mut connections = Vec::new();
+    for _ in 0..8 {
+        connections.push(database.pool().acquire().await.unwrap());
+    }
+    for connection in &mut connections {
+        let timeout: i64 =
+            sqlx::query_scalar("PRAGMA busy_timeout").fetch_one(&mut **connection).await.unwrap();
+        assert_eq!(timeout, 5000, "a pooled connection kept the guard's short busy timeout");
+    }
+}
