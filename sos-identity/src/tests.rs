@@ -114,6 +114,19 @@ proptest! {
         }
     }
 
+    #[test]
+    fn traits_stay_in_their_ranges(bytes in any::<[u8; 32]>()) {
+        let traits = Traits::of(&IdentityVector::from_bytes(bytes));
+        let aesthetics = traits.aesthetics;
+        prop_assert!(aesthetics.hue_family < 16 && aesthetics.contrast < 4 && aesthetics.accent < 8);
+        prop_assert!((3..=10).contains(&aesthetics.symmetry) && (1..=4).contains(&aesthetics.layers));
+        prop_assert!(aesthetics.scale < 4 && aesthetics.rotation < 8);
+        let behaviour = traits.behaviour;
+        prop_assert!((0.0..1.0).contains(&behaviour.formality) && (0.0..1.0).contains(&behaviour.intervention_frequency));
+        let sum: f32 = behaviour.domain_weights.iter().sum();
+        prop_assert!((sum - 1.0).abs() < 1e-5 && behaviour.domain_weights.iter().all(|weight| *weight > 0.0));
+    }
+
     /// Mirror of the fuzz target `fuzz/fuzz_targets/parse_identity.rs`.
     #[test]
     fn fuzz_mirror_parse_identity(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {

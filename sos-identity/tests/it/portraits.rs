@@ -121,3 +121,18 @@ fn thumbnails_are_distinct() {
     eprintln!("minimum mean per-pixel ΔE_OK among {agents} thumbnails: {minimum:.4} (agents {closest:?})");
     assert!(minimum >= 0.02, "closest pair differs by only {minimum}");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Any 32 bytes, not only hash outputs, give a valid portrait within budget, drawn the same
+    /// way twice.
+    #[test]
+    fn any_vector_gives_a_valid_bounded_portrait(bytes in proptest::prelude::any::<[u8; 32]>()) {
+        let vector = IdentityVector::from_bytes(bytes);
+        let svg = Portrait::of(&vector).into_svg();
+        proptest::prop_assert!(svg.len() <= Portrait::MAX_BYTES);
+        proptest::prop_assert_eq!(&svg, &Portrait::of(&vector).into_svg());
+        parse(&svg);
+    }
+}

@@ -163,6 +163,101 @@ mod sqlite {
         assert!(matches!(verify_chain(&acme, &entries), Err(Error::Tampered { seq: 3, .. })));
     }
 
+    /// Named shape `toctou-dedupe` on SQLite: two OS processes share one database file.
+    mod toctou_dedupe {
+        use std::process::Command;
+
+        use super::*;
+
+        const ROLE_VAR: &str = "SOS_CHILD_ROLE";
+        const PATH_VAR: &str = "SOS_IDENTITY_RACE_SQLITE";
+        const NAMES: usize = 10;
+
+        async fn race(path: &std::path::Path, role_text: &str) -> Vec<String> {
+            let registry =
+                SqliteRegistry::new(sos_testkit::sqlite_pool(path, 2).await, Arc::new(sos_core::SystemClock));
+            let acme = tenant("acme");
+            let mut outcomes = Vec::new();
+            for index in 0..NAMES {
+                let outcome = match registry
+                    .register(&acme, &name(&format!("racer-{index}")), &role(role_text))
+                    .await
+                {
+                    Ok(registration) if registration.is_created() => "won",
+                    Ok(_) => "existing",
+                    Err(Error::RoleConflict { .. }) => "refused",
+                    Err(other) => panic!("unexpected error {other}"),
+                };
+                outcomes.push(format!("OUTCOME racer-{index} {outcome}"));
+            }
+            outcomes
+        }
+
+        /// The child half. Spawned by the parent with the role variable set; run on its own, it
+        /// races against nobody on a fresh database and must win every name.
+        #[tokio::test]
+        async fn toctou_dedupe_sqlite_child() {
+            match std::env::var(ROLE_VAR) {
+                Ok(role_text) => {
+                    let path =
+                        std::path::PathBuf::from(std::env::var(PATH_VAR).expect("parent passes the file"));
+                    for line in race(&path, &role_text).await {
+                        println!("{line}");
+                    }
+                }
+                Err(_) => {
+                    let database = SqliteTestDatabase::new(&[&sqlite_migrator()]).await;
+                    let outcomes = race(database.path(), "solo").await;
+                    assert!(outcomes.iter().all(|line| line.ends_with(" won")), "{outcomes:?}");
+                }
+            }
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn toctou_dedupe_sqlite_two_processes_exactly_one_wins() {
+            let database = SqliteTestDatabase::new(&[&sqlite_migrator()]).await;
+            let executable = std::env::current_exe().expect("test binary path");
+            let children: Vec<_> = ["role-a", "role-b"]
+                .iter()
+                .map(|role_text| {
+                    Command::new(&executable)
+                        .args([
+                            "--exact",
+                            "registry::sqlite::toctou_dedupe::toctou_dedupe_sqlite_child",
+                            "--nocapture",
+                        ])
+                        .env(ROLE_VAR, role_text)
+                        .env(PATH_VAR, database.path())
+                        .stdout(std::process::Stdio::piped())
+                        .stderr(std::process::Stdio::piped())
+                        .spawn()
+                        .expect("spawn child")
+                })
+                .collect();
+            let mut won = vec![0; NAMES];
+            for child in children {
+                let output = child.wait_with_output().expect("child finished");
+                assert!(output.status.success(), "child failed: {}", String::from_utf8_lossy(&output.stderr));
+                for line in String::from_utf8_lossy(&output.stdout)
+                    .lines()
+                    .filter_map(|line| line.strip_prefix("OUTCOME racer-"))
+                {
+                    let (index, outcome) = line.split_once(' ').expect("index and outcome");
+                    if outcome == "won" {
+                        won[index.parse::<usize>().expect("index")] += 1;
+                    } else {
+                        assert_eq!(outcome, "refused");
+                    }
+                }
+            }
+            assert!(won.iter().all(|count| *count == 1), "exactly one winner per name: {won:?}");
+            let registry = SqliteRegistry::new(database.pool().clone(), clock());
+            let acme = tenant("acme");
+            verify_chain(&acme, &registry.entries(&acme).await.expect("entries"))
+                .expect("one unforked chain");
+        }
+    }
+
     mod unique_null {
         use super::*;
 
