@@ -61,6 +61,14 @@ async fn export_then_verify_file_and_find_edits() {
         stdout(&swapped)
     );
 
+    // Delete line 2.
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.remove(1);
+    std::fs::write(&file, lines.join("\n")).expect("write");
+    let deleted = sos_audit(&["verify", "--file", path]);
+    assert_eq!(deleted.status.code(), Some(1));
+    assert!(stdout(&deleted).contains("seq 2: entry 2 is missing (deleted)"), "{}", stdout(&deleted));
+
     // Edit a field of line 4.
     let edited = text.replacen("record/3", "record/X", 1);
     std::fs::write(&file, &edited).expect("write");

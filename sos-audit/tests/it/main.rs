@@ -1,6 +1,7 @@
 //! Integration tests of `sos-audit` through its public API, on real PostgreSQL and SQLite.
 
 mod conformance;
+mod streaming;
 mod vectors;
 
 #[cfg(all(feature = "postgres", feature = "sqlite"))]
