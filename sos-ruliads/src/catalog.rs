@@ -191,6 +191,9 @@ impl Ruliad<Record> for StaleDealNudge {
     fn name(&self) -> &str {
         "stale-deal-nudge"
     }
+    fn applies_to(&self, record: &Record) -> bool {
+        matches!(record, Record::Deal(_))
+    }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
         let deal = expect_record!(record, Deal, "deal", why);
@@ -265,6 +268,9 @@ impl Ruliad<Record> for HotOpportunityFlag {
     fn name(&self) -> &str {
         "hot-opportunity-flag"
     }
+    fn applies_to(&self, record: &Record) -> bool {
+        matches!(record, Record::Deal(_))
+    }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
         let deal = expect_record!(record, Deal, "deal", why);
@@ -328,6 +334,9 @@ impl FollowUpOverdue {
 impl Ruliad<Record> for FollowUpOverdue {
     fn name(&self) -> &str {
         "follow-up-overdue"
+    }
+    fn applies_to(&self, record: &Record) -> bool {
+        matches!(record, Record::Contact(_))
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
@@ -403,6 +412,9 @@ impl Ruliad<Record> for LeadSpike {
     }
     fn class(&self) -> Class {
         Class::Insight
+    }
+    fn applies_to(&self, record: &Record) -> bool {
+        matches!(record, Record::LeadLog(_))
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
@@ -483,6 +495,9 @@ impl Ruliad<Record> for LeadRhythm {
     }
     fn class(&self) -> Class {
         Class::Insight
+    }
+    fn applies_to(&self, record: &Record) -> bool {
+        matches!(record, Record::LeadLog(_))
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
@@ -585,6 +600,9 @@ impl Ruliad<Record> for ResponseTimeRising {
     fn name(&self) -> &str {
         "response-time-rising"
     }
+    fn applies_to(&self, record: &Record) -> bool {
+        matches!(record, Record::Member(_))
+    }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
         let member = expect_record!(record, Member, "member", why);
@@ -664,6 +682,9 @@ impl Ruliad<Record> for CloseDatePassed {
     fn name(&self) -> &str {
         "close-date-passed"
     }
+    fn applies_to(&self, record: &Record) -> bool {
+        matches!(record, Record::Deal(_))
+    }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
         let deal = expect_record!(record, Deal, "deal", why);
@@ -725,6 +746,9 @@ impl Ruliad<Record> for DealWithoutNextStep {
     fn name(&self) -> &str {
         "deal-without-next-step"
     }
+    fn applies_to(&self, record: &Record) -> bool {
+        matches!(record, Record::Deal(_))
+    }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
         let deal = expect_record!(record, Deal, "deal", why);
@@ -777,6 +801,9 @@ impl UnansweredMessage {
 impl Ruliad<Record> for UnansweredMessage {
     fn name(&self) -> &str {
         "unanswered-message"
+    }
+    fn applies_to(&self, record: &Record) -> bool {
+        matches!(record, Record::Message(_))
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
@@ -832,6 +859,9 @@ impl NewLeadUncontacted {
 impl Ruliad<Record> for NewLeadUncontacted {
     fn name(&self) -> &str {
         "new-lead-uncontacted"
+    }
+    fn applies_to(&self, record: &Record) -> bool {
+        matches!(record, Record::Lead(_))
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
@@ -895,6 +925,9 @@ impl Ruliad<Record> for ContactGoneQuiet {
     fn name(&self) -> &str {
         "contact-gone-quiet"
     }
+    fn applies_to(&self, record: &Record) -> bool {
+        matches!(record, Record::Contact(_))
+    }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
         let contact = expect_record!(record, Contact, "contact", why);
@@ -952,6 +985,9 @@ impl StuckInStage {
 impl Ruliad<Record> for StuckInStage {
     fn name(&self) -> &str {
         "stuck-in-stage"
+    }
+    fn applies_to(&self, record: &Record) -> bool {
+        matches!(record, Record::Deal(_))
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
@@ -1018,6 +1054,9 @@ impl Ruliad<Record> for RenewalUpcoming {
     }
     fn class(&self) -> Class {
         Class::Insight
+    }
+    fn applies_to(&self, record: &Record) -> bool {
+        matches!(record, Record::Contact(_))
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();

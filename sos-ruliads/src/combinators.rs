@@ -153,6 +153,9 @@ impl<E: ?Sized, C: Condition<E>, R: Ruliad<E>> Ruliad<E> for When<C, R> {
     fn class(&self) -> Class {
         self.ruliad.class()
     }
+    fn applies_to(&self, entity: &E) -> bool {
+        self.ruliad.applies_to(entity)
+    }
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
         let mut why = Explain::new();
         let held = if self.negate {
@@ -201,6 +204,9 @@ impl<E: ?Sized> Ruliad<E> for FirstOf<E> {
     fn name(&self) -> &str {
         &self.name
     }
+    fn applies_to(&self, entity: &E) -> bool {
+        self.ruliads.iter().any(|ruliad| ruliad.applies_to(entity))
+    }
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
         let mut explanation = Vec::new();
         let mut last_guard = Predicate::custom("first_of", "no ruliads", Op::Gt, Value::Int(0), false);
@@ -211,11 +217,11 @@ impl<E: ?Sized> Ruliad<E> for FirstOf<E> {
             }
             let (outcome, mut predicates) = evaluation.into_parts();
             if let Outcome::Stopped { guard } = outcome {
-                last_guard = *guard;
+                last_guard = guard;
             }
             explanation.append(&mut predicates);
         }
-        Evaluation::new(Outcome::Stopped { guard: Box::new(last_guard) }, explanation)
+        Evaluation::new(Outcome::Stopped { guard: last_guard }, explanation)
     }
 }
 
@@ -245,6 +251,9 @@ impl<E: ?Sized, R: Ruliad<E>, F: Fn(Signal) -> Signal + Send + Sync> Ruliad<E> f
     }
     fn class(&self) -> Class {
         self.ruliad.class()
+    }
+    fn applies_to(&self, entity: &E) -> bool {
+        self.ruliad.applies_to(entity)
     }
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
         let (outcome, explanation) = self.ruliad.evaluate(now, entity).into_parts();
@@ -368,6 +377,9 @@ impl<E: ?Sized, R: Ruliad<E>> Ruliad<E> for DedupeByCause<R> {
     fn class(&self) -> Class {
         self.ruliad.class()
     }
+    fn applies_to(&self, entity: &E) -> bool {
+        self.ruliad.applies_to(entity)
+    }
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
         let evaluation = self.ruliad.evaluate(now, entity);
         let Some(signal) = evaluation.signal() else { return evaluation };
@@ -404,6 +416,9 @@ impl<E: Entity + ?Sized, R: Ruliad<E>> Ruliad<E> for AtMost<R> {
     }
     fn class(&self) -> Class {
         self.ruliad.class()
+    }
+    fn applies_to(&self, entity: &E) -> bool {
+        self.ruliad.applies_to(entity)
     }
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
         let evaluation = self.ruliad.evaluate(now, entity);
@@ -452,6 +467,9 @@ impl<E: Entity + ?Sized, R: Ruliad<E>> Ruliad<E> for PendingFor<R> {
     }
     fn class(&self) -> Class {
         self.ruliad.class()
+    }
+    fn applies_to(&self, entity: &E) -> bool {
+        self.ruliad.applies_to(entity)
     }
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
         let evaluation = self.ruliad.evaluate(now, entity);
@@ -506,6 +524,9 @@ impl<E: Entity + ?Sized, R: Ruliad<E>> Ruliad<E> for KeepFiringFor<R> {
     fn class(&self) -> Class {
         self.ruliad.class()
     }
+    fn applies_to(&self, entity: &E) -> bool {
+        self.ruliad.applies_to(entity)
+    }
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
         let evaluation = self.ruliad.evaluate(now, entity);
         let key = state_key(entity);
@@ -553,6 +574,9 @@ impl<E: Entity + ?Sized, R: Ruliad<E>, C: Condition<E>> Ruliad<E> for Hysteresis
     }
     fn class(&self) -> Class {
         self.ruliad.class()
+    }
+    fn applies_to(&self, entity: &E) -> bool {
+        self.ruliad.applies_to(entity)
     }
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
         let evaluation = self.ruliad.evaluate(now, entity);

@@ -103,6 +103,9 @@ impl<E: Sync> Engine<E> {
         let mut fired = Vec::new();
         for (index, entity) in entities.iter().enumerate() {
             for (ruliad_index, ruliad) in self.ruliads.iter().enumerate() {
+                if !ruliad.applies_to(entity) {
+                    continue;
+                }
                 if let Some(signal) = ruliad.evaluate(now, entity).into_signal() {
                     fired.push(Fired {
                         entity: offset + index,

@@ -54,6 +54,10 @@ pub enum Value {
     Text(Cow<'static, str>),
     /// A list of words.
     List(Vec<Cow<'static, str>>),
+    /// A fixed list of words known at compile time (serialized like [`Value::List`]; read back
+    /// as a `List`).
+    #[serde(skip_deserializing, rename = "list")]
+    Names(&'static [&'static str]),
 }
 
 impl From<bool> for Value {
@@ -113,6 +117,7 @@ impl fmt::Display for Value {
             Self::Time(time) => write!(f, "{}", time.format("%Y-%m-%dT%H:%M:%SZ")),
             Self::Text(text) => f.write_str(text),
             Self::List(items) => write!(f, "[{}]", items.join(", ")),
+            Self::Names(items) => write!(f, "[{}]", items.join(", ")),
         }
     }
 }
@@ -263,11 +268,10 @@ impl Predicate {
     pub fn not_in(
         name: impl Into<Cow<'static, str>>,
         observed: Cow<'static, str>,
-        excluded: &[&'static str],
+        excluded: &'static [&'static str],
     ) -> Self {
         let held = !excluded.contains(&observed.as_ref());
-        let list = excluded.iter().map(|item| Cow::Borrowed(*item)).collect();
-        Self::new(name, Value::Text(observed), Op::NotIn, Value::List(list), held)
+        Self::new(name, Value::Text(observed), Op::NotIn, Value::Names(excluded), held)
     }
 
     /// A predicate with a free-form comparison, for combinators and host rules.
@@ -340,6 +344,7 @@ impl Draft {
 #[derive(Debug, Clone)]
 pub struct Explain {
     predicates: Vec<Predicate>,
+    failed: Option<Predicate>,
     labels: serde_json::Map<String, serde_json::Value>,
     cause: Vec<String>,
     enabled: bool,
@@ -356,6 +361,7 @@ impl Explain {
     pub fn new() -> Self {
         Self {
             predicates: Vec::new(),
+            failed: None,
             labels: serde_json::Map::new(),
             cause: Vec::new(),
             enabled: trace_enabled(),
@@ -366,8 +372,12 @@ impl Explain {
     /// recorded, so that the guard that stopped an evaluation is known even with the trace off.
     pub fn check(&mut self, predicate: Predicate) -> bool {
         let held = predicate.held;
-        if self.enabled || !held {
+        if self.enabled {
             self.predicates.push(predicate);
+        } else if !held {
+            // With the trace off the guard is kept aside, so a stopped evaluation allocates
+            // nothing for its explanation.
+            self.failed = Some(predicate);
         }
         held
     }
@@ -383,15 +393,18 @@ impl Explain {
 
     /// Stops the evaluation at the last failed predicate.
     pub fn stop(mut self) -> Evaluation {
-        let guard_index = self.predicates.iter().rposition(|predicate| !predicate.held);
-        let guard = match guard_index {
-            Some(index) => self.predicates[index].clone(),
-            None => Predicate::is_true("condition", false),
-        };
-        if guard_index.is_none() {
-            self.predicates.push(guard.clone());
+        if let Some(guard) = self.failed.take() {
+            return Evaluation { outcome: Outcome::Stopped { guard }, explanation: self.predicates };
         }
-        Evaluation { outcome: Outcome::Stopped { guard: Box::new(guard) }, explanation: self.predicates }
+        let guard = match self.predicates.iter().rposition(|predicate| !predicate.held) {
+            Some(index) => self.predicates[index].clone(),
+            None => {
+                let guard = Predicate::is_true("condition", false);
+                self.predicates.push(guard.clone());
+                guard
+            }
+        };
+        Evaluation { outcome: Outcome::Stopped { guard }, explanation: self.predicates }
     }
 
     /// Validates the draft and fires it, with the explanation and labels as evidence and a cause
@@ -415,7 +428,8 @@ impl Explain {
             return self.stop();
         }
         let mut evidence = serde_json::Map::new();
-        evidence.insert("labels".to_owned(), serde_json::Value::Object(self.labels.clone()));
+        let labels = std::mem::take(&mut self.labels);
+        evidence.insert("labels".to_owned(), serde_json::Value::Object(labels));
         if self.enabled {
             let because =
                 self.predicates.iter().map(|predicate| serde_json::Value::String(predicate.to_string()));
@@ -450,7 +464,7 @@ pub enum Outcome {
     /// The ruliad did not fire; this guard stopped it.
     Stopped {
         /// The predicate that failed.
-        guard: Box<Predicate>,
+        guard: Predicate,
     },
 }
 
@@ -471,7 +485,7 @@ impl Evaluation {
     /// A stopped evaluation whose guard is `guard`, keeping `explanation` before it.
     pub fn stopped(guard: Predicate, mut explanation: Vec<Predicate>) -> Self {
         explanation.push(guard.clone());
-        Self { outcome: Outcome::Stopped { guard: Box::new(guard) }, explanation }
+        Self { outcome: Outcome::Stopped { guard }, explanation }
     }
 
     /// What it came to.

@@ -4,7 +4,7 @@
 //! born with, their parameters and the trust gate's configuration. Everything is checked when
 //! the pack is loaded; an error names the file, the field and the known names.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +22,74 @@ pub const SEED_FILE: &str = "seed.json";
 pub const KNOWN_FIELDS: &[&str] =
     &["agent_role", "collections", "compliance", "description", "ruliads_enabled", "trust"];
 
+/// Builds a ruliad from its JSON parameters.
+pub type Factory<E> = Box<dyn Fn(&serde_json::Value) -> Result<Box<dyn Ruliad<E>>> + Send + Sync>;
+
+/// The ruliads a pack may name: the catalog, plus whatever the host registers.
+pub struct Registry<E> {
+    factories: BTreeMap<String, Factory<E>>,
+}
+
+impl<E> fmt::Debug for Registry<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry").field("names", &self.names()).finish()
+    }
+}
+
+impl<E> Default for Registry<E> {
+    fn default() -> Self {
+        Self { factories: BTreeMap::new() }
+    }
+}
+
+impl Registry<Record> {
+    /// The built-in catalog ([`catalog::NAMES`]).
+    pub fn catalog() -> Self {
+        let mut registry = Self::default();
+        for name in catalog::NAMES {
+            registry.register(name, move |params| catalog::build(name, params));
+        }
+        registry
+    }
+}
+
+impl<E> Registry<E> {
+    /// An empty registry, for a host's own entity type.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers (or replaces) the ruliad `name`, built by `factory` from the pack's `params`
+    /// (`null` when the pack gives none).
+    pub fn register<F>(&mut self, name: &str, factory: F) -> &mut Self
+    where
+        F: Fn(&serde_json::Value) -> Result<Box<dyn Ruliad<E>>> + Send + Sync + 'static,
+    {
+        self.factories.insert(name.to_owned(), Box::new(factory));
+        self
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        self.factories.keys().map(String::as_str).collect()
+    }
+
+    /// Builds `name` from `params`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownRuliad`] with the registered names, or the factory's error.
+    pub fn build(&self, name: &str, params: &serde_json::Value) -> Result<Box<dyn Ruliad<E>>> {
+        match self.factories.get(name) {
+            Some(factory) => factory(params),
+            None => Err(Error::UnknownRuliad {
+                name: name.to_owned(),
+                known: self.factories.keys().cloned().collect(),
+            }),
+        }
+    }
+}
+
 /// One enabled ruliad as written in the pack.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Enabled {
@@ -31,8 +99,9 @@ pub struct Enabled {
     pub params: serde_json::Value,
 }
 
-/// A loaded, validated vertical pack with its ready engine.
-pub struct Pack {
+/// A loaded, validated vertical pack with its ready engine; `E` is the entity type (the CRM
+/// [`Record`] for the catalog).
+pub struct Pack<E = Record> {
     vertical: String,
     file: PathBuf,
     agent_role: String,
@@ -41,21 +110,21 @@ pub struct Pack {
     collections: Vec<String>,
     enabled: Vec<Enabled>,
     trust: TrustConfig,
-    engine: Engine<Record>,
+    engine: Engine<E>,
 }
 
-impl fmt::Debug for Pack {
+impl<E> fmt::Debug for Pack<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pack")
             .field("vertical", &self.vertical)
             .field("file", &self.file)
             .field("agent_role", &self.agent_role)
-            .field("ruliads", &self.engine.names())
+            .field("engine", &self.engine)
             .finish_non_exhaustive()
     }
 }
 
-impl Pack {
+impl Pack<Record> {
     /// Loads every `<dir>/<vertical>/seed.json`, sorted by vertical name; directories whose
     /// name starts with `.` and plain files are skipped.
     ///
@@ -64,7 +133,7 @@ impl Pack {
     /// [`Error::Io`] when the directory or a file cannot be read, [`Error::Pack`] for the first
     /// invalid pack (use [`check`] to see them all).
     pub fn load_dir(dir: &Path) -> Result<Vec<Pack>> {
-        verticals(dir)?.into_iter().map(|(vertical, file)| Pack::load_file(&vertical, &file)).collect()
+        Pack::load_dir_with(&Registry::catalog(), dir)
     }
 
     /// Loads one pack file as vertical `vertical`.
@@ -73,8 +142,7 @@ impl Pack {
     ///
     /// [`Error::Io`] when it cannot be read, [`Error::Pack`] when it is invalid.
     pub fn load_file(vertical: &str, file: &Path) -> Result<Pack> {
-        let bytes = std::fs::read(file).map_err(|source| Error::Io { path: file.to_owned(), source })?;
-        Pack::parse(vertical, file, &bytes)
+        Pack::load_file_with(&Registry::catalog(), vertical, file)
     }
 
     /// Parses and validates pack bytes; `file` is only used in errors. Never panics.
@@ -83,6 +151,39 @@ impl Pack {
     ///
     /// [`Error::Pack`] naming the file, the field and what to do.
     pub fn parse(vertical: &str, file: &Path, bytes: &[u8]) -> Result<Pack> {
+        Pack::parse_with(&Registry::catalog(), vertical, file, bytes)
+    }
+}
+
+impl<E: Sync> Pack<E> {
+    /// As [`Pack::load_dir`], resolving names in `registry`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pack::load_dir`].
+    pub fn load_dir_with(registry: &Registry<E>, dir: &Path) -> Result<Vec<Pack<E>>> {
+        verticals(dir)?
+            .into_iter()
+            .map(|(vertical, file)| Pack::load_file_with(registry, &vertical, &file))
+            .collect()
+    }
+
+    /// As [`Pack::load_file`], resolving names in `registry`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pack::load_file`].
+    pub fn load_file_with(registry: &Registry<E>, vertical: &str, file: &Path) -> Result<Pack<E>> {
+        let bytes = std::fs::read(file).map_err(|source| Error::Io { path: file.to_owned(), source })?;
+        Pack::parse_with(registry, vertical, file, &bytes)
+    }
+
+    /// As [`Pack::parse`], resolving names in `registry`. Never panics.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pack::parse`].
+    pub fn parse_with(registry: &Registry<E>, vertical: &str, file: &Path, bytes: &[u8]) -> Result<Pack<E>> {
         let error = |field: &str, reason: String| Error::Pack {
             file: file.to_owned(),
             field: field.to_owned(),
@@ -132,7 +233,7 @@ impl Pack {
         };
         let mut seen = BTreeSet::new();
         let mut enabled = Vec::with_capacity(entries.len());
-        let mut ruliads: Vec<Box<dyn Ruliad<Record>>> = Vec::with_capacity(entries.len());
+        let mut ruliads: Vec<Box<dyn Ruliad<E>>> = Vec::with_capacity(entries.len());
         for (index, entry) in entries.iter().enumerate() {
             let field = format!("ruliads_enabled[{index}]");
             let (name, params) = match entry {
@@ -156,7 +257,7 @@ impl Pack {
             if !seen.insert(name.clone()) {
                 return Err(error(&field, format!("duplicate ruliad {name:?}; enable each ruliad once")));
             }
-            let ruliad = catalog::build(&name, &params).map_err(|built| match built {
+            let ruliad = registry.build(&name, &params).map_err(|built| match built {
                 Error::UnknownRuliad { name, known } => {
                     error(&field, format!("unknown ruliad {name:?}; known names: {}", known.join(", ")))
                 }
@@ -222,12 +323,12 @@ impl Pack {
     }
 
     /// The ready engine.
-    pub fn engine(&self) -> &Engine<Record> {
+    pub fn engine(&self) -> &Engine<E> {
         &self.engine
     }
 
     /// Takes the engine out of the pack.
-    pub fn into_engine(self) -> Engine<Record> {
+    pub fn into_engine(self) -> Engine<E> {
         self.engine
     }
 }
@@ -295,10 +396,19 @@ pub struct Checked {
 ///
 /// [`Error::Io`] when the directory cannot be listed, or a vertical lacks its `seed.json`.
 pub fn check(dir: &Path) -> Result<Vec<Checked>> {
+    check_with(&Registry::catalog(), dir)
+}
+
+/// As [`check`], resolving names in `registry`.
+///
+/// # Errors
+///
+/// As [`check`].
+pub fn check_with<E: Sync>(registry: &Registry<E>, dir: &Path) -> Result<Vec<Checked>> {
     Ok(verticals(dir)?
         .into_iter()
         .map(|(vertical, file)| {
-            let result = Pack::load_file(&vertical, &file)
+            let result = Pack::load_file_with(registry, &vertical, &file)
                 .map(|pack| pack.enabled().iter().map(|enabled| enabled.name.clone()).collect());
             Checked { vertical, file, result }
         })

@@ -40,6 +40,13 @@ pub trait Ruliad<E: ?Sized>: Send + Sync + fmt::Debug {
         Class::Intervention
     }
 
+    /// Whether the rule can say anything about `entity` at all (for instance, a deal rule about
+    /// a contact); the engine skips the evaluation when it cannot. Default: always.
+    fn applies_to(&self, entity: &E) -> bool {
+        let _ = entity;
+        true
+    }
+
     /// Evaluates the rule at `now` against `entity`.
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation;
 }
@@ -53,6 +60,9 @@ impl<E: ?Sized, R: Ruliad<E> + ?Sized> Ruliad<E> for Box<R> {
     }
     fn class(&self) -> Class {
         (**self).class()
+    }
+    fn applies_to(&self, entity: &E) -> bool {
+        (**self).applies_to(entity)
     }
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
         (**self).evaluate(now, entity)
@@ -69,6 +79,9 @@ impl<E: ?Sized, R: Ruliad<E> + ?Sized> Ruliad<E> for &R {
     fn class(&self) -> Class {
         (**self).class()
     }
+    fn applies_to(&self, entity: &E) -> bool {
+        (**self).applies_to(entity)
+    }
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
         (**self).evaluate(now, entity)
     }
@@ -83,6 +96,9 @@ impl<E: ?Sized, R: Ruliad<E> + ?Sized> Ruliad<E> for Arc<R> {
     }
     fn class(&self) -> Class {
         (**self).class()
+    }
+    fn applies_to(&self, entity: &E) -> bool {
+        (**self).applies_to(entity)
     }
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
         (**self).evaluate(now, entity)

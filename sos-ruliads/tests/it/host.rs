@@ -45,3 +45,32 @@ fn a_fixture_for_another_ruliad_is_refused() {
         fixture::check_file(&BigInvoice, &crate_path("fixtures/lead-spike.json")).expect_err("wrong ruliad");
     assert!(error.to_string().contains("lead-spike"), "{error}");
 }
+
+#[test]
+fn a_host_ruliad_is_enabled_from_a_seed_json() {
+    use sos_ruliads::pack::{Pack, Registry};
+    let mut registry = Registry::<Invoice>::new();
+    registry.register("big-invoice", |_params| Ok(Box::new(BigInvoice)));
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("billing")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("billing/seed.json"),
+        r#"{ "agent_role": "billing assistant", "ruliads_enabled": ["big-invoice"] }"#,
+    )
+    .expect("write");
+    let packs = Pack::load_dir_with(&registry, dir.path()).expect("loads");
+    let invoice =
+        Invoice { tenant: "acme".parse().expect("tenant"), customer: "Globex".into(), amount: 50_000 };
+    let now = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 3, 10, 9, 0, 0).single().expect("date");
+    let fired = packs[0].engine().evaluate_batch(now, &[invoice]);
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].signal.subject(), "Globex");
+
+    std::fs::write(
+        dir.path().join("billing/seed.json"),
+        r#"{ "agent_role": "x", "ruliads_enabled": ["stale-deal-nudge"] }"#,
+    )
+    .expect("write");
+    let error = Pack::load_dir_with(&registry, dir.path()).expect_err("not registered").to_string();
+    assert!(error.contains("known names: big-invoice"), "{error}");
+}
