@@ -38,6 +38,30 @@ mod postgres {
         assert_eq!(count, 3);
     }
 
+    /// Named shape `unique-null`: no column of a uniqueness key may be NULL.
+    #[tokio::test]
+    async fn unique_null_key_columns_are_not_null() {
+        let (database, _chain) = chain_of(0).await;
+        let nullable: Vec<String> = sqlx::query_scalar(
+            "SELECT c.table_name || '.' || c.column_name
+             FROM information_schema.key_column_usage k
+             JOIN information_schema.columns c
+               ON c.table_name = k.table_name AND c.column_name = k.column_name AND c.table_schema = k.table_schema
+             WHERE k.table_name IN ('audit_entries', 'audit_heads') AND c.is_nullable = 'YES'",
+        )
+        .fetch_all(database.pool())
+        .await
+        .expect("catalog query");
+        assert!(nullable.is_empty(), "nullable key columns: {nullable:?}");
+        let keyed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM information_schema.key_column_usage WHERE table_name IN ('audit_entries', 'audit_heads')",
+        )
+        .fetch_one(database.pool())
+        .await
+        .expect("catalog query");
+        assert_eq!(keyed, 3, "(tenant, seq) and tenant are the keys");
+    }
+
     #[tokio::test]
     async fn tampering_around_the_triggers_is_found() {
         let (database, chain) = chain_of(6).await;
@@ -78,6 +102,23 @@ mod sqlite {
     use sos_testkit::SqliteTestDatabase;
 
     use super::*;
+
+    /// Named shape `unique-null`: every column of every table is NOT NULL, keys included.
+    #[tokio::test]
+    async fn unique_null_key_columns_are_not_null() {
+        let database = SqliteTestDatabase::new(&[&sos_audit::sqlite_migrator()]).await;
+        for table in ["audit_entries", "audit_heads"] {
+            let rows: Vec<(String, i64, i64)> =
+                sqlx::query_as(&format!("SELECT name, \"notnull\", pk FROM pragma_table_info('{table}')"))
+                    .fetch_all(database.pool())
+                    .await
+                    .expect("table info");
+            assert!(rows.iter().any(|(_, _, pk)| *pk > 0), "{table} has a key");
+            for (column, not_null, _) in rows {
+                assert_eq!(not_null, 1, "{table}.{column} must be NOT NULL");
+            }
+        }
+    }
 
     #[tokio::test]
     async fn update_and_delete_are_rejected_and_bypass_is_found() {
