@@ -126,8 +126,18 @@ const CONTRAST: [(f64, f64); 4] = [(0.88, 0.48), (0.93, 0.36), (0.24, 0.66), (0.
 const RING_RADII: [i64; 4] = [2150, 1550, 1000, 550];
 /// Element sizes in hundredths by scale level.
 const ELEMENT_SIZES: [i64; 4] = [320, 400, 480, 560];
-/// The tinted half of the background, by split feature: top, left, upper-left and upper-right.
-const SPLITS: [&str; 4] = ["M0 0H64V32H0z", "M0 0H32V64H0z", "M0 0H64L0 64z", "M0 0H64V64z"];
+/// The tinted half of the background, by split feature: top, left, upper-left, upper-right,
+/// bottom, right, lower-right and lower-left.
+const SPLITS: [&str; 8] = [
+    "M0 0H64V32H0z",
+    "M0 0H32V64H0z",
+    "M0 0H64L0 64z",
+    "M0 0H64V64z",
+    "M0 32H64V64H0z",
+    "M32 0H64V64H32z",
+    "M64 0V64H0z",
+    "M0 0L64 64H0z",
+];
 /// Element growth in percent, by number of layers.
 const RING_ROOM: [i64; 4] = [150, 120, 100, 90];
 /// Centre glyph sizes in hundredths, by number of layers.
@@ -185,10 +195,10 @@ fn write_svg(vector: &IdentityVector, svg: &mut String) {
         write!(svg, "<circle id=\"m\" cy=\"-29\" r=\"{}\" fill=\"{accent}\"/></defs>", Fixed(mark_radius));
     let _ = write!(svg, "<rect width=\"64\" height=\"64\" rx=\"{corner}\" fill=\"{background}\"/>");
     // Half of the background in the accent hue at the background's lightness: a large area
-    // that varies with the accent (8) and the split direction (4), so that portraits sharing a
+    // that varies with the accent (8) and the split direction (8), so that portraits sharing a
     // hue family and contrast still differ at thumbnail size.
     let tint = hsl(accent_hue, 0.75, background_lightness);
-    let split = SPLITS[(split_draw[0] % 4) as usize];
+    let split = SPLITS[(split_draw[0] % 8) as usize];
     let _ = write!(svg, "<path clip-path=\"url(#f)\" fill=\"{tint}\" d=\"{split}\"/>");
     write_texture(svg, traits.texture, foreground, texture_draw[0]);
     svg.push_str("<g transform=\"translate(32 32)\">");
