@@ -128,6 +128,9 @@ mod ruliad;
 pub mod store;
 pub mod trust;
 
+#[cfg(test)]
+mod tests;
+
 pub use error::{Error, Result};
 pub use explain::{Draft, Evaluation, Explain, Op, Outcome, Predicate, Value, trace_enabled, with_trace};
 pub use ruliad::{Class, Entity, Ruliad};

@@ -5,6 +5,7 @@ mod catalog;
 mod ceiling;
 mod combinators;
 mod engine;
+mod fuzz_mirror;
 mod grouping;
 mod host;
 mod packs;
