@@ -27,8 +27,8 @@ struct Cli {
 enum Command {
     /// Verify chains in a database (every tenant, or one) or in a JSONL file.
     Verify {
-        /// A postgres:// or sqlite:// URL of the database holding the chains.
-        #[arg(long, env = "DATABASE_URL", conflicts_with = "file", required_unless_present = "file")]
+        /// A postgres:// or sqlite:// URL of the database holding the chains (ignored with --file).
+        #[arg(long, env = "DATABASE_URL", required_unless_present = "file")]
         database_url: Option<String>,
         /// Verify only this tenant's chain.
         #[arg(long, conflicts_with = "file")]

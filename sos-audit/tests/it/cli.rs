@@ -160,4 +160,11 @@ fn usage_errors_exit_2() {
     assert_eq!(bad_head.status.code(), Some(2));
     assert_eq!(sos_audit(&["verify", "--file", "/dev/null"]).status.code(), Some(0));
     assert_eq!(sos_audit(&["--help"]).status.code(), Some(0));
+    // A DATABASE_URL in the environment does not get in the way of verifying a file.
+    let with_env = Command::new(env!("CARGO_BIN_EXE_sos-audit"))
+        .args(["verify", "--file", "/dev/null"])
+        .env("DATABASE_URL", "postgres://nowhere.invalid/db")
+        .output()
+        .expect("runs");
+    assert_eq!(with_env.status.code(), Some(0), "{}", stderr(&with_env));
 }
