@@ -12,7 +12,8 @@
 //!   and a ChaCha20 stream seeded from the vector. A recognition aid, not authentication.
 //! - The registry ([`IdentityRegistry`]: [`MemoryRegistry`], `SqliteRegistry`,
 //!   `PostgresRegistry`): a per-tenant hash chain of registrations; a name keeps its first role
-//!   forever, and [`verify_chain`] names the first tampered entry.
+//!   forever, and [`verify_chain`] names the first tampered entry. [`checkpoint`] adds a Merkle
+//!   root, and [`inclusion_proof`] / [`verify_inclusion`] prove one agent is in it.
 //! - [`ResonanceRouter`]: signals go to the agents they resemble (cosine similarity), with bounded
 //!   load, stickiness by subject, deterministic ties and an exact integer mode.
 //!
@@ -74,6 +75,7 @@
 //! The in-memory store is always available.
 
 mod error;
+mod merkle;
 mod portrait;
 mod registry;
 mod route;
@@ -84,6 +86,7 @@ mod vector;
 mod tests;
 
 pub use error::{Error, Result};
+pub use merkle::{Checkpoint, InclusionProof, checkpoint, inclusion_proof, verify_inclusion};
 pub use portrait::{DRAWS_PER_FEATURE, PORTRAIT_SEED_TAG, Portrait};
 pub use registry::{
     ChainSummary, ENTRY_HASH_TAG, IdentityRegistry, MemoryRegistry, Registration, RegistryEntry,

@@ -66,6 +66,13 @@ async fn suite<R: IdentityRegistry>(registry: &R, clock: &ManualClock) {
     // A chain verified under the wrong tenant fails at its first entry.
     assert!(matches!(verify_chain(&other, &entries), Err(Error::Tampered { seq: 1, .. })));
 
+    // A checkpoint kept outside the store, and a proof that one agent is in it.
+    let checkpoint = sos_identity::checkpoint(&acme, &entries).expect("intact chain");
+    assert_eq!((checkpoint.len, checkpoint.head), (7, summary.head));
+    let proof = sos_identity::inclusion_proof(&entries, 4, checkpoint.len).expect("in range");
+    assert!(sos_identity::verify_inclusion(&checkpoint, &entries[3].hash, &proof));
+    assert!(!sos_identity::verify_inclusion(&checkpoint, &entries[4].hash, &proof));
+
     let looked_up = registry.lookup(&acme, &name("bot-3")).await.expect("lookup").expect("present");
     assert_eq!(looked_up, entries[5]);
     assert!(registry.lookup(&acme, &name("nobody")).await.expect("lookup").is_none());
