@@ -49,7 +49,7 @@ impl HttpAnswer {
     }
 
     /// As an `http::Response` with `Content-Type: application/json` (and `Retry-After`).
-    pub fn into_response(self) -> http::Response<String> {
+    pub fn into_http_response(self) -> http::Response<String> {
         let mut response = http::Response::new(self.body);
         *response.status_mut() = self.status;
         response
@@ -101,6 +101,40 @@ impl<E> RunError<E> {
         match self {
             Self::Handler(_) => HttpAnswer::new(StatusCode::INTERNAL_SERVER_ERROR, "handler_failed", None),
             Self::Guard(error) => error.to_http(),
+        }
+    }
+}
+
+#[cfg(feature = "axum")]
+mod axum_responses {
+    use axum::response::{IntoResponse, Response};
+
+    use super::HttpAnswer;
+    use crate::error::Error;
+    use crate::guard::{Outcome, RunError};
+
+    impl IntoResponse for HttpAnswer {
+        fn into_response(self) -> Response {
+            self.into_http_response().map(axum::body::Body::from)
+        }
+    }
+
+    /// The answer of [`Outcome::to_http`]; the handler's value is not sent.
+    impl<T> IntoResponse for Outcome<T> {
+        fn into_response(self) -> Response {
+            self.to_http().into_response()
+        }
+    }
+
+    impl<E> IntoResponse for RunError<E> {
+        fn into_response(self) -> Response {
+            self.to_http().into_response()
+        }
+    }
+
+    impl IntoResponse for Error {
+        fn into_response(self) -> Response {
+            self.to_http().into_response()
         }
     }
 }

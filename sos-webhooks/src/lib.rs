@@ -96,6 +96,8 @@
 //!
 //! - `postgres`: [`PgStore`], transactional and two-phase modes, migrations.
 //! - `sqlite`: [`SqliteStore`], transactional and two-phase modes, migrations.
+//! - `axum`: `axum::response::IntoResponse` for [`HttpAnswer`], [`Outcome`], [`RunError`] and
+//!   [`Error`], so an axum handler can return the guard's answer directly.
 //!
 //! The memory store and the signature verifiers are always available.
 

@@ -18,7 +18,7 @@ fn outcomes_map_to_status_and_json() {
         assert_eq!(answer.status().as_u16(), status, "{outcome:?}");
         let json: serde_json::Value = serde_json::from_str(answer.body()).unwrap();
         assert_eq!(json["outcome"], name);
-        let response = answer.into_response();
+        let response = answer.into_http_response();
         assert_eq!(response.headers()["content-type"], "application/json");
         assert_eq!(response.headers().contains_key("retry-after"), status == 503);
     }
@@ -37,4 +37,27 @@ fn verification_errors_map_to_client_errors() {
     assert_eq!(mismatch.to_http().status().as_u16(), 401);
     assert_eq!(Error::BodyTooLarge { limit: 1 }.to_http().status().as_u16(), 413);
     assert_eq!(RunError::<String>::Handler("boom".into()).to_http().status().as_u16(), 500);
+}
+
+#[cfg(feature = "axum")]
+#[test]
+fn axum_responses_carry_status_headers_and_body() {
+    use axum::response::IntoResponse as _;
+
+    let response = Outcome::<()>::RetryInFlight.into_response();
+    assert_eq!(response.status().as_u16(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let response = Outcome::Processed(42).into_response();
+    assert_eq!(response.status().as_u16(), 200);
+    let response = RunError::Handler("boom").into_response();
+    assert_eq!(response.status().as_u16(), 500);
+    let response = Error::BodyTooLarge { limit: 1 }.into_response();
+    assert_eq!(response.status().as_u16(), 413);
+    let body = futures::executor::block_on(axum::body::to_bytes(
+        Outcome::<()>::BodyMismatch.into_response().into_body(),
+        1024,
+    ))
+    .unwrap();
+    assert_eq!(&body[..], br#"{"outcome":"body_mismatch"}"#);
 }
