@@ -1032,9 +1032,9 @@ async fn child_deliver_all(role: String, target: String, events: usize) -> Tally
                 sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&target).await.unwrap();
             (Guard::Pg(WebhookGuard::new(PgStore::new(pool), SystemClock)), role == "pg-2p")
         }
-        "sqlite-tx" => {
+        "sqlite-tx" | "sqlite-2p" => {
             let pool = sos_testkit::sqlite_pool(std::path::Path::new(&target), 4).await;
-            (Guard::Sqlite(WebhookGuard::new(SqliteStore::new(pool), SystemClock)), false)
+            (Guard::Sqlite(WebhookGuard::new(SqliteStore::new(pool), SystemClock)), role == "sqlite-2p")
         }
         other => panic!("unknown role {other}"),
     };
@@ -1069,6 +1069,23 @@ async fn child_deliver_all(role: String, target: String, events: usize) -> Tally
                         }
                         Guard::Pg(guard) => {
                             pg_deliver(guard, &event_key, body.as_bytes(), &worker).await.unwrap()
+                        }
+                        Guard::Sqlite(guard) if two_phase => {
+                            let pool = guard.store().pool().clone();
+                            let (worker, id) = (worker.clone(), event_key.event_id().as_str().to_owned());
+                            guard
+                                .two_phase(&event_key, body.as_bytes(), |_| async move {
+                                    sqlx::query(
+                                        "INSERT INTO adv_effects VALUES ('acme', 'stripe', ?1, ?2, '')",
+                                    )
+                                    .bind(id)
+                                    .bind(worker)
+                                    .execute(&pool)
+                                    .await
+                                    .map(|_| ())
+                                })
+                                .await
+                                .unwrap()
                         }
                         Guard::Sqlite(guard) => {
                             sqlite_deliver(guard, &event_key, body.as_bytes(), &worker).await.unwrap()
@@ -1175,6 +1192,68 @@ async fn toctou_dedupe_sqlite_four_processes_transactional() {
             .await
             .unwrap();
     assert_eq!((rows, distinct), (EVENTS as i64, EVENTS as i64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toctou_dedupe_sqlite_four_processes_two_phase() {
+    const EVENTS: usize = 30;
+    let database = sqlite_db().await;
+    let total = run_processes("sqlite-2p", &database.path().to_string_lossy(), EVENTS).await;
+    assert_processes_exactly_once(total, EVENTS);
+    let (rows, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM adv_effects")
+            .fetch_one(database.pool())
+            .await
+            .unwrap();
+    assert_eq!((rows, distinct), (EVENTS as i64, EVENTS as i64));
+}
+
+/// The read-first duplicate path (`GuardConfig::with_read_first`) under the same attack: many
+/// concurrent deliveries of one event, and a concurrent mix of two bodies for one event id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn toctou_dedupe_pg_transactional_read_first_same_event_and_mixed_bodies() {
+    let database = pg_db().await;
+    let guard = Arc::new(
+        WebhookGuard::new(PgStore::new(database.pool().clone()), SystemClock)
+            .with_config(GuardConfig::default().with_read_first(true)),
+    );
+    for round in 0..5 {
+        let event = key("acme", "stripe", &format!("evt_rf_{round}"));
+        let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+        let mut tasks = Vec::new();
+        for task in 0..TASKS {
+            let (guard, event, barrier) = (Arc::clone(&guard), event.clone(), Arc::clone(&barrier));
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                // Odd tasks send a forged body under the same event id.
+                let body: &[u8] = if task % 2 == 0 { b"A" } else { b"B" };
+                loop {
+                    match pg_deliver(&guard, &event, body, &format!("t{task}")).await.unwrap() {
+                        Outcome::RetryInFlight => tokio::time::sleep(Duration::from_millis(1)).await,
+                        other => return (body, other),
+                    }
+                }
+            }));
+        }
+        let mut winner = None;
+        let mut answers = Vec::new();
+        for task in tasks {
+            let (body, outcome) = task.await.unwrap();
+            if outcome == Outcome::Processed(()) {
+                assert!(winner.replace(body).is_none(), "round {round}: two deliveries processed");
+            }
+            answers.push((body, outcome));
+        }
+        let winner = winner.expect("one delivery processed");
+        for (body, outcome) in answers {
+            if body == winner {
+                assert!(matches!(outcome, Outcome::Processed(()) | Outcome::AlreadyProcessed), "{outcome:?}");
+            } else {
+                assert_eq!(outcome, Outcome::BodyMismatch, "round {round}");
+            }
+        }
+        assert_eq!(pg_effects(database.pool(), &event).await, 1, "round {round}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
