@@ -5,7 +5,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use sos_core::Signal;
 
-use crate::explain::{Evaluation, trace_enabled, with_trace};
+use crate::explain::{Evaluation, Outcome, recycle, trace_enabled, with_trace};
 use crate::ruliad::{Class, Ruliad};
 
 /// A signal fired by the engine, with where it came from.
@@ -106,12 +106,14 @@ impl<E: Sync> Engine<E> {
                 if !ruliad.applies_to(entity) {
                     continue;
                 }
-                if let Some(signal) = ruliad.evaluate(now, entity).into_signal() {
+                let (outcome, explanation) = ruliad.evaluate(now, entity).into_parts();
+                recycle(explanation);
+                if let Outcome::Fired(signal) = outcome {
                     fired.push(Fired {
                         entity: offset + index,
                         ruliad: ruliad_index,
                         class: ruliad.class(),
-                        signal,
+                        signal: *signal,
                     });
                 }
             }

@@ -1,7 +1,7 @@
 //! Explanations: the leaf predicates a ruliad checked, with the observed value against the threshold.
 
 use std::borrow::Cow;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -10,6 +10,30 @@ use sos_core::{Severity, Signal, SignalKind, TenantId};
 
 thread_local! {
     static TRACE: Cell<bool> = const { Cell::new(true) };
+    /// Emptied explanation buffers, reused so that a traced evaluation in the engine's loop does
+    /// not allocate.
+    static SPARE: RefCell<Vec<Vec<Predicate>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The most spare buffers kept per thread.
+const SPARE_LIMIT: usize = 16;
+
+fn spare_buffer() -> Vec<Predicate> {
+    SPARE.with(|spare| spare.borrow_mut().pop()).unwrap_or_default()
+}
+
+/// Hands an explanation buffer back for reuse (used by the engine once it kept the signal).
+pub(crate) fn recycle(mut predicates: Vec<Predicate>) {
+    if predicates.capacity() == 0 {
+        return;
+    }
+    predicates.clear();
+    SPARE.with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < SPARE_LIMIT {
+            spare.push(predicates);
+        }
+    });
 }
 
 /// Whether explanations are recorded on this thread (on by default).
@@ -359,12 +383,13 @@ impl Default for Explain {
 impl Explain {
     /// An empty explanation; records everything unless the trace is off (see [`with_trace`]).
     pub fn new() -> Self {
+        let enabled = trace_enabled();
         Self {
-            predicates: Vec::new(),
+            predicates: if enabled { spare_buffer() } else { Vec::new() },
             failed: None,
             labels: serde_json::Map::new(),
             cause: Vec::new(),
-            enabled: trace_enabled(),
+            enabled,
         }
     }
 
@@ -431,9 +456,17 @@ impl Explain {
         let labels = std::mem::take(&mut self.labels);
         evidence.insert("labels".to_owned(), serde_json::Value::Object(labels));
         if self.enabled {
-            let because =
-                self.predicates.iter().map(|predicate| serde_json::Value::String(predicate.to_string()));
-            evidence.insert("because".to_owned(), serde_json::Value::Array(because.collect()));
+            // One line, as people read it: "idle 9 d > 7 d; stage negotiation not in [...]".
+            let mut because = String::with_capacity(32 * self.predicates.len());
+            for (index, predicate) in self.predicates.iter().enumerate() {
+                if index > 0 {
+                    because.push_str("; ");
+                }
+                use std::fmt::Write as _;
+                // Writing into a String cannot fail.
+                let _ = write!(because, "{predicate}");
+            }
+            evidence.insert("because".to_owned(), serde_json::Value::String(because));
         }
         let built = Signal::builder(draft.tenant, kind)
             .subject(draft.subject)

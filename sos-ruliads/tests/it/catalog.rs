@@ -82,7 +82,7 @@ fn stale_deal_nudge_explains_itself() {
     );
     let signal = evaluation.signal().expect("fires");
     assert_eq!(signal.evidence()["labels"]["deal_id"], "d1");
-    assert_eq!(signal.evidence()["because"][2], "idle 9 d > 7 d");
+    assert_eq!(signal.evidence()["because"], evaluation.explain());
 
     let closed = rule.evaluate(at(10, 9), &deal("d1", Stage::ClosedWon, Some(1)));
     assert_eq!(closed.guard().expect("stopped").name, "stage");
