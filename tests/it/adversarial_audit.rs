@@ -833,6 +833,77 @@ async fn chain_seq_stale_read_stale_snapshot_host_tx_pg() {
     }
 }
 
+/// SQLite: a deferred host transaction read the head, then another connection appended: the
+/// audited write must fail (busy snapshot) or link to the current head, never fork.
+#[tokio::test]
+async fn chain_seq_stale_read_stale_snapshot_host_tx_sqlite() {
+    let (database, chain) = sqlite_setup().await;
+    chain.append(entry("acme", 0)).await.unwrap();
+    let mut tx = database.pool().begin().await.unwrap();
+    let seen: i64 = sqlx::query_scalar("SELECT seq FROM audit_heads WHERE tenant = 'acme'")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(seen, 1);
+    chain.append(entry("acme", 1)).await.unwrap();
+    let result = chain
+        .audited(&mut tx, entry("acme", 2), ExpectRows::Exactly(1), |conn| {
+            Box::pin(async move {
+                let done = sqlx::query("UPDATE deals SET n = n + 1 WHERE tenant = 'acme' AND id = 1")
+                    .execute(conn)
+                    .await?;
+                Ok::<_, sqlx::Error>(done.rows_affected())
+            })
+        })
+        .await;
+    match result {
+        Ok(stored) => {
+            assert_eq!(stored.seq, 3);
+            tx.commit().await.unwrap();
+        }
+        Err(_) => drop(tx),
+    }
+    let verdict = verify_store(&chain, &tenant("acme"), None, |_| {}).await.unwrap();
+    assert!(verdict.is_intact(), "{verdict:?}");
+    let (entries, _, counter, _) = sqlite_state(&database).await;
+    assert_eq!(entries - 2, counter);
+}
+
+/// A verifier running while appenders commit must never raise a false alarm (a gap or a head
+/// mismatch seen between the head read and the page reads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_seq_stale_read_verify_during_appends_no_false_alarm() {
+    let (pg, pg_chain) = pg_setup().await;
+    let (sqlite, sqlite_chain) = sqlite_setup().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut appenders = Vec::new();
+    for task in 0..3u64 {
+        let pg_chain = pg_chain.clone();
+        let sqlite_chain = sqlite_chain.clone();
+        appenders.push(tokio::spawn(async move {
+            let mut index = 0;
+            while std::time::Instant::now() < deadline {
+                pg_chain.append(entry("acme", task * 1_000_000 + index)).await.unwrap();
+                let _ = sqlite_chain.append(entry("acme", task * 1_000_000 + index)).await;
+                index += 1;
+            }
+        }));
+    }
+    let mut rounds = 0;
+    while std::time::Instant::now() < deadline {
+        let verdict = verify_store(&pg_chain, &tenant("acme"), None, |_| {}).await.unwrap();
+        assert!(verdict.is_intact(), "PostgreSQL false alarm: {verdict:?}");
+        let verdict = verify_store(&sqlite_chain, &tenant("acme"), None, |_| {}).await.unwrap();
+        assert!(verdict.is_intact(), "SQLite false alarm: {verdict:?}");
+        rounds += 1;
+    }
+    for appender in appenders {
+        appender.await.unwrap();
+    }
+    assert!(rounds > 0);
+    drop((pg, sqlite));
+}
+
 // ---------------------------------------------------------------------------------------------
 // write-once
 // ---------------------------------------------------------------------------------------------
