@@ -146,7 +146,15 @@ async fn verify_database<S: AuditStore>(
 ) -> anyhow::Result<bool> {
     let tenants = match tenant {
         Some(tenant) => vec![tenant],
-        None => store.tenants().await?,
+        None => match store.tenants().await {
+            Ok(tenants) => tenants,
+            // A row naming an invalid tenant id is evidence of tampering, not an I/O error.
+            Err(error @ sos_audit::Error::CorruptEntry { .. }) => {
+                println!("TAMPERED: {error}");
+                return Ok(false);
+            }
+            Err(error) => return Err(error.into()),
+        },
     };
     let mut all_intact = true;
     for tenant in &tenants {

@@ -38,6 +38,27 @@ mod postgres {
         assert_eq!(count, 3);
     }
 
+    #[tokio::test]
+    async fn head_rows_are_never_removed_and_malformed_rows_are_refused() {
+        let (database, chain) = chain_of(2).await;
+        for statement in ["DELETE FROM audit_heads", "TRUNCATE audit_heads"] {
+            let error = sqlx::query(statement).execute(database.pool()).await.expect_err(statement);
+            assert!(error.to_string().contains("never removed"), "{statement}: {error}");
+        }
+        let zero = "'\\x0000000000000000000000000000000000000000000000000000000000000000'::bytea";
+        for row in [
+            format!("('ACME Corp', 1, 0, 'm', 'a', '', '{{}}', {zero}, {zero})"),
+            format!("('acme', 9, 0, 'm', 'a', '', '{{}}', {zero}, '\\x00'::bytea)"),
+        ] {
+            let statement = format!("INSERT INTO audit_entries VALUES {row}");
+            assert!(
+                sqlx::query(&statement).execute(database.pool()).await.is_err(),
+                "{statement} was accepted"
+            );
+        }
+        assert!(verify_store(&chain, &tenant("acme"), None, |_| {}).await.expect("verify").is_intact());
+    }
+
     /// Named shape `unique-null`: no column of a uniqueness key may be NULL.
     #[tokio::test]
     async fn unique_null_key_columns_are_not_null() {
@@ -118,6 +139,27 @@ mod sqlite {
                 assert_eq!(not_null, 1, "{table}.{column} must be NOT NULL");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn head_rows_are_never_removed_and_type_confused_rows_are_refused() {
+        let database = SqliteTestDatabase::new(&[&sos_audit::sqlite_migrator()]).await;
+        let chain = SqliteAuditChain::new(database.pool().clone());
+        chain.append(entry("acme", 0)).await.expect("append");
+        let error =
+            sqlx::query("DELETE FROM audit_heads").execute(database.pool()).await.expect_err("delete head");
+        assert!(error.to_string().contains("never removed"), "{error}");
+        for row in [
+            "('acme', 2.5, 0, 'm', 'a', '', '{}', zeroblob(32), zeroblob(32))",
+            "('ACME Corp', 1, 0, 'm', 'a', '', '{}', zeroblob(32), zeroblob(32))",
+            "('acme', 2, 0, 'm', 'a', '', '{}', zeroblob(32), zeroblob(31))",
+            "('acme', 2, 0, 'm', 'a', '', '{}', zeroblob(32), 'x')",
+        ] {
+            let statement = format!("INSERT INTO audit_entries VALUES {row}");
+            let error = sqlx::query(&statement).execute(database.pool()).await.expect_err(&statement);
+            assert!(error.to_string().contains("malformed"), "{statement}: {error}");
+        }
+        assert!(verify_store(&chain, &tenant("acme"), None, |_| {}).await.expect("verify").is_intact());
     }
 
     #[tokio::test]
