@@ -76,6 +76,15 @@ impl Refused {
         }
     }
 
+    /// The suppression reason to record for a signal whose trigger was refused: `ceiling`, or
+    /// `repeat` for a replayed cause.
+    pub const fn reason(self) -> crate::trust::Reason {
+        match self {
+            Self::Ceiling => crate::trust::Reason::Ceiling,
+            Self::Replay => crate::trust::Reason::Repeat,
+        }
+    }
+
     #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
     fn parse(text: &str) -> Result<Self> {
         match text {

@@ -67,6 +67,14 @@ async fn per_attribute_suite<C: TriggerCeiling>(ceiling: &C) {
 
 const PER_ATTRIBUTE: CeilingConfig = CeilingConfig { global: 3, per_attribute: Some(1) };
 
+#[test]
+fn refusals_map_to_suppression_reasons() {
+    use sos_ruliads::trust::Reason;
+    assert_eq!(Refused::Ceiling.reason(), Reason::Ceiling);
+    assert_eq!(Refused::Replay.reason(), Reason::Repeat);
+    assert_eq!(Reason::Ceiling.to_string(), "ceiling");
+}
+
 #[tokio::test]
 async fn memory_ceiling_behaves() {
     ceiling_suite(&MemoryCeiling::new(CeilingConfig::default())).await;
