@@ -1034,6 +1034,121 @@ async fn tenant_listing_suite<R: IdentityRegistry>(registry: &R) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Merkle checkpoints and inclusion proofs
+// ---------------------------------------------------------------------------------------------
+
+/// The spec's Merkle tree hash (RFC 9162 shape, `DomainHasher` leaf and node tags), written from
+/// `docs/identity.md` independently of the crate.
+fn reference_root(hashes: &[[u8; 32]]) -> [u8; 32] {
+    match hashes.len() {
+        0 => [0; 32],
+        1 => reference_hash("sos-identity/merkle-leaf/v1", &[&hashes[0]]),
+        n => {
+            let mut k = 1;
+            while k * 2 < n {
+                k *= 2;
+            }
+            let (left, right) = (reference_root(&hashes[..k]), reference_root(&hashes[k..]));
+            reference_hash("sos-identity/merkle-node/v1", &[&left, &right])
+        }
+    }
+}
+
+/// Inclusion proofs cannot be forged or transplanted: every honest proof verifies, and changing
+/// any path element, the path's length, the position, the tree size, the entry, or using another
+/// tenant's checkpoint makes it fail. The root matches the spec; extreme values never panic; a
+/// checkpoint of a tampered chain is refused.
+#[tokio::test]
+async fn merkle_inclusion_proofs_resist_forgery() {
+    use sos_identity::{checkpoint, inclusion_proof, verify_inclusion};
+
+    let registry = MemoryRegistry::new(clock());
+    let (acme, beta) = (tenant("acme"), tenant("beta"));
+    for index in 0..17 {
+        registry.register(&acme, &name(&format!("agent-{index}")), &role("worker")).await.expect("a");
+        registry.register(&beta, &name(&format!("agent-{index}")), &role("worker")).await.expect("b");
+    }
+    let entries = registry.entries(&acme).await.expect("entries");
+    let other = registry.entries(&beta).await.expect("entries");
+    for size in 1..=entries.len() {
+        let prefix = &entries[..size];
+        let cp = checkpoint(&acme, prefix).expect("intact");
+        let hashes: Vec<[u8; 32]> = prefix.iter().map(|entry| *entry.hash.as_bytes()).collect();
+        assert_eq!(*cp.root.as_bytes(), reference_root(&hashes), "root of size {size} follows the spec");
+        let cp_beta = checkpoint(&beta, &other[..size]).expect("intact");
+        for seq in 1..=size as u64 {
+            let entry_hash = entries[(seq - 1) as usize].hash;
+            let proof = inclusion_proof(&entries, seq, size as u64).expect("in range");
+            assert!(verify_inclusion(&cp, &entry_hash, &proof), "size {size} seq {seq}");
+            assert!(!verify_inclusion(&cp_beta, &entry_hash, &proof), "another tenant's checkpoint");
+            for position in 0..proof.path.len() {
+                let mut forged = proof.clone();
+                let mut bytes = *forged.path[position].as_bytes();
+                bytes[31] ^= 1;
+                forged.path[position] = Sha256Digest::from_bytes(bytes);
+                assert!(!verify_inclusion(&cp, &entry_hash, &forged), "flipped path[{position}]");
+            }
+            let mut longer = proof.clone();
+            longer.path.push(cp.root);
+            assert!(!verify_inclusion(&cp, &entry_hash, &longer), "size {size} seq {seq}: extra element");
+            if !proof.path.is_empty() {
+                let mut shorter = proof.clone();
+                shorter.path.pop();
+                assert!(!verify_inclusion(&cp, &entry_hash, &shorter), "size {size} seq {seq}: dropped");
+                // A subtree root is not a leaf: presenting it with the rest of the path fails.
+                let mut upper = proof.clone();
+                let sibling = upper.path.remove(0);
+                let leaf = Sha256Digest::from_bytes(reference_hash(
+                    "sos-identity/merkle-leaf/v1",
+                    &[entry_hash.as_bytes()],
+                ));
+                let parent = if seq % 2 == 1 && seq < size as u64 {
+                    reference_hash("sos-identity/merkle-node/v1", &[leaf.as_bytes(), sibling.as_bytes()])
+                } else {
+                    reference_hash("sos-identity/merkle-node/v1", &[sibling.as_bytes(), leaf.as_bytes()])
+                };
+                upper.seq = seq.div_ceil(2);
+                upper.tree_size = (size as u64).div_ceil(2);
+                let mut small = cp;
+                small.len = upper.tree_size;
+                assert!(
+                    !verify_inclusion(&small, &Sha256Digest::from_bytes(parent), &upper),
+                    "second preimage"
+                );
+            }
+            for wrong_seq in (0..=size as u64 + 1).filter(|wrong| *wrong != seq) {
+                let mut moved = proof.clone();
+                moved.seq = wrong_seq;
+                assert!(!verify_inclusion(&cp, &entry_hash, &moved), "size {size}: seq {seq} as {wrong_seq}");
+            }
+            for wrong_size in [size as u64 - 1, size as u64 + 1, u64::MAX] {
+                let mut resized = proof.clone();
+                resized.tree_size = wrong_size;
+                assert!(!verify_inclusion(&cp, &entry_hash, &resized), "size {size} as {wrong_size}");
+            }
+            if size > 1 {
+                let neighbour = entries[(seq as usize) % size].hash;
+                assert!(!verify_inclusion(&cp, &neighbour, &proof), "size {size} seq {seq}: neighbour");
+            }
+        }
+    }
+    // Extreme and inconsistent requests are typed errors or plain `false`, never panics.
+    assert!(inclusion_proof(&entries, u64::MAX, u64::MAX).is_err());
+    assert!(inclusion_proof(&entries, 1, u64::MAX).is_err());
+    assert!(inclusion_proof(&[], 1, 1).is_err());
+    let cp = checkpoint(&acme, &entries).expect("intact");
+    let proof = sos_identity::InclusionProof { seq: u64::MAX, tree_size: u64::MAX, path: vec![cp.root; 70] };
+    let mut huge = cp;
+    huge.len = u64::MAX;
+    assert!(!verify_inclusion(&huge, &entries[0].hash, &proof));
+    // A checkpoint is never issued over a tampered chain.
+    let mut tampered = entries.clone();
+    tampered[5].role = role("admin");
+    assert!(matches!(checkpoint(&acme, &tampered), Err(Error::Tampered { seq: 6, .. })));
+    assert!(matches!(checkpoint(&beta, &entries), Err(Error::Tampered { seq: 1, .. })));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Routing
 // ---------------------------------------------------------------------------------------------
 
