@@ -949,6 +949,39 @@ async fn write_once_pg_upsert_update_delete_truncate_refused() {
     }
 }
 
+/// The head table is the chain's lock and end marker. An application statement that deletes or
+/// truncates head rows would make every later append of those tenants fail (a PK conflict at
+/// seq 1): the whole audited write path of the host is down. Such statements must be refused.
+#[tokio::test]
+async fn write_once_head_rows_refuse_delete_and_truncate_pg() {
+    let (database, chain) = pg_setup().await;
+    for index in 0..3 {
+        chain.append(entry("acme", index)).await.unwrap();
+    }
+    for statement in ["DELETE FROM audit_heads WHERE tenant = 'acme'", "TRUNCATE audit_heads"] {
+        let _ = sqlx::query(statement).execute(database.pool()).await;
+        let head = chain.head(&tenant("acme")).await.unwrap();
+        assert_eq!(head.map(|head| head.seq), Some(3), "{statement} removed the chain's head");
+    }
+    let next = chain.append(entry("acme", 9)).await.expect("appends keep working");
+    assert_eq!(next.seq, 4);
+}
+
+#[tokio::test]
+async fn write_once_head_rows_refuse_delete_sqlite() {
+    let (database, chain) = sqlite_setup().await;
+    for index in 0..3 {
+        chain.append(entry("acme", index)).await.unwrap();
+    }
+    for statement in ["DELETE FROM audit_heads WHERE tenant = 'acme'", "DELETE FROM audit_heads"] {
+        let _ = sqlx::query(statement).execute(database.pool()).await;
+        let head = chain.head(&tenant("acme")).await.unwrap();
+        assert_eq!(head.map(|head| head.seq), Some(3), "{statement} removed the chain's head");
+    }
+    let next = chain.append(entry("acme", 9)).await.expect("appends keep working");
+    assert_eq!(next.seq, 4);
+}
+
 /// Rewriting a head row (as the application role may, with UPDATE on `audit_heads`) must never
 /// make the next append fork the chain silently: either the append fails, or the verifier
 /// reports the damage, or the chain is intact with every original entry.
@@ -1298,6 +1331,60 @@ fn verifier_evasion_malformed_jsonl_cli() {
         sos_audit(&["verify", "--database-url", "sqlite:///nonexistent/dir/x.db"]).status.code(),
         Some(2)
     );
+}
+
+/// A row the application inserted with a tenant id that is not a valid `TenantId` (the app role
+/// holds INSERT on the entry table) must not stop `sos-audit verify` from checking every chain,
+/// and it is tampering (exit 1), not an I/O error (exit 2).
+#[tokio::test]
+async fn verifier_evasion_invalid_tenant_row_is_tampering_pg() {
+    let (database, chain) = pg_setup().await;
+    for index in 0..3 {
+        chain.append(entry("acme", index)).await.unwrap();
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO audit_entries VALUES ('ACME Corp', 1, 0, 'mallory', 'grant', 'admin', '{}', \
+         '\\x0000000000000000000000000000000000000000000000000000000000000000'::bytea, \
+         '\\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)",
+    )
+    .execute(database.pool())
+    .await;
+    if inserted.is_err() {
+        return; // refused by the schema: safe
+    }
+    let output = sos_audit(&["verify", "--database-url", database.url()]);
+    assert_eq!(output.status.code(), Some(1), "{}{}", text(&output.stdout), text(&output.stderr));
+    assert!(text(&output.stdout).contains("tenant acme: 3 entries"), "{}", text(&output.stdout));
+}
+
+/// SQLite stores whatever type it is given unless told otherwise: a row appended by the
+/// application with a REAL seq, a TEXT time or a BLOB tenant must be refused, or be reported as
+/// tampering (exit 1), never make the verifier give up with an I/O error or skip it.
+#[tokio::test]
+async fn verifier_evasion_sqlite_type_confused_rows() {
+    let rows = [
+        "('acme', 2.5, 0, 'mallory', 'grant', 'admin', '{}', zeroblob(32), zeroblob(32))",
+        "('acme', 4, 'soon', 'mallory', 'grant', 'admin', '{}', zeroblob(32), zeroblob(32))",
+        "('acme', 4, 0, X'ff', 'grant', 'admin', '{}', zeroblob(32), zeroblob(32))",
+        "(CAST('acme' AS BLOB), 1, 0, 'mallory', 'grant', 'admin', '{}', zeroblob(32), zeroblob(32))",
+        "('acme', 4, 0, 'mallory', 'grant', 'admin', '{}', 'not a blob hash', zeroblob(32))",
+    ];
+    for row in rows {
+        let (database, chain) = sqlite_setup().await;
+        for index in 0..3 {
+            chain.append(entry("acme", index)).await.unwrap();
+        }
+        let inserted =
+            sqlx::query(&format!("INSERT INTO audit_entries VALUES {row}")).execute(database.pool()).await;
+        if inserted.is_err() {
+            continue; // refused by the schema: safe
+        }
+        let url = database.url();
+        let output = sos_audit(&["verify", "--database-url", &url, "--tenant", "acme"]);
+        assert_eq!(output.status.code(), Some(1), "{row}: {}{}", text(&output.stdout), text(&output.stderr));
+        let output = sos_audit(&["verify", "--database-url", &url]);
+        assert_eq!(output.status.code(), Some(1), "{row}: {}{}", text(&output.stdout), text(&output.stderr));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
