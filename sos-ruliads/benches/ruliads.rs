@@ -213,9 +213,111 @@ fn comparison(records: &[Record]) {
     );
 }
 
+fn percentile(samples: &mut [Duration], fraction: f64) -> Duration {
+    samples.sort_unstable();
+    let index = ((samples.len() as f64 * fraction) as usize).min(samples.len().saturating_sub(1));
+    samples.get(index).copied().unwrap_or_default()
+}
+
+/// Per decision: the bare rule, then the full gate (rule + cause claim + grouping with inhibition
+/// and repeat + trust gate), in memory and with the cause claimed in SQLite.
+fn gate(records: &[Record]) {
+    use sos_ruliads::Ruliad;
+    use sos_ruliads::grouping::{Grouper, GroupingConfig, InhibitRule};
+    use sos_ruliads::store::{MemoryStore, SqliteStore, StateStore};
+    use sos_ruliads::trust::{TrustConfig, TrustGate};
+
+    const DECISIONS: usize = 20_000;
+    let now = now();
+    let rule = sos_ruliads::catalog::build("stale-deal-nudge", &serde_json::Value::Null).expect("defaults");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = runtime.block_on(async {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(dir.path().join("bench.sqlite"))
+                    .create_if_missing(true)
+                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sqlx::sqlite::SqliteSynchronous::Normal),
+            )
+            .await
+            .expect("sqlite");
+        sos_ruliads::store::sqlite_migrator().run(&pool).await.expect("migrations");
+        SqliteStore::new(pool)
+    });
+    let memory = MemoryStore::new();
+    let stale: Vec<&Record> =
+        records.iter().filter(|record| rule.evaluate(now, record).fired()).take(DECISIONS).collect();
+
+    let mut bare = Vec::with_capacity(stale.len());
+    for record in &stale {
+        let start = Instant::now();
+        black_box(rule.evaluate(now, record));
+        bare.push(start.elapsed());
+    }
+
+    let run = |claim_in_sqlite: bool| {
+        let config = GroupingConfig {
+            inhibit: vec![InhibitRule {
+                source: "deal-lost".into(),
+                target: "stale-deal-nudge".into(),
+                equal: vec!["deal_id".into()],
+            }],
+            ..GroupingConfig::default()
+        };
+        let mut grouper = Grouper::new(config).expect("valid");
+        let trust_config =
+            TrustConfig { ceiling_per_day: 1e9, initial_per_day: 1e9, ..TrustConfig::default() };
+        let mut trust = TrustGate::plant(trust_config, now - TimeDelta::days(30)).expect("valid");
+        let mut samples = Vec::with_capacity(stale.len());
+        for record in &stale {
+            let start = Instant::now();
+            let evaluation = rule.evaluate(now, record);
+            if let Some(signal) = evaluation.into_signal() {
+                let fresh = runtime.block_on(async {
+                    if claim_in_sqlite {
+                        sqlite.claim_cause(now, signal.tenant(), "stale-deal-nudge", signal.cause()).await
+                    } else {
+                        memory.claim_cause(now, signal.tenant(), "stale-deal-nudge", signal.cause()).await
+                    }
+                });
+                if fresh.expect("store works") {
+                    grouper.observe(now, vec![signal.clone()]);
+                    black_box(trust.offer(now, signal, sos_ruliads::Class::Intervention));
+                }
+            }
+            samples.push(start.elapsed());
+        }
+        samples
+    };
+    let mut in_memory = run(false);
+    let mut with_sqlite = run(true);
+    let bare_p50 = percentile(&mut bare, 0.5);
+    println!(
+        "bare rule per decision:              p50 {:>7.2} µs, p99 {:>7.2} µs",
+        bare_p50.as_secs_f64() * 1e6,
+        percentile(&mut bare, 0.99).as_secs_f64() * 1e6
+    );
+    let memory_p50 = percentile(&mut in_memory, 0.5);
+    println!(
+        "full gate in memory per decision:    p50 {:>7.2} µs ({:.1}x the bare rule, goal <= 2x), p99 {:>7.2} µs (goal < 1 µs)",
+        memory_p50.as_secs_f64() * 1e6,
+        memory_p50.as_secs_f64() / bare_p50.as_secs_f64(),
+        percentile(&mut in_memory, 0.99).as_secs_f64() * 1e6
+    );
+    println!(
+        "full gate, cause in SQLite:          p50 {:>7.2} µs, p99 {:>7.2} µs (goal < 1000 µs)",
+        percentile(&mut with_sqlite, 0.5).as_secs_f64() * 1e6,
+        percentile(&mut with_sqlite, 0.99).as_secs_f64() * 1e6
+    );
+}
+
 fn main() {
     let records = deals();
     comparison(&records);
+    gate(&records);
 
     let mut criterion = Criterion::default().sample_size(10).configure_from_args();
     let now = now();
