@@ -85,6 +85,15 @@ fn intact_chain_verifies_and_reports_its_head() {
 }
 
 #[test]
+fn replayed_entry_far_down_is_reported_where_it_sits() {
+    let entries = chain(6);
+    let mut replayed = entries.clone();
+    replayed.insert(4, entries[1].clone());
+    let verdict = verify(&replayed, None);
+    assert_eq!(verdict.finding(), Some(&Finding::Duplicate { seq: 5, repeated: 2 }));
+}
+
+#[test]
 fn chain_head_parse_rejects_garbage() {
     for input in
         ["", "3", ":abc", "x:00", "-1:0000000000000000000000000000000000000000000000000000000000000000"]
@@ -186,7 +195,7 @@ proptest! {
         let verdict = verify(&entries, Some(head));
         let finding = verdict.finding().cloned();
         prop_assert!(finding.is_some(), "mutation {:?} at {} not detected", mutation, expected);
-        let finding = finding.unwrap_or(Finding::Duplicate { seq: 0 });
+        let finding = finding.unwrap_or(Finding::Duplicate { seq: 0, repeated: 0 });
         prop_assert_eq!(finding.position(), expected, "{:?} -> {}", mutation, finding);
         match mutation {
             Mutation::ModifyField { .. } => prop_assert!(matches!(finding, Finding::Modified { .. }), "{}", finding),

@@ -35,10 +35,12 @@ pub enum Finding {
         /// The sequence number that came first instead.
         found: u64,
     },
-    /// The sequence number `seq` appears a second time: an entry was inserted.
+    /// A sequence number appears a second time: an entry was inserted or replayed.
     Duplicate {
-        /// The repeated sequence number.
+        /// The first position that may be forged.
         seq: u64,
+        /// The sequence number that appears again.
+        repeated: u64,
     },
     /// Entry `seq` is self-consistent but its `prev_hash` is not the previous entry's hash: one of
     /// the two was rewritten with a recomputed hash.
@@ -85,7 +87,7 @@ impl Finding {
             Self::Modified { seq, .. }
             | Self::Missing { seq, .. }
             | Self::Swapped { seq, .. }
-            | Self::Duplicate { seq }
+            | Self::Duplicate { seq, .. }
             | Self::ForeignTenant { seq, .. }
             | Self::HeadMismatch { seq, .. }
             | Self::Malformed { seq, .. } => *seq,
@@ -120,8 +122,11 @@ impl fmt::Display for Finding {
             Self::Swapped { seq, found } => {
                 write!(f, "entries {seq} and {found} are swapped: entry {found} comes before entry {seq}")
             }
-            Self::Duplicate { seq } => {
-                write!(f, "entry {seq} appears twice: a forged entry was inserted at or before this position")
+            Self::Duplicate { seq, repeated } if seq == repeated => {
+                write!(f, "entry {seq} appears twice: a forged entry was inserted at this position")
+            }
+            Self::Duplicate { seq, repeated } => {
+                write!(f, "position {seq} repeats entry {repeated}: an entry was replayed or inserted here")
             }
             Self::BrokenLink { seq } => write!(
                 f,
@@ -283,7 +288,10 @@ impl ChainVerifier {
             return None;
         }
         if entry.seq < expected {
-            return Some(Finding::Duplicate { seq: entry.seq });
+            // Right after its twin, either copy may be the forgery: the earlier position counts.
+            // Further down, everything before this position checked out: it is the replay.
+            let position = if entry.seq + 1 == expected { entry.seq } else { expected };
+            return Some(Finding::Duplicate { seq: position, repeated: entry.seq });
         }
         match &self.tenant {
             Some(tenant) if *tenant != entry.tenant => {
@@ -304,10 +312,17 @@ impl ChainVerifier {
     }
 
     /// Records a stored row that could not be read as an entry.
-    pub fn push_malformed(&mut self, seq: u64, reason: String) {
-        if self.finding.is_none() {
-            self.finding = Some(Finding::Malformed { seq, reason });
+    ///
+    /// Rows are read in `seq` order, so the unreadable row sits at the next expected position
+    /// (or after a gap, which is then reported first).
+    pub fn push_malformed(&mut self, reason: String) {
+        if self.finding.is_some() {
+            return;
         }
+        self.finding = Some(match self.pending_gap.take() {
+            Some(found) => Finding::Missing { seq: self.next_seq, found },
+            None => Finding::Malformed { seq: self.next_seq, reason },
+        });
     }
 
     /// Ends the stream and gives the verdict.
@@ -365,8 +380,8 @@ pub async fn verify_store<S: AuditStore>(
             verifier.expect_head(head);
         }
         Ok(None) => {}
-        Err(Error::CorruptEntry { seq, reason, .. }) => {
-            verifier.push_malformed(u64::try_from(seq).unwrap_or(0), format!("head row: {reason}"));
+        Err(Error::CorruptEntry { reason, .. }) => {
+            verifier.push_malformed(format!("head row: {reason}"));
             return Ok(verifier.finish());
         }
         Err(error) => return Err(error),
@@ -376,8 +391,23 @@ pub async fn verify_store<S: AuditStore>(
     loop {
         let page = match store.read_page(tenant, after, PAGE_SIZE).await {
             Ok(page) => page,
-            Err(Error::CorruptEntry { seq, reason, .. }) => {
-                verifier.push_malformed(u64::try_from(seq).unwrap_or(0), reason.to_owned());
+            Err(Error::CorruptEntry { reason, .. }) => {
+                // Verify the readable rows before the unreadable one first, row by row, so that an
+                // earlier finding is not masked by it.
+                loop {
+                    match store.read_page(tenant, after, 1).await {
+                        Ok(one) => {
+                            let Some(entry) = one.first() else { break };
+                            after = entry.seq;
+                            if !verifier.push(entry) {
+                                return Ok(verifier.finish());
+                            }
+                        }
+                        Err(Error::CorruptEntry { .. }) => break,
+                        Err(error) => return Err(error),
+                    }
+                }
+                verifier.push_malformed(reason.to_owned());
                 break;
             }
             Err(error) => return Err(error),

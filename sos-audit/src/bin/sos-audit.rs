@@ -90,7 +90,15 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     verify_jsonl(BufReader::new(opened), expect_head, |checked| bar.set_position(checked))
                         .with_context(|| format!("cannot read {}", path.display()))?;
                 bar.finish_and_clear();
-                return Ok(report(&verdict, &path.display().to_string()));
+                let tenant = match &verdict {
+                    Verdict::Intact(chain) => chain.tenant.clone(),
+                    Verdict::Tampered { tenant, .. } => tenant.clone(),
+                };
+                let what = match tenant {
+                    Some(tenant) => format!("{} (tenant {tenant})", path.display()),
+                    None => path.display().to_string(),
+                };
+                return Ok(report(&verdict, &what));
             }
             let Some(url) = database_url else { bail!("give --database-url URL or --file PATH") };
             if expect_head.is_some() && tenant.is_none() {

@@ -177,6 +177,24 @@ mod sqlite {
             let error = sqlx::query(statement).execute(database.pool()).await.expect_err(statement);
             assert!(error.to_string().contains("append-only"), "{statement}: {error}");
         }
+        // Deliberately bypass the update trigger: an unreadable row later in the chain must not
+        // mask an earlier modification.
+        sqlx::query("DROP TRIGGER audit_entries_no_update")
+            .execute(database.pool())
+            .await
+            .expect("drop trigger");
+        sqlx::query("UPDATE audit_entries SET hash = x'0102' WHERE seq = 4")
+            .execute(database.pool())
+            .await
+            .expect("tamper");
+        let verdict = verify_store(&chain, &tenant("acme"), None, |_| {}).await.expect("verify");
+        assert!(matches!(verdict.finding(), Some(Finding::Malformed { seq: 4, .. })), "{verdict:?}");
+        sqlx::query("UPDATE audit_entries SET subject = 'forged' WHERE seq = 2")
+            .execute(database.pool())
+            .await
+            .expect("tamper");
+        let verdict = verify_store(&chain, &tenant("acme"), None, |_| {}).await.expect("verify");
+        assert_eq!(verdict.finding().map(Finding::position), Some(2), "{verdict:?}");
         // Deliberately bypass the trigger and delete an entry in the middle.
         sqlx::query("DROP TRIGGER audit_entries_no_delete")
             .execute(database.pool())
@@ -187,6 +205,7 @@ mod sqlite {
             .await
             .expect("tamper");
         let verdict = verify_store(&chain, &tenant("acme"), None, |_| {}).await.expect("verify");
-        assert_eq!(verdict.finding(), Some(&Finding::Missing { seq: 3, found: 4 }));
+        // The modification at seq 2 is still the first finding.
+        assert_eq!(verdict.finding().map(Finding::position), Some(2), "{verdict:?}");
     }
 }
