@@ -58,6 +58,10 @@ impl PgAuditChain {
     /// [`Error::UnexpectedRows`] or [`Error::HostWrite`]. The head lock is held until the host's
     /// transaction ends; keep audited transactions short.
     ///
+    /// `write` must not end the transaction itself (a raw `COMMIT` or `ROLLBACK` statement):
+    /// the audit entry is already inserted when it runs, and a transaction committed from inside
+    /// the closure cannot be taken back.
+    ///
     /// ```no_run
     /// # async fn example(chain: sos_audit::PgAuditChain, entry: sos_audit::NewEntry) -> sos_audit::Result<()> {
     /// use sos_audit::ExpectRows;
