@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
-use sos_core::{Signal, SignalId, SignalKind, TenantId};
+use sos_core::{Sha256Digest, Signal, SignalId, SignalKind, TenantId};
 
 use crate::error::{Error, Result};
 use crate::trust::Reason;
@@ -136,6 +136,9 @@ struct Group {
     created_at: DateTime<Utc>,
     last_flush_at: Option<DateTime<Utc>>,
     pending: Vec<Signal>,
+    /// The pending members' causes, so joining a big group stays O(log n).
+    #[serde(default)]
+    pending_causes: BTreeSet<Sha256Digest>,
 }
 
 /// The grouper's serializable state.
@@ -146,6 +149,9 @@ pub struct GroupingState {
     previous_keys: BTreeSet<String>,
     appearances: BTreeMap<String, VecDeque<DateTime<Utc>>>,
     log: VecDeque<Suppressed>,
+    /// When expired entries were last swept; sweeps run at most once per minute of clock time.
+    #[serde(default)]
+    swept_at: Option<DateTime<Utc>>,
 }
 
 /// Groups, deduplicates and inhibits signals before they reach people; see the module docs.
@@ -229,12 +235,14 @@ impl Grouper {
                 outcomes.push(self.record(now, signal, Reason::Cooldown, detail));
                 continue;
             }
-            let group = self
-                .state
-                .groups
-                .entry(group_key(signal.tenant(), signal.kind()))
-                .or_insert_with(|| Group { created_at: now, last_flush_at: None, pending: Vec::new() });
-            if group.pending.iter().any(|pending| pending.cause() == signal.cause()) {
+            let group =
+                self.state.groups.entry(group_key(signal.tenant(), signal.kind())).or_insert_with(|| Group {
+                    created_at: now,
+                    last_flush_at: None,
+                    pending: Vec::new(),
+                    pending_causes: BTreeSet::new(),
+                });
+            if !group.pending_causes.insert(*signal.cause()) {
                 continue;
             }
             group.pending.push(signal.clone());
@@ -266,6 +274,7 @@ impl Grouper {
                 continue;
             }
             let members = std::mem::take(&mut group.pending);
+            group.pending_causes.clear();
             group.last_flush_at = Some(now);
             for member in &members {
                 self.state
@@ -310,6 +319,12 @@ impl Grouper {
     }
 
     fn expire(&mut self, now: DateTime<Utc>) {
+        // Sweeping is linear in the state, so it runs at most once per minute of clock time;
+        // entries live for hours or days, so a minute's delay changes nothing people see.
+        if self.state.swept_at.is_some_and(|swept| now - swept < TimeDelta::minutes(1)) {
+            return;
+        }
+        self.state.swept_at = Some(now);
         let repeat = TimeDelta::seconds(self.config.repeat_interval_seconds);
         self.state.notified.retain(|_, at| now - *at < repeat);
         let window = TimeDelta::seconds(self.config.flap_window_seconds);

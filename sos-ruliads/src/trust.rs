@@ -240,6 +240,9 @@ pub struct TrustState {
     pub withheld: VecDeque<Withheld>,
     /// How many withheld signals were dropped because the list was full.
     pub withheld_dropped: u64,
+    /// When unanswered signals were last swept into "ignored" (at most once per minute).
+    #[serde(default)]
+    pub swept_at: Option<DateTime<Utc>>,
 }
 
 /// The most released signals kept awaiting feedback; the oldest count as ignored beyond this.
@@ -272,6 +275,7 @@ impl TrustGate {
             outstanding: BTreeMap::new(),
             withheld: VecDeque::new(),
             withheld_dropped: 0,
+            swept_at: None,
         };
         Ok(Self { config, state })
     }
@@ -427,6 +431,12 @@ impl TrustGate {
     }
 
     fn expire_feedback(&mut self, now: DateTime<Utc>) {
+        // The sweep is linear in the outstanding signals, so it runs at most once per minute of
+        // clock time; "ignored" is measured in days.
+        if self.state.swept_at.is_some_and(|swept| now - swept < TimeDelta::minutes(1)) {
+            return;
+        }
+        self.state.swept_at = Some(now);
         let limit = TimeDelta::days(i64::from(self.config.ignore_after_days));
         let expired: Vec<SignalId> = self
             .state
