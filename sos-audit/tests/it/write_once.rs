@@ -170,6 +170,7 @@ mod sqlite {
             chain.append(entry("acme", index)).await.expect("append");
         }
         for statement in [
+            "INSERT OR REPLACE INTO audit_entries VALUES ('acme', 2, 0, 'm', 'a', '', '{}', zeroblob(32), zeroblob(32))",
             "UPDATE audit_entries SET actor = 'mallory' WHERE seq = 2",
             "DELETE FROM audit_entries",
             "DELETE FROM audit_entries WHERE seq = 3",
