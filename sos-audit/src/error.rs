@@ -77,6 +77,12 @@ pub enum Error {
     /// Reading or writing a chain file failed.
     #[error("chain file I/O failed")]
     Io(#[from] std::io::Error),
+    /// A Merkle proof could not be made or did not verify.
+    #[error(transparent)]
+    Proof(#[from] crate::merkle::ProofError),
+    /// A signed note, key or checkpoint was malformed or did not verify.
+    #[error(transparent)]
+    Note(#[from] crate::note::NoteError),
 }
 
 /// `Result` with [`Error`] as the default error type.
