@@ -908,6 +908,40 @@ async fn chain_seq_stale_read_verify_during_appends_no_false_alarm() {
 // write-once
 // ---------------------------------------------------------------------------------------------
 
+/// Statements an application connection can issue against the entry table on SQLite. Every one
+/// that would change or remove an existing entry must be refused.
+#[tokio::test]
+async fn write_once_sqlite_replace_cannot_rewrite_history() {
+    let (database, chain) = sqlite_setup().await;
+    for index in 0..4 {
+        chain.append(entry("acme", index)).await.unwrap();
+    }
+    let before: Vec<(i64, Vec<u8>)> = sqlx::query_as("SELECT seq, hash FROM audit_entries ORDER BY seq")
+        .fetch_all(database.pool())
+        .await
+        .unwrap();
+    let forged_values = "('acme', 2, 0, 'mallory', 'grant', 'admin', '{}', zeroblob(32), zeroblob(32))";
+    for statement in [
+        format!("INSERT OR REPLACE INTO audit_entries VALUES {forged_values}"),
+        format!("REPLACE INTO audit_entries VALUES {forged_values}"),
+        format!(
+            "INSERT INTO audit_entries VALUES {forged_values} ON CONFLICT (tenant, seq) DO UPDATE SET actor = excluded.actor"
+        ),
+        "UPDATE OR REPLACE audit_entries SET seq = 2 WHERE seq = 3".to_owned(),
+        "UPDATE audit_entries SET actor = 'mallory'".to_owned(),
+        "DELETE FROM audit_entries WHERE seq = 4".to_owned(),
+    ] {
+        let _ = sqlx::query(&statement).execute(database.pool()).await;
+        let after: Vec<(i64, Vec<u8>)> = sqlx::query_as("SELECT seq, hash FROM audit_entries ORDER BY seq")
+            .fetch_all(database.pool())
+            .await
+            .unwrap();
+        assert_eq!(after, before, "{statement} rewrote history");
+    }
+    let verdict = verify_store(&chain, &tenant("acme"), None, |_| {}).await.unwrap();
+    assert!(verdict.is_intact(), "{verdict:?}");
+}
+
 /// PostgreSQL: upserts, updates, deletes and TRUNCATE (also CASCADE / ONLY) on the entry table.
 #[tokio::test]
 async fn write_once_pg_upsert_update_delete_truncate_refused() {
@@ -1096,6 +1130,25 @@ fn verifier_evasion_delete_swap_insert_duplicate() {
     }
 }
 
+/// A copy of entry 2 inserted after entry 4: entries 1 to 4 are intact, so the first bad entry
+/// is the one at position 5; blaming entry 2 ("inserted at or before this position") is wrong.
+#[test]
+fn verifier_evasion_duplicate_far_down_names_the_first_bad_position() {
+    let chain = memory_chain("acme", 6);
+    let mut entries = chain.clone();
+    entries.insert(4, chain[1].clone());
+    let verdict = verify_entries(&entries, None);
+    assert_eq!(verdict.finding().map(Finding::position), Some(5), "{verdict:?}");
+    // The author's case stays as it is: a forged entry claiming the position it sits at.
+    let mut entries = chain.clone();
+    let forged = NewEntry::new(tenant("acme"), "mallory", "grant", "admin", &serde_json::json!({}))
+        .unwrap()
+        .into_entry(3, start(), entries[1].hash)
+        .unwrap();
+    entries.insert(2, forged);
+    assert_eq!(verify_entries(&entries, None).finding().map(Finding::position), Some(3));
+}
+
 #[test]
 fn verifier_evasion_recomputed_tail_and_truncation_need_an_outside_head() {
     let chain = memory_chain("acme", 8);
@@ -1170,6 +1223,56 @@ async fn verifier_evasion_splice_tenant_column_in_database_pg() {
     assert_eq!(acme.finding().map(Finding::position), Some(3), "{acme:?}");
     let globex = verify_store(&chain, &tenant("globex"), None, |_| {}).await.unwrap();
     assert_eq!(globex.finding().map(Finding::position), Some(3), "{globex:?}");
+}
+
+/// A malformed stored row later in a page must not hide an earlier modified entry: the verifier
+/// names the first bad entry.
+#[tokio::test]
+async fn verifier_evasion_malformed_row_masks_earlier_modification_pg() {
+    let (database, chain) = pg_setup().await;
+    for index in 0..6 {
+        chain.append(entry("acme", index)).await.unwrap();
+    }
+    pg_disable_triggers(&database).await;
+    // As the table owner: around the triggers and the hash-length CHECK.
+    sqlx::query("ALTER TABLE audit_entries DROP CONSTRAINT IF EXISTS audit_entries_hash_length")
+        .execute(database.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_entries SET subject = 'deal/forged' WHERE seq = 2")
+        .execute(database.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_entries SET hash = '\\x0102'::bytea WHERE seq = 5")
+        .execute(database.pool())
+        .await
+        .unwrap();
+    let verdict = verify_store(&chain, &tenant("acme"), None, |_| {}).await.unwrap();
+    assert_eq!(verdict.finding().map(Finding::position), Some(2), "{verdict:?}");
+}
+
+/// A deleted entry before a malformed row (both done as the table owner): the verifier still
+/// gives a verdict naming the deletion, not an error.
+#[tokio::test]
+async fn verifier_evasion_deletion_then_malformed_row_pg() {
+    let (database, chain) = pg_setup().await;
+    for index in 0..6 {
+        chain.append(entry("acme", index)).await.unwrap();
+    }
+    pg_disable_triggers(&database).await;
+    sqlx::query("ALTER TABLE audit_entries DROP CONSTRAINT IF EXISTS audit_entries_hash_length")
+        .execute(database.pool())
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit_entries WHERE seq = 2").execute(database.pool()).await.unwrap();
+    sqlx::query("UPDATE audit_entries SET hash = '\\x0102'::bytea WHERE seq = 4")
+        .execute(database.pool())
+        .await
+        .unwrap();
+    let verdict = verify_store(&chain, &tenant("acme"), None, |_| {}).await.expect("a verdict, not an error");
+    assert_eq!(verdict.finding().map(Finding::position), Some(2), "{verdict:?}");
+    let output = sos_audit(&["verify", "--database-url", database.url(), "--tenant", "acme"]);
+    assert_eq!(output.status.code(), Some(1), "{}{}", text(&output.stdout), text(&output.stderr));
 }
 
 /// Canonical JSON: the same value sent with other key order, whitespace or escapes gives the same
@@ -1511,6 +1614,23 @@ async fn tenant_boundary_verification_reads_one_tenant_pg() {
     let spy = Spy { inner: sqlite_chain.clone(), asked: Mutex::new(Vec::new()) };
     assert!(verify_store(&spy, &tenant("acme"), None, |_| {}).await.unwrap().is_intact());
     drop(sqlite);
+}
+
+/// `sos-audit verify --file` of another tenant's export must not pass as the chain the user
+/// meant: the summary names the tenant whose chain was verified.
+#[test]
+fn tenant_boundary_file_verify_names_the_tenant() {
+    let globex = memory_chain("globex", 3);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("acme.jsonl");
+    std::fs::write(&file, to_jsonl(&globex)).unwrap();
+    let output = sos_audit(&["verify", "--file", file.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(
+        text(&output.stdout).contains("globex"),
+        "the summary hides the tenant: {}",
+        text(&output.stdout)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
