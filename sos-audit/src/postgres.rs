@@ -59,8 +59,8 @@ impl PgAuditChain {
     /// transaction ends; keep audited transactions short.
     ///
     /// `write` must not end the transaction itself (a raw `COMMIT` or `ROLLBACK` statement):
-    /// the audit entry is already inserted when it runs, and a transaction committed from inside
-    /// the closure cannot be taken back.
+    /// the audit entry is already inserted when it runs; a deferred trigger (migration `0100000003`) then refuses the
+    /// commit and the transaction rolls back.
     ///
     /// ```no_run
     /// # async fn example(chain: sos_audit::PgAuditChain, entry: sos_audit::NewEntry) -> sos_audit::Result<()> {
@@ -103,6 +103,12 @@ impl PgAuditChain {
                 return Err(error);
             }
         };
+        // Until the host's write is checked its transaction must not commit: the deferred trigger
+        // `audit_entries_settled` refuses a COMMIT issued inside the write (audit-before-write).
+        if let Err(error) = set_unsettled(&mut savepoint, true).await {
+            savepoint.rollback().await.map_err(storage)?;
+            return Err(error);
+        }
         let failure = match write(&mut savepoint).await {
             Ok(rows) if expect.admits(rows) => None,
             Ok(rows) => Some(Error::UnexpectedRows { expected: expect, actual: rows }),
@@ -110,6 +116,7 @@ impl PgAuditChain {
         };
         match failure {
             None => {
+                set_unsettled(&mut savepoint, false).await?;
                 savepoint.commit().await.map_err(storage)?;
                 Ok(appended)
             }
@@ -119,6 +126,17 @@ impl PgAuditChain {
             }
         }
     }
+}
+
+/// Marks the transaction (un)settled for the deferred trigger `audit_entries_settled`; the mark is
+/// transaction-local and undone with the savepoint that set it.
+async fn set_unsettled(conn: &mut PgConnection, unsettled: bool) -> Result<()> {
+    sqlx::query("SELECT set_config('sos_audit.unsettled', $1, true)")
+        .bind(if unsettled { "on" } else { "off" })
+        .execute(conn)
+        .await
+        .map_err(storage)?;
+    Ok(())
 }
 
 async fn append_locked(

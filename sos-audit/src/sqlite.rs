@@ -1,6 +1,7 @@
 //! The SQLite store and audited writes (feature `sqlite`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::future::BoxFuture;
 use sos_core::{Clock, Sha256Digest, SystemClock, TenantId};
@@ -72,8 +73,8 @@ impl SqliteAuditChain {
     /// transaction ends; keep audited transactions short.
     ///
     /// `write` must not end the transaction itself (a raw `COMMIT` or `ROLLBACK` statement):
-    /// the audit entry is already inserted when it runs, and a transaction committed from inside
-    /// the closure cannot be taken back.
+    /// the audit entry is already inserted when it runs; a commit hook vetoes every commit on the connection while
+    /// `write` runs, so the transaction rolls back (it replaces a commit hook the host set).
     ///
     /// ```no_run
     /// # async fn example(chain: sos_audit::SqliteAuditChain, entry: sos_audit::NewEntry) -> sos_audit::Result<()> {
@@ -120,7 +121,26 @@ impl SqliteAuditChain {
                 return Err(error);
             }
         };
-        let failure = match write(&mut savepoint).await {
+        // Until the host's write is checked nothing may commit on this connection: a write that
+        // ends the transaction itself (COMMIT, or ROLLBACK and then writes in autocommit mode) is
+        // rolled back by this commit hook instead (audit-before-write). The veto is lifted when
+        // the write returns or this future is dropped; the inert hook stays on the connection.
+        let veto = Veto(Arc::new(AtomicBool::new(true)));
+        let hooked = match savepoint.lock_handle().await {
+            Ok(mut handle) => {
+                let active = Arc::clone(&veto.0);
+                handle.set_commit_hook(move || !active.load(Ordering::Acquire));
+                Ok(())
+            }
+            Err(error) => Err(error),
+        };
+        if let Err(error) = hooked {
+            savepoint.rollback().await.map_err(storage)?;
+            return Err(storage(error));
+        }
+        let written = write(&mut savepoint).await;
+        drop(veto);
+        let failure = match written {
             Ok(rows) if expect.admits(rows) => None,
             Ok(rows) => Some(Error::UnexpectedRows { expected: expect, actual: rows }),
             Err(error) => Some(Error::HostWrite(Box::new(error))),
@@ -135,6 +155,15 @@ impl SqliteAuditChain {
                 Err(error)
             }
         }
+    }
+}
+
+/// The commit veto of an audited write, lifted on drop (also when the write is cancelled).
+struct Veto(Arc<AtomicBool>);
+
+impl Drop for Veto {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 

@@ -521,6 +521,48 @@ async fn audit_before_write_aborted_task_releases_head_lock_pg() {
     assert_eq!((entries, counter), (1, 0));
 }
 
+/// The host's write ends the transaction itself (a helper that issues `COMMIT`) after changing 0
+/// rows: the audit entry must not be committed without its write.
+#[tokio::test]
+async fn audit_before_write_closure_commits_pg() {
+    let (database, chain) = pg_setup().await;
+    let mut tx = database.pool().begin().await.unwrap();
+    let result = chain
+        .audited(&mut tx, entry("acme", 1), ExpectRows::Exactly(1), |conn| {
+            Box::pin(async move {
+                let done = sqlx::query("UPDATE deals SET stage = 'won' WHERE tenant = 'acme' AND id = 999")
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("COMMIT").execute(&mut *conn).await?;
+                Ok::<_, sqlx::Error>(done.rows_affected())
+            })
+        })
+        .await;
+    assert!(result.is_err(), "0 rows where 1 was expected: {result:?}");
+    let _ = tx.rollback().await;
+    assert_eq!(pg_state(&database).await, (0, 0, 0, 0), "an orphan audit entry was committed");
+}
+
+#[tokio::test]
+async fn audit_before_write_closure_commits_sqlite() {
+    let (database, chain) = sqlite_setup().await;
+    let mut tx = chain.begin().await.unwrap();
+    let result = chain
+        .audited(&mut tx, entry("acme", 1), ExpectRows::Exactly(1), |conn| {
+            Box::pin(async move {
+                let done = sqlx::query("UPDATE deals SET stage = 'won' WHERE tenant = 'acme' AND id = 999")
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("COMMIT").execute(&mut *conn).await?;
+                Ok::<_, sqlx::Error>(done.rows_affected())
+            })
+        })
+        .await;
+    assert!(result.is_err(), "0 rows where 1 was expected: {result:?}");
+    let _ = tx.rollback().await;
+    assert_eq!(sqlite_state(&database).await, (0, 0, 0, 0), "an orphan audit entry was committed");
+}
+
 /// The host's write rolls the whole transaction back itself and reports success: the caller must
 /// get an error, and nothing may be left (no entry, no write).
 #[tokio::test]
