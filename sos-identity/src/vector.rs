@@ -56,6 +56,8 @@ fn validate(field: Field, input: &str) -> Result<()> {
         Some("it is longer than 256 bytes")
     } else if input.chars().any(char::is_control) {
         Some("it contains a control character")
+    } else if input.chars().any(is_invisible) {
+        Some("it contains an invisible or bidirectional formatting character")
     } else if !unicode_normalization::is_nfc(input) {
         Some("it is not in Unicode NFC; normalise it to NFC before registering")
     } else {
@@ -65,6 +67,36 @@ fn validate(field: Field, input: &str) -> Result<()> {
         Some(reason) => Err(Error::InvalidIdentity { field, input: truncate(input), reason }),
         None => Ok(()),
     }
+}
+
+/// Characters that render as nothing or reorder what surrounds them, so that two names could
+/// look alike ("al\u{200B}ice") or one could pose as another ("\u{202E}ecila" shows as "alice"):
+/// Unicode's `Default_Ignorable_Code_Point` (zero-width spaces and joiners, bidirectional marks,
+/// embeddings, overrides and isolates, variation selectors, fillers, tags), the interlinear
+/// annotation controls U+FFF9–U+FFFB and the line and paragraph separators U+2028–U+2029.
+const INVISIBLE: [(char, char); 17] = [
+    ('\u{00AD}', '\u{00AD}'),
+    ('\u{034F}', '\u{034F}'),
+    ('\u{061C}', '\u{061C}'),
+    ('\u{115F}', '\u{1160}'),
+    ('\u{17B4}', '\u{17B5}'),
+    ('\u{180B}', '\u{180F}'),
+    ('\u{200B}', '\u{200F}'),
+    ('\u{2028}', '\u{202E}'),
+    ('\u{2060}', '\u{206F}'),
+    ('\u{3164}', '\u{3164}'),
+    ('\u{FE00}', '\u{FE0F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFA0}', '\u{FFA0}'),
+    ('\u{FFF0}', '\u{FFFB}'),
+    ('\u{1BCA0}', '\u{1BCA3}'),
+    ('\u{1D173}', '\u{1D17A}'),
+    ('\u{E0000}', '\u{E0FFF}'),
+];
+
+/// Whether `character` is one of [`INVISIBLE`].
+fn is_invisible(character: char) -> bool {
+    INVISIBLE.iter().any(|(first, last)| (*first..=*last).contains(&character))
 }
 
 /// At most 64 characters of untrusted input, with control characters escaped, for error messages.

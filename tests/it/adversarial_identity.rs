@@ -219,6 +219,62 @@ fn control_characters_are_refused_everywhere() {
     }
 }
 
+/// Named shape `invisible-identity`: zero-width and bidirectional formatting characters make two
+/// names that render identically ("alice" and "al\u{200B}ice"), or a name that renders as another
+/// ("\u{202E}ecila" shows as "alice"). The spec promises that "two byte strings that look the same
+/// can never be two agents" and forbids control characters; these invisible format controls must
+/// be refused like C0/C1 controls.
+#[test]
+fn invisible_identity_zero_width_and_bidi_controls_are_refused() {
+    let invisible = [
+        '\u{00AD}', // SOFT HYPHEN
+        '\u{034F}', // COMBINING GRAPHEME JOINER
+        '\u{061C}', // ARABIC LETTER MARK
+        '\u{180E}', // MONGOLIAN VOWEL SEPARATOR
+        '\u{200B}', // ZERO WIDTH SPACE
+        '\u{200C}', // ZERO WIDTH NON-JOINER
+        '\u{200D}', // ZERO WIDTH JOINER
+        '\u{200E}', // LEFT-TO-RIGHT MARK
+        '\u{200F}', // RIGHT-TO-LEFT MARK
+        '\u{202A}',
+        '\u{202B}',
+        '\u{202C}',
+        '\u{202D}',
+        '\u{202E}', // embeddings and overrides
+        '\u{2060}', // WORD JOINER
+        '\u{2061}',
+        '\u{2062}',
+        '\u{2063}',
+        '\u{2064}', // invisible operators
+        '\u{2066}',
+        '\u{2067}',
+        '\u{2068}',
+        '\u{2069}', // isolates
+        '\u{FEFF}', // ZERO WIDTH NO-BREAK SPACE (BOM)
+        '\u{E0001}',
+        '\u{E0041}', // tag characters
+    ];
+    for character in invisible {
+        for text in [format!("al{character}ice"), format!("alice{character}"), format!("{character}alice")] {
+            assert!(
+                is_invalid(AgentName::new(text.as_str())),
+                "name {text:?} (U+{:04X}) renders like \"alice\" and must be refused",
+                u32::from(character)
+            );
+            assert!(
+                is_invalid(AgentRole::new(text.as_str())),
+                "role {text:?} (U+{:04X})",
+                u32::from(character)
+            );
+        }
+    }
+    // The bidi spoof itself: shows as "alice" in a right-to-left-override-aware renderer.
+    assert!(is_invalid(AgentName::new("\u{202E}ecila")));
+    // Line and paragraph separators break a name over lines in logs and UIs.
+    assert!(is_invalid(AgentName::new("alice\u{2028}admin")));
+    assert!(is_invalid(AgentName::new("alice\u{2029}admin")));
+}
+
 /// The length bound is in bytes, inclusive at 256, whatever the character widths; longer input
 /// (up to a megabyte) is refused without panicking and the error does not echo it whole.
 #[test]
@@ -434,6 +490,51 @@ async fn replay_same_concurrent_registrations_of_one_identity() {
     one_identity_many_replays(Arc::new(SqliteRegistry::new(sqlite.pool().clone(), clock())), 16).await;
     let pg = PgTestDatabase::new(&[&postgres_migrator()]).await;
     one_identity_many_replays(Arc::new(PostgresRegistry::new(pg.pool().clone(), clock())), 16).await;
+}
+
+/// Named shapes `toctou-dedupe` and `chain-seq-stale-read` under a stricter default isolation:
+/// a host whose database defaults to REPEATABLE READ or SERIALIZABLE (a common hardening) must
+/// still see one winner and typed `RoleConflict`s, not serialization failures surfacing as
+/// storage errors, and concurrent appends of different names must all succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn toctou_dedupe_under_strict_default_isolation_postgres() {
+    for level in ["repeatable read", "serializable"] {
+        let database = PgTestDatabase::new(&[&postgres_migrator()]).await;
+        sqlx::query(&format!(
+            "ALTER DATABASE {} SET default_transaction_isolation TO '{level}'",
+            database.name()
+        ))
+        .execute(database.pool())
+        .await
+        .expect("alter database");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .connect(database.url())
+            .await
+            .expect("pool");
+        let shown: String =
+            sqlx::query_scalar("SHOW transaction_isolation").fetch_one(&pool).await.expect("isolation");
+        assert_eq!(shown, level);
+        let registry = Arc::new(PostgresRegistry::new(pool.clone(), clock()));
+        one_name_many_tasks(registry.clone(), 16).await;
+        // Different names at once: every one is appended, the chain stays one line.
+        let acme = tenant("acme");
+        let handles: Vec<_> = (0..16)
+            .map(|index| {
+                let registry = registry.clone();
+                let acme = acme.clone();
+                tokio::spawn(async move {
+                    registry.register(&acme, &name(&format!("distinct-{index}")), &role("worker")).await
+                })
+            })
+            .collect();
+        for handle in handles {
+            let outcome = handle.await.expect("no panic");
+            assert!(matches!(outcome, Ok(Registration::Created(_))), "{level}: {outcome:?}");
+        }
+        verify_chain(&acme, &registry.entries(&acme).await.expect("entries")).expect("one chain");
+        pool.close().await;
+    }
 }
 
 /// Named shapes `toctou-dedupe` and `chain-seq-stale-read` across OS processes: two processes, each
@@ -802,6 +903,58 @@ async fn unique_null_raw_inserts_with_null_keys_are_refused() {
     }
 }
 
+/// Named shape `unique-affinity` (a cousin of `unique-null`): SQLite's flexible typing lets a raw
+/// insert store the key column `name` (or `tenant`) as a BLOB; a BLOB never equals the TEXT of
+/// the same bytes, so `UNIQUE (tenant, name)` lets a second "alice" in. The schema must refuse
+/// key values of the wrong type, as PostgreSQL does.
+#[tokio::test]
+async fn unique_affinity_sqlite_blob_key_escapes_unique() {
+    let sqlite = SqliteTestDatabase::new(&[&sqlite_migrator()]).await;
+    let registry = SqliteRegistry::new(sqlite.pool().clone(), clock());
+    let acme = tenant("acme");
+    let entry =
+        registry.register(&acme, &name("alice"), &role("worker")).await.expect("register").entry().clone();
+    let attempts = [("name as BLOB", "$1", "CAST($3 AS BLOB)"), ("tenant as BLOB", "CAST($1 AS BLOB)", "$3")];
+    for (what, tenant_expr, name_expr) in attempts {
+        let sql = format!(
+            "INSERT INTO sos_identity_entries (tenant, seq, name, role, vector, registered_at_us, prev_hash, entry_hash) \
+             VALUES ({tenant_expr}, $2, {name_expr}, $4, $5, $6, $7, $8)"
+        );
+        let mut forged = entry.clone();
+        forged.seq = 2;
+        forged.prev_hash = entry.hash;
+        forged.hash = forged.compute_hash();
+        let mut query = sqlx::query(&sql);
+        for bind in entry_binds(&forged) {
+            query = match bind {
+                Bind::Text(text) => query.bind(text),
+                Bind::Bytes(bytes) => query.bind(bytes),
+                Bind::Int(value) => query.bind(value),
+            };
+        }
+        let inserted = query.execute(sqlite.pool()).await;
+        assert!(inserted.is_err(), "{what}: a second \"alice\" slipped past UNIQUE (tenant, name)");
+    }
+    // A REAL sequence number passes `CHECK (seq >= 1)` and the primary key, then cannot be read.
+    let inserted = sqlx::query(
+        "INSERT INTO sos_identity_entries (tenant, seq, name, role, vector, registered_at_us, prev_hash, entry_hash) \
+         VALUES ('acme', 1.5, 'carol', 'worker', zeroblob(32), 0, zeroblob(32), zeroblob(32))",
+    )
+    .execute(sqlite.pool())
+    .await;
+    assert!(inserted.is_err(), "a REAL sequence number was stored");
+    // Wrongly typed vector and digests are refused too (`length()` counts characters of TEXT).
+    let text_digest = "é".repeat(32);
+    let inserted = sqlx::query(
+        "INSERT INTO sos_identity_entries (tenant, seq, name, role, vector, registered_at_us, prev_hash, entry_hash) \
+         VALUES ('acme', 3, 'mallory', 'worker', $1, 0, $1, $1)",
+    )
+    .bind(text_digest)
+    .execute(sqlite.pool())
+    .await;
+    assert!(inserted.is_err(), "a 64-byte TEXT passed the 32-byte length check");
+}
+
 /// The first bad entry, as reported by `entries` + `verify_chain` (what `verify_agent` does).
 async fn first_bad(target: &Target, tenant_text: &str) -> Result<u64, String> {
     let tenant = tenant(tenant_text);
@@ -935,6 +1088,39 @@ async fn chain_tampering_is_named_at_the_first_bad_entry() {
 
         // After tampering, registration either fails with a typed error or appends; it never panics.
         let _ = target.registry.register(&tenant("t-insert"), &name("late"), &role("worker")).await;
+    }
+}
+
+/// A later row that cannot even be decoded (a non-NFC name written by raw SQL) must not hide an
+/// earlier, decodable tampered entry: verification names the first bad entry, not the later one.
+#[tokio::test]
+async fn chain_tampering_first_bad_entry_wins_over_a_later_undecodable_row() {
+    for target in targets().await {
+        let label = target.label;
+        seed_chain(&target, "t-two", 5).await;
+        target
+            .db
+            .must("UPDATE sos_identity_entries SET role = 'admin' WHERE tenant = 't-two' AND seq = 2", &[])
+            .await;
+        target
+            .db
+            .must(
+                "UPDATE sos_identity_entries SET name = $1 WHERE tenant = 't-two' AND seq = 4",
+                &[Bind::Text("e\u{301}".into())],
+            )
+            .await;
+        let outcome = target
+            .registry
+            .verify_agent(
+                &tenant("t-two"),
+                &name("agent-1"),
+                &IdentityVector::derive("agent-1", "worker").expect("valid"),
+            )
+            .await;
+        assert!(
+            matches!(outcome, Err(Error::Tampered { seq: 2, .. })),
+            "{label}: expected the first bad entry (2) to be named, got {outcome:?}"
+        );
     }
 }
 

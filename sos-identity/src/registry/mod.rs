@@ -151,7 +151,8 @@ pub trait IdentityRegistry: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`Error::Storage`] or [`Error::CorruptRow`].
+    /// [`Error::Storage`] or [`Error::CorruptRow`]; [`Error::Tampered`] when an entry before an
+    /// undecodable row fails verification (the first bad entry is named, not the later row).
     fn entries(&self, tenant: &TenantId) -> impl Future<Output = Result<Vec<RegistryEntry>>> + Send;
 }
 
@@ -263,6 +264,28 @@ pub(crate) fn entry_from_row(
         prev_hash: Sha256Digest::from_bytes(digest(prev_hash, "the previous hash is not 32 bytes")?),
         hash: Sha256Digest::from_bytes(digest(hash, "the entry hash is not 32 bytes")?),
     })
+}
+
+/// Decodes a tenant's rows in sequence order. When a row cannot be decoded, the entries before it
+/// are verified first, so an earlier tampered entry is still the one named ([`Error::Tampered`]);
+/// otherwise the undecodable row is reported ([`Error::CorruptRow`]).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn decode_chain<Row>(
+    tenant: &TenantId,
+    rows: &[Row],
+    decode: impl Fn(&TenantId, &Row) -> Result<RegistryEntry>,
+) -> Result<Vec<RegistryEntry>> {
+    let mut entries = Vec::with_capacity(rows.len());
+    for row in rows {
+        match decode(tenant, row) {
+            Ok(entry) => entries.push(entry),
+            Err(error) => {
+                verify_chain(tenant, &entries)?;
+                return Err(error);
+            }
+        }
+    }
+    Ok(entries)
 }
 
 /// Boxes a backend error.

@@ -7,7 +7,9 @@ use sqlx::Row as _;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPool;
 
-use super::{IdentityRegistry, Registration, RegistryEntry, entry_from_row, resolve_existing, storage};
+use super::{
+    IdentityRegistry, Registration, RegistryEntry, decode_chain, entry_from_row, resolve_existing, storage,
+};
 use crate::error::{Error, Result};
 use crate::vector::{AgentName, AgentRole};
 
@@ -57,6 +59,14 @@ impl PostgresRegistry {
 impl IdentityRegistry for PostgresRegistry {
     async fn register(&self, tenant: &TenantId, name: &AgentName, role: &AgentRole) -> Result<Registration> {
         let mut tx = self.pool.begin().await.map_err(storage)?;
+        // The head-row lock below serialises appends; READ COMMITTED is what lets a waiter read
+        // the head its predecessor committed. Under a stricter database default (REPEATABLE READ,
+        // SERIALIZABLE) the waiter would fail with a serialization error instead of losing
+        // cleanly with `RoleConflict`, so the level is set explicitly.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .execute(&mut *tx)
+            .await
+            .map_err(storage)?;
         sqlx::query("INSERT INTO sos_identity_heads (tenant, seq, head) VALUES ($1, 0, $2) ON CONFLICT (tenant) DO NOTHING")
             .bind(tenant.as_str())
             .bind(Sha256Digest::ZERO.as_bytes().as_slice())
@@ -126,6 +136,6 @@ impl IdentityRegistry for PostgresRegistry {
             .fetch_all(&self.pool)
             .await
             .map_err(storage)?;
-        rows.iter().map(|row| decode(tenant, row)).collect()
+        decode_chain(tenant, &rows, decode)
     }
 }

@@ -7,7 +7,9 @@ use sqlx::Row as _;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::SqlitePool;
 
-use super::{IdentityRegistry, Registration, RegistryEntry, entry_from_row, resolve_existing, storage};
+use super::{
+    IdentityRegistry, Registration, RegistryEntry, decode_chain, entry_from_row, resolve_existing, storage,
+};
 use crate::error::{Error, Result};
 use crate::vector::{AgentName, AgentRole};
 
@@ -127,6 +129,6 @@ impl IdentityRegistry for SqliteRegistry {
             .fetch_all(&self.pool)
             .await
             .map_err(storage)?;
-        rows.iter().map(|row| decode(tenant, row)).collect()
+        decode_chain(tenant, &rows, decode)
     }
 }
