@@ -90,7 +90,8 @@
 //! never panics; each parser has a fuzz target and a proptest mirror. Bodies are treated as
 //! bytes, never as UTF-8. [`signature::read_body_limited`] refuses a body past its limit while
 //! it streams in, whatever `Content-Length` says. GitHub and Shopify sign nothing timestamped:
-//! for them, the dedupe store is the replay defence.
+//! for them, the dedupe store is the replay defence, keyed by [`EventId::of_body`] (their
+//! delivery-id headers are not signed, so a key taken from them admits a replay).
 //!
 //! # Crate features
 //!

@@ -22,8 +22,8 @@ use sos_webhooks::signature::{
     read_body_limited, sign_github, sign_shopify, sign_slack, sign_standard, sign_stripe,
 };
 use sos_webhooks::{
-    ClaimAnswer, ClaimRequest, ClaimStore, Error, EventKey, GuardConfig, MemoryStore, Outcome, PgStore,
-    RunError, SqliteStore, WebhookGuard, postgres_migrator, sqlite_migrator,
+    ClaimAnswer, ClaimRequest, ClaimStore, Error, EventId, EventKey, GuardConfig, MemoryStore, Outcome,
+    PgStore, RunError, SqliteStore, WebhookGuard, postgres_migrator, sqlite_migrator,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -2141,4 +2141,57 @@ async fn handler_failure_sqlite_cancelled_claim_leaves_no_connection_state_behin
             sqlx::query_scalar("PRAGMA busy_timeout").fetch_one(&mut **connection).await.unwrap();
         assert_eq!(timeout, original, "a pooled connection kept the guard's short busy timeout");
     }
+}
+
+/// GitHub and Shopify sign only the body: their delivery-id headers (`X-GitHub-Delivery`,
+/// `X-Shopify-Webhook-Id`) are outside the signature, and nothing timestamped is signed. A
+/// captured delivery replayed under a fresh delivery id verifies, so a dedupe key taken from
+/// that header (what the docs said) lets the replay run the handler again, forever. Keyed by
+/// `EventId::of_body` (the signed body's hash), the replay is answered `AlreadyProcessed`.
+#[tokio::test]
+async fn replay_same_github_and_shopify_replayed_under_fresh_delivery_id() {
+    let guard = WebhookGuard::new(MemoryStore::new(), clock());
+    let runs = AtomicU32::new(0);
+    let handler = |_| async {
+        runs.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, String>(())
+    };
+    let body = br#"{"action":"completed","check_run":{"id":4250001}}"#;
+    let github = GithubVerifier::new(["gh-secret"]).unwrap();
+    let shopify = ShopifyVerifier::new(["shpss_secret"]).unwrap();
+    let github_signature = sign_github("gh-secret", body);
+    let shopify_signature = sign_shopify("shpss_secret", body);
+    let mut answers = Vec::new();
+    for delivery in ["72d3162e-cc78-11e3-81ab-4c9367dc0958", "00000000-0000-4000-8000-000000000001"] {
+        // The attacker's copy differs only in the unsigned delivery-id header.
+        let request =
+            headers(&[("x-hub-signature-256", github_signature.as_str()), ("x-github-delivery", delivery)]);
+        github.verify(&request, body).expect("a replay verifies: nothing timestamped is signed");
+        let event =
+            EventKey::new("acme".parse().unwrap(), "github", EventId::of_body(body).as_str()).unwrap();
+        answers.push(guard.two_phase(&event, body, handler).await.unwrap());
+
+        let request = headers(&[
+            ("x-shopify-hmac-sha256", shopify_signature.as_str()),
+            ("x-shopify-webhook-id", delivery),
+        ]);
+        shopify.verify(&request, body).expect("a replay verifies: nothing timestamped is signed");
+        let event =
+            EventKey::new("acme".parse().unwrap(), "shopify", EventId::of_body(body).as_str()).unwrap();
+        answers.push(guard.two_phase(&event, body, handler).await.unwrap());
+    }
+    assert_eq!(
+        answers,
+        [
+            Outcome::Processed(()),
+            Outcome::Processed(()),
+            Outcome::AlreadyProcessed,
+            Outcome::AlreadyProcessed
+        ]
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "a replayed delivery ran the handler again");
+    // The body key depends on every byte of the signed body, and is a valid event id.
+    assert_ne!(EventId::of_body(body), EventId::of_body(&body[1..]));
+    assert_eq!(EventId::of_body(b"").as_str().len(), "sha256:".len() + 64);
+    assert_eq!(EventId::new(EventId::of_body(b"\xff\x00").as_str()).unwrap(), EventId::of_body(b"\xff\x00"));
 }

@@ -64,7 +64,7 @@ impl Provider {
     }
 }
 
-/// A provider's event id (`evt_…`, a `X-GitHub-Delivery` UUID, a `webhook-id`).
+/// A provider's event id (`evt_…`, a `webhook-id`, or [`EventId::of_body`] for GitHub and Shopify).
 ///
 /// 1 to [`EventId::MAX_LEN`] bytes of UTF-8 without control characters (no NUL, which
 /// PostgreSQL text cannot hold). The id is stored as given: no trimming, no case folding.
@@ -92,6 +92,24 @@ impl EventId {
             return Err(Error::InvalidKey { field: "event id", reason: "it contains a control character" });
         }
         Ok(Self(id))
+    }
+
+    /// An event id derived from the raw body: `sha256:` and the body's SHA-256 in lowercase hex.
+    ///
+    /// Use it for providers that sign the body but not the delivery id (GitHub's
+    /// `X-GitHub-Delivery` and Shopify's `X-Shopify-Webhook-Id` are outside the signature, and
+    /// nothing timestamped is signed): a captured delivery replayed under a fresh delivery id
+    /// still finds its record. Retries resend the same bytes, so they dedupe too; two
+    /// deliveries with byte-identical bodies count as one event.
+    ///
+    /// ```
+    /// use sos_webhooks::EventId;
+    ///
+    /// let id = EventId::of_body(b"{\"zen\":\"Keep it logically awesome.\"}");
+    /// assert!(id.as_str().starts_with("sha256:"));
+    /// ```
+    pub fn of_body(body: &[u8]) -> Self {
+        Self(format!("sha256:{}", Sha256Digest::of(body).to_hex()))
     }
 
     /// The id as a string slice.

@@ -1,5 +1,7 @@
 //! GitHub: `X-Hub-Signature-256: sha256=<hex>`, HMAC-SHA256 over the body. Nothing timestamped
-//! is signed, so the dedupe store (keyed by `X-GitHub-Delivery`) is the replay defence.
+//! is signed, so the dedupe store is the replay defence; key it by
+//! [`EventId::of_body`](crate::EventId::of_body), not by `X-GitHub-Delivery`, which is not
+//! signed (a replay under a fresh delivery id would be a new key).
 
 use super::{Keys, decode_hex32, header_str, hmac};
 use crate::error::{Error, Result};

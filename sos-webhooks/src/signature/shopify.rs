@@ -1,5 +1,7 @@
 //! Shopify: `X-Shopify-Hmac-Sha256: <base64>`, HMAC-SHA256 over the body. Nothing timestamped is
-//! signed, so the dedupe store (keyed by `X-Shopify-Webhook-Id`) is the replay defence.
+//! signed, so the dedupe store is the replay defence; key it by
+//! [`EventId::of_body`](crate::EventId::of_body), not by `X-Shopify-Webhook-Id`, which is not
+//! signed (a replay under a fresh webhook id would be a new key).
 
 use super::{Keys, base64_encode, decode_base64_32, header_str, hmac};
 use crate::error::{Error, Result};
