@@ -593,3 +593,6 @@ impl SubtreeHashes for MemoryTree {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod adversarial_tests;
