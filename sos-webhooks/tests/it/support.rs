@@ -12,6 +12,30 @@ use sos_webhooks::EventKey;
 pub(crate) const CHILD_ROLE: &str = "SOS_CHILD_ROLE";
 pub(crate) const CHILD_DB: &str = "SOS_CHILD_DB";
 pub(crate) const CHILD_EVENTS: &str = "SOS_CHILD_EVENTS";
+/// The wall-clock instant (Unix milliseconds) at which every child starts delivering, so that
+/// the processes really race instead of the first one finishing before the others start.
+pub(crate) const CHILD_START: &str = "SOS_CHILD_START_UNIX_MS";
+
+/// Sleeps until the shared start instant the parent passed in [`CHILD_START`], if any.
+pub(crate) fn wait_for_shared_start() {
+    let Some(start_ms) = std::env::var(CHILD_START).ok().and_then(|text| text.parse::<u128>().ok()) else {
+        return;
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis())
+        .unwrap_or(start_ms);
+    if let Some(wait) = start_ms.checked_sub(now_ms) {
+        std::thread::sleep(std::time::Duration::from_millis(u64::try_from(wait).unwrap_or(0)));
+    }
+}
+
+/// A start instant far enough ahead for every child process to be up and connected.
+pub(crate) fn shared_start_in(lead: std::time::Duration) -> String {
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("the clock is after 1970");
+    (now + lead).as_millis().to_string()
+}
 pub(crate) const CHILD_EVENT: &str = "SOS_CHILD_EVENT";
 pub(crate) const IN_HANDLER: &str = "SOS_IN_HANDLER";
 pub(crate) const RESULT: &str = "SOS_RESULT";

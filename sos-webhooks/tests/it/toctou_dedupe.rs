@@ -8,7 +8,10 @@ use std::time::Duration;
 use sos_core::SystemClock;
 use sos_webhooks::{MemoryStore, Outcome, WebhookGuard};
 
-use crate::support::{CHILD_DB, CHILD_EVENTS, CHILD_ROLE, Counts, child_role, key, spawn_child};
+use crate::support::{
+    CHILD_DB, CHILD_EVENTS, CHILD_ROLE, CHILD_START, Counts, child_role, key, shared_start_in, spawn_child,
+    wait_for_shared_start,
+};
 
 /// Deliveries per event: 4 processes × 4 concurrent tasks.
 const PROCESSES: usize = 4;
@@ -25,6 +28,7 @@ fn child_deliver() {
     let events: usize =
         std::env::var(CHILD_EVENTS).expect("the parent passes the event count").parse().unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    wait_for_shared_start();
     let counts = runtime.block_on(async move {
         match role.as_str() {
             #[cfg(feature = "postgres")]
@@ -39,6 +43,7 @@ fn child_deliver() {
 
 /// Starts the child processes on `url` and sums their counts.
 pub(crate) async fn run_children(role: &str, url: &str, events: usize) -> Counts {
+    let start = shared_start_in(Duration::from_millis(1500));
     let children: Vec<_> = (0..PROCESSES)
         .map(|_| {
             spawn_child(
@@ -47,6 +52,7 @@ pub(crate) async fn run_children(role: &str, url: &str, events: usize) -> Counts
                     (CHILD_ROLE, role.to_owned()),
                     (CHILD_DB, url.to_owned()),
                     (CHILD_EVENTS, events.to_string()),
+                    (CHILD_START, start.clone()),
                 ],
             )
         })
