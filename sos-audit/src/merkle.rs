@@ -145,7 +145,7 @@ fn range_hash<S: SubtreeHashes + ?Sized>(
     if width == 0 {
         return Ok(empty_root());
     }
-    if width.is_power_of_two() && start % width == 0 {
+    if width.is_power_of_two() && start.is_multiple_of(width) {
         let level = width.trailing_zeros() as u8;
         let index = start >> level;
         return store.subtree(level, index).ok_or(ProofError::MissingSubtree { level, index });
@@ -557,7 +557,7 @@ impl MemoryTree {
         }
         self.levels[0].push(leaf);
         let mut level = 0;
-        while self.levels[level].len() % 2 == 0 {
+        while self.levels[level].len().is_multiple_of(2) {
             let count = self.levels[level].len();
             let parent = node_hash(&self.levels[level][count - 2], &self.levels[level][count - 1]);
             if self.levels.len() == level + 1 {

@@ -225,11 +225,10 @@ proptest! {
     /// Mirrors the `canonical_json` fuzz target: canonical form is a fixed point.
     #[test]
     fn canonical_json_is_idempotent(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-            if let Ok(canonical) = canonical_json(&value) {
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            && let Ok(canonical) = canonical_json(&value) {
                 let reparsed: serde_json::Value = serde_json::from_str(&canonical).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(canonical_json(&reparsed).ok(), Some(canonical));
             }
-        }
     }
 }

@@ -327,18 +327,17 @@ impl ChainVerifier {
 
     /// Ends the stream and gives the verdict.
     pub fn finish(mut self) -> Verdict {
-        if self.finding.is_none() {
-            if let Some(found) = self.pending_gap.take() {
-                self.finding = Some(Finding::Missing { seq: self.next_seq, found });
-            }
+        if self.finding.is_none()
+            && let Some(found) = self.pending_gap.take()
+        {
+            self.finding = Some(Finding::Missing { seq: self.next_seq, found });
         }
         let last = self.next_seq - 1;
-        if self.finding.is_none() {
-            if let Some(head) =
+        if self.finding.is_none()
+            && let Some(head) =
                 self.expected_heads.iter().filter(|head| head.seq > last).min_by_key(|head| head.seq)
-            {
-                self.finding = Some(Finding::Truncated { last, expected: *head });
-            }
+        {
+            self.finding = Some(Finding::Truncated { last, expected: *head });
         }
         match self.finding {
             Some(finding) => {
@@ -451,7 +450,7 @@ pub fn verify_jsonl<R: std::io::BufRead>(
             break;
         }
         checked += 1;
-        if checked % 4096 == 0 {
+        if checked.is_multiple_of(4096) {
             progress(checked);
         }
     }

@@ -118,46 +118,47 @@ fn hand_loop(now: DateTime<Utc>, records: &[Record]) -> Vec<Signal> {
         let last = deal.last_activity_at();
         if let (true, Some(value), Some(probability), Some(last)) =
             (open, deal.value_cents, deal.probability, last)
+            && value >= 1_000_000
+            && probability >= 70
+            && now - last <= TimeDelta::days(3)
         {
-            if value >= 1_000_000 && probability >= 70 && now - last <= TimeDelta::days(3) {
-                let text =
-                    format!("Hot opportunity: {} is {probability}% likely and active.", deal.contact_name);
-                fired.push(signal(
-                    deal,
-                    "hot-opportunity-flag",
-                    format!("Deal with {}", deal.contact_name),
-                    text,
-                    Severity::Warning,
-                ));
-            }
+            let text = format!("Hot opportunity: {} is {probability}% likely and active.", deal.contact_name);
+            fired.push(signal(
+                deal,
+                "hot-opportunity-flag",
+                format!("Deal with {}", deal.contact_name),
+                text,
+                Severity::Warning,
+            ));
         }
-        if let (true, Some(close)) = (open, deal.expected_close_at) {
-            if now - close > TimeDelta::zero() {
-                let text = format!(
-                    "The deal with {} was expected to close on {}.",
-                    deal.contact_name,
-                    close.format("%Y-%m-%d")
-                );
-                fired.push(signal(
-                    deal,
-                    "close-date-passed",
-                    format!("Deal with {}", deal.contact_name),
-                    text,
-                    Severity::Notice,
-                ));
-            }
+        if let (true, Some(close)) = (open, deal.expected_close_at)
+            && now - close > TimeDelta::zero()
+        {
+            let text = format!(
+                "The deal with {} was expected to close on {}.",
+                deal.contact_name,
+                close.format("%Y-%m-%d")
+            );
+            fired.push(signal(
+                deal,
+                "close-date-passed",
+                format!("Deal with {}", deal.contact_name),
+                text,
+                Severity::Notice,
+            ));
         }
-        if let (true, Some(created)) = (open, deal.created_at) {
-            if now - created > TimeDelta::days(3) && deal.next_step_at.is_none_or(|next| next < now) {
-                let text = format!("The deal with {} has no next step planned.", deal.contact_name);
-                fired.push(signal(
-                    deal,
-                    "deal-without-next-step",
-                    format!("Deal with {}", deal.contact_name),
-                    text,
-                    Severity::Notice,
-                ));
-            }
+        if let (true, Some(created)) = (open, deal.created_at)
+            && now - created > TimeDelta::days(3)
+            && deal.next_step_at.is_none_or(|next| next < now)
+        {
+            let text = format!("The deal with {} has no next step planned.", deal.contact_name);
+            fired.push(signal(
+                deal,
+                "deal-without-next-step",
+                format!("Deal with {}", deal.contact_name),
+                text,
+                Severity::Notice,
+            ));
         }
     }
     fired

@@ -589,7 +589,7 @@ impl ResponseTimeRising {
 fn median(values: &mut [u32]) -> f64 {
     values.sort_unstable();
     let middle = values.len() / 2;
-    if values.len() % 2 == 0 {
+    if values.len().is_multiple_of(2) {
         (f64::from(values[middle - 1]) + f64::from(values[middle])) / 2.0
     } else {
         f64::from(values[middle])

@@ -412,7 +412,7 @@ impl ResonanceRouter {
         }
         let slot = self.names.len();
         let r = vector.r();
-        if slot % LANES == 0 {
+        if slot.is_multiple_of(LANES) {
             self.blocks.push([0.0; BLOCK]);
         }
         self.write_slot(slot, &r);
@@ -461,7 +461,7 @@ impl ResonanceRouter {
         for dimension in 0..DIMENSIONS {
             block[dimension * LANES + last % LANES] = 0.0;
         }
-        if last % LANES == 0 {
+        if last.is_multiple_of(LANES) {
             self.blocks.pop();
         }
         self.subjects.retain(|_, agent| agent != name);

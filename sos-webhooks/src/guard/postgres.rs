@@ -196,10 +196,10 @@ impl WebhookGuard<PgStore> {
         let body_hash = Sha256Digest::of(body);
         if self.config().read_first() {
             // Answers committed duplicates without a transaction; decides nothing on its own.
-            if let Some(answer) = self.store().existing(&self.store().pool, key, &body_hash).await? {
-                if answer != Duplicate::RetryInFlight {
-                    return Ok(answer.into());
-                }
+            if let Some(answer) = self.store().existing(&self.store().pool, key, &body_hash).await?
+                && answer != Duplicate::RetryInFlight
+            {
+                return Ok(answer.into());
             }
         }
         let now = self.now();

@@ -219,10 +219,10 @@ impl WebhookGuard<SqliteStore> {
         let pool = &self.store().pool;
         // Fast path: a committed record answers without the write lock. It decides nothing on
         // its own; only the insert below claims.
-        if let Some(answer) = SqliteStore::existing(pool, key, &body_hash).await? {
-            if answer != Duplicate::RetryInFlight {
-                return Ok(answer.into());
-            }
+        if let Some(answer) = SqliteStore::existing(pool, key, &body_hash).await?
+            && answer != Duplicate::RetryInFlight
+        {
+            return Ok(answer.into());
         }
         let now = self.now();
         let mut connection =
