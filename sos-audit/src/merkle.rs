@@ -431,6 +431,20 @@ pub fn verify_consistency(
 /// most one per level plus one.
 pub const MAX_PROOF_HASHES: usize = 65;
 
+/// Parses a proof's JSON form and refuses more hashes than any real proof has.
+fn decode_proof<T: serde::de::DeserializeOwned>(
+    json: &[u8],
+    hash_count: impl Fn(&T) -> usize,
+) -> Result<T, ProofError> {
+    let proof: T =
+        serde_json::from_slice(json).map_err(|error| ProofError::Malformed { reason: error.to_string() })?;
+    let count = hash_count(&proof);
+    if count > MAX_PROOF_HASHES {
+        return Err(ProofError::Malformed { reason: format!("{count} hashes is more than any proof has") });
+    }
+    Ok(proof)
+}
+
 /// An inclusion proof as exchanged between a log and an auditor (`sos-audit prove` prints it).
 ///
 /// JSON: `{"index": 1, "size": 3, "hashes": ["<64 hex>", …]}`, hashes from the leaf upwards.
@@ -461,14 +475,7 @@ impl InclusionProof {
     ///
     /// [`ProofError::Malformed`] for anything that is not a well-formed proof.
     pub fn from_json(json: &[u8]) -> Result<Self, ProofError> {
-        let proof: Self = serde_json::from_slice(json)
-            .map_err(|error| ProofError::Malformed { reason: error.to_string() })?;
-        if proof.hashes.len() > MAX_PROOF_HASHES {
-            return Err(ProofError::Malformed {
-                reason: format!("{} hashes is more than any proof has", proof.hashes.len()),
-            });
-        }
-        Ok(proof)
+        decode_proof(json, |proof: &Self| proof.hashes.len())
     }
 
     /// Verifies that `leaf` (a leaf hash) is at this proof's index in the tree with `root`.
@@ -516,14 +523,7 @@ impl ConsistencyProof {
     ///
     /// [`ProofError::Malformed`] for anything that is not a well-formed proof.
     pub fn from_json(json: &[u8]) -> Result<Self, ProofError> {
-        let proof: Self = serde_json::from_slice(json)
-            .map_err(|error| ProofError::Malformed { reason: error.to_string() })?;
-        if proof.hashes.len() > MAX_PROOF_HASHES {
-            return Err(ProofError::Malformed {
-                reason: format!("{} hashes is more than any proof has", proof.hashes.len()),
-            });
-        }
-        Ok(proof)
+        decode_proof(json, |proof: &Self| proof.hashes.len())
     }
 
     /// Verifies the proof between two roots.
