@@ -109,6 +109,14 @@ fn key_id(name: &str, public_key: &VerifyingKey) -> u32 {
     u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
+/// Encodes `base64(0x01 ‖ key)`, the inverse of [`decode_typed_key`].
+fn encode_typed_key(key: &[u8; 32]) -> String {
+    let mut material = [0u8; 33];
+    material[0] = ALGORITHM_ED25519;
+    material[1..].copy_from_slice(key);
+    STANDARD.encode(material)
+}
+
 /// Decodes `base64(0x01 ‖ 32 bytes)`.
 fn decode_typed_key(which: &'static str, expected: &'static str, text: &str) -> Result<[u8; 32], NoteError> {
     let bytes = STANDARD.decode(text).map_err(|_| NoteError::MalformedKey {
@@ -199,9 +207,7 @@ impl NoteSigner {
 
     /// The signer key string, to store in a file only the signing process can read.
     pub fn to_key_string(&self) -> String {
-        let mut material = vec![ALGORITHM_ED25519];
-        material.extend_from_slice(self.key.as_bytes());
-        format!("PRIVATE+KEY+{}+{:08x}+{}", self.name, self.id, STANDARD.encode(material))
+        format!("PRIVATE+KEY+{}+{:08x}+{}", self.name, self.id, encode_typed_key(self.key.as_bytes()))
     }
 
     /// The matching verifier, to publish.
@@ -264,9 +270,7 @@ impl NoteVerifier {
 
     /// The verifier key string, to publish.
     pub fn to_key_string(&self) -> String {
-        let mut material = vec![ALGORITHM_ED25519];
-        material.extend_from_slice(self.key.as_bytes());
-        format!("{}+{:08x}+{}", self.name, self.id, STANDARD.encode(material))
+        format!("{}+{:08x}+{}", self.name, self.id, encode_typed_key(self.key.as_bytes()))
     }
 
     /// The key's name.
