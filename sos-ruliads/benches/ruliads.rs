@@ -55,7 +55,7 @@ fn deals() -> Vec<Record> {
 }
 
 fn generic_engine(threads: usize) -> Engine<Record> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packs");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/packs");
     let packs = Pack::load_dir(&dir).expect("shipped packs load");
     let generic = packs.into_iter().find(|pack| pack.vertical() == "generic").expect("generic pack");
     generic.into_engine().with_parallelism(threads, 16_384)
