@@ -191,6 +191,9 @@ impl Ruliad<Record> for StaleDealNudge {
     fn name(&self) -> &str {
         "stale-deal-nudge"
     }
+    fn labels(&self) -> &[&'static str] {
+        &["deal_id", "idle_since"]
+    }
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Deal(_))
     }
@@ -268,6 +271,9 @@ impl Ruliad<Record> for HotOpportunityFlag {
     fn name(&self) -> &str {
         "hot-opportunity-flag"
     }
+    fn labels(&self) -> &[&'static str] {
+        &["deal_id"]
+    }
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Deal(_))
     }
@@ -334,6 +340,9 @@ impl FollowUpOverdue {
 impl Ruliad<Record> for FollowUpOverdue {
     fn name(&self) -> &str {
         "follow-up-overdue"
+    }
+    fn labels(&self) -> &[&'static str] {
+        &["contact_id"]
     }
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Contact(_))
@@ -409,6 +418,9 @@ impl LeadSpike {
 impl Ruliad<Record> for LeadSpike {
     fn name(&self) -> &str {
         "lead-spike"
+    }
+    fn labels(&self) -> &[&'static str] {
+        &["window_end"]
     }
     fn class(&self) -> Class {
         Class::Insight
@@ -492,6 +504,9 @@ const PARTS_OF_DAY: [&str; 4] = ["nights", "mornings", "afternoons", "evenings"]
 impl Ruliad<Record> for LeadRhythm {
     fn name(&self) -> &str {
         "lead-rhythm"
+    }
+    fn labels(&self) -> &[&'static str] {
+        &["slot"]
     }
     fn class(&self) -> Class {
         Class::Insight
@@ -600,6 +615,9 @@ impl Ruliad<Record> for ResponseTimeRising {
     fn name(&self) -> &str {
         "response-time-rising"
     }
+    fn labels(&self) -> &[&'static str] {
+        &["member_id"]
+    }
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Member(_))
     }
@@ -682,6 +700,9 @@ impl Ruliad<Record> for CloseDatePassed {
     fn name(&self) -> &str {
         "close-date-passed"
     }
+    fn labels(&self) -> &[&'static str] {
+        &["deal_id"]
+    }
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Deal(_))
     }
@@ -746,6 +767,9 @@ impl Ruliad<Record> for DealWithoutNextStep {
     fn name(&self) -> &str {
         "deal-without-next-step"
     }
+    fn labels(&self) -> &[&'static str] {
+        &["deal_id"]
+    }
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Deal(_))
     }
@@ -801,6 +825,9 @@ impl UnansweredMessage {
 impl Ruliad<Record> for UnansweredMessage {
     fn name(&self) -> &str {
         "unanswered-message"
+    }
+    fn labels(&self) -> &[&'static str] {
+        &["message_id"]
     }
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Message(_))
@@ -859,6 +886,9 @@ impl NewLeadUncontacted {
 impl Ruliad<Record> for NewLeadUncontacted {
     fn name(&self) -> &str {
         "new-lead-uncontacted"
+    }
+    fn labels(&self) -> &[&'static str] {
+        &["lead_id"]
     }
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Lead(_))
@@ -925,6 +955,9 @@ impl Ruliad<Record> for ContactGoneQuiet {
     fn name(&self) -> &str {
         "contact-gone-quiet"
     }
+    fn labels(&self) -> &[&'static str] {
+        &["contact_id"]
+    }
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Contact(_))
     }
@@ -985,6 +1018,9 @@ impl StuckInStage {
 impl Ruliad<Record> for StuckInStage {
     fn name(&self) -> &str {
         "stuck-in-stage"
+    }
+    fn labels(&self) -> &[&'static str] {
+        &["deal_id"]
     }
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Deal(_))
@@ -1052,6 +1088,9 @@ impl Ruliad<Record> for RenewalUpcoming {
     fn name(&self) -> &str {
         "renewal-upcoming"
     }
+    fn labels(&self) -> &[&'static str] {
+        &["contact_id"]
+    }
     fn class(&self) -> Class {
         Class::Insight
     }
@@ -1083,8 +1122,18 @@ impl Ruliad<Record> for RenewalUpcoming {
 /// [`Error::UnknownRuliad`] or [`Error::InvalidParameter`] when it names a bad ruliad;
 /// [`Error::Fixture`] listing the failures when a case fails.
 pub fn check_fixture_file(path: &std::path::Path) -> Result<crate::fixture::Report> {
+    crate::fixture::into_result(run_fixture_file(path)?)
+}
+
+/// Runs the fixture file at `path` like [`check_fixture_file`], but returns the report whether
+/// or not every case passed (what the `sos-ruliads test` subcommand prints).
+///
+/// # Errors
+///
+/// [`Error::Io`] or [`Error::Fixture`] when the file is unreadable or malformed;
+/// [`Error::UnknownRuliad`] or [`Error::InvalidParameter`] when it names a bad ruliad.
+pub fn run_fixture_file(path: &std::path::Path) -> Result<crate::fixture::Report> {
     let fixture: crate::fixture::FixtureFile<Record> = crate::fixture::load(path)?;
     let name = fixture.ruliad.clone();
-    let report = crate::fixture::run_cases(path, &fixture, |params| build(&name, params))?;
-    crate::fixture::into_result(report)
+    crate::fixture::run_cases(path, &fixture, |params| build(&name, params))
 }

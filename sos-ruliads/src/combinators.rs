@@ -153,6 +153,9 @@ impl<E: ?Sized, C: Condition<E>, R: Ruliad<E>> Ruliad<E> for When<C, R> {
     fn class(&self) -> Class {
         self.ruliad.class()
     }
+    fn labels(&self) -> &[&'static str] {
+        self.ruliad.labels()
+    }
     fn applies_to(&self, entity: &E) -> bool {
         self.ruliad.applies_to(entity)
     }
@@ -251,6 +254,9 @@ impl<E: ?Sized, R: Ruliad<E>, F: Fn(Signal) -> Signal + Send + Sync> Ruliad<E> f
     }
     fn class(&self) -> Class {
         self.ruliad.class()
+    }
+    fn labels(&self) -> &[&'static str] {
+        self.ruliad.labels()
     }
     fn applies_to(&self, entity: &E) -> bool {
         self.ruliad.applies_to(entity)
@@ -377,6 +383,9 @@ impl<E: ?Sized, R: Ruliad<E>> Ruliad<E> for DedupeByCause<R> {
     fn class(&self) -> Class {
         self.ruliad.class()
     }
+    fn labels(&self) -> &[&'static str] {
+        self.ruliad.labels()
+    }
     fn applies_to(&self, entity: &E) -> bool {
         self.ruliad.applies_to(entity)
     }
@@ -416,6 +425,9 @@ impl<E: Entity + ?Sized, R: Ruliad<E>> Ruliad<E> for AtMost<R> {
     }
     fn class(&self) -> Class {
         self.ruliad.class()
+    }
+    fn labels(&self) -> &[&'static str] {
+        self.ruliad.labels()
     }
     fn applies_to(&self, entity: &E) -> bool {
         self.ruliad.applies_to(entity)
@@ -467,6 +479,9 @@ impl<E: Entity + ?Sized, R: Ruliad<E>> Ruliad<E> for PendingFor<R> {
     }
     fn class(&self) -> Class {
         self.ruliad.class()
+    }
+    fn labels(&self) -> &[&'static str] {
+        self.ruliad.labels()
     }
     fn applies_to(&self, entity: &E) -> bool {
         self.ruliad.applies_to(entity)
@@ -524,6 +539,9 @@ impl<E: Entity + ?Sized, R: Ruliad<E>> Ruliad<E> for KeepFiringFor<R> {
     fn class(&self) -> Class {
         self.ruliad.class()
     }
+    fn labels(&self) -> &[&'static str] {
+        self.ruliad.labels()
+    }
     fn applies_to(&self, entity: &E) -> bool {
         self.ruliad.applies_to(entity)
     }
@@ -574,6 +592,9 @@ impl<E: Entity + ?Sized, R: Ruliad<E>, C: Condition<E>> Ruliad<E> for Hysteresis
     }
     fn class(&self) -> Class {
         self.ruliad.class()
+    }
+    fn labels(&self) -> &[&'static str] {
+        self.ruliad.labels()
     }
     fn applies_to(&self, entity: &E) -> bool {
         self.ruliad.applies_to(entity)

@@ -75,7 +75,8 @@
 //!     "generic",
 //!     "seed.json".as_ref(),
 //!     br#"{ "agent_role": "operations coordinator",
-//!           "ruliads_enabled": [{ "name": "stale-deal-nudge", "params": { "stale_days": 7 } }] }"#,
+//!           "ruliads_enabled": [{ "name": "stale-deal-nudge", "params": { "stale_days": 7 } },
+//!                               "lead-rhythm"] }"#,
 //! )?;
 //! let deal = Deal {
 //!     tenant: "acme".parse()?,
@@ -108,6 +109,8 @@
 //!
 //! # Crate features
 //!
+//! - `cli`: the `sos-ruliads` binary: `check <packs dir>` validates packs (like `promtool check
+//!   rules`) and `test <fixture files…>` runs fixtures.
 //! - `postgres`: `PgCeiling`, `PgStore` and `store::postgres_migrator`.
 //! - `sqlite`: `SqliteCeiling`, `SqliteStore` and `store::sqlite_migrator`.
 //!

@@ -12,7 +12,8 @@ use crate::catalog;
 use crate::crm::Record;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::ruliad::Ruliad;
+use crate::grouping::GroupingConfig;
+use crate::ruliad::{Class, Ruliad};
 use crate::trust::TrustConfig;
 
 /// The name of the pack file inside each vertical's directory.
@@ -20,7 +21,7 @@ pub const SEED_FILE: &str = "seed.json";
 
 /// The top-level fields a `seed.json` may have.
 pub const KNOWN_FIELDS: &[&str] =
-    &["agent_role", "collections", "compliance", "description", "ruliads_enabled", "trust"];
+    &["agent_role", "collections", "compliance", "description", "grouping", "ruliads_enabled", "trust"];
 
 /// Builds a ruliad from its JSON parameters.
 pub type Factory<E> = Box<dyn Fn(&serde_json::Value) -> Result<Box<dyn Ruliad<E>>> + Send + Sync>;
@@ -110,6 +111,7 @@ pub struct Pack<E = Record> {
     collections: Vec<String>,
     enabled: Vec<Enabled>,
     trust: TrustConfig,
+    grouping: GroupingConfig,
     engine: Engine<E>,
 }
 
@@ -225,6 +227,21 @@ impl<E: Sync> Pack<E> {
                 config
             }
         };
+        let grouping = match root.get("grouping") {
+            None => GroupingConfig::default(),
+            Some(value) => {
+                let config: GroupingConfig = serde_json::from_value(value.clone()).map_err(|json| {
+                    error("grouping", format!("{json}; see docs/ruliads.md for the fields"))
+                })?;
+                config.validate().map_err(|invalid| match invalid {
+                    Error::InvalidParameter { field, reason, .. } => {
+                        error(&format!("grouping.{field}"), reason)
+                    }
+                    other => error("grouping", other.to_string()),
+                })?;
+                config
+            }
+        };
         let Some(serde_json::Value::Array(entries)) = root.get("ruliads_enabled") else {
             return Err(error(
                 "ruliads_enabled",
@@ -269,6 +286,7 @@ impl<E: Sync> Pack<E> {
             ruliads.push(ruliad);
             enabled.push(Enabled { name, params });
         }
+        check_routes(registry, &ruliads, &grouping).map_err(|(field, reason)| error(&field, reason))?;
         Ok(Pack {
             vertical: vertical.to_owned(),
             file: file.to_owned(),
@@ -278,6 +296,7 @@ impl<E: Sync> Pack<E> {
             collections,
             enabled,
             trust,
+            grouping,
             engine: Engine::new(ruliads),
         })
     }
@@ -322,6 +341,12 @@ impl<E: Sync> Pack<E> {
         &self.trust
     }
 
+    /// The grouping, repeat and inhibition configuration (`grouping` in the file; day-scale
+    /// defaults when absent).
+    pub fn grouping(&self) -> &GroupingConfig {
+        &self.grouping
+    }
+
     /// The ready engine.
     pub fn engine(&self) -> &Engine<E> {
         &self.engine
@@ -331,6 +356,114 @@ impl<E: Sync> Pack<E> {
     pub fn into_engine(self) -> Engine<E> {
         self.engine
     }
+}
+
+/// Refuses a pack with an unreachable route: a path from an enabled ruliad to people that can
+/// never carry a signal, or a configured rule that can never apply. See "Unreachable routes" in
+/// `docs/ruliads.md`. Returns the field and the reason, naming the known names.
+fn check_routes<E>(
+    registry: &Registry<E>,
+    ruliads: &[Box<dyn Ruliad<E>>],
+    grouping: &GroupingConfig,
+) -> std::result::Result<(), (String, String)> {
+    let enabled: Vec<&str> = ruliads.iter().map(|ruliad| ruliad.name()).collect();
+    let known = if enabled.is_empty() { "(none)".to_owned() } else { enabled.join(", ") };
+    let find = |name: &str| ruliads.iter().find(|ruliad| ruliad.name() == name);
+    for (index, rule) in grouping.inhibit.iter().enumerate() {
+        let field = format!("grouping.inhibit[{index}]");
+        for (side, name) in [("source", &rule.source), ("target", &rule.target)] {
+            if find(name).is_none() {
+                return Err((
+                    format!("{field}.{side}"),
+                    format!(
+                        "no enabled ruliad fires {name:?}, so this inhibition can never apply; \
+                         enabled ruliads: {known}"
+                    ),
+                ));
+            }
+        }
+        for (position, label) in rule.equal.iter().enumerate() {
+            for name in [&rule.source, &rule.target] {
+                let labels = find(name).map(|ruliad| ruliad.labels()).unwrap_or_default();
+                if !labels.is_empty() && !labels.contains(&label.as_str()) {
+                    return Err((
+                        format!("{field}.equal[{position}]"),
+                        format!(
+                            "{name:?} never sets label {label:?}, so this inhibition can never apply; \
+                             its labels: {}",
+                            labels.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        // A cycle source → target → … → source means signals can silence each other (or
+        // themselves) whenever they are active together: neither reaches anyone.
+        let mut path = vec![rule.source.as_str(), rule.target.as_str()];
+        if let Some(cycle) = inhibition_cycle(&grouping.inhibit, &mut path) {
+            return Err((
+                field,
+                format!(
+                    "inhibition cycle {}: these signals silence each other when active together, \
+                     so none of them reaches anyone; remove one of the rules",
+                    cycle.join(" -> ")
+                ),
+            ));
+        }
+    }
+    // Interventions go out only once people accepted an insight (the trust gate's lifecycle);
+    // without an insight ruliad the agent never gets there.
+    let has_insight = ruliads.iter().any(|ruliad| ruliad.class() == Class::Insight);
+    if !has_insight
+        && let Some(index) = ruliads.iter().position(|ruliad| ruliad.class() == Class::Intervention)
+    {
+        let insights: Vec<&str> = registry
+            .names()
+            .into_iter()
+            .filter(|name| {
+                registry
+                    .build(name, &serde_json::Value::Null)
+                    .is_ok_and(|ruliad| ruliad.class() == Class::Insight)
+            })
+            .collect();
+        let insights = if insights.is_empty() { "(none registered)".to_owned() } else { insights.join(", ") };
+        return Err((
+            format!("ruliads_enabled[{index}]"),
+            format!(
+                "{:?} is an intervention, and interventions go out only after people accepted an \
+                 insight; this pack enables no insight ruliad, so it can never reach anyone; \
+                 enable one of the insight ruliads: {insights}",
+                ruliads[index].name()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Follows inhibition edges from the last element of `path`; returns the cycle when one leads
+/// back to `path[0]`.
+fn inhibition_cycle<'a>(
+    rules: &'a [crate::grouping::InhibitRule],
+    path: &mut Vec<&'a str>,
+) -> Option<Vec<String>> {
+    let (first, last) = (path[0], path[path.len() - 1]);
+    if first == last {
+        return Some(path.iter().map(|name| (*name).to_owned()).collect());
+    }
+    if path.len() > rules.len() + 1 {
+        return None;
+    }
+    for rule in rules.iter().filter(|rule| rule.source == last) {
+        if path[1..].contains(&rule.target.as_str()) {
+            continue;
+        }
+        path.push(&rule.target);
+        if let Some(cycle) = inhibition_cycle(rules, path) {
+            return Some(cycle);
+        }
+        path.pop();
+    }
+    None
 }
 
 fn string_list(

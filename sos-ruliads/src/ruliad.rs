@@ -40,6 +40,13 @@ pub trait Ruliad<E: ?Sized>: Send + Sync + fmt::Debug {
         Class::Intervention
     }
 
+    /// The labels its signals carry (such as `deal_id`), which inhibition rules may compare;
+    /// a pack that compares a label no ruliad sets is refused at load. Empty (the default) means
+    /// "not declared", and such a ruliad's labels are not checked.
+    fn labels(&self) -> &[&'static str] {
+        &[]
+    }
+
     /// Whether the rule can say anything about `entity` at all (for instance, a deal rule about
     /// a contact); the engine skips the evaluation when it cannot. Default: always.
     fn applies_to(&self, entity: &E) -> bool {
@@ -61,6 +68,9 @@ impl<E: ?Sized, R: Ruliad<E> + ?Sized> Ruliad<E> for Box<R> {
     fn class(&self) -> Class {
         (**self).class()
     }
+    fn labels(&self) -> &[&'static str] {
+        (**self).labels()
+    }
     fn applies_to(&self, entity: &E) -> bool {
         (**self).applies_to(entity)
     }
@@ -79,6 +89,9 @@ impl<E: ?Sized, R: Ruliad<E> + ?Sized> Ruliad<E> for &R {
     fn class(&self) -> Class {
         (**self).class()
     }
+    fn labels(&self) -> &[&'static str] {
+        (**self).labels()
+    }
     fn applies_to(&self, entity: &E) -> bool {
         (**self).applies_to(entity)
     }
@@ -96,6 +109,9 @@ impl<E: ?Sized, R: Ruliad<E> + ?Sized> Ruliad<E> for Arc<R> {
     }
     fn class(&self) -> Class {
         (**self).class()
+    }
+    fn labels(&self) -> &[&'static str] {
+        (**self).labels()
     }
     fn applies_to(&self, entity: &E) -> bool {
         (**self).applies_to(entity)

@@ -102,3 +102,26 @@ fn same_cause_gives_the_same_signal_id() {
     assert_eq!(first.id(), again.id());
     assert_ne!(first.cause(), other.cause());
 }
+
+/// The labels a catalog ruliad declares (used to refuse inhibitions on labels it never sets) are
+/// exactly the labels its signals carry.
+#[test]
+fn declared_labels_are_the_labels_signals_carry() {
+    for name in NAMES {
+        let path = crate_path(&format!("fixtures/{name}.json"));
+        let fixture: FixtureFile<sos_ruliads::crm::Record> = fixture::load(&path).expect("fixture parses");
+        let ruliad = catalog::build(name, &fixture.params).expect("valid params");
+        let mut declared: Vec<&str> = ruliad.labels().to_vec();
+        declared.sort_unstable();
+        let mut fired = 0;
+        for case in fixture.tests.iter().filter(|case| !case.expect.is_empty() && case.timeline.is_empty()) {
+            let entity = case.entity.as_ref().expect("a firing case has an entity");
+            let signal = ruliad.evaluate(case.eval_time, entity).into_signal().expect("fires");
+            let labels = signal.evidence()["labels"].as_object().expect("labels");
+            let carried: Vec<&str> = labels.keys().map(String::as_str).collect();
+            assert_eq!(carried, declared, "{name}");
+            fired += 1;
+        }
+        assert!(fired > 0, "{name}: no firing case checked");
+    }
+}

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sos_core::TenantId;
-use sos_ruliads::{Draft, Evaluation, Explain, Predicate, Ruliad, fixture};
+use sos_ruliads::{Class, Draft, Evaluation, Explain, Predicate, Ruliad, fixture};
 
 use crate::crate_path;
 
@@ -20,6 +20,11 @@ struct BigInvoice;
 impl Ruliad<Invoice> for BigInvoice {
     fn name(&self) -> &str {
         "big-invoice"
+    }
+    // An observation for people; a pack of interventions alone could never speak (see the
+    // trust gate), so this host's only ruliad is an insight.
+    fn class(&self) -> Class {
+        Class::Insight
     }
     fn evaluate(&self, now: DateTime<Utc>, invoice: &Invoice) -> Evaluation {
         let mut why = Explain::new();

@@ -3,6 +3,8 @@
 mod catalog;
 #[cfg(all(feature = "postgres", feature = "sqlite"))]
 mod ceiling;
+#[cfg(feature = "cli")]
+mod cli;
 mod combinators;
 mod engine;
 mod fuzz_mirror;

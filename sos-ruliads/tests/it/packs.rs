@@ -115,3 +115,92 @@ fn check_reports_every_pack() {
     assert!(checked[0].result.is_err());
     assert_eq!(checked[1].result.as_ref().expect("good"), &["lead-spike".to_owned()]);
 }
+
+#[test]
+fn grouping_timers_and_inhibitions_load_from_the_pack() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "crm",
+        r#"{"agent_role":"x","ruliads_enabled":["stale-deal-nudge","close-date-passed","lead-rhythm"],
+            "grouping":{"group_wait_seconds":60,"inhibit":[
+              {"source":"close-date-passed","target":"stale-deal-nudge","equal":["deal_id"]}]}}"#,
+    );
+    let packs = Pack::load_dir(dir.path()).expect("loads");
+    assert_eq!(packs[0].grouping().group_wait_seconds, 60);
+    assert_eq!(packs[0].grouping().inhibit[0].equal, ["deal_id"]);
+    let (field, reason) = pack_error(
+        r#"{"agent_role":"x","ruliads_enabled":["lead-rhythm"],"grouping":{"group_interval_seconds":0}}"#,
+    );
+    assert_eq!(field, "grouping.group_interval_seconds");
+    assert!(reason.contains("positive"), "{reason}");
+    let (field, reason) =
+        pack_error(r#"{"agent_role":"x","ruliads_enabled":["lead-rhythm"],"grouping":{"wait":1}}"#);
+    assert_eq!(field, "grouping");
+    assert!(reason.contains("group_wait_seconds"), "the known fields are named: {reason}");
+}
+
+#[test]
+fn unreachable_route_inhibition_of_a_ruliad_the_pack_does_not_enable() {
+    let (field, reason) = pack_error(
+        r#"{"agent_role":"x","ruliads_enabled":["stale-deal-nudge","lead-rhythm"],
+            "grouping":{"inhibit":[{"source":"deal-lost","target":"stale-deal-nudge","equal":["deal_id"]}]}}"#,
+    );
+    assert_eq!(field, "grouping.inhibit[0].source");
+    assert!(reason.contains("\"deal-lost\"") && reason.contains("stale-deal-nudge, lead-rhythm"), "{reason}");
+    let (field, _) = pack_error(
+        r#"{"agent_role":"x","ruliads_enabled":["stale-deal-nudge","lead-rhythm"],
+            "grouping":{"inhibit":[{"source":"stale-deal-nudge","target":"stale-deals"}]}}"#,
+    );
+    assert_eq!(field, "grouping.inhibit[0].target");
+}
+
+#[test]
+fn unreachable_route_inhibition_on_a_label_the_ruliad_never_sets() {
+    let (field, reason) = pack_error(
+        r#"{"agent_role":"x","ruliads_enabled":["stale-deal-nudge","follow-up-overdue","lead-rhythm"],
+            "grouping":{"inhibit":[{"source":"follow-up-overdue","target":"stale-deal-nudge","equal":["deal_id"]}]}}"#,
+    );
+    assert_eq!(field, "grouping.inhibit[0].equal[0]");
+    assert!(reason.contains("\"follow-up-overdue\" never sets label \"deal_id\""), "{reason}");
+    assert!(reason.contains("its labels: contact_id"), "{reason}");
+}
+
+#[test]
+fn unreachable_route_inhibition_cycle() {
+    let (field, reason) = pack_error(
+        r#"{"agent_role":"x","ruliads_enabled":["stale-deal-nudge","lead-rhythm"],
+            "grouping":{"inhibit":[{"source":"stale-deal-nudge","target":"stale-deal-nudge"}]}}"#,
+    );
+    assert_eq!(field, "grouping.inhibit[0]");
+    assert!(reason.contains("stale-deal-nudge -> stale-deal-nudge"), "{reason}");
+    let (field, reason) = pack_error(
+        r#"{"agent_role":"x","ruliads_enabled":["stale-deal-nudge","close-date-passed","stuck-in-stage","lead-rhythm"],
+            "grouping":{"inhibit":[
+              {"source":"stale-deal-nudge","target":"close-date-passed","equal":["deal_id"]},
+              {"source":"close-date-passed","target":"stuck-in-stage","equal":["deal_id"]},
+              {"source":"stuck-in-stage","target":"stale-deal-nudge","equal":["deal_id"]}]}}"#,
+    );
+    assert_eq!(field, "grouping.inhibit[0]");
+    assert!(
+        reason.contains("stale-deal-nudge -> close-date-passed -> stuck-in-stage -> stale-deal-nudge"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn unreachable_route_interventions_without_an_insight() {
+    let (field, reason) =
+        pack_error(r#"{"agent_role":"x","ruliads_enabled":["stale-deal-nudge","follow-up-overdue"]}"#);
+    assert_eq!(field, "ruliads_enabled[0]");
+    assert!(reason.contains("\"stale-deal-nudge\" is an intervention"), "{reason}");
+    assert!(reason.contains("lead-rhythm, lead-spike, renewal-upcoming"), "the known insights: {reason}");
+    // An insight anywhere in the pack opens the route.
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "ok",
+        r#"{"agent_role":"x","ruliads_enabled":["stale-deal-nudge","renewal-upcoming"]}"#,
+    );
+    assert!(Pack::load_dir(dir.path()).is_ok());
+}
