@@ -83,6 +83,98 @@ pub enum Error {
     /// A signed note, key or checkpoint was malformed or did not verify.
     #[error(transparent)]
     Note(#[from] crate::note::NoteError),
+    /// Extending the Merkle tree found an entry that does not chain on from the previous one, so
+    /// nothing was written or signed.
+    #[error(
+        "entry {seq} of tenant {tenant:?} does not chain on ({reason}); nothing was checkpointed: run `sos-audit verify` to locate the tampering"
+    )]
+    ChainBroken {
+        /// The tenant.
+        tenant: String,
+        /// The entry that does not chain on.
+        seq: u64,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A stored tile or tree state cannot be read.
+    #[error("the stored Merkle tree of tenant {tenant:?} is corrupt: {reason}")]
+    CorruptTree {
+        /// The tenant (empty when unknown).
+        tenant: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// No recorded checkpoint covers the entry yet.
+    #[error(
+        "entry {seq} of tenant {tenant:?} is not covered by a checkpoint yet (latest size: {checkpoint_size:?}); make one with `sos-audit checkpoint` or wait for the checkpointer"
+    )]
+    NotCheckpointed {
+        /// The tenant.
+        tenant: String,
+        /// The entry asked for.
+        seq: u64,
+        /// The size of the latest checkpoint, if any.
+        checkpoint_size: Option<u64>,
+    },
+    /// The entry does not exist in the chain.
+    #[error("tenant {tenant:?} has no entry {seq}; sequence numbers start at 1 and end at the chain's head")]
+    EntryNotFound {
+        /// The tenant.
+        tenant: String,
+        /// The entry asked for.
+        seq: u64,
+    },
+    /// A proof is for another entry or another tree size than the one it is checked against.
+    #[error("the proof does not match: {reason}")]
+    ProofMismatch {
+        /// What does not match.
+        reason: String,
+    },
+    /// Two checkpoints of the same size with different roots: a split view. Nothing was signed.
+    #[error(
+        "split view refused: tenant {tenant:?} already has a checkpoint of size {size} with root {recorded}, and the tree now has root {computed}; the log was rewritten, investigate before signing anything"
+    )]
+    SplitView {
+        /// The tenant.
+        tenant: String,
+        /// The tree size of both checkpoints.
+        size: u64,
+        /// The root already signed.
+        recorded: sos_core::Sha256Digest,
+        /// The root the tree has now.
+        computed: sos_core::Sha256Digest,
+    },
+    /// The log is not an append-only extension of its last signed checkpoint (it forked or was
+    /// truncated). Nothing was signed.
+    #[error(
+        "tenant {tenant:?} no longer extends its checkpoint of size {checkpoint_size}: {reason}; nothing was signed, investigate the log"
+    )]
+    Forked {
+        /// The tenant.
+        tenant: String,
+        /// The size of the signed checkpoint the log should extend.
+        checkpoint_size: u64,
+        /// What was found.
+        reason: String,
+    },
+    /// An anchor already holds a different checkpoint of this size; it was not overwritten.
+    #[error(
+        "anchor {location} already holds a different checkpoint of size {size}; refusing to overwrite it"
+    )]
+    AnchorConflict {
+        /// Where the anchor is (a path, or a table and key).
+        location: String,
+        /// The checkpoint size.
+        size: u64,
+    },
+    /// A key file cannot be read, is too widely readable, or does not hold a key.
+    #[error("key file {path}: {reason}")]
+    KeyFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
 }
 
 /// `Result` with [`Error`] as the default error type.

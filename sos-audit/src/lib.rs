@@ -91,6 +91,7 @@ mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod store;
+pub mod tlog;
 mod verify;
 
 #[cfg(test)]

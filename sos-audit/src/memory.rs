@@ -31,6 +31,9 @@ use crate::store::AuditStore;
 pub struct MemoryAuditStore {
     state: Arc<Mutex<State>>,
     clock: Arc<dyn Clock>,
+    /// The Merkle tiles and checkpoints (`crate::tlog`), behind an async lock because extending
+    /// the tree reads the chain while holding it.
+    pub(crate) tlog: Arc<tokio::sync::Mutex<crate::tlog::MemoryTlog>>,
 }
 
 #[derive(Debug, Default)]
@@ -43,7 +46,7 @@ struct State {
 impl MemoryAuditStore {
     /// An empty store on the system clock.
     pub fn new() -> Self {
-        Self { state: Arc::default(), clock: Arc::new(SystemClock) }
+        Self { state: Arc::default(), clock: Arc::new(SystemClock), tlog: Arc::default() }
     }
 
     /// Uses `clock` for entry times.

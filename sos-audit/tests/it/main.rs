@@ -2,6 +2,7 @@
 
 mod conformance;
 mod streaming;
+mod tlog;
 mod vectors;
 
 #[cfg(all(feature = "postgres", feature = "sqlite"))]

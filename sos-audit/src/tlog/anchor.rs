@@ -1,0 +1,297 @@
+//! Anchors: write-once copies of each signed checkpoint outside the log's own tables.
+
+use std::fmt;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use futures::future::BoxFuture;
+use sos_core::{Sha256Digest, TenantId};
+
+use super::SignedCheckpoint;
+use crate::error::{Error, Result};
+
+/// One signed checkpoint to anchor, with an optional RFC 3161 timestamp token over its note.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    /// The tenant whose checkpoint it is.
+    pub tenant: TenantId,
+    /// The checkpoint's tree size.
+    pub size: u64,
+    /// The checkpoint's root hash.
+    pub root: Sha256Digest,
+    /// The signed note, exactly as published.
+    pub note: String,
+    /// A DER-encoded RFC 3161 `TimeStampResp` over the note, when a timestamp authority was asked
+    /// (the anchor stores it beside the note; this crate's sinks do not request it themselves).
+    pub timestamp_token: Option<Vec<u8>>,
+}
+
+impl Anchor {
+    /// The anchor of `checkpoint`, without a timestamp token.
+    pub fn new(checkpoint: &SignedCheckpoint) -> Self {
+        Self {
+            tenant: checkpoint.tenant.clone(),
+            size: checkpoint.size(),
+            root: checkpoint.root(),
+            note: checkpoint.note.clone(),
+            timestamp_token: None,
+        }
+    }
+
+    /// Attaches an RFC 3161 timestamp token (DER `TimeStampResp`).
+    pub fn with_timestamp_token(mut self, token: Vec<u8>) -> Self {
+        self.timestamp_token = Some(token);
+        self
+    }
+}
+
+/// Where an anchor was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnchorReceipt {
+    /// A path, or a table and key.
+    pub location: String,
+    /// `true` when the very same note was already there (a retry), so nothing was written.
+    pub already_present: bool,
+}
+
+/// A write-once place for signed checkpoints: each (tenant, size) is written once, and a
+/// different note for a size already held is refused with [`Error::AnchorConflict`] (a split
+/// view caught at the anchor).
+///
+/// Object-safe (a [`Checkpointer`](super::Checkpointer) holds `Arc<dyn AnchorSink>`s), hence the
+/// boxed future.
+pub trait AnchorSink: Send + Sync + fmt::Debug {
+    /// Writes `anchor` once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AnchorConflict`] when another note is held for the same size; [`Error::Io`] or
+    /// [`Error::Storage`] when the write fails.
+    fn write<'a>(&'a self, anchor: &'a Anchor) -> BoxFuture<'a, Result<AnchorReceipt>>;
+}
+
+/// Writes each checkpoint to `<dir>/<tenant>/<size, 20 digits>.checkpoint` (and its timestamp
+/// token to `….tsr`): created new (never truncating), fsynced with its directory, and left
+/// read-only. An existing file is never overwritten.
+#[derive(Debug, Clone)]
+pub struct FsAnchorSink {
+    dir: PathBuf,
+}
+
+impl FsAnchorSink {
+    /// A sink under `dir` (created on first write).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The path of the checkpoint of `tenant` at `size`.
+    pub fn path_of(&self, tenant: &TenantId, size: u64) -> PathBuf {
+        self.dir.join(tenant.as_str()).join(format!("{size:020}.checkpoint"))
+    }
+}
+
+/// Creates `path` with `bytes`, or reports whether an existing file holds the same bytes.
+fn write_once(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        // Read-only from birth: the open descriptor may still write, nobody else can.
+        options.mode(0o444);
+    }
+    match options.open(path) {
+        Ok(mut file) => {
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            let mut permissions = file.metadata()?.permissions();
+            permissions.set_readonly(true);
+            std::fs::set_permissions(path, permissions)?;
+            if let Some(parent) = path.parent() {
+                sync_dir(parent)?;
+            }
+            Ok(false)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            let existing = std::fs::read(path)?;
+            if existing == bytes {
+                Ok(true)
+            } else {
+                Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "different content"))
+            }
+        }
+        Err(error) => Err(error),
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+impl AnchorSink for FsAnchorSink {
+    fn write<'a>(&'a self, anchor: &'a Anchor) -> BoxFuture<'a, Result<AnchorReceipt>> {
+        let path = self.path_of(&anchor.tenant, anchor.size);
+        let note = anchor.note.clone().into_bytes();
+        let token = anchor.timestamp_token.clone();
+        let size = anchor.size;
+        Box::pin(async move {
+            let location = path.display().to_string();
+            let written = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                    if let Some(grandparent) = parent.parent() {
+                        sync_dir(grandparent)?;
+                    }
+                }
+                let already = write_once(&path, &note)?;
+                if let Some(token) = token {
+                    write_once(&path.with_extension("tsr"), &token)?;
+                }
+                Ok(already)
+            })
+            .await
+            .map_err(|join| Error::Io(std::io::Error::other(join)))?;
+            match written {
+                Ok(already_present) => Ok(AnchorReceipt { location, already_present }),
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                    Err(Error::AnchorConflict { location, size })
+                }
+                Err(error) => Err(Error::Io(error)),
+            }
+        })
+    }
+}
+
+#[cfg(feature = "postgres")]
+pub use pg::PgAnchorSink;
+
+#[cfg(feature = "postgres")]
+mod pg {
+    use futures::future::BoxFuture;
+    use sqlx::postgres::PgPool;
+
+    use super::{Anchor, AnchorReceipt, AnchorSink};
+    use crate::error::{Error, Result, storage};
+
+    /// Writes each checkpoint once to the write-once table `audit_anchors` (PostgreSQL; rows
+    /// cannot be updated or deleted). Use a database other than the log's own for independence.
+    #[derive(Debug, Clone)]
+    pub struct PgAnchorSink {
+        pool: PgPool,
+    }
+
+    impl PgAnchorSink {
+        /// A sink on `pool` (run `postgres_migrator()` on that database first).
+        pub fn new(pool: PgPool) -> Self {
+            Self { pool }
+        }
+    }
+
+    impl AnchorSink for PgAnchorSink {
+        fn write<'a>(&'a self, anchor: &'a Anchor) -> BoxFuture<'a, Result<AnchorReceipt>> {
+            Box::pin(async move {
+                let size = i64::try_from(anchor.size).unwrap_or(i64::MAX);
+                let inserted = sqlx::query(
+                    "INSERT INTO audit_anchors (tenant, size, root, note, timestamp_token, anchored_us)
+                     VALUES ($1, $2, $3, $4, $5, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint)
+                     ON CONFLICT (tenant, size) DO NOTHING",
+                )
+                .bind(anchor.tenant.as_str())
+                .bind(size)
+                .bind(anchor.root.as_bytes().as_slice())
+                .bind(&anchor.note)
+                .bind(anchor.timestamp_token.as_deref())
+                .execute(&self.pool)
+                .await
+                .map_err(storage)?
+                .rows_affected();
+                let location = format!("audit_anchors ({}, {})", anchor.tenant, anchor.size);
+                if inserted == 1 {
+                    return Ok(AnchorReceipt { location, already_present: false });
+                }
+                let held: String =
+                    sqlx::query_scalar("SELECT note FROM audit_anchors WHERE tenant = $1 AND size = $2")
+                        .bind(anchor.tenant.as_str())
+                        .bind(size)
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(storage)?;
+                if held == anchor.note {
+                    Ok(AnchorReceipt { location, already_present: true })
+                } else {
+                    Err(Error::AnchorConflict { location, size: anchor.size })
+                }
+            })
+        }
+    }
+}
+
+#[cfg(feature = "sqlite")]
+pub use lite::SqliteAnchorSink;
+
+#[cfg(feature = "sqlite")]
+mod lite {
+    use futures::future::BoxFuture;
+    use sqlx::sqlite::SqlitePool;
+
+    use super::{Anchor, AnchorReceipt, AnchorSink};
+    use crate::error::{Error, Result, storage};
+
+    /// Writes each checkpoint once to the write-once table `audit_anchors` (SQLite; rows cannot be
+    /// updated or deleted). Use a database file other than the log's own for independence.
+    #[derive(Debug, Clone)]
+    pub struct SqliteAnchorSink {
+        pool: SqlitePool,
+    }
+
+    impl SqliteAnchorSink {
+        /// A sink on `pool` (run `sqlite_migrator()` on that database first).
+        pub fn new(pool: SqlitePool) -> Self {
+            Self { pool }
+        }
+    }
+
+    impl AnchorSink for SqliteAnchorSink {
+        fn write<'a>(&'a self, anchor: &'a Anchor) -> BoxFuture<'a, Result<AnchorReceipt>> {
+            Box::pin(async move {
+                let size = i64::try_from(anchor.size).unwrap_or(i64::MAX);
+                let inserted = sqlx::query(
+                    "INSERT INTO audit_anchors (tenant, size, root, note, timestamp_token, anchored_us)
+                     VALUES (?1, ?2, ?3, ?4, ?5, CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER))
+                     ON CONFLICT (tenant, size) DO NOTHING",
+                )
+                .bind(anchor.tenant.as_str())
+                .bind(size)
+                .bind(anchor.root.as_bytes().as_slice())
+                .bind(&anchor.note)
+                .bind(anchor.timestamp_token.as_deref())
+                .execute(&self.pool)
+                .await
+                .map_err(storage)?
+                .rows_affected();
+                let location = format!("audit_anchors ({}, {})", anchor.tenant, anchor.size);
+                if inserted == 1 {
+                    return Ok(AnchorReceipt { location, already_present: false });
+                }
+                let held: String =
+                    sqlx::query_scalar("SELECT note FROM audit_anchors WHERE tenant = ?1 AND size = ?2")
+                        .bind(anchor.tenant.as_str())
+                        .bind(size)
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(storage)?;
+                if held == anchor.note {
+                    Ok(AnchorReceipt { location, already_present: true })
+                } else {
+                    Err(Error::AnchorConflict { location, size: anchor.size })
+                }
+            })
+        }
+    }
+}

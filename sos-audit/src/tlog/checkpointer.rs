@@ -1,0 +1,381 @@
+//! The checkpointer: extends trees, refuses split views and forks, signs, anchors and records.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use sos_core::{Clock, Sha256Digest, SystemClock, TenantId};
+
+use super::{Anchor, AnchorSink, MerkleStore, SignedCheckpoint, origin_for, sync_tree};
+use crate::error::{Error, Result};
+use crate::note::{Checkpoint, NoteSigner, NoteVerifier};
+
+/// When the [`Checkpointer`] signs on its own: every `every` entries, and when entries have been
+/// pending for `max_delay`.
+///
+/// ```
+/// use std::time::Duration;
+/// use sos_audit::tlog::CheckpointPolicy;
+///
+/// let policy = CheckpointPolicy::default().every(1024).max_delay(Duration::from_secs(30));
+/// assert_eq!(policy.entries(), 1024);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    every: u64,
+    max_delay: Duration,
+    poll_interval: Duration,
+}
+
+impl Default for CheckpointPolicy {
+    /// Every 256 entries (one full tile), or 60 s after the oldest unsigned entry, polled each
+    /// second.
+    fn default() -> Self {
+        Self { every: 256, max_delay: Duration::from_secs(60), poll_interval: Duration::from_secs(1) }
+    }
+}
+
+impl CheckpointPolicy {
+    /// Signs once at least `entries` entries are pending (at least 1).
+    pub fn every(mut self, entries: u64) -> Self {
+        self.every = entries.max(1);
+        self
+    }
+
+    /// Signs once the oldest pending entry is `delay` old, so that a quiet log cannot hide a
+    /// cut-off tail for longer than that.
+    pub fn max_delay(mut self, delay: Duration) -> Self {
+        self.max_delay = delay;
+        self
+    }
+
+    /// How often [`Checkpointer::run`] looks for due tenants.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// The entry threshold.
+    pub fn entries(&self) -> u64 {
+        self.every
+    }
+
+    /// The time threshold.
+    pub fn delay(&self) -> Duration {
+        self.max_delay
+    }
+}
+
+/// Signs C2SP checkpoints of each tenant's tree with a key held outside the database.
+///
+/// The log's name is the signing key's name, and tenant `T`'s checkpoints carry the origin
+/// `<key name>/T` ([`origin_for`]). Before signing, the checkpointer:
+///
+/// 1. extends the stored tree from the chain ([`sync_tree`]), which refuses entries that do not
+///    chain on;
+/// 2. checks the new head against the latest recorded checkpoint: its signature must verify, the
+///    tree must not be smaller, and a consistency proof from the stored tiles must connect the
+///    two roots ([`Error::Forked`] otherwise);
+/// 3. refuses a second root for a size already signed, whether recorded in the store or signed
+///    earlier by this process ([`Error::SplitView`]);
+/// 4. signs, writes the note to every [`AnchorSink`] (a write-once sink refuses a different note
+///    for a size it holds), and records it in the store.
+///
+/// ```
+/// use sos_audit::{AuditStore, MemoryAuditStore, NewEntry};
+/// use sos_audit::note::NoteSigner;
+/// use sos_audit::tlog::{Checkpointer, prove};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
+/// let store = MemoryAuditStore::new();
+/// let tenant: sos_core::TenantId = "acme".parse()?;
+/// for n in 0..3 {
+///     store.append(NewEntry::new(tenant.clone(), "alice", "edit", "doc/1", &serde_json::json!({ "n": n }))?).await?;
+/// }
+/// let signer = NoteSigner::generate("example.com/sos-audit")?;
+/// let verifier = signer.verifier();
+/// let checkpointer = Checkpointer::new(store.clone(), signer);
+/// let signed = checkpointer.checkpoint_now(&tenant).await?;
+/// assert_eq!(signed.size(), 3);
+///
+/// // Anyone can prove an entry without the key; an auditor verifies with the public key.
+/// let proof = prove(&store, &tenant, 2, None).await?;
+/// let checkpoint = proof.verify(&verifier)?;
+/// assert_eq!(checkpoint.origin, "example.com/sos-audit/acme");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })
+/// # }
+/// ```
+pub struct Checkpointer<S> {
+    store: S,
+    signer: NoteSigner,
+    verifier: NoteVerifier,
+    policy: CheckpointPolicy,
+    clock: Arc<dyn Clock>,
+    anchors: Vec<Arc<dyn AnchorSink>>,
+    /// What this process signed last per tenant: survives a database administrator deleting
+    /// checkpoint rows for as long as the process runs.
+    signed: Mutex<HashMap<TenantId, (u64, Sha256Digest)>>,
+    /// One checkpoint at a time per checkpointer, so its own runs never race each other.
+    running: tokio::sync::Mutex<()>,
+}
+
+impl<S> std::fmt::Debug for Checkpointer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpointer")
+            .field("log", &self.signer.name())
+            .field("policy", &self.policy)
+            .field("anchors", &self.anchors.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: MerkleStore> Checkpointer<S> {
+    /// A checkpointer over `store`, signing with `signer` (load it with
+    /// [`load_signer`](super::load_signer)), with the default [`CheckpointPolicy`].
+    pub fn new(store: S, signer: NoteSigner) -> Self {
+        let verifier = signer.verifier();
+        Self {
+            store,
+            signer,
+            verifier,
+            policy: CheckpointPolicy::default(),
+            clock: Arc::new(SystemClock),
+            anchors: Vec::new(),
+            signed: Mutex::new(HashMap::new()),
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Uses `policy` for [`Checkpointer::tick`] and [`Checkpointer::run`].
+    pub fn with_policy(mut self, policy: CheckpointPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Uses `clock` for signing times and the pending-time threshold.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Also writes every checkpoint to `sink` before recording it.
+    pub fn with_anchor(mut self, sink: Arc<dyn AnchorSink>) -> Self {
+        self.anchors.push(sink);
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The public key that verifies this checkpointer's notes.
+    pub fn verifier(&self) -> &NoteVerifier {
+        &self.verifier
+    }
+
+    /// The origin of `tenant`'s checkpoints.
+    pub fn origin(&self, tenant: &TenantId) -> String {
+        origin_for(self.signer.name(), tenant)
+    }
+
+    /// The latest recorded checkpoint of `tenant`, if any (its signature is not re-checked; use
+    /// [`Checkpoint::open`] for that).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`].
+    pub async fn latest(&self, tenant: &TenantId) -> Result<Option<SignedCheckpoint>> {
+        self.store.latest_checkpoint(tenant).await
+    }
+
+    /// The inclusion proof of `tenant`'s entry `seq` against the latest checkpoint, signing a new
+    /// checkpoint first when the entry is not covered yet.
+    ///
+    /// # Errors
+    ///
+    /// As [`Checkpointer::checkpoint_now`] and [`prove`](super::prove).
+    pub async fn prove(&self, tenant: &TenantId, seq: u64) -> Result<super::EntryProof> {
+        match super::prove(&self.store, tenant, seq, None).await {
+            Err(Error::NotCheckpointed { .. }) => {
+                self.checkpoint_now(tenant).await?;
+                super::prove(&self.store, tenant, seq, None).await
+            }
+            other => other,
+        }
+    }
+
+    /// Signs a checkpoint of `tenant`'s whole chain now (on demand), or returns the latest one
+    /// when the chain has not grown since.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ChainBroken`], [`Error::Forked`], [`Error::SplitView`], [`Error::AnchorConflict`],
+    /// [`Error::Note`] when a recorded checkpoint does not verify with this key, [`Error::Storage`].
+    pub async fn checkpoint_now(&self, tenant: &TenantId) -> Result<SignedCheckpoint> {
+        let _running = self.running.lock().await;
+        let state = sync_tree(&self.store, tenant).await?;
+        let size = state.size;
+        let root = super::root_at(&self.store, tenant, size).await?;
+        let origin = self.origin(tenant);
+
+        let remembered = self.signed.lock().unwrap_or_else(PoisonError::into_inner).get(tenant).copied();
+        if let Some((signed_size, signed_root)) = remembered {
+            self.check_extends(tenant, signed_size, signed_root, size, root).await?;
+        }
+        let latest = self.store.latest_checkpoint(tenant).await?;
+        if let Some(latest) = &latest {
+            // A recorded checkpoint is only trusted once its signature verifies with our key.
+            let opened = Checkpoint::open(latest.note.as_bytes(), &self.verifier, &origin)?;
+            self.check_extends(tenant, opened.size, opened.root, size, root).await?;
+            if opened.size == size {
+                self.remember(tenant, size, root);
+                return Ok(latest.clone());
+            }
+        }
+        if let Some(same_size) = self.store.checkpoint_at(tenant, size).await?
+            && same_size.root() != root
+        {
+            return Err(Error::SplitView {
+                tenant: tenant.to_string(),
+                size,
+                recorded: same_size.root(),
+                computed: root,
+            });
+        }
+
+        let checkpoint = Checkpoint { origin, size, root, extensions: Vec::new() };
+        let note = checkpoint.sign(&self.signer)?;
+        let signed = SignedCheckpoint {
+            tenant: tenant.clone(),
+            checkpoint,
+            note,
+            signed_us: self.clock.now().timestamp_micros(),
+        };
+        let anchor = Anchor::new(&signed);
+        for sink in &self.anchors {
+            sink.write(&anchor).await?;
+        }
+        let recorded = self.store.record_checkpoint(&signed).await?;
+        if recorded.root() != root {
+            return Err(Error::SplitView {
+                tenant: tenant.to_string(),
+                size,
+                recorded: recorded.root(),
+                computed: root,
+            });
+        }
+        self.remember(tenant, size, root);
+        Ok(recorded)
+    }
+
+    fn remember(&self, tenant: &TenantId, size: u64, root: Sha256Digest) {
+        let mut signed = self.signed.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = signed.entry(tenant.clone()).or_insert((size, root));
+        if entry.0 <= size {
+            *entry = (size, root);
+        }
+    }
+
+    /// Checks that the tree of `size` leaves with `root` extends the signed head
+    /// (`signed_size`, `signed_root`).
+    async fn check_extends(
+        &self,
+        tenant: &TenantId,
+        signed_size: u64,
+        signed_root: Sha256Digest,
+        size: u64,
+        root: Sha256Digest,
+    ) -> Result<()> {
+        if size < signed_size {
+            return Err(Error::Forked {
+                tenant: tenant.to_string(),
+                checkpoint_size: signed_size,
+                reason: format!("the tree has only {size} entries (its tail was cut off)"),
+            });
+        }
+        if size == signed_size {
+            if root != signed_root {
+                return Err(Error::SplitView {
+                    tenant: tenant.to_string(),
+                    size,
+                    recorded: signed_root,
+                    computed: root,
+                });
+            }
+            return Ok(());
+        }
+        let proof = super::consistency_proof(&self.store, tenant, signed_size, size).await?;
+        proof.verify(&signed_root, &root).map_err(|error| Error::Forked {
+            tenant: tenant.to_string(),
+            checkpoint_size: signed_size,
+            reason: format!("the consistency proof from the stored tree fails: {error}"),
+        })
+    }
+
+    /// Whether `tenant` is due for a checkpoint under the policy.
+    async fn due(&self, tenant: &TenantId) -> Result<bool> {
+        let Some(head) = self.store.head(tenant).await? else { return Ok(false) };
+        let signed = self.store.latest_checkpoint(tenant).await?.map_or(0, |latest| latest.size());
+        if head.seq <= signed {
+            return Ok(false);
+        }
+        if head.seq - signed >= self.policy.every {
+            return Ok(true);
+        }
+        let oldest = self.store.read_page(tenant, signed, 1).await?;
+        let Some(oldest) = oldest.first() else { return Ok(false) };
+        let waited_us = self.clock.now().timestamp_micros().saturating_sub(oldest.time_us);
+        let limit_us = i64::try_from(self.policy.max_delay.as_micros()).unwrap_or(i64::MAX);
+        Ok(waited_us >= limit_us)
+    }
+
+    /// Signs a checkpoint for every tenant that is due (N entries pending, or the oldest pending
+    /// entry older than T), and returns them. A tenant whose checkpoint fails does not stop the
+    /// others; its error is returned beside the successes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] when the tenants cannot be listed.
+    pub async fn tick(&self) -> Result<Vec<(TenantId, Result<SignedCheckpoint>)>> {
+        let mut done = Vec::new();
+        for tenant in self.store.tenants().await? {
+            let outcome = match self.due(&tenant).await {
+                Ok(true) => self.checkpoint_now(&tenant).await,
+                Ok(false) => continue,
+                Err(error) => Err(error),
+            };
+            done.push((tenant, outcome));
+        }
+        Ok(done)
+    }
+
+    /// Runs [`Checkpointer::tick`] every poll interval until `shutdown` resolves, calling
+    /// `report` with each outcome and its tenant (`None` when the tenants could not be listed).
+    /// Log them: a refused split view or fork needs a person.
+    pub async fn run<F, R>(&self, shutdown: F, mut report: R)
+    where
+        F: std::future::Future<Output = ()>,
+        R: FnMut(Option<&TenantId>, &Result<SignedCheckpoint>),
+    {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut interval = tokio::time::interval(self.policy.poll_interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = interval.tick() => {}
+            }
+            match self.tick().await {
+                Ok(outcomes) => {
+                    for (tenant, outcome) in &outcomes {
+                        report(Some(tenant), outcome);
+                    }
+                }
+                Err(error) => report(None, &Err(error)),
+            }
+        }
+    }
+}

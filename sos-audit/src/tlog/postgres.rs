@@ -1,0 +1,215 @@
+//! The PostgreSQL Merkle store of [`PgAuditChain`] (feature `postgres`).
+
+use std::collections::BTreeMap;
+
+use sos_core::{Sha256Digest, TenantId};
+use sqlx::Row as _;
+use sqlx::postgres::{PgConnection, PgRow};
+
+use super::{
+    MerkleStore, SignedCheckpoint, TileBuilder, TileKey, TreeState, corrupt_tree, edge_tiles, push_entries,
+};
+use crate::PgAuditChain;
+use crate::error::{Error, Result, storage};
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn state_from_row(tenant: &TenantId, row: &PgRow) -> Result<TreeState> {
+    let size: i64 = row.try_get("size").map_err(storage)?;
+    let hash: Vec<u8> = row.try_get("last_entry_hash").map_err(storage)?;
+    let bad = |reason| Error::CorruptTree { tenant: tenant.to_string(), reason };
+    let size = u64::try_from(size).map_err(|_| bad("negative tree size"))?;
+    let hash = <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| bad("last entry hash is not 32 bytes"))?;
+    Ok(TreeState { size, last_entry_hash: Sha256Digest::from_bytes(hash) })
+}
+
+async fn read_state(conn: &mut PgConnection, tenant: &TenantId) -> Result<TreeState> {
+    let row = sqlx::query("SELECT size, last_entry_hash FROM audit_tree_heads WHERE tenant = $1")
+        .bind(tenant.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(storage)?;
+    match row {
+        Some(row) => state_from_row(tenant, &row),
+        None => Ok(TreeState { size: 0, last_entry_hash: Sha256Digest::ZERO }),
+    }
+}
+
+async fn read_tiles_on(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    keys: &[TileKey],
+) -> Result<Vec<(TileKey, Vec<u8>)>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let levels: Vec<i16> = keys.iter().map(|key| i16::from(key.level)).collect();
+    let indexes: Vec<i64> = keys.iter().map(|key| to_i64(key.index)).collect();
+    let rows = sqlx::query(
+        "SELECT level, idx, hashes FROM audit_tree_tiles
+         WHERE tenant = $1 AND (level, idx) IN (SELECT * FROM UNNEST($2::smallint[], $3::bigint[]))",
+    )
+    .bind(tenant.as_str())
+    .bind(levels)
+    .bind(indexes)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(storage)?;
+    rows.iter()
+        .map(|row| {
+            let level: i16 = row.try_get("level").map_err(storage)?;
+            let index: i64 = row.try_get("idx").map_err(storage)?;
+            let hashes: Vec<u8> = row.try_get("hashes").map_err(storage)?;
+            let bad =
+                || Error::CorruptTree { tenant: tenant.to_string(), reason: "a tile key is out of range" };
+            let key = TileKey {
+                level: u8::try_from(level).map_err(|_| bad())?,
+                index: u64::try_from(index).map_err(|_| bad())?,
+            };
+            Ok((key, hashes))
+        })
+        .collect()
+}
+
+fn checkpoint_from_row(tenant: &TenantId, row: &PgRow) -> Result<SignedCheckpoint> {
+    let note: String = row.try_get("note").map_err(storage)?;
+    let signed_us: i64 = row.try_get("signed_us").map_err(storage)?;
+    super::checkpoint_from_parts(tenant, note, signed_us)
+}
+
+impl MerkleStore for PgAuditChain {
+    async fn extend_tree(&self, tenant: &TenantId, max_entries: u32) -> Result<TreeState> {
+        let mut tx = self.pool().begin().await.map_err(storage)?;
+        // The tenant's tree head row, locked until commit, serializes extenders of one tenant.
+        sqlx::query(
+            "INSERT INTO audit_tree_heads (tenant, size, last_entry_hash) VALUES ($1, 0, $2)
+             ON CONFLICT (tenant) DO NOTHING",
+        )
+        .bind(tenant.as_str())
+        .bind(Sha256Digest::ZERO.as_bytes().as_slice())
+        .execute(&mut *tx)
+        .await
+        .map_err(storage)?;
+        let row =
+            sqlx::query("SELECT size, last_entry_hash FROM audit_tree_heads WHERE tenant = $1 FOR UPDATE")
+                .bind(tenant.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(storage)?;
+        let current = state_from_row(tenant, &row)?;
+        let rows = sqlx::query(
+            "SELECT tenant, seq, time_us, actor, action, subject, payload, prev_hash, hash
+             FROM audit_entries WHERE tenant = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(tenant.as_str())
+        .bind(to_i64(current.size))
+        .bind(i64::from(max_entries))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(storage)?;
+        if rows.is_empty() {
+            return Ok(current);
+        }
+        let entries = rows
+            .iter()
+            .map(|row| {
+                crate::entry_from_parts(crate::RowParts {
+                    tenant: row.try_get("tenant").map_err(storage)?,
+                    seq: row.try_get("seq").map_err(storage)?,
+                    time_us: row.try_get("time_us").map_err(storage)?,
+                    actor: row.try_get("actor").map_err(storage)?,
+                    action: row.try_get("action").map_err(storage)?,
+                    subject: row.try_get("subject").map_err(storage)?,
+                    payload: row.try_get("payload").map_err(storage)?,
+                    prev_hash: row.try_get("prev_hash").map_err(storage)?,
+                    hash: row.try_get("hash").map_err(storage)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let edge_keys: Vec<TileKey> = edge_tiles(current.size).into_iter().map(|(key, _)| key).collect();
+        let edges: BTreeMap<TileKey, Vec<u8>> =
+            read_tiles_on(&mut tx, tenant, &edge_keys).await?.into_iter().collect();
+        let mut builder =
+            TileBuilder::resume(current.size, &edges).map_err(|bad| corrupt_tree(tenant, bad))?;
+        let mut state = current;
+        push_entries(tenant, &mut state, &mut builder, &entries)?;
+        let changed = builder.take_changed();
+        let levels: Vec<i16> = changed.iter().map(|(key, _)| i16::from(key.level)).collect();
+        let indexes: Vec<i64> = changed.iter().map(|(key, _)| to_i64(key.index)).collect();
+        let hashes: Vec<Vec<u8>> = changed.into_iter().map(|(_, bytes)| bytes).collect();
+        sqlx::query(
+            "INSERT INTO audit_tree_tiles (tenant, level, idx, hashes)
+             SELECT $1, * FROM UNNEST($2::smallint[], $3::bigint[], $4::bytea[])
+             ON CONFLICT (tenant, level, idx) DO UPDATE SET hashes = excluded.hashes",
+        )
+        .bind(tenant.as_str())
+        .bind(levels)
+        .bind(indexes)
+        .bind(hashes)
+        .execute(&mut *tx)
+        .await
+        .map_err(storage)?;
+        sqlx::query("UPDATE audit_tree_heads SET size = $2, last_entry_hash = $3 WHERE tenant = $1")
+            .bind(tenant.as_str())
+            .bind(to_i64(state.size))
+            .bind(state.last_entry_hash.as_bytes().as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(storage)?;
+        tx.commit().await.map_err(storage)?;
+        Ok(state)
+    }
+
+    async fn tree_state(&self, tenant: &TenantId) -> Result<TreeState> {
+        let mut conn = self.pool().acquire().await.map_err(storage)?;
+        read_state(&mut conn, tenant).await
+    }
+
+    async fn read_tiles(&self, tenant: &TenantId, keys: &[TileKey]) -> Result<Vec<(TileKey, Vec<u8>)>> {
+        let mut conn = self.pool().acquire().await.map_err(storage)?;
+        read_tiles_on(&mut conn, tenant, keys).await
+    }
+
+    async fn latest_checkpoint(&self, tenant: &TenantId) -> Result<Option<SignedCheckpoint>> {
+        let row = sqlx::query(
+            "SELECT note, signed_us FROM audit_checkpoints WHERE tenant = $1 ORDER BY size DESC LIMIT 1",
+        )
+        .bind(tenant.as_str())
+        .fetch_optional(self.pool())
+        .await
+        .map_err(storage)?;
+        row.map(|row| checkpoint_from_row(tenant, &row)).transpose()
+    }
+
+    async fn checkpoint_at(&self, tenant: &TenantId, size: u64) -> Result<Option<SignedCheckpoint>> {
+        let row =
+            sqlx::query("SELECT note, signed_us FROM audit_checkpoints WHERE tenant = $1 AND size = $2")
+                .bind(tenant.as_str())
+                .bind(to_i64(size))
+                .fetch_optional(self.pool())
+                .await
+                .map_err(storage)?;
+        row.map(|row| checkpoint_from_row(tenant, &row)).transpose()
+    }
+
+    async fn record_checkpoint(&self, checkpoint: &SignedCheckpoint) -> Result<SignedCheckpoint> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (tenant, size, root, note, signed_us) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (tenant, size) DO NOTHING",
+        )
+        .bind(checkpoint.tenant.as_str())
+        .bind(to_i64(checkpoint.size()))
+        .bind(checkpoint.root().as_bytes().as_slice())
+        .bind(&checkpoint.note)
+        .bind(checkpoint.signed_us)
+        .execute(self.pool())
+        .await
+        .map_err(storage)?;
+        self.checkpoint_at(&checkpoint.tenant, checkpoint.size()).await?.ok_or(Error::CorruptTree {
+            tenant: checkpoint.tenant.to_string(),
+            reason: "a recorded checkpoint vanished",
+        })
+    }
+}

@@ -1,0 +1,476 @@
+//! One behavioural suite for every `MerkleStore` (memory, SQLite, PostgreSQL): stored tiles,
+//! checkpoints, proofs, split views and forks, anchors and tile export.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use sos_audit::merkle::{MemoryTree, ProofError, leaf_hash};
+use sos_audit::note::{Checkpoint, NoteSigner};
+use sos_audit::tlog::{
+    self, Anchor, AnchorSink, CheckpointFinding, CheckpointPolicy, Checkpointer, FsAnchorSink, MerkleStore,
+    TileSet,
+};
+use sos_audit::{AuditStore, Error, MemoryAuditStore};
+use sos_core::ManualClock;
+
+use crate::{entry, tenant};
+
+const LOG: &str = "example.com/sos-audit";
+
+fn clock() -> ManualClock {
+    ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 9, 0, 0).single().expect("valid time"))
+}
+
+fn signer() -> NoteSigner {
+    NoteSigner::generate(LOG).expect("valid key name")
+}
+
+async fn append_n<S: AuditStore>(store: &S, tenant_name: &str, from: u64, count: u64) {
+    for index in from..from + count {
+        store.append(entry(tenant_name, index)).await.expect("append");
+    }
+}
+
+/// The tree the chain implies, built independently in memory from the entries.
+async fn reference_tree<S: AuditStore>(store: &S, tenant_name: &str) -> MemoryTree {
+    let mut tree = MemoryTree::new();
+    for stored in store.read_page(&tenant(tenant_name), 0, 100_000).await.expect("read") {
+        tree.push(stored.hash.as_bytes());
+    }
+    tree
+}
+
+pub(crate) async fn stored_tree_matches_the_chain<S: MerkleStore>(store: S) {
+    let acme = tenant("acme");
+    assert_eq!(store.tree_state(&acme).await.expect("state").size, 0);
+    append_n(&store, "acme", 0, 300).await;
+    append_n(&store, "globex", 0, 3).await;
+    // Extend in uneven steps, as checkpoints at arbitrary times would.
+    for step in [1, 99, 156, 30] {
+        store.extend_tree(&acme, step).await.expect("extend");
+    }
+    assert_eq!(store.tree_state(&acme).await.expect("state").size, 286);
+    let state = tlog::sync_tree(&store, &acme).await.expect("sync");
+    assert_eq!(state.size, 300);
+    assert_eq!(state.last_entry_hash, store.head(&acme).await.expect("head").expect("head").hash);
+    assert_eq!(store.tree_state(&tenant("globex")).await.expect("state").size, 0, "tenants are separate");
+
+    let reference = reference_tree(&store, "acme").await;
+    for size in [1, 2, 255, 256, 257, 300] {
+        let expected = sos_audit::merkle::root_at(&reference, size).expect("reference root");
+        assert_eq!(tlog::root_at(&store, &acme, size).await.expect("root"), expected, "size {size}");
+    }
+    for (index, size) in [(0, 1), (0, 300), (255, 256), (256, 300), (299, 300), (17, 100)] {
+        let proof = tlog::inclusion_proof(&store, &acme, index, size).await.expect("proof");
+        let expected = sos_audit::merkle::inclusion_proof(&reference, index, size).expect("reference proof");
+        assert_eq!(proof.hashes, expected, "index {index} size {size}");
+    }
+    for (old, new) in [(1, 300), (256, 300), (100, 257), (300, 300)] {
+        let proof = tlog::consistency_proof(&store, &acme, old, new).await.expect("consistency");
+        let old_root = sos_audit::merkle::root_at(&reference, old).expect("root");
+        let new_root = sos_audit::merkle::root_at(&reference, new).expect("root");
+        proof.verify(&old_root, &new_root).expect("consistent");
+    }
+    // A size beyond the stored tree is refused with a typed error, never a rescan.
+    let too_big = tlog::root_at(&store, &acme, 301).await.expect_err("larger than the tree");
+    assert!(
+        matches!(too_big, Error::Proof(ProofError::TreeTooSmall { size: 301, available: 300 })),
+        "{too_big:?}"
+    );
+    let out_of_range = tlog::inclusion_proof(&store, &acme, 300, 300).await.expect_err("index out of range");
+    assert!(matches!(out_of_range, Error::Proof(ProofError::IndexOutOfRange { .. })), "{out_of_range:?}");
+}
+
+pub(crate) async fn checkpoints_sign_prove_and_verify<S: MerkleStore + Clone>(store: S) {
+    let acme = tenant("acme");
+    let signer = signer();
+    let verifier = signer.verifier();
+    let checkpointer = Checkpointer::new(store.clone(), signer);
+    assert_eq!(checkpointer.latest(&acme).await.expect("latest"), None);
+    let not_yet = tlog::prove(&store, &acme, 1, None).await.expect_err("no checkpoint yet");
+    assert!(matches!(not_yet, Error::NotCheckpointed { checkpoint_size: None, .. }), "{not_yet:?}");
+
+    append_n(&store, "acme", 0, 5).await;
+    let first = checkpointer.checkpoint_now(&acme).await.expect("checkpoint");
+    assert_eq!(first.size(), 5);
+    let opened =
+        Checkpoint::open(first.note.as_bytes(), &verifier, "example.com/sos-audit/acme").expect("opens");
+    assert_eq!(opened.root, reference_tree(&store, "acme").await.root());
+    assert_eq!(checkpointer.latest(&acme).await.expect("latest"), Some(first.clone()));
+    // Nothing new: the same checkpoint, not a second signature.
+    assert_eq!(checkpointer.checkpoint_now(&acme).await.expect("again"), first);
+
+    for seq in 1..=5 {
+        let proof = tlog::prove(&store, &acme, seq, None).await.expect("prove");
+        let checkpoint = proof.verify(&verifier).expect("the proof verifies");
+        assert_eq!(checkpoint.size, 5);
+        let json = serde_json::to_vec(&proof).expect("json");
+        assert_eq!(tlog::EntryProof::from_json(&json).expect("parse"), proof);
+    }
+
+    append_n(&store, "acme", 5, 4).await;
+    let uncovered = tlog::prove(&store, &acme, 7, None).await.expect_err("not covered yet");
+    assert!(
+        matches!(uncovered, Error::NotCheckpointed { checkpoint_size: Some(5), seq: 7, .. }),
+        "{uncovered:?}"
+    );
+    let missing = tlog::prove(&store, &acme, 10, None).await.expect_err("no such entry");
+    assert!(matches!(missing, Error::EntryNotFound { seq: 10, .. }), "{missing:?}");
+    let zero = tlog::prove(&store, &acme, 0, None).await.expect_err("seq 0");
+    assert!(matches!(zero, Error::EntryNotFound { seq: 0, .. }), "{zero:?}");
+    // The checkpointer signs on demand when asked to prove an uncovered entry.
+    let proof = checkpointer.prove(&acme, 7).await.expect("prove on demand");
+    assert_eq!(proof.proof.size, 9);
+    proof.verify(&verifier).expect("verifies");
+    // An old checkpoint still answers proofs at its size.
+    let old = tlog::prove(&store, &acme, 2, Some(5)).await.expect("prove at 5");
+    old.verify(&verifier).expect("verifies at the old size");
+    let second = checkpointer.latest(&acme).await.expect("latest").expect("a checkpoint");
+    let consistency = tlog::consistency_proof(&store, &acme, 5, 9).await.expect("consistency");
+    consistency.verify(&first.root(), &second.root()).expect("append-only");
+
+    // The chain matches both checkpoints.
+    let checkpoints = [first.checkpoint.clone(), second.checkpoint.clone()];
+    assert!(tlog::verify_checkpoints(&store, &acme, &checkpoints).await.expect("verify").is_empty());
+}
+
+pub(crate) async fn proofs_for_the_wrong_entry_or_size_are_refused<S: MerkleStore + Clone>(store: S) {
+    let acme = tenant("acme");
+    let signer = signer();
+    let verifier = signer.verifier();
+    let checkpointer = Checkpointer::new(store.clone(), signer);
+    append_n(&store, "acme", 0, 6).await;
+    checkpointer.checkpoint_now(&acme).await.expect("checkpoint");
+    let good = tlog::prove(&store, &acme, 3, None).await.expect("prove");
+
+    let mut wrong_index = good.clone();
+    wrong_index.seq = 4;
+    let refused = wrong_index.verify(&verifier).expect_err("another entry's proof");
+    assert!(matches!(refused, Error::ProofMismatch { .. }), "{refused:?}");
+
+    let mut wrong_size = good.clone();
+    wrong_size.proof.size = 5;
+    let refused = wrong_size.verify(&verifier).expect_err("another size");
+    assert!(matches!(refused, Error::ProofMismatch { .. }), "{refused:?}");
+
+    let mut wrong_leaf = good.clone();
+    wrong_leaf.entry_hash = tlog::prove(&store, &acme, 4, None).await.expect("prove").entry_hash;
+    let refused = wrong_leaf.verify(&verifier).expect_err("another leaf");
+    assert!(matches!(refused, Error::Proof(ProofError::RootMismatch { .. })), "{refused:?}");
+
+    let mut truncated = good.clone();
+    truncated.proof.hashes.pop();
+    let refused = truncated.verify(&verifier).expect_err("a hash short");
+    assert!(matches!(refused, Error::Proof(ProofError::WrongProofLength { .. })), "{refused:?}");
+
+    let other_key = NoteSigner::generate(LOG).expect("key").verifier();
+    let refused = good.verify(&other_key).expect_err("another key");
+    assert!(matches!(refused, Error::Note(_)), "{refused:?}");
+
+    let mut foreign = good.clone();
+    foreign.tenant = tenant("globex");
+    let refused = foreign.verify(&verifier).expect_err("another tenant's origin");
+    assert!(matches!(refused, Error::Note(sos_audit::note::NoteError::WrongOrigin { .. })), "{refused:?}");
+    let mut forged = good.clone();
+    forged.checkpoint = forged.checkpoint.replacen("\n6\n", "\n7\n", 1);
+    let refused = forged.verify(&verifier).expect_err("edited checkpoint");
+    assert!(matches!(refused, Error::Note(sos_audit::note::NoteError::BadSignature { .. })), "{refused:?}");
+}
+
+pub(crate) async fn policy_signs_every_n_and_after_max_delay<S: MerkleStore + Clone>(
+    store: S,
+    clock: ManualClock,
+) {
+    let policy = CheckpointPolicy::default().every(4).max_delay(Duration::from_secs(60));
+    let checkpointer =
+        Checkpointer::new(store.clone(), signer()).with_policy(policy).with_clock(Arc::new(clock.clone()));
+    assert!(checkpointer.tick().await.expect("tick").is_empty(), "nothing to sign");
+    append_n(&store, "acme", 0, 3).await;
+    assert!(checkpointer.tick().await.expect("tick").is_empty(), "3 of 4 pending, none old");
+    append_n(&store, "acme", 3, 1).await;
+    let done = checkpointer.tick().await.expect("tick");
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].1.as_ref().expect("signed").size(), 4);
+    append_n(&store, "acme", 4, 1).await;
+    assert!(checkpointer.tick().await.expect("tick").is_empty(), "1 pending, not old yet");
+    clock.advance(chrono::Duration::seconds(59));
+    assert!(checkpointer.tick().await.expect("tick").is_empty(), "59 s is within the limit");
+    clock.advance(chrono::Duration::seconds(2));
+    let done = checkpointer.tick().await.expect("tick");
+    assert_eq!(done.len(), 1, "a quiet log is checkpointed after the delay");
+    assert_eq!(done[0].1.as_ref().expect("signed").size(), 5);
+}
+
+/// Two deployments of one log key over diverging chains: what one signed, the other must not
+/// contradict.
+pub(crate) async fn split_view_and_fork_are_refused<S: MerkleStore + Clone>(honest: S, other: S) {
+    let acme = tenant("acme");
+    let signer_text = signer().to_key_string();
+    let load = || NoteSigner::from_key_string(&signer_text).expect("key");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let anchor: Arc<dyn AnchorSink> = Arc::new(FsAnchorSink::new(dir.path()));
+
+    append_n(&honest, "acme", 0, 3).await;
+    let honest_checkpointer = Checkpointer::new(honest.clone(), load()).with_anchor(Arc::clone(&anchor));
+    let signed = honest_checkpointer.checkpoint_now(&acme).await.expect("checkpoint");
+
+    // The other chain has three different entries.
+    append_n(&other, "acme", 100, 3).await;
+    let other_checkpointer = Checkpointer::new(other.clone(), load()).with_anchor(Arc::clone(&anchor));
+    let refused = other_checkpointer.checkpoint_now(&acme).await.expect_err("the anchor holds size 3");
+    assert!(matches!(refused, Error::AnchorConflict { size: 3, .. }), "{refused:?}");
+
+    // With the honest checkpoint recorded in its store, the other log refuses to sign a second
+    // root for size 3 ...
+    other.record_checkpoint(&signed).await.expect("record");
+    let fresh = Checkpointer::new(other.clone(), load());
+    let refused = fresh.checkpoint_now(&acme).await.expect_err("split view");
+    assert!(matches!(refused, Error::SplitView { size: 3, .. }), "{refused:?}");
+    // ... and, once it grows, refuses to sign what does not extend the signed checkpoint.
+    append_n(&other, "acme", 103, 2).await;
+    let refused = fresh.checkpoint_now(&acme).await.expect_err("fork");
+    assert!(matches!(refused, Error::Forked { checkpoint_size: 3, .. }), "{refused:?}");
+
+    // The verifier reports both checkpoints of size 3 as a split view, and the other chain as
+    // forked from the honest checkpoint.
+    let other_signed = Checkpoint {
+        origin: "example.com/sos-audit/acme".to_owned(),
+        size: 3,
+        root: reference_tree(&other, "acme").await.root_at_size(3),
+        extensions: Vec::new(),
+    };
+    let findings = tlog::verify_checkpoints(&other, &acme, &[signed.checkpoint.clone(), other_signed])
+        .await
+        .expect("verify");
+    assert!(
+        findings.iter().any(|f| matches!(f, CheckpointFinding::SplitView { size: 3, .. })),
+        "{findings:?}"
+    );
+    assert!(findings.iter().any(|f| matches!(f, CheckpointFinding::Forked { size: 3, .. })), "{findings:?}");
+}
+
+pub(crate) async fn checkpoint_larger_than_the_log_is_truncation<S: MerkleStore + Clone>(store: S) {
+    let acme = tenant("acme");
+    append_n(&store, "acme", 0, 4).await;
+    let claimed = Checkpoint {
+        origin: "example.com/sos-audit/acme".to_owned(),
+        size: 9,
+        root: reference_tree(&store, "acme").await.root(),
+        extensions: Vec::new(),
+    };
+    let findings = tlog::verify_checkpoints(&store, &acme, &[claimed]).await.expect("verify");
+    assert_eq!(findings, vec![CheckpointFinding::Truncated { checkpoint_size: 9, log_size: 4 }]);
+}
+
+pub(crate) async fn tiles_export_and_read_back<S: MerkleStore + Clone>(store: S) {
+    let acme = tenant("acme");
+    let signer = signer();
+    let verifier = signer.verifier();
+    let checkpointer = Checkpointer::new(store.clone(), signer);
+    append_n(&store, "acme", 0, 600).await;
+    checkpointer.checkpoint_now(&acme).await.expect("checkpoint");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exported = tlog::export_tiles(&store, &acme, dir.path()).await.expect("export");
+    assert_eq!(exported.size(), 600);
+
+    // An auditor with only the files and the public key:
+    let note = std::fs::read(dir.path().join("checkpoint")).expect("checkpoint file");
+    let checkpoint = Checkpoint::open(&note, &verifier, "example.com/sos-audit/acme").expect("opens");
+    let mut tiles = TileSet::new(checkpoint.size);
+    for (key, width) in tlog::tiles_for_size(checkpoint.size) {
+        let bytes = std::fs::read(dir.path().join(key.path(width))).expect("tile file");
+        assert_eq!(bytes.len() as u64, width * 32);
+        tiles.insert(key, &bytes).expect("tile");
+    }
+    assert!(dir.path().join("tile/0/002.p/88").is_file());
+    assert!(dir.path().join("tile/1/000.p/2").is_file());
+    let bundle = std::fs::read(dir.path().join("tile/entries/001")).expect("entry bundle");
+    assert_eq!(bundle.len(), 256 * 34);
+    // Entry 300 is leaf 299: the 44th entry of bundle 1.
+    let at = 43 * 34;
+    assert_eq!(&bundle[at..at + 2], &[0, 32]);
+    let leaf_data = &bundle[at + 2..at + 34];
+    let stored = store.read_page(&acme, 299, 1).await.expect("read");
+    assert_eq!(leaf_data, stored[0].hash.as_bytes());
+    let proof = sos_audit::merkle::inclusion_proof(&tiles, 299, checkpoint.size).expect("proof from tiles");
+    sos_audit::merkle::verify_inclusion(
+        &leaf_hash(leaf_data),
+        299,
+        checkpoint.size,
+        &proof,
+        &checkpoint.root,
+    )
+    .expect("the proof from the exported tiles verifies");
+    assert_eq!(sos_audit::merkle::root_at(&tiles, checkpoint.size).expect("root"), checkpoint.root);
+}
+
+pub(crate) async fn concurrent_checkpointers_agree<S: MerkleStore + Clone + 'static>(store: S) {
+    let acme = tenant("acme");
+    let key = signer().to_key_string();
+    append_n(&store, "acme", 0, 40).await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let store = store.clone();
+        let key = key.clone();
+        let acme = acme.clone();
+        tasks.push(tokio::spawn(async move {
+            let checkpointer = Checkpointer::new(store, NoteSigner::from_key_string(&key).expect("key"));
+            checkpointer.checkpoint_now(&acme).await
+        }));
+    }
+    let mut notes = Vec::new();
+    for task in tasks {
+        notes.push(task.await.expect("task").expect("checkpoint").note);
+    }
+    notes.dedup();
+    assert_eq!(notes.len(), 1, "every checkpointer signed the same head");
+    assert_eq!(store.tree_state(&acme).await.expect("state").size, 40);
+}
+
+pub(crate) async fn anchors_are_write_once(sink: Arc<dyn AnchorSink>) {
+    let signer = signer();
+    let acme = tenant("acme");
+    let make = |root_byte: u8| {
+        let checkpoint = Checkpoint {
+            origin: "example.com/sos-audit/acme".to_owned(),
+            size: 7,
+            root: sos_core::Sha256Digest::from_bytes([root_byte; 32]),
+            extensions: Vec::new(),
+        };
+        let note = checkpoint.sign(&signer).expect("sign");
+        Anchor { tenant: acme.clone(), size: 7, root: checkpoint.root, note, timestamp_token: None }
+    };
+    let first = sink.write(&make(1)).await.expect("first write");
+    assert!(!first.already_present);
+    let again = sink.write(&make(1)).await.expect("same note again is a retry");
+    assert!(again.already_present);
+    let refused = sink.write(&make(2)).await.expect_err("a different note for size 7");
+    assert!(matches!(refused, Error::AnchorConflict { size: 7, .. }), "{refused:?}");
+    let with_token = Anchor { size: 8, ..make(3) }.with_timestamp_token(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
+    sink.write(&with_token).await.expect("an anchor with a timestamp token");
+}
+
+trait RootAtSize {
+    fn root_at_size(&self, size: u64) -> sos_core::Sha256Digest;
+}
+
+impl RootAtSize for MemoryTree {
+    fn root_at_size(&self, size: u64) -> sos_core::Sha256Digest {
+        sos_audit::merkle::root_at(self, size).expect("root")
+    }
+}
+
+macro_rules! tlog_suite {
+    ($module:ident, $make:expr) => {
+        mod $module {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn stored_tree_matches_the_chain() {
+                let (store, _guard) = $make(clock()).await;
+                super::stored_tree_matches_the_chain(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn checkpoints_sign_prove_and_verify() {
+                let (store, _guard) = $make(clock()).await;
+                super::checkpoints_sign_prove_and_verify(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn proofs_for_the_wrong_entry_or_size_are_refused() {
+                let (store, _guard) = $make(clock()).await;
+                super::proofs_for_the_wrong_entry_or_size_are_refused(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn policy_signs_every_n_and_after_max_delay() {
+                let clock = clock();
+                let (store, _guard) = $make(clock.clone()).await;
+                super::policy_signs_every_n_and_after_max_delay(store, clock).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn split_view_and_fork_are_refused() {
+                let (honest, _honest_guard) = $make(clock()).await;
+                let (other, _other_guard) = $make(clock()).await;
+                super::split_view_and_fork_are_refused(honest, other).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn checkpoint_larger_than_the_log_is_truncation() {
+                let (store, _guard) = $make(clock()).await;
+                super::checkpoint_larger_than_the_log_is_truncation(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tiles_export_and_read_back() {
+                let (store, _guard) = $make(clock()).await;
+                super::tiles_export_and_read_back(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_checkpointers_agree() {
+                let (store, _guard) = $make(clock()).await;
+                super::concurrent_checkpointers_agree(store).await;
+            }
+        }
+    };
+}
+
+async fn memory_store(clock: ManualClock) -> (MemoryAuditStore, ()) {
+    (MemoryAuditStore::new().with_clock(Arc::new(clock)), ())
+}
+
+tlog_suite!(memory, memory_store);
+
+#[cfg(feature = "sqlite")]
+async fn sqlite_store(clock: ManualClock) -> (sos_audit::SqliteAuditChain, sos_testkit::SqliteTestDatabase) {
+    let database = sos_testkit::SqliteTestDatabase::new(&[&sos_audit::sqlite_migrator()]).await;
+    (sos_audit::SqliteAuditChain::new(database.pool().clone()).with_clock(Arc::new(clock)), database)
+}
+
+#[cfg(feature = "sqlite")]
+tlog_suite!(sqlite, sqlite_store);
+
+#[cfg(feature = "postgres")]
+async fn postgres_store(clock: ManualClock) -> (sos_audit::PgAuditChain, sos_testkit::PgTestDatabase) {
+    let database = sos_testkit::PgTestDatabase::new(&[&sos_audit::postgres_migrator()]).await;
+    (sos_audit::PgAuditChain::new(database.pool().clone()).with_clock(Arc::new(clock)), database)
+}
+
+#[cfg(feature = "postgres")]
+tlog_suite!(postgres, postgres_store);
+
+#[tokio::test]
+async fn fs_anchor_sink_is_write_once_and_read_only() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sink = FsAnchorSink::new(dir.path());
+    anchors_are_write_once(Arc::new(sink.clone())).await;
+    let path = sink.path_of(&tenant("acme"), 7);
+    let metadata = std::fs::metadata(&path).expect("anchor file");
+    assert!(metadata.permissions().readonly(), "the anchor is read-only");
+    assert!(
+        sink.path_of(&tenant("acme"), 8).with_extension("tsr").is_file(),
+        "the token is kept beside its note"
+    );
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sqlite_anchor_sink_is_write_once() {
+    let database = sos_testkit::SqliteTestDatabase::new(&[&sos_audit::sqlite_migrator()]).await;
+    anchors_are_write_once(Arc::new(tlog::SqliteAnchorSink::new(database.pool().clone()))).await;
+    let deleted = sqlx::query("DELETE FROM audit_anchors").execute(database.pool()).await;
+    assert!(deleted.is_err(), "anchor rows cannot be deleted");
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn postgres_anchor_sink_is_write_once() {
+    let database = sos_testkit::PgTestDatabase::new(&[&sos_audit::postgres_migrator()]).await;
+    anchors_are_write_once(Arc::new(tlog::PgAnchorSink::new(database.pool().clone()))).await;
+    let updated = sqlx::query("UPDATE audit_anchors SET note = 'x'").execute(database.pool()).await;
+    assert!(updated.is_err(), "anchor rows cannot be updated");
+}
