@@ -1,7 +1,26 @@
-//! Start-up configuration, from flags and environment.
+//! Start-up configuration, from flags and environment, validated once at start.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use sos_audit::note::NoteSigner;
+use sos_core::TenantId;
+use sos_ruliads::pack::Pack;
+use sos_webhooks::signature::{StandardWebhooksVerifier, StripeVerifier};
+
+/// The secret the `--demo` tenant's webhooks are signed with when no secret is configured for it.
+///
+/// It is printed in the README's quick start and only ever applies to the tenant `demo`.
+pub const DEMO_STRIPE_SECRET: &str = "whsec_demo_stripe_secret_for_the_quick_start";
+/// The Standard Webhooks secret of the `--demo` tenant when none is configured (`whsec_` and
+/// base64 of `sos-demo-standard-webhooks-secret`).
+pub const DEMO_STANDARD_SECRET: &str = "whsec_c29zLWRlbW8tc3RhbmRhcmQtd2ViaG9va3Mtc2VjcmV0";
+/// The tenant `--demo` seeds.
+pub const DEMO_TENANT: &str = "demo";
 
 /// How the reference server is configured. Every flag also reads an environment variable.
 #[derive(Debug, Clone, clap::Parser)]
@@ -18,4 +37,237 @@ pub struct Config {
     /// The embedded SQLite database file, created on first run (ignored when DATABASE_URL is set).
     #[arg(long, env = "SOS_SQLITE_PATH", default_value = "sos-data/sos.sqlite")]
     pub sqlite_path: PathBuf,
+
+    /// The vertical packs directory (`<dir>/<vertical>/seed.json`), loaded and validated once.
+    #[arg(long, env = "SOS_PACKS", default_value = "examples/packs")]
+    pub packs: PathBuf,
+
+    /// The checkpoint signing key file; generated on first run (with a warning) when absent.
+    #[arg(long, env = "SOS_SIGNING_KEY", default_value = "sos-data/checkpoint.key")]
+    pub signing_key: PathBuf,
+
+    /// A webhook secret, `TENANT:PROVIDER=SECRET` (provider `stripe` or `standard`); repeat it,
+    /// or give several comma-separated in the environment. Several secrets for one tenant and
+    /// provider are all accepted (rotation).
+    #[arg(long = "webhook-secret", env = "SOS_WEBHOOK_SECRETS", value_delimiter = ',')]
+    pub webhook_secrets: Vec<String>,
+
+    /// A Slack-compatible incoming-webhook URL signals are posted to (Discord accepts the same
+    /// payload at its `/slack` URL); without it signals go to the log.
+    #[arg(long, env = "SOS_SLACK_WEBHOOK_URL")]
+    pub slack_webhook_url: Option<String>,
+
+    /// Seconds between periodic evaluations of every tenant's agents (0 turns them off).
+    #[arg(long, env = "SOS_EVAL_INTERVAL", default_value_t = 30)]
+    pub eval_interval: u64,
+
+    /// Seed the tenant `demo` with a planted agent, its history and a few deals, so that a
+    /// first signal arrives within a minute.
+    #[arg(long, env = "SOS_DEMO")]
+    pub demo: bool,
+
+    /// The largest request body accepted, in bytes (larger ones get 413).
+    #[arg(long, env = "SOS_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+/// A webhook provider the server accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ProviderKind {
+    /// Stripe (`Stripe-Signature`).
+    Stripe,
+    /// Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
+    Standard,
+}
+
+impl ProviderKind {
+    /// Parses a provider name as it appears in URLs and configuration.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "stripe" => Some(Self::Stripe),
+            "standard" => Some(Self::Standard),
+            _ => None,
+        }
+    }
+
+    /// The name in URLs and configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stripe => "stripe",
+            Self::Standard => "standard",
+        }
+    }
+}
+
+/// A ready signature verifier for one tenant and provider.
+#[derive(Debug, Clone)]
+pub enum Verifier {
+    /// Stripe.
+    Stripe(StripeVerifier),
+    /// Standard Webhooks.
+    Standard(StandardWebhooksVerifier),
+}
+
+/// Everything the configuration names, loaded and checked: what the server runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The flags and environment it came from.
+    pub config: Config,
+    /// The packs, by vertical name.
+    pub packs: Arc<BTreeMap<String, Arc<Pack>>>,
+    /// The checkpoint signer.
+    pub signer: Arc<NoteSigner>,
+    /// Signature verifiers by (tenant, provider).
+    pub verifiers: Arc<BTreeMap<(TenantId, ProviderKind), Verifier>>,
+    /// The Slack-compatible incoming webhook, when configured.
+    pub slack_webhook_url: Option<reqwest::Url>,
+}
+
+impl Settings {
+    /// Validates `config`, loads the packs and the signing key (creating it when absent) and
+    /// builds the webhook verifiers.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the flag and what to do, for every invalid value.
+    pub fn load(config: Config) -> anyhow::Result<Self> {
+        if config.max_body_bytes < 1024 {
+            bail!("--max-body-bytes {} is too small; give at least 1024", config.max_body_bytes);
+        }
+        if let Some(url) = &config.database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            bail!("--database-url / DATABASE_URL {url:?} is not a postgres:// URL; unset it to use the embedded SQLite file");
+        }
+        let packs = load_packs(&config.packs)?;
+        let signer = load_or_create_signer(&config.signing_key)?;
+        let verifiers = build_verifiers(&config)?;
+        let slack_webhook_url = match &config.slack_webhook_url {
+            None => None,
+            Some(text) => {
+                let url = reqwest::Url::parse(text).with_context(|| {
+                    format!("--slack-webhook-url / SOS_SLACK_WEBHOOK_URL {text:?} is not a URL")
+                })?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    bail!("--slack-webhook-url {text:?} must be an http:// or https:// URL");
+                }
+                Some(url)
+            }
+        };
+        Ok(Self {
+            config,
+            packs: Arc::new(packs),
+            signer: Arc::new(signer),
+            verifiers: Arc::new(verifiers),
+            slack_webhook_url,
+        })
+    }
+
+    /// The evaluation interval, `None` when periodic evaluation is off.
+    pub fn eval_interval(&self) -> Option<Duration> {
+        (self.config.eval_interval > 0).then(|| Duration::from_secs(self.config.eval_interval))
+    }
+}
+
+fn load_packs(dir: &Path) -> anyhow::Result<BTreeMap<String, Arc<Pack>>> {
+    if !dir.is_dir() {
+        bail!(
+            "the packs directory {} does not exist; run from the repository root or give --packs / SOS_PACKS \
+             (a directory of <vertical>/seed.json, such as examples/packs)",
+            dir.display()
+        );
+    }
+    let packs = Pack::load_dir(dir).with_context(|| format!("cannot load the packs in {}", dir.display()))?;
+    if packs.is_empty() {
+        bail!("the packs directory {} holds no <vertical>/seed.json; add one or point --packs elsewhere", dir.display());
+    }
+    Ok(packs.into_iter().map(|pack| (pack.vertical().to_owned(), Arc::new(pack))).collect())
+}
+
+fn load_or_create_signer(path: &Path) -> anyhow::Result<NoteSigner> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => NoteSigner::from_key_string(text.trim()).with_context(|| {
+            format!(
+                "the checkpoint signing key {} is not a note signing key; restore it from backup or move it away \
+                 to generate a new one",
+                path.display()
+            )
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let signer = NoteSigner::generate("sos-server").context("cannot generate a checkpoint signing key")?;
+            if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create directory {}", parent.display()))?;
+            }
+            write_private(path, &signer.to_key_string())
+                .with_context(|| format!("cannot write the checkpoint signing key to {}", path.display()))?;
+            tracing::warn!(
+                path = %path.display(),
+                verifier_key = %signer.verifier().to_key_string(),
+                "generated a new checkpoint signing key; back it up: checkpoints signed with it can only be checked with its verifier key"
+            );
+            Ok(signer)
+        }
+        Err(error) => Err(error).with_context(|| format!("cannot read the checkpoint signing key {}", path.display())),
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
+fn build_verifiers(config: &Config) -> anyhow::Result<BTreeMap<(TenantId, ProviderKind), Verifier>> {
+    let mut secrets: BTreeMap<(TenantId, ProviderKind), Vec<String>> = BTreeMap::new();
+    for item in config.webhook_secrets.iter().map(|item| item.trim()).filter(|item| !item.is_empty()) {
+        let Some((target, secret)) = item.split_once('=') else {
+            bail!("--webhook-secret {:?} is not TENANT:PROVIDER=SECRET", redact(item));
+        };
+        let Some((tenant, provider)) = target.split_once(':') else {
+            bail!("--webhook-secret {:?} is not TENANT:PROVIDER=SECRET (the ':' is missing)", redact(item));
+        };
+        let tenant: TenantId = tenant
+            .parse()
+            .with_context(|| format!("--webhook-secret for {target:?}: the tenant id is invalid"))?;
+        let Some(provider) = ProviderKind::parse(provider) else {
+            bail!("--webhook-secret for {target:?}: unknown provider {provider:?}; use stripe or standard");
+        };
+        secrets.entry((tenant, provider)).or_default().push(secret.to_owned());
+    }
+    if config.demo {
+        let demo: TenantId = DEMO_TENANT.parse().context("the demo tenant id")?;
+        for (provider, secret) in
+            [(ProviderKind::Stripe, DEMO_STRIPE_SECRET), (ProviderKind::Standard, DEMO_STANDARD_SECRET)]
+        {
+            secrets.entry((demo.clone(), provider)).or_insert_with(|| vec![secret.to_owned()]);
+        }
+    }
+    let mut verifiers = BTreeMap::new();
+    for ((tenant, provider), list) in secrets {
+        let verifier = match provider {
+            ProviderKind::Stripe => StripeVerifier::new(&list).map(Verifier::Stripe),
+            ProviderKind::Standard => StandardWebhooksVerifier::new(&list).map(Verifier::Standard),
+        }
+        .with_context(|| format!("--webhook-secret for {tenant}:{}", provider.as_str()))?;
+        verifiers.insert((tenant, provider), verifier);
+    }
+    Ok(verifiers)
+}
+
+/// The item with its secret replaced, for error messages.
+fn redact(item: &str) -> String {
+    match item.split_once('=') {
+        Some((target, _)) => format!("{target}=…"),
+        None => "…".to_owned(),
+    }
 }

@@ -1,18 +1,17 @@
 //! The server's storage: SQLite by default, PostgreSQL when configured.
+//!
+//! Every statement is written once: both backends accept `$N` placeholders, and every column is
+//! TEXT or a 64-bit integer, so the same SQL and the same binds run on either pool. The
+//! [`on_pool!`] macro expands a block once per backend.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sos_core::{Signal, TenantId};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-use crate::config::Config;
-
-/// The server's own migrations, one set per backend.
+/// The server's own migrations, one set per backend, as `(sqlite, postgres)`.
 ///
 /// Migration versions of every SOS crate live in their own numeric range so several crates can
 /// share one database; each migrator ignores the others' versions.
@@ -24,6 +23,26 @@ pub fn migrators() -> (Migrator, Migrator) {
     (sqlite, postgres)
 }
 
+/// Every migrator the server runs on SQLite: sos-audit, sos-webhooks, sos-identity, its own.
+pub fn sqlite_migrators() -> Vec<Migrator> {
+    vec![
+        sos_audit::sqlite_migrator(),
+        sos_webhooks::sqlite_migrator(),
+        sos_identity::sqlite_migrator(),
+        migrators().0,
+    ]
+}
+
+/// Every migrator the server runs on PostgreSQL: sos-audit, sos-webhooks, sos-identity, its own.
+pub fn postgres_migrators() -> Vec<Migrator> {
+    vec![
+        sos_audit::postgres_migrator(),
+        sos_webhooks::postgres_migrator(),
+        sos_identity::postgres_migrator(),
+        migrators().1,
+    ]
+}
+
 /// A connection pool on one of the supported backends.
 #[derive(Debug, Clone)]
 pub enum Database {
@@ -33,54 +52,94 @@ pub enum Database {
     Postgres(PgPool),
 }
 
-/// Whether an insert stored a new row or found the same id already there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Inserted {
-    /// A new row was stored.
-    New,
-    /// A row with the same (tenant, id) already existed; nothing changed.
-    Existing,
+/// Runs `$body` with `$pool` bound to the pool of whichever backend `$db` is.
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Database::Sqlite($pool) => $body,
+            $crate::db::Database::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// One bound value of a statement.
+#[derive(Debug, Clone)]
+pub(crate) enum Bind {
+    /// A TEXT value.
+    Text(String),
+    /// A 64-bit integer.
+    Int(i64),
 }
 
+/// A statement with its values, to run inside an audited write.
+#[derive(Debug, Clone)]
+pub(crate) struct Statement {
+    pub(crate) sql: &'static str,
+    pub(crate) binds: Vec<Bind>,
+}
+
+impl Statement {
+    pub(crate) fn new(sql: &'static str, binds: Vec<Bind>) -> Self {
+        Self { sql, binds }
+    }
+}
+
+/// Binds `$binds` (a slice of [`Bind`]) to the query or query_as `$query`, in order.
+macro_rules! bind_all {
+    ($query:expr, $binds:expr) => {{
+        let mut query = $query;
+        for bind in $binds {
+            query = match bind {
+                $crate::db::Bind::Text(text) => query.bind(text.clone()),
+                $crate::db::Bind::Int(value) => query.bind(*value),
+            };
+        }
+        query
+    }};
+}
+pub(crate) use bind_all;
+
 impl Database {
-    /// Opens the configured database and applies migrations.
+    /// Opens the database named by the configuration and applies every migration.
     ///
     /// # Errors
     ///
     /// When the database cannot be reached, created or migrated.
-    pub async fn open(config: &Config) -> anyhow::Result<Self> {
-        let (sqlite_migrator, postgres_migrator) = migrators();
-        match &config.database_url {
-            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+    pub async fn open(database_url: Option<&str>, sqlite_path: &std::path::Path) -> anyhow::Result<Self> {
+        match database_url {
+            Some(url) => {
                 let pool = PgPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(10))
                     .connect(url)
                     .await
-                    .with_context(|| "cannot connect to PostgreSQL at DATABASE_URL; check that the server runs and the URL is right")?;
-                postgres_migrator.run(&pool).await.context("PostgreSQL migrations failed")?;
+                    .context("cannot connect to PostgreSQL at DATABASE_URL; check that the server runs and the URL is right")?;
+                for migrator in postgres_migrators() {
+                    migrator.run(&pool).await.context("PostgreSQL migrations failed")?;
+                }
                 Ok(Self::Postgres(pool))
             }
-            Some(url) => anyhow::bail!(
-                "DATABASE_URL {url:?} is not a postgres:// URL; unset it to use the embedded SQLite file"
-            ),
             None => {
-                if let Some(parent) = config.sqlite_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                if let Some(parent) = sqlite_path.parent().filter(|p| !p.as_os_str().is_empty()) {
                     std::fs::create_dir_all(parent)
                         .with_context(|| format!("cannot create directory {}", parent.display()))?;
                 }
                 let options = SqliteConnectOptions::new()
-                    .filename(&config.sqlite_path)
+                    .filename(sqlite_path)
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
                     .foreign_keys(true)
-                    .busy_timeout(Duration::from_secs(5));
-                let pool =
-                    SqlitePoolOptions::new().max_connections(8).connect_with(options).await.with_context(
-                        || format!("cannot open SQLite database {}", config.sqlite_path.display()),
-                    )?;
-                sqlite_migrator.run(&pool).await.context("SQLite migrations failed")?;
+                    .busy_timeout(Duration::from_secs(10));
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(8)
+                    .connect_with(options)
+                    .await
+                    .with_context(|| format!("cannot open SQLite database {}", sqlite_path.display()))?;
+                for migrator in sqlite_migrators() {
+                    migrator.run(&pool).await.context("SQLite migrations failed")?;
+                }
                 Ok(Self::Sqlite(pool))
             }
         }
@@ -100,76 +159,40 @@ impl Database {
     ///
     /// When it does not.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        match self {
-            Self::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
-            Self::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
-        }
+        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop))
     }
 
-    /// Stores a signal unless one with the same (tenant, id) exists; one arbitrated write, no
-    /// check-then-insert.
-    ///
-    /// # Errors
-    ///
-    /// When the database fails.
-    pub async fn insert_signal(&self, signal: &Signal) -> Result<Inserted, sqlx::Error> {
-        let body = serde_json::to_value(signal).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
-        let rows = match self {
-            Self::Sqlite(pool) => sqlx::query(
-                "INSERT INTO sos_server_signals (tenant, id, kind, observed_at, body) VALUES (?, ?, ?, ?, ?) \
-                 ON CONFLICT (tenant, id) DO NOTHING",
-            )
-            .bind(signal.tenant().as_str())
-            .bind(signal.id().to_string())
-            .bind(signal.kind().as_str())
-            .bind(signal.observed_at().to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-            .bind(body.to_string())
+    /// Runs one statement outside any audited write (for bookkeeping that is not state: claims,
+    /// leases, statuses) and returns the rows it changed.
+    pub(crate) async fn execute(&self, statement: &Statement) -> Result<u64, sqlx::Error> {
+        on_pool!(self, pool => Ok(bind_all!(sqlx::query(statement.sql), &statement.binds)
             .execute(pool)
             .await?
-            .rows_affected(),
-            Self::Postgres(pool) => sqlx::query(
-                "INSERT INTO sos_server_signals (tenant, id, kind, observed_at, body) VALUES ($1, $2::uuid, $3, $4, $5) \
-                 ON CONFLICT (tenant, id) DO NOTHING",
-            )
-            .bind(signal.tenant().as_str())
-            .bind(signal.id().to_string())
-            .bind(signal.kind().as_str())
-            .bind(signal.observed_at())
-            .bind(&body)
-            .execute(pool)
-            .await?
-            .rows_affected(),
-        };
-        Ok(if rows == 1 { Inserted::New } else { Inserted::Existing })
+            .rows_affected()))
     }
 
-    /// Lists a tenant's signals in the order they arrived, at most `limit`.
-    ///
-    /// # Errors
-    ///
-    /// When the database fails or a stored row no longer parses as a signal.
-    pub async fn list_signals(&self, tenant: &TenantId, limit: i64) -> Result<Vec<Signal>, sqlx::Error> {
-        let bodies: Vec<String> = match self {
-            Self::Sqlite(pool) => {
-                sqlx::query_scalar(
-                    "SELECT body FROM sos_server_signals WHERE tenant = ? ORDER BY rowid LIMIT ?",
-                )
-                .bind(tenant.as_str())
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
-            }
-            Self::Postgres(pool) => sqlx::query_scalar(
-                "SELECT body::text FROM sos_server_signals WHERE tenant = $1 ORDER BY received_seq LIMIT $2",
-            )
-            .bind(tenant.as_str())
-            .bind(limit)
+    /// Runs a query returning one TEXT column and one integer column per row.
+    pub(crate) async fn text_int_rows(
+        &self,
+        sql: &'static str,
+        binds: &[Bind],
+    ) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        on_pool!(self, pool => bind_all!(sqlx::query_as::<_, (String, i64)>(sql), binds).fetch_all(pool).await)
+    }
+
+    /// Runs a query returning one TEXT column per row.
+    pub(crate) async fn text_rows(&self, sql: &'static str, binds: &[Bind]) -> Result<Vec<String>, sqlx::Error> {
+        on_pool!(self, pool => bind_all!(sqlx::query_as::<_, (String,)>(sql), binds)
             .fetch_all(pool)
-            .await?,
-        };
-        bodies
-            .iter()
-            .map(|body| serde_json::from_str(body).map_err(|error| sqlx::Error::Decode(Box::new(error))))
-            .collect()
+            .await
+            .map(|rows| rows.into_iter().map(|(text,)| text).collect()))
+    }
+
+    /// Runs a query returning one integer.
+    pub(crate) async fn int(&self, sql: &'static str, binds: &[Bind]) -> Result<i64, sqlx::Error> {
+        on_pool!(self, pool => bind_all!(sqlx::query_as::<_, (i64,)>(sql), binds)
+            .fetch_one(pool)
+            .await
+            .map(|(value,)| value))
     }
 }

@@ -1,32 +1,194 @@
-//! The SOS reference server: the crates composed into one axum service.
+//! The SOS reference server: every crate composed into one axum service.
 //!
-//! Run it with `cargo run -p sos-server`; it starts on an embedded SQLite file
-//! (`sos-data/sos.sqlite`, created on first run) and moves to PostgreSQL when `DATABASE_URL`
-//! is set. See the README for the endpoints.
+//! A provider's webhook arrives, its signature is checked on the raw body (sos-webhooks), the
+//! delivery is made idempotent by `WebhookGuard`, and its state change commits with its audit
+//! entry (sos-audit) in one transaction. Each agent (sos-identity) evaluates its vertical pack's
+//! ruliads (sos-ruliads) over the tenant's deals, contacts and messages; resonance routing picks
+//! the agent that speaks a signal; its trust gate decides whether it may; released signals go out
+//! through a `Channel` (a Slack/Discord incoming webhook, or the log) and each acknowledgement is
+//! recorded as a receipt. People's feedback moves the gate. An auditor reads, verifies and proves
+//! the chain over HTTP.
+//!
+//! Run it with `cargo run -p sos-server -- --demo` (see the README's quick start). It starts on
+//! an embedded SQLite file (`sos-data/sos.sqlite`, created on first run) and moves to PostgreSQL
+//! when `DATABASE_URL` is set. `GET /openapi.json` documents every route.
+//!
+//! The library exposes what `main` does, so tests and other processes run exactly the binary's
+//! code: [`Config`] (clap) → [`Settings::load`] → [`App::open`] → [`serve_app`], or all of it
+//! with [`serve`].
 
+mod agents;
 mod api;
+mod audit;
+mod channel;
 mod config;
 mod db;
+mod demo;
+mod error;
+mod openapi;
+mod signals;
+mod state;
+mod webhooks;
 
-pub use api::{ApiError, AppState, router};
-pub use config::Config;
-pub use db::{Database, Inserted, migrators};
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Opens the database named by `config`, applies migrations and serves until `shutdown`
-/// resolves, finishing in-flight requests first.
+use sos_core::{Channel, Clock};
+
+pub use agents::{AgentView, NewAgent, PackView, RegistryView, TrustView};
+pub use api::{AgentList, EntryList, Health, RecordList, RecordView, SignalList, TenantView, VerifyView, router};
+pub use audit::SignedCheckpoint;
+pub use channel::{LogChannel, SlackChannel, escape};
+pub use config::{Config, DEMO_STANDARD_SECRET, DEMO_STRIPE_SECRET, DEMO_TENANT, ProviderKind, Settings, Verifier};
+pub use db::{Database, migrators, postgres_migrators, sqlite_migrators};
+pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use openapi::document as openapi_document;
+pub use signals::{EvaluationReport, FeedbackAnswer, FeedbackRequest, SignalView, Verdict};
+pub use webhooks::WebhookAnswer;
+
+/// The running server's shared parts; cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    pub(crate) settings: Settings,
+    pub(crate) database: Database,
+    pub(crate) chain: audit::Chain,
+    pub(crate) guard: Arc<webhooks::Guard>,
+    pub(crate) registry: agents::Registry,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) channel: Arc<dyn Channel>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("database", &self.database.backend())
+            .field("channel", &self.channel.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Opens the configured database (applying every crate's migrations), builds the channel and,
+    /// with `--demo`, seeds the demo tenant. `clock` is the time everything runs on: the system
+    /// clock in production, a `ManualClock` in tests that need days to pass.
+    ///
+    /// # Errors
+    ///
+    /// When the database cannot be opened or migrated, or seeding fails.
+    pub async fn open(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let database =
+            Database::open(settings.config.database_url.as_deref(), &settings.config.sqlite_path).await?;
+        let channel: Arc<dyn Channel> = match &settings.slack_webhook_url {
+            Some(url) => Arc::new(SlackChannel::new(url.clone())?),
+            None => Arc::new(LogChannel),
+        };
+        let app = Self {
+            chain: audit::Chain::new(&database, Arc::clone(&clock)),
+            guard: Arc::new(webhooks::Guard::new(&database, Arc::clone(&clock))),
+            registry: agents::Registry::new(&database, Arc::clone(&clock)),
+            settings,
+            database,
+            clock,
+            channel,
+        };
+        if app.settings.config.demo {
+            demo::seed(&app).await.map_err(|error| anyhow::anyhow!("seeding the demo tenant failed: {error:?}"))?;
+        }
+        Ok(app)
+    }
+
+    /// The database the server runs on.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// Evaluates every tenant once (what the periodic evaluation does); returns how many
+    /// signals were delivered.
+    pub async fn evaluate_all(&self) -> usize {
+        let tenants = match state::tenants(&self.database).await {
+            Ok(tenants) => tenants,
+            Err(error) => {
+                tracing::warn!(code = error.code(), "cannot list tenants for the evaluation");
+                return 0;
+            }
+        };
+        let mut delivered = 0;
+        for tenant in tenants {
+            match signals::evaluate(self, &tenant).await {
+                Ok(report) => {
+                    delivered += report.delivered;
+                    if report.fired > 0 || report.delivered > 0 {
+                        tracing::info!(%tenant, fired = report.fired, released = report.released,
+                            withheld = report.withheld, delivered = report.delivered, failed = report.failed, "evaluated");
+                    }
+                }
+                Err(error) => tracing::warn!(%tenant, code = error.code(), "evaluation failed; the next run retries"),
+            }
+        }
+        delivered
+    }
+}
+
+/// Validates `config`, opens everything on the system clock and serves until `shutdown`
+/// resolves: in-flight requests and a running evaluation finish first. This is what `main` does.
 ///
 /// # Errors
 ///
-/// When the database cannot be opened or migrated, or the address cannot be bound.
+/// When the configuration is invalid, or the database cannot be opened or migrated.
 pub async fn serve(
     config: Config,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let database = Database::open(&config).await?;
-    let state = AppState::new(database, std::sync::Arc::new(sos_core::SystemClock));
-    let app = router(state);
-    tracing::info!(address = %listener.local_addr()?, "sos-server listening");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    let settings = Settings::load(config)?;
+    let app = App::open(settings, Arc::new(sos_core::SystemClock)).await?;
+    serve_app(app, listener, shutdown).await
+}
+
+/// Serves `app` on `listener` with the periodic evaluation (when configured) until `shutdown`
+/// resolves, then lets in-flight requests and a running evaluation finish.
+///
+/// # Errors
+///
+/// When serving fails.
+pub async fn serve_app(
+    app: App,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let evaluator = app.settings.eval_interval().map(|every| tokio::spawn(run_evaluator(app.clone(), every, stopped)));
+    tracing::info!(
+        address = %listener.local_addr()?,
+        database = app.database.backend(),
+        channel = app.channel.name(),
+        verticals = ?app.settings.packs.keys().collect::<Vec<_>>(),
+        "sos-server listening"
+    );
+    let result = axum::serve(listener, router(app))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        })
+        .await;
+    if let Some(evaluator) = evaluator {
+        // The evaluator finishes the evaluation it is in, then stops.
+        let _ = evaluator.await;
+    }
+    result?;
     Ok(())
+}
+
+async fn run_evaluator(app: App, every: Duration, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => break,
+            _ = interval.tick() => {
+                // Not raced against shutdown: an evaluation in progress completes its writes.
+                app.evaluate_all().await;
+            }
+        }
+    }
 }
