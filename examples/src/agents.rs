@@ -10,8 +10,8 @@ use serde_json::json;
 use sos_audit::{ExpectRows, NewEntry};
 use sos_core::TenantId;
 use sos_identity::{
-    AgentName, AgentRole, IdentityRegistry as _, IdentityVector, PostgresRegistry, RegistryEntry, SqliteRegistry,
-    Traits,
+    AgentName, AgentRole, IdentityRegistry as _, IdentityVector, PostgresRegistry, RegistryEntry,
+    SqliteRegistry, Traits,
 };
 use sos_ruliads::pack::Pack;
 use sos_ruliads::trust::{TrustGate, TrustState};
@@ -47,7 +47,11 @@ impl Registry {
         }
     }
 
-    async fn lookup(&self, tenant: &TenantId, name: &AgentName) -> sos_identity::Result<Option<RegistryEntry>> {
+    async fn lookup(
+        &self,
+        tenant: &TenantId,
+        name: &AgentName,
+    ) -> sos_identity::Result<Option<RegistryEntry>> {
         match self {
             Self::Sqlite(registry) => registry.lookup(tenant, name).await,
             Self::Postgres(registry) => registry.lookup(tenant, name).await,
@@ -175,7 +179,11 @@ pub(crate) async fn register(
         let known: Vec<&str> = app.settings.packs.keys().map(String::as_str).collect();
         return Err(ApiError::bad_request(
             "unknown_vertical",
-            format!("there is no pack for vertical {:?}; known verticals: {}", request.vertical, known.join(", ")),
+            format!(
+                "there is no pack for vertical {:?}; known verticals: {}",
+                request.vertical,
+                known.join(", ")
+            ),
         ));
     };
     let name = parse_name(&request.name)?;
@@ -197,7 +205,9 @@ pub(crate) async fn register(
         };
     }
     let registration = app.registry.register(tenant, &name, &role).await.map_err(|error| match error {
-        sos_identity::Error::RoleConflict { .. } => ApiError::new(StatusCode::CONFLICT, "agent_conflict", error.to_string()),
+        sos_identity::Error::RoleConflict { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "agent_conflict", error.to_string())
+        }
         other => ApiError::internal(other),
     })?;
     let entry = registration.entry();
@@ -235,7 +245,14 @@ pub(crate) async fn register(
         ],
     )];
     if let Some(signal) = &introduction {
-        statements.push(crate::signals::insert_signal(signal, name.as_str(), "introduction", "released", "", planted_at)?);
+        statements.push(crate::signals::insert_signal(
+            signal,
+            name.as_str(),
+            "introduction",
+            "released",
+            "",
+            planted_at,
+        )?);
     }
     let expect = ExpectRows::Exactly(statements.len() as u64);
     match app.chain.write(audit, expect, statements).await {
@@ -243,7 +260,11 @@ pub(crate) async fn register(
         // A concurrent registration of the same agent won: answer with what it stored.
         Err(sos_audit::Error::UnexpectedRows { .. }) => {
             let existing = load(app, tenant, &name).await?.ok_or_else(|| {
-                ApiError::new(StatusCode::CONFLICT, "concurrent_change", "the agent is being registered; retry")
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "concurrent_change",
+                    "the agent is being registered; retry",
+                )
             })?;
             return Ok((StatusCode::OK, view(app, &existing, &pack).await?));
         }
@@ -264,11 +285,7 @@ pub(crate) async fn load_all(app: &App, tenant: &TenantId) -> Result<Vec<Agent>,
     load_where(app, tenant, None).await
 }
 
-async fn load_where(
-    app: &App,
-    tenant: &TenantId,
-    name: Option<&AgentName>,
-) -> Result<Vec<Agent>, ApiError> {
+async fn load_where(app: &App, tenant: &TenantId, name: Option<&AgentName>) -> Result<Vec<Agent>, ApiError> {
     let binds = [
         Bind::Text(tenant.to_string()),
         Bind::Text(name.map(|name| name.as_str().to_owned()).unwrap_or_default()),
@@ -290,7 +307,8 @@ async fn load_where(
             let state: TrustState = serde_json::from_str(&trust).map_err(ApiError::internal)?;
             // The gate runs with the pack's configuration as loaded at start; a vertical whose
             // pack was removed keeps the defaults.
-            let config = app.settings.packs.get(&vertical).map(|pack| pack.trust().clone()).unwrap_or_default();
+            let config =
+                app.settings.packs.get(&vertical).map(|pack| pack.trust().clone()).unwrap_or_default();
             let gate = TrustGate::restore(config, state.clone())
                 .or_else(|_| TrustGate::restore(Default::default(), state))
                 .map_err(ApiError::internal)?;

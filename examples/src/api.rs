@@ -57,7 +57,11 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method; see /openapi.json")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method; see /openapi.json",
+    )
 }
 
 fn path_error(rejection: PathRejection) -> ApiError {
@@ -150,7 +154,8 @@ async fn create_tenant(
 ) -> Result<(StatusCode, Json<TenantView>), ApiError> {
     let Path(tenant) = path.map_err(path_error)?;
     let tenant = parse_tenant(&tenant)?;
-    let written = state::create_tenant(&app.chain, &tenant, app.clock.now().timestamp_micros(), "api").await?;
+    let written =
+        state::create_tenant(&app.chain, &tenant, app.clock.now().timestamp_micros(), "api").await?;
     let created = written == Written::Created;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(TenantView { tenant: tenant.to_string(), created })))
@@ -265,10 +270,20 @@ async fn store_record(app: &App, record: &Record) -> Result<(StatusCode, Json<Re
     ))
 }
 
-async fn get_record(app: &App, tenant: &str, id: &str, kind: RecordKind) -> Result<Json<RecordView>, ApiError> {
+async fn get_record(
+    app: &App,
+    tenant: &str,
+    id: &str,
+    kind: RecordKind,
+) -> Result<Json<RecordView>, ApiError> {
     let tenant = known_tenant(app, tenant).await?;
     match state::read_record(&app.database, &tenant, kind, id).await? {
-        Some(stored) => Ok(Json(RecordView { created: false, version: stored.version, audit_seq: None, record: stored.body })),
+        Some(stored) => Ok(Json(RecordView {
+            created: false,
+            version: stored.version,
+            audit_seq: None,
+            record: stored.body,
+        })),
         None => Err(ApiError::not_found(
             match kind {
                 RecordKind::Deal => "unknown_deal",
@@ -426,7 +441,10 @@ async fn create_agent(
     if status == StatusCode::CREATED {
         // The introduction goes out now, not at the next evaluation.
         if let Err(error) = signals::deliver_pending(&app, &tenant).await {
-            tracing::warn!(code = error.code(), "delivering the introduction failed; the next evaluation retries");
+            tracing::warn!(
+                code = error.code(),
+                "delivering the introduction failed; the next evaluation retries"
+            );
         }
     }
     Ok((status, Json(view)))
@@ -459,7 +477,8 @@ async fn list_agents(
 
 async fn find_agent(app: &App, tenant: &str, name: &str) -> Result<agents::Agent, ApiError> {
     let tenant = known_tenant(app, tenant).await?;
-    let name = agents::parse_name(name).map_err(|_| ApiError::not_found("unknown_agent", "no agent has that name"))?;
+    let name = agents::parse_name(name)
+        .map_err(|_| ApiError::not_found("unknown_agent", "no agent has that name"))?;
     agents::load(app, &tenant, &name)
         .await?
         .ok_or_else(|| ApiError::not_found("unknown_agent", format!("tenant {tenant} has no agent {name}")))
@@ -659,22 +678,45 @@ async fn audit_proof(
     let seq: u64 = seq
         .parse()
         .map_err(|_| ApiError::bad_request("bad_path", "the sequence number must be a positive integer"))?;
-    app.chain
-        .proof(&tenant, seq)
-        .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("unknown_entry", format!("tenant {tenant}'s chain has no entry {seq}")))
+    app.chain.proof(&tenant, seq).await?.map(Json).ok_or_else(|| {
+        ApiError::not_found("unknown_entry", format!("tenant {tenant}'s chain has no entry {seq}"))
+    })
 }
 
 /// The OpenAPI document, generated from the handlers' annotations.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    info(title = "sos-server", description = "The SOS reference server: webhooks, audited CRM state, agents, signals and the audit chain."),
+    info(
+        title = "sos-server",
+        description = "The SOS reference server: webhooks, audited CRM state, agents, signals and the audit chain."
+    ),
     paths(
-        healthz, openapi, create_tenant, get_tenant, receive_webhook, put_deal, get_deal, list_deals, put_contact,
-        get_contact, list_contacts, post_message, get_message, list_messages, create_agent, list_agents, get_agent,
-        get_portrait, run_evaluation, list_signals, get_signal, post_feedback, audit_entries, audit_verify,
-        audit_checkpoint, audit_proof
+        healthz,
+        openapi,
+        create_tenant,
+        get_tenant,
+        receive_webhook,
+        put_deal,
+        get_deal,
+        list_deals,
+        put_contact,
+        get_contact,
+        list_contacts,
+        post_message,
+        get_message,
+        list_messages,
+        create_agent,
+        list_agents,
+        get_agent,
+        get_portrait,
+        run_evaluation,
+        list_signals,
+        get_signal,
+        post_feedback,
+        audit_entries,
+        audit_verify,
+        audit_checkpoint,
+        audit_proof
     )
 )]
 pub(crate) struct ApiDoc;

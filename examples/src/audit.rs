@@ -199,7 +199,11 @@ impl Chain {
     }
 
     /// The latest signed checkpoint of the tenant's chain.
-    pub(crate) async fn checkpoint(&self, tenant: &TenantId, signer: &NoteSigner) -> anyhow::Result<SignedCheckpoint> {
+    pub(crate) async fn checkpoint(
+        &self,
+        tenant: &TenantId,
+        signer: &NoteSigner,
+    ) -> anyhow::Result<SignedCheckpoint> {
         use sos_audit::merkle::SubtreeHashes as _;
         let tree = self.tree(tenant).await?;
         let checkpoint = Checkpoint {
@@ -248,7 +252,8 @@ pub struct SignedCheckpoint {
 /// An entry in the JSON form of the CLI's `export` (one JSONL line).
 pub(crate) fn entry_json(entry: &AuditEntry) -> serde_json::Value {
     let mut line = Vec::new();
-    match sos_audit::write_jsonl_line(&mut line, entry).ok().and_then(|()| serde_json::from_slice(&line).ok()) {
+    match sos_audit::write_jsonl_line(&mut line, entry).ok().and_then(|()| serde_json::from_slice(&line).ok())
+    {
         Some(value) => value,
         None => serde_json::json!({ "tenant": entry.tenant.as_str(), "seq": entry.seq }),
     }

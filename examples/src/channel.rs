@@ -65,14 +65,13 @@ impl Channel for SlackChannel {
             Err(error) => return DeliveryReceipt::Failed { reason: format!("the request failed: {error}") },
         };
         let status = response.status();
-        let request_id = response
-            .headers()
-            .get("x-slack-req-id")
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
+        let request_id =
+            response.headers().get("x-slack-req-id").and_then(|value| value.to_str().ok()).map(str::to_owned);
         let body = match response.text().await {
             Ok(body) => body,
-            Err(error) => return DeliveryReceipt::Failed { reason: format!("reading the answer failed: {error}") },
+            Err(error) => {
+                return DeliveryReceipt::Failed { reason: format!("reading the answer failed: {error}") };
+            }
         };
         let short: String = body.chars().take(200).collect();
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {

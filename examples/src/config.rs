@@ -71,6 +71,22 @@ pub struct Config {
     pub max_body_bytes: usize,
 }
 
+impl Config {
+    /// Parses flags (the first item is the program name) and the environment, as `main` does;
+    /// the same as `clap::Parser::try_parse_from`, without needing clap in scope.
+    ///
+    /// # Errors
+    ///
+    /// clap's error, which prints the usage.
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        <Self as clap::Parser>::try_parse_from(args)
+    }
+}
+
 /// A webhook provider the server accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ProviderKind {
@@ -137,7 +153,9 @@ impl Settings {
         if let Some(url) = &config.database_url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
-            bail!("--database-url / DATABASE_URL {url:?} is not a postgres:// URL; unset it to use the embedded SQLite file");
+            bail!(
+                "--database-url / DATABASE_URL {url:?} is not a postgres:// URL; unset it to use the embedded SQLite file"
+            );
         }
         let packs = load_packs(&config.packs)?;
         let signer = load_or_create_signer(&config.signing_key)?;
@@ -179,7 +197,10 @@ fn load_packs(dir: &Path) -> anyhow::Result<BTreeMap<String, Arc<Pack>>> {
     }
     let packs = Pack::load_dir(dir).with_context(|| format!("cannot load the packs in {}", dir.display()))?;
     if packs.is_empty() {
-        bail!("the packs directory {} holds no <vertical>/seed.json; add one or point --packs elsewhere", dir.display());
+        bail!(
+            "the packs directory {} holds no <vertical>/seed.json; add one or point --packs elsewhere",
+            dir.display()
+        );
     }
     Ok(packs.into_iter().map(|pack| (pack.vertical().to_owned(), Arc::new(pack))).collect())
 }

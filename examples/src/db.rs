@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 /// The server's own migrations, one set per backend, as `(sqlite, postgres)`.
 ///
@@ -181,7 +183,11 @@ impl Database {
     }
 
     /// Runs a query returning one TEXT column per row.
-    pub(crate) async fn text_rows(&self, sql: &'static str, binds: &[Bind]) -> Result<Vec<String>, sqlx::Error> {
+    pub(crate) async fn text_rows(
+        &self,
+        sql: &'static str,
+        binds: &[Bind],
+    ) -> Result<Vec<String>, sqlx::Error> {
         on_pool!(self, pool => bind_all!(sqlx::query_as::<_, (String,)>(sql), binds)
             .fetch_all(pool)
             .await

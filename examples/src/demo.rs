@@ -40,7 +40,8 @@ pub(crate) async fn seed(app: &App) -> Result<(), ApiError> {
         let message = Message {
             tenant: tenant.clone(),
             id: format!("m-{index:02}"),
-            contact_name: ["Initech Fund", "Acme Foundation", "Globex Trust"][(index % 3) as usize].to_owned(),
+            contact_name: ["Initech Fund", "Acme Foundation", "Globex Trust"][(index % 3) as usize]
+                .to_owned(),
             subject: format!("Re: application round {}", index / 3 + 1),
             direction: if index % 2 == 0 { Direction::Inbound } else { Direction::Outbound },
             at,

@@ -146,7 +146,9 @@ impl From<JsonRejection> for ApiError {
                 "unsupported_media_type",
                 "send the body as JSON with `Content-Type: application/json`",
             ),
-            JsonRejection::BytesRejection(error) => Self::from_bytes_rejection(error.status(), error.body_text()),
+            JsonRejection::BytesRejection(error) => {
+                Self::from_bytes_rejection(error.status(), error.body_text())
+            }
             other => Self::bad_request("bad_json", other.body_text()),
         }
     }
@@ -161,7 +163,11 @@ impl From<BytesRejection> for ApiError {
 impl ApiError {
     fn from_bytes_rejection(status: StatusCode, text: String) -> Self {
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the body is larger than the server accepts (--max-body-bytes)")
+            Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the body is larger than the server accepts (--max-body-bytes)",
+            )
         } else {
             Self::bad_request("bad_body", text)
         }

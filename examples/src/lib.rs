@@ -36,10 +36,14 @@ use std::time::Duration;
 use sos_core::{Channel, Clock};
 
 pub use agents::{AgentView, NewAgent, PackView, RegistryView, TrustView};
-pub use api::{AgentList, EntryList, Health, RecordList, RecordView, SignalList, TenantView, VerifyView, router};
+pub use api::{
+    AgentList, EntryList, Health, RecordList, RecordView, SignalList, TenantView, VerifyView, router,
+};
 pub use audit::SignedCheckpoint;
 pub use channel::{LogChannel, SlackChannel, escape};
-pub use config::{Config, DEMO_STANDARD_SECRET, DEMO_STRIPE_SECRET, DEMO_TENANT, ProviderKind, Settings, Verifier};
+pub use config::{
+    Config, DEMO_STANDARD_SECRET, DEMO_STRIPE_SECRET, DEMO_TENANT, ProviderKind, Settings, Verifier,
+};
 pub use db::{Database, migrators, postgres_migrators, sqlite_migrators};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use openapi::document as openapi_document;
@@ -92,9 +96,16 @@ impl App {
             channel,
         };
         if app.settings.config.demo {
-            demo::seed(&app).await.map_err(|error| anyhow::anyhow!("seeding the demo tenant failed: {error:?}"))?;
+            demo::seed(&app)
+                .await
+                .map_err(|error| anyhow::anyhow!("seeding the demo tenant failed: {error:?}"))?;
         }
         Ok(app)
+    }
+
+    /// The clock everything runs on.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// The database the server runs on.
@@ -122,7 +133,9 @@ impl App {
                             withheld = report.withheld, delivered = report.delivered, failed = report.failed, "evaluated");
                     }
                 }
-                Err(error) => tracing::warn!(%tenant, code = error.code(), "evaluation failed; the next run retries"),
+                Err(error) => {
+                    tracing::warn!(%tenant, code = error.code(), "evaluation failed; the next run retries")
+                }
             }
         }
         delivered
@@ -157,7 +170,8 @@ pub async fn serve_app(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let evaluator = app.settings.eval_interval().map(|every| tokio::spawn(run_evaluator(app.clone(), every, stopped)));
+    let evaluator =
+        app.settings.eval_interval().map(|every| tokio::spawn(run_evaluator(app.clone(), every, stopped)));
     tracing::info!(
         address = %listener.local_addr()?,
         database = app.database.backend(),

@@ -23,7 +23,7 @@ pub fn document() -> String {
 pub(crate) struct DealInput {
     /// Who the deal is with.
     pub contact_name: String,
-    /// `discovery`, `qualification`, `proposal`, `negotiation`, `closed_won`, `closed_lost` or
+    /// `discovery`, `qualification`, `proposal`, `negotiation`, `closed-won`, `closed-lost` or
     /// another stage name.
     pub stage: String,
     /// The value in cents.

@@ -131,7 +131,14 @@ pub(crate) async fn evaluate(app: &App, tenant: &TenantId) -> Result<EvaluationR
                     ("withheld", "the gate gave no decision".to_owned())
                 }
             };
-            statements.push(insert_signal(&signal, agent.name.as_str(), class_name(class), status, &detail, now)?);
+            statements.push(insert_signal(
+                &signal,
+                agent.name.as_str(),
+                class_name(class),
+                status,
+                &detail,
+                now,
+            )?);
         }
         // Withheld signals live in the signal table; the gate's own list would only grow.
         for agent in &mut agents {
@@ -179,52 +186,53 @@ async fn commit_decisions(
     now: DateTime<Utc>,
 ) -> Result<(), ApiError> {
     let mut tx = app.chain.begin().await?;
-    let mut conn = tx.conn();
-    for agent in agents {
-        let trust = serde_json::to_string(agent.gate.state()).map_err(ApiError::internal)?;
-        let rows = conn
-            .execute(&Statement::new(
-                "UPDATE sos_server_agents SET trust = $1, version = version + 1 \
+    {
+        let mut conn = tx.conn();
+        for agent in agents {
+            let trust = serde_json::to_string(agent.gate.state()).map_err(ApiError::internal)?;
+            let rows = conn
+                .execute(&Statement::new(
+                    "UPDATE sos_server_agents SET trust = $1, version = version + 1 \
                  WHERE tenant = $2 AND name = $3 AND version = $4",
-                vec![
-                    Bind::Text(trust),
-                    Bind::Text(tenant.to_string()),
-                    Bind::Text(agent.name.as_str().to_owned()),
-                    Bind::Int(agent.version),
-                ],
-            ))
-            .await?;
-        if rows != 1 {
-            // Another evaluation or a feedback moved this agent's gate meanwhile; nothing of
-            // this run is kept, and the next run decides again from the new state.
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "concurrent_evaluation",
-                "another evaluation or feedback changed an agent meanwhile; run the evaluation again",
-            ));
+                    vec![
+                        Bind::Text(trust),
+                        Bind::Text(tenant.to_string()),
+                        Bind::Text(agent.name.as_str().to_owned()),
+                        Bind::Int(agent.version),
+                    ],
+                ))
+                .await?;
+            if rows != 1 {
+                // Another evaluation or a feedback moved this agent's gate meanwhile; nothing of
+                // this run is kept, and the next run decides again from the new state.
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "concurrent_evaluation",
+                    "another evaluation or feedback changed an agent meanwhile; run the evaluation again",
+                ));
+            }
+        }
+        for statement in &statements {
+            conn.execute(statement).await?;
+        }
+        for (signal, agent, class) in released {
+            let entry = NewEntry::new(
+                tenant.clone(),
+                format!("agent:{agent}"),
+                "signal.released",
+                format!("signal/{}", signal.id()),
+                &json!({
+                    "id": signal.id().to_string(),
+                    "kind": signal.kind().as_str(),
+                    "class": class_name(*class),
+                    "subject": signal.subject(),
+                    "cause": signal.cause().to_hex(),
+                    "at": now.to_rfc3339(),
+                }),
+            )?;
+            conn.audited(&app.chain, entry, ExpectRows::Exactly(0), Vec::new()).await?;
         }
     }
-    for statement in &statements {
-        conn.execute(statement).await?;
-    }
-    for (signal, agent, class) in released {
-        let entry = NewEntry::new(
-            tenant.clone(),
-            format!("agent:{agent}"),
-            "signal.released",
-            format!("signal/{}", signal.id()),
-            &json!({
-                "id": signal.id().to_string(),
-                "kind": signal.kind().as_str(),
-                "class": class_name(*class),
-                "subject": signal.subject(),
-                "cause": signal.cause().to_hex(),
-                "at": now.to_rfc3339(),
-            }),
-        )?;
-        conn.audited(&app.chain, entry, ExpectRows::Exactly(0), Vec::new()).await?;
-    }
-    drop(conn);
     tx.commit().await?;
     Ok(())
 }
@@ -463,7 +471,11 @@ pub(crate) async fn feedback(
         return Err(ApiError::not_found("unknown_signal", format!("tenant {tenant} has no signal {id:?}")));
     };
     if signal.feedback.is_some() {
-        return Err(ApiError::new(StatusCode::CONFLICT, "feedback_given", "this signal already has feedback"));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "feedback_given",
+            "this signal already has feedback",
+        ));
     }
     if !matches!(signal.status.as_str(), "released" | "delivering" | "delivered") {
         return Err(ApiError::new(
@@ -472,7 +484,8 @@ pub(crate) async fn feedback(
             format!("the signal is {}; only a signal that went out can get feedback", signal.status),
         ));
     }
-    let signal_id: SignalId = id.parse().map_err(|_| ApiError::bad_request("invalid_signal", "not a signal id"))?;
+    let signal_id: SignalId =
+        id.parse().map_err(|_| ApiError::bad_request("invalid_signal", "not a signal id"))?;
     let name = agents::parse_name(&signal.agent)?;
     let Some(mut agent) = agents::load(app, tenant, &name).await? else {
         return Err(ApiError::not_found("unknown_agent", format!("the signal's agent {name} is gone")));

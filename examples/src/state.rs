@@ -54,7 +54,8 @@ pub(crate) async fn create_tenant(
     now_us: i64,
     actor: &str,
 ) -> Result<Written, ApiError> {
-    let entry = NewEntry::new(tenant.clone(), actor, "tenant.create", format!("tenant/{tenant}"), &json!({}))?;
+    let entry =
+        NewEntry::new(tenant.clone(), actor, "tenant.create", format!("tenant/{tenant}"), &json!({}))?;
     let insert = Statement::new(
         "INSERT INTO sos_server_tenants (tenant, created_us) VALUES ($1, $2) ON CONFLICT (tenant) DO NOTHING",
         vec![Bind::Text(tenant.to_string()), Bind::Int(now_us)],
@@ -78,11 +79,7 @@ pub(crate) async fn tenant_exists(database: &Database, tenant: &TenantId) -> Res
 
 /// Fails with 404 `unknown_tenant` unless the tenant exists.
 pub(crate) async fn require_tenant(database: &Database, tenant: &TenantId) -> Result<(), ApiError> {
-    if tenant_exists(database, tenant).await? {
-        Ok(())
-    } else {
-        Err(ApiError::unknown_tenant(tenant))
-    }
+    if tenant_exists(database, tenant).await? { Ok(()) } else { Err(ApiError::unknown_tenant(tenant)) }
 }
 
 /// Every tenant, in name order.
@@ -122,7 +119,9 @@ pub(crate) async fn upsert_record(
     actor: &str,
 ) -> Result<(Written, i64, u64), ApiError> {
     use sos_ruliads::Entity as _;
-    let kind = kind_of(record).ok_or_else(|| ApiError::bad_request("unsupported_record", "only deals, contacts and messages are stored"))?;
+    let kind = kind_of(record).ok_or_else(|| {
+        ApiError::bad_request("unsupported_record", "only deals, contacts and messages are stored")
+    })?;
     let tenant = record.tenant().clone();
     let id = id_of(record).to_owned();
     let body = record_body(record)?;
@@ -173,7 +172,12 @@ fn record_body(record: &Record) -> Result<serde_json::Value, ApiError> {
         Record::Deal(deal) => serde_json::to_value(deal),
         Record::Contact(contact) => serde_json::to_value(contact),
         Record::Message(message) => serde_json::to_value(message),
-        _ => return Err(ApiError::bad_request("unsupported_record", "only deals, contacts and messages are stored")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "unsupported_record",
+                "only deals, contacts and messages are stored",
+            ));
+        }
     };
     value.map_err(|error| ApiError::bad_request("invalid_record", error.to_string()))
 }
@@ -188,12 +192,18 @@ pub(crate) async fn read_record(
     let rows = database
         .text_int_rows(
             "SELECT body, version FROM sos_server_records WHERE tenant = $1 AND kind = $2 AND id = $3",
-            &[Bind::Text(tenant.to_string()), Bind::Text(kind.as_str().to_owned()), Bind::Text(id.to_owned())],
+            &[
+                Bind::Text(tenant.to_string()),
+                Bind::Text(kind.as_str().to_owned()),
+                Bind::Text(id.to_owned()),
+            ],
         )
         .await?;
     rows.into_iter()
         .next()
-        .map(|(body, version)| Ok(Stored { body: serde_json::from_str(&body).map_err(ApiError::internal)?, version }))
+        .map(|(body, version)| {
+            Ok(Stored { body: serde_json::from_str(&body).map_err(ApiError::internal)?, version })
+        })
         .transpose()
 }
 
@@ -236,7 +246,11 @@ pub(crate) async fn all_records(database: &Database, tenant: &TenantId) -> Resul
 }
 
 /// How many messages the tenant received at or after `since_us`.
-pub(crate) async fn messages_since(database: &Database, tenant: &TenantId, since_us: i64) -> Result<i64, ApiError> {
+pub(crate) async fn messages_since(
+    database: &Database,
+    tenant: &TenantId,
+    since_us: i64,
+) -> Result<i64, ApiError> {
     Ok(database
         .int(
             "SELECT COUNT(*) FROM sos_server_records WHERE tenant = $1 AND kind = 'message' AND at_us >= $2",

@@ -97,8 +97,9 @@ pub(crate) async fn receive(
     if let Err(error) = verified {
         return Err(signature_error(&error));
     }
-    let parsed: Value = serde_json::from_slice(body)
-        .map_err(|error| ApiError::bad_request("bad_json", format!("the signed body is not JSON: {error}")))?;
+    let parsed: Value = serde_json::from_slice(body).map_err(|error| {
+        ApiError::bad_request("bad_json", format!("the signed body is not JSON: {error}"))
+    })?;
     let id = match provider {
         ProviderKind::Stripe => parsed
             .get("id")
@@ -121,14 +122,14 @@ pub(crate) async fn receive(
         Guard::Sqlite(guard) => {
             guard
                 .transactional(&key, body, move |tx| {
-                    Box::pin(async move { apply(&mut Conn::Sqlite(&mut **tx), &chain, &event, now).await })
+                    Box::pin(async move { apply(&mut Conn::Sqlite(tx), &chain, &event, now).await })
                 })
                 .await
         }
         Guard::Postgres(guard) => {
             guard
                 .transactional(&key, body, move |tx| {
-                    Box::pin(async move { apply(&mut Conn::Postgres(&mut **tx), &chain, &event, now).await })
+                    Box::pin(async move { apply(&mut Conn::Postgres(tx), &chain, &event, now).await })
                 })
                 .await
         }
@@ -136,7 +137,11 @@ pub(crate) async fn receive(
     match outcome {
         Ok(Outcome::Processed((effect, seq))) => Ok((
             StatusCode::OK,
-            WebhookAnswer { outcome: "processed".to_owned(), effect: Some(effect.to_owned()), audit_seq: Some(seq) },
+            WebhookAnswer {
+                outcome: "processed".to_owned(),
+                effect: Some(effect.to_owned()),
+                audit_seq: Some(seq),
+            },
         )),
         Ok(Outcome::AlreadyProcessed) => Ok((
             StatusCode::OK,
@@ -189,8 +194,12 @@ async fn apply(
     let actor = format!("webhook:{}", event.provider.as_str());
     match event.provider {
         ProviderKind::Stripe => {
-            const PAID: &[&str] =
-                &["payment_intent.succeeded", "checkout.session.completed", "invoice.paid", "charge.succeeded"];
+            const PAID: &[&str] = &[
+                "payment_intent.succeeded",
+                "checkout.session.completed",
+                "invoice.paid",
+                "charge.succeeded",
+            ];
             let deal_id = event.body.pointer("/data/object/metadata/deal_id").and_then(Value::as_str);
             if PAID.contains(&event.kind.as_str())
                 && let Some(deal_id) = deal_id
@@ -235,7 +244,10 @@ async fn apply(
 fn standard_record<T: serde::de::DeserializeOwned>(event: &Event) -> Result<T, ApiError> {
     let mut data = event.body.get("data").cloned().unwrap_or(Value::Null);
     let Some(object) = data.as_object_mut() else {
-        return Err(ApiError::bad_request("bad_event", format!("a {} event needs a \"data\" object", event.kind)));
+        return Err(ApiError::bad_request(
+            "bad_event",
+            format!("a {} event needs a \"data\" object", event.kind),
+        ));
     };
     match object.get("tenant") {
         None => {
@@ -249,8 +261,9 @@ fn standard_record<T: serde::de::DeserializeOwned>(event: &Event) -> Result<T, A
             ));
         }
     }
-    serde_json::from_value(data)
-        .map_err(|error| ApiError::bad_request("bad_event", format!("the {} event's data: {error}", event.kind)))
+    serde_json::from_value(data).map_err(|error| {
+        ApiError::bad_request("bad_event", format!("the {} event's data: {error}", event.kind))
+    })
 }
 
 /// An event that changes no state still leaves an audit entry saying it arrived.

@@ -7,3 +7,4 @@ mod adversarial_audit;
 mod adversarial_identity;
 mod adversarial_webhooks;
 mod server;
+mod server_e2e;
