@@ -14,7 +14,7 @@ use sos_ruliads::crm::Record;
 
 use crate::App;
 use crate::agents::{self, AgentView, NewAgent};
-use crate::audit::{SignedCheckpoint, entry_json};
+use crate::audit::{CheckpointView, entry_json};
 use crate::error::{ApiError, ErrorBody};
 use crate::signals::{self, EvaluationReport, FeedbackAnswer, FeedbackRequest, SignalView};
 use crate::state::{self, RecordKind, Written};
@@ -655,32 +655,43 @@ async fn audit_verify(
 
 /// The latest checkpoint of the chain, signed (C2SP signed note).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/audit/checkpoint", params(("tenant" = String, Path)),
-    responses((status = 200, body = SignedCheckpoint), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = CheckpointView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn audit_checkpoint(
     State(app): State<App>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<SignedCheckpoint>, ApiError> {
+) -> Result<Json<CheckpointView>, ApiError> {
     let Path(tenant) = path.map_err(path_error)?;
     let tenant = known_tenant(&app, &tenant).await?;
-    Ok(Json(app.chain.checkpoint(&tenant, &app.settings.signer).await?))
+    if app.chain.entries(&tenant, 0, 1).await?.is_empty() {
+        return Err(ApiError::not_found(
+            "empty_chain",
+            format!("tenant {tenant}'s chain has no entry to checkpoint yet"),
+        ));
+    }
+    Ok(Json(app.checkpoints.now(&tenant).await?))
 }
 
-/// The RFC 9162 inclusion proof of entry `seq` in the tree of the whole chain (the JSON of
-/// `sos-audit prove`: `{"index", "size", "hashes"}`).
+/// The inclusion proof of entry `seq` against the latest signed checkpoint (signed now when the
+/// entry is newer), as `sos-audit prove` prints it: `{"tenant", "seq", "entry_hash", "proof":
+/// {"index", "size", "hashes"}, "checkpoint"}`.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/audit/proofs/{seq}", params(("tenant" = String, Path), ("seq" = u64, Path)),
     responses((status = 200, description = "the inclusion proof", body = Object), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn audit_proof(
     State(app): State<App>,
     path: Result<Path<(String, String)>, PathRejection>,
-) -> Result<Json<sos_audit::merkle::InclusionProof>, ApiError> {
+) -> Result<Json<sos_audit::tlog::EntryProof>, ApiError> {
     let Path((tenant, seq)) = path.map_err(path_error)?;
     let tenant = known_tenant(&app, &tenant).await?;
     let seq: u64 = seq
         .parse()
         .map_err(|_| ApiError::bad_request("bad_path", "the sequence number must be a positive integer"))?;
-    app.chain.proof(&tenant, seq).await?.map(Json).ok_or_else(|| {
-        ApiError::not_found("unknown_entry", format!("tenant {tenant}'s chain has no entry {seq}"))
-    })
+    match app.checkpoints.prove(&tenant, seq).await {
+        Ok(proof) => Ok(Json(proof)),
+        Err(sos_audit::Error::EntryNotFound { .. } | sos_audit::Error::Proof(_)) => {
+            Err(ApiError::not_found("unknown_entry", format!("tenant {tenant}'s chain has no entry {seq}")))
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// The OpenAPI document, generated from the handlers' annotations.

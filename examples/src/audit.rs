@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use sos_audit::merkle::{InclusionProof, MemoryTree};
-use sos_audit::note::{Checkpoint, NoteSigner};
+use sos_audit::note::NoteSigner;
+use sos_audit::tlog::{Checkpointer, EntryProof};
 use sos_audit::{AuditEntry, AuditStore as _, ExpectRows, NewEntry, PgAuditChain, SqliteAuditChain};
 use sos_core::{Clock, TenantId};
 use sqlx::{PgConnection, SqliteConnection};
@@ -182,62 +182,83 @@ impl Chain {
             Self::Postgres(chain) => sos_audit::verify_store(chain, tenant, None, |_| {}).await,
         }
     }
+}
 
-    /// The Merkle tree over the tenant's entries (leaf data: each entry's 32-byte hash).
-    async fn tree(&self, tenant: &TenantId) -> sos_audit::Result<MemoryTree> {
-        let mut tree = MemoryTree::new();
-        let mut after = 0;
-        loop {
-            let page = self.entries(tenant, after, sos_audit::PAGE_SIZE).await?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            for entry in &page {
-                tree.push(entry.hash.as_bytes());
+/// The checkpointer of the server's chain: it signs C2SP checkpoints of each tenant's tree (kept
+/// as tiles in the database) and proves entries against them.
+#[derive(Debug, Clone)]
+pub(crate) enum Checkpoints {
+    Sqlite(Arc<Checkpointer<SqliteAuditChain>>),
+    Postgres(Arc<Checkpointer<PgAuditChain>>),
+}
+
+impl Checkpoints {
+    pub(crate) fn new(chain: &Chain, signer: &NoteSigner, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        // The signer is cloned through its key string: the checkpointer owns its copy.
+        let signer = || NoteSigner::from_key_string(&signer.to_key_string());
+        Ok(match chain {
+            Chain::Sqlite(store) => {
+                Self::Sqlite(Arc::new(Checkpointer::new(store.clone(), signer()?).with_clock(clock)))
             }
-        }
-        Ok(tree)
-    }
-
-    /// The latest signed checkpoint of the tenant's chain.
-    pub(crate) async fn checkpoint(
-        &self,
-        tenant: &TenantId,
-        signer: &NoteSigner,
-    ) -> anyhow::Result<SignedCheckpoint> {
-        use sos_audit::merkle::SubtreeHashes as _;
-        let tree = self.tree(tenant).await?;
-        let checkpoint = Checkpoint {
-            origin: format!("{}/{}", signer.name(), tenant),
-            size: tree.leaf_count(),
-            root: tree.root(),
-            extensions: Vec::new(),
-        };
-        let note = checkpoint.sign(signer)?;
-        Ok(SignedCheckpoint {
-            origin: checkpoint.origin,
-            size: checkpoint.size,
-            root: checkpoint.root.to_hex(),
-            note,
-            verifier_key: signer.verifier().to_key_string(),
+            Chain::Postgres(store) => {
+                Self::Postgres(Arc::new(Checkpointer::new(store.clone(), signer()?).with_clock(clock)))
+            }
         })
     }
 
-    /// The inclusion proof of entry `seq` in the tree of the tenant's whole chain, or `None` when
-    /// there is no such entry.
-    pub(crate) async fn proof(&self, tenant: &TenantId, seq: u64) -> anyhow::Result<Option<InclusionProof>> {
-        use sos_audit::merkle::SubtreeHashes as _;
-        let tree = self.tree(tenant).await?;
-        if seq == 0 || seq > tree.leaf_count() {
-            return Ok(None);
+    /// A checkpoint of the tenant's whole chain: the latest one, signed now when the chain grew.
+    pub(crate) async fn now(&self, tenant: &TenantId) -> sos_audit::Result<CheckpointView> {
+        let (signed, verifier) = match self {
+            Self::Sqlite(checkpointer) => {
+                (checkpointer.checkpoint_now(tenant).await?, checkpointer.verifier().clone())
+            }
+            Self::Postgres(checkpointer) => {
+                (checkpointer.checkpoint_now(tenant).await?, checkpointer.verifier().clone())
+            }
+        };
+        Ok(CheckpointView {
+            origin: signed.checkpoint.origin.clone(),
+            size: signed.size(),
+            root: signed.root().to_hex(),
+            note: signed.note,
+            verifier_key: verifier.to_key_string(),
+        })
+    }
+
+    /// The inclusion proof of entry `seq` against the latest checkpoint (signing one first when
+    /// the entry is newer), as `sos-audit prove` prints it.
+    pub(crate) async fn prove(&self, tenant: &TenantId, seq: u64) -> sos_audit::Result<EntryProof> {
+        match self {
+            Self::Sqlite(checkpointer) => checkpointer.prove(tenant, seq).await,
+            Self::Postgres(checkpointer) => checkpointer.prove(tenant, seq).await,
         }
-        Ok(Some(InclusionProof::generate(&tree, seq - 1, tree.leaf_count())?))
+    }
+
+    /// Signs due checkpoints (every 256 entries, or 60 s after the oldest unsigned one) until
+    /// `shutdown` resolves.
+    pub(crate) async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
+        let report = |tenant: Option<&TenantId>,
+                      outcome: &sos_audit::Result<sos_audit::tlog::SignedCheckpoint>| {
+            match outcome {
+                Ok(signed) => {
+                    tracing::debug!(tenant = ?tenant.map(TenantId::as_str), size = signed.size(), "checkpoint signed")
+                }
+                Err(error) => {
+                    tracing::error!(tenant = ?tenant.map(TenantId::as_str), %error, "checkpoint refused; a person must look")
+                }
+            }
+        };
+        match self {
+            Self::Sqlite(checkpointer) => checkpointer.run(shutdown, report).await,
+            Self::Postgres(checkpointer) => checkpointer.run(shutdown, report).await,
+        }
     }
 }
 
 /// A signed checkpoint as served at `GET …/audit/checkpoint`.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
-pub struct SignedCheckpoint {
-    /// The log's origin, `<key name>/<tenant>`.
+pub struct CheckpointView {
+    /// The log's origin, `sos-server/<tenant>`.
     pub origin: String,
     /// The number of entries covered.
     pub size: u64,

@@ -19,6 +19,9 @@ pub const DEMO_STRIPE_SECRET: &str = "whsec_demo_stripe_secret_for_the_quick_sta
 /// The Standard Webhooks secret of the `--demo` tenant when none is configured (`whsec_` and
 /// base64 of `sos-demo-standard-webhooks-secret`).
 pub const DEMO_STANDARD_SECRET: &str = "whsec_c29zLWRlbW8tc3RhbmRhcmQtd2ViaG9va3Mtc2VjcmV0";
+/// The name of the checkpoint signing key; a tenant's checkpoints have the origin
+/// `sos-server/<tenant>`.
+pub const SIGNER_NAME: &str = "sos-server";
 /// The tenant `--demo` seeds.
 pub const DEMO_TENANT: &str = "demo";
 
@@ -206,46 +209,27 @@ fn load_packs(dir: &Path) -> anyhow::Result<BTreeMap<String, Arc<Pack>>> {
 }
 
 fn load_or_create_signer(path: &Path) -> anyhow::Result<NoteSigner> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => NoteSigner::from_key_string(text.trim()).with_context(|| {
+    if path.exists() {
+        return sos_audit::tlog::load_signer(path).with_context(|| {
             format!(
-                "the checkpoint signing key {} is not a note signing key; restore it from backup or move it away \
-                 to generate a new one",
+                "the checkpoint signing key {} cannot be used; restore it from backup, or move it away to \
+                 generate a new one (checkpoints signed before then only verify with the old key)",
                 path.display()
             )
-        }),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let signer = NoteSigner::generate("sos-server").context("cannot generate a checkpoint signing key")?;
-            if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("cannot create directory {}", parent.display()))?;
-            }
-            write_private(path, &signer.to_key_string())
-                .with_context(|| format!("cannot write the checkpoint signing key to {}", path.display()))?;
-            tracing::warn!(
-                path = %path.display(),
-                verifier_key = %signer.verifier().to_key_string(),
-                "generated a new checkpoint signing key; back it up: checkpoints signed with it can only be checked with its verifier key"
-            );
-            Ok(signer)
-        }
-        Err(error) => Err(error).with_context(|| format!("cannot read the checkpoint signing key {}", path.display())),
+        });
     }
-}
-
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
+    if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create directory {}", parent.display()))?;
     }
-    let mut file = options.open(path)?;
-    file.write_all(text.as_bytes())?;
-    file.write_all(b"\n")?;
-    file.sync_all()
+    let signer = sos_audit::tlog::generate_signer_file(path, SIGNER_NAME)
+        .with_context(|| format!("cannot create the checkpoint signing key {}", path.display()))?;
+    tracing::warn!(
+        path = %path.display(),
+        verifier_key = %signer.verifier().to_key_string(),
+        "generated a new checkpoint signing key; back it up: checkpoints signed with it only verify with its verifier key"
+    );
+    Ok(signer)
 }
 
 fn build_verifiers(config: &Config) -> anyhow::Result<BTreeMap<(TenantId, ProviderKind), Verifier>> {

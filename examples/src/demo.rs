@@ -4,12 +4,14 @@
 //! The trust gate is not bypassed. The agent `ada` is registered *as if* it had been planted 22
 //! days ago, and the messages it observed since then are seeded with their dates: an explicit,
 //! audited history (actor `demo-seed`). Everything it then says passes the same gate as any
-//! agent's: the renewal insight goes out at the first evaluation (20 messages and 5 days are
-//! behind it); the stale-deal nudge, an intervention, waits until someone accepts an insight.
+//! agent's. Its introduction goes out at start. The stale deal `d-1` fires a nudge, an
+//! intervention, which the gate withholds until people accept an insight. The insight comes from
+//! the README's signed test webhook: a contact whose renewal is near (`sos-send-webhook
+//! contact-renewal`); with 20 messages and 5 days behind the agent, it goes out at once.
 
 use chrono::TimeDelta;
 use sos_core::{Clock as _, TenantId};
-use sos_ruliads::crm::{Contact, Deal, Direction, Message, Record, Stage};
+use sos_ruliads::crm::{Deal, Direction, Message, Record, Stage};
 
 use crate::App;
 use crate::agents::{self, NewAgent};
@@ -82,22 +84,11 @@ pub(crate) async fn seed(app: &App) -> Result<(), ApiError> {
     for deal in deals {
         state::write_record(&app.chain, &Record::Deal(deal), now.timestamp_micros(), ACTOR).await?;
     }
-    let contact = Contact {
-        tenant: tenant.clone(),
-        id: "c-1".to_owned(),
-        name: "Initech Fund".to_owned(),
-        follow_up_due_at: None,
-        followed_up_at: None,
-        last_interaction_at: Some(day(2)),
-        interactions: 9,
-        renewal_at: Some(now + TimeDelta::days(9)),
-    };
-    state::write_record(&app.chain, &Record::Contact(contact), now.timestamp_micros(), ACTOR).await?;
     tracing::info!(
         %tenant,
         agent = "ada",
         planted = %planted_at.to_rfc3339(),
-        "seeded the demo tenant: an agent planted 22 days ago with 24 observed messages, 2 deals and a contact renewing in 9 days"
+        "seeded the demo tenant: an agent planted 22 days ago with 24 observed messages, and 2 deals"
     );
     Ok(())
 }

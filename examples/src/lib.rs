@@ -39,10 +39,11 @@ pub use agents::{AgentView, NewAgent, PackView, RegistryView, TrustView};
 pub use api::{
     AgentList, EntryList, Health, RecordList, RecordView, SignalList, TenantView, VerifyView, router,
 };
-pub use audit::SignedCheckpoint;
+pub use audit::CheckpointView;
 pub use channel::{LogChannel, SlackChannel, escape};
 pub use config::{
-    Config, DEMO_STANDARD_SECRET, DEMO_STRIPE_SECRET, DEMO_TENANT, ProviderKind, Settings, Verifier,
+    Config, DEMO_STANDARD_SECRET, DEMO_STRIPE_SECRET, DEMO_TENANT, ProviderKind, SIGNER_NAME, Settings,
+    Verifier,
 };
 pub use db::{Database, migrators, postgres_migrators, sqlite_migrators};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
@@ -56,10 +57,12 @@ pub struct App {
     pub(crate) settings: Settings,
     pub(crate) database: Database,
     pub(crate) chain: audit::Chain,
+    pub(crate) checkpoints: audit::Checkpoints,
     pub(crate) guard: Arc<webhooks::Guard>,
     pub(crate) registry: agents::Registry,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) channel: Arc<dyn Channel>,
+    pub(crate) evaluating: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for App {
@@ -86,14 +89,17 @@ impl App {
             Some(url) => Arc::new(SlackChannel::new(url.clone())?),
             None => Arc::new(LogChannel),
         };
+        let chain = audit::Chain::new(&database, Arc::clone(&clock));
         let app = Self {
-            chain: audit::Chain::new(&database, Arc::clone(&clock)),
+            checkpoints: audit::Checkpoints::new(&chain, &settings.signer, Arc::clone(&clock))?,
+            chain,
             guard: Arc::new(webhooks::Guard::new(&database, Arc::clone(&clock))),
             registry: agents::Registry::new(&database, Arc::clone(&clock)),
             settings,
             database,
             clock,
             channel,
+            evaluating: Arc::new(tokio::sync::Mutex::new(())),
         };
         if app.settings.config.demo {
             demo::seed(&app)
@@ -170,8 +176,21 @@ pub async fn serve_app(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let evaluator =
-        app.settings.eval_interval().map(|every| tokio::spawn(run_evaluator(app.clone(), every, stopped)));
+    let evaluator = app
+        .settings
+        .eval_interval()
+        .map(|every| tokio::spawn(run_evaluator(app.clone(), every, stopped.clone())));
+    let checkpointer = {
+        let checkpoints = app.checkpoints.clone();
+        let mut stopped = stopped;
+        tokio::spawn(async move {
+            checkpoints
+                .run(async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })
+                .await;
+        })
+    };
     tracing::info!(
         address = %listener.local_addr()?,
         database = app.database.backend(),
@@ -189,6 +208,7 @@ pub async fn serve_app(
         // The evaluator finishes the evaluation it is in, then stops.
         let _ = evaluator.await;
     }
+    let _ = checkpointer.await;
     result?;
     Ok(())
 }

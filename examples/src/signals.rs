@@ -79,6 +79,9 @@ pub struct EvaluationReport {
 
 /// Evaluates every agent of the tenant and delivers what the gates release.
 pub(crate) async fn evaluate(app: &App, tenant: &TenantId) -> Result<EvaluationReport, ApiError> {
+    // One evaluation at a time in this process (periodic, run-now and after webhooks); across
+    // processes the agents' version check keeps the gates consistent.
+    let _one_at_a_time = app.evaluating.lock().await;
     let mut report = EvaluationReport::default();
     let now = app.clock.now();
     let mut agents = agents::load_all(app, tenant).await?;

@@ -135,14 +135,26 @@ pub(crate) async fn receive(
         }
     };
     match outcome {
-        Ok(Outcome::Processed((effect, seq))) => Ok((
-            StatusCode::OK,
-            WebhookAnswer {
-                outcome: "processed".to_owned(),
-                effect: Some(effect.to_owned()),
-                audit_seq: Some(seq),
-            },
-        )),
+        Ok(Outcome::Processed((effect, seq))) => {
+            if effect != "recorded" && app.settings.eval_interval().is_some() {
+                // The state changed: evaluate the tenant now rather than at the next period.
+                let app = app.clone();
+                let tenant = tenant.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = crate::signals::evaluate(&app, &tenant).await {
+                        tracing::warn!(%tenant, code = error.code(), "evaluation after a webhook failed; the next run retries");
+                    }
+                });
+            }
+            Ok((
+                StatusCode::OK,
+                WebhookAnswer {
+                    outcome: "processed".to_owned(),
+                    effect: Some(effect.to_owned()),
+                    audit_seq: Some(seq),
+                },
+            ))
+        }
         Ok(Outcome::AlreadyProcessed) => Ok((
             StatusCode::OK,
             WebhookAnswer { outcome: "already_processed".to_owned(), effect: None, audit_seq: None },

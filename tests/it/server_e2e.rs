@@ -317,7 +317,6 @@ async fn whole_loop(backend: Backend) {
             .unwrap(),
     )
     .await;
-    let entry_hash: sos_core::Sha256Digest = page["entries"][0]["hash"].as_str().unwrap().parse().unwrap();
     let proof = client
         .get(server.url(&format!("/v1/tenants/acme/audit/proofs/{contact_seq}")))
         .send()
@@ -326,11 +325,11 @@ async fn whole_loop(backend: Backend) {
         .bytes()
         .await
         .unwrap();
-    let proof = sos_audit::merkle::InclusionProof::from_json(&proof).expect("the proof is in the CLI's JSON");
-    assert_eq!(proof.size, opened.size);
-    proof
-        .verify(&sos_audit::merkle::leaf_hash(entry_hash.as_bytes()), &opened.root)
-        .expect("the webhook's entry is in the signed tree");
+    let proof = sos_audit::tlog::EntryProof::from_json(&proof).expect("the proof is in the CLI's JSON");
+    assert_eq!(proof.seq, contact_seq);
+    assert_eq!(proof.entry_hash.to_hex(), page["entries"][0]["hash"].as_str().unwrap());
+    let proven = proof.verify(&verifier).expect("the webhook's entry is in the signed tree");
+    assert_eq!(proven.size, opened.size, "proved against the latest checkpoint");
     server.stop().await;
 }
 
