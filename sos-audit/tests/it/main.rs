@@ -11,6 +11,8 @@ mod audit_before_write;
 mod chain_seq_stale_read;
 #[cfg(feature = "cli")]
 mod cli;
+#[cfg(feature = "cli")]
+mod cli_checkpoint;
 #[cfg(all(feature = "postgres", feature = "sqlite"))]
 mod write_once;
 

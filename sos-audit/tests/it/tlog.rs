@@ -474,3 +474,69 @@ async fn postgres_anchor_sink_is_write_once() {
     let updated = sqlx::query("UPDATE audit_anchors SET note = 'x'").execute(database.pool()).await;
     assert!(updated.is_err(), "anchor rows cannot be updated");
 }
+
+/// A database administrator rewrites an entry (with its triggers off): the checkpointer refuses
+/// to extend the tree over it, so the rewrite is never signed.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn checkpointer_refuses_a_rewritten_entry_postgres() {
+    let database = sos_testkit::PgTestDatabase::new(&[&sos_audit::postgres_migrator()]).await;
+    let store = sos_audit::PgAuditChain::new(database.pool().clone());
+    append_n(&store, "acme", 0, 6).await;
+    sqlx::query("ALTER TABLE audit_entries DISABLE TRIGGER USER")
+        .execute(database.pool())
+        .await
+        .expect("disable");
+    sqlx::query("UPDATE audit_entries SET payload = '{\"index\":99}' WHERE tenant = 'acme' AND seq = 4")
+        .execute(database.pool())
+        .await
+        .expect("rewrite");
+    let checkpointer = Checkpointer::new(store.clone(), signer());
+    let refused = checkpointer.checkpoint_now(&tenant("acme")).await.expect_err("broken chain");
+    assert!(matches!(refused, Error::ChainBroken { seq: 4, .. }), "{refused:?}");
+    assert_eq!(checkpointer.latest(&tenant("acme")).await.expect("latest"), None, "nothing was signed");
+    assert_eq!(store.tree_state(&tenant("acme")).await.expect("state").size, 0, "nothing was written");
+}
+
+/// A database administrator rewrites the stored tiles: proofs from them no longer match the
+/// signed checkpoint, and the checkpointer refuses to sign the rewritten tree.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn checkpointer_refuses_rewritten_tiles_sqlite() {
+    let database = sos_testkit::SqliteTestDatabase::new(&[&sos_audit::sqlite_migrator()]).await;
+    let store = sos_audit::SqliteAuditChain::new(database.pool().clone());
+    let key = signer().to_key_string();
+    let load = || NoteSigner::from_key_string(&key).expect("key");
+    let verifier = load().verifier();
+    let checkpointer = Checkpointer::new(store.clone(), load());
+    append_n(&store, "acme", 0, 10).await;
+    checkpointer.checkpoint_now(&tenant("acme")).await.expect("checkpoint");
+    // Replace leaf 3's hash in the level-0 tile.
+    let mut tile: Vec<u8> = sqlx::query_scalar(
+        "SELECT hashes FROM audit_tree_tiles WHERE tenant = 'acme' AND level = 0 AND idx = 0",
+    )
+    .fetch_one(database.pool())
+    .await
+    .expect("tile");
+    tile[96..128].fill(0);
+    sqlx::query("UPDATE audit_tree_tiles SET hashes = ?1 WHERE tenant = 'acme' AND level = 0 AND idx = 0")
+        .bind(tile)
+        .execute(database.pool())
+        .await
+        .expect("rewrite tile");
+    let proof = tlog::prove(&store, &tenant("acme"), 2, None).await.expect("prove");
+    let refused = proof.verify(&verifier).expect_err("the proof uses the rewritten leaf");
+    assert!(matches!(refused, Error::Proof(ProofError::RootMismatch { .. })), "{refused:?}");
+    // A fresh checkpointer (no memory of what it signed) still refuses: the recorded, signed
+    // checkpoint disagrees with the tree.
+    let fresh = Checkpointer::new(store.clone(), load());
+    let refused = fresh.checkpoint_now(&tenant("acme")).await.expect_err("split view");
+    assert!(matches!(refused, Error::SplitView { size: 10, .. }), "{refused:?}");
+    // Once the log grows, the rewritten prefix no longer extends the signed checkpoint.
+    append_n(&store, "acme", 10, 3).await;
+    let refused = fresh.checkpoint_now(&tenant("acme")).await.expect_err("fork");
+    assert!(matches!(refused, Error::Forked { checkpoint_size: 10, .. }), "{refused:?}");
+    // Checkpoint rows are write-once.
+    let deleted = sqlx::query("DELETE FROM audit_checkpoints").execute(database.pool()).await;
+    assert!(deleted.is_err(), "checkpoint rows cannot be deleted");
+}
