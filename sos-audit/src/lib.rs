@@ -16,6 +16,12 @@
 //! can be published as C2SP checkpoints signed with Ed25519 ([`note`]), readable by existing
 //! transparency-log tooling. The leaf data of entry `seq` is its 32-byte hash.
 //!
+//! [`tlog`] puts this to work per tenant: the tree stored as C2SP tiles in the same database
+//! ([`tlog::MerkleStore`]), a [`tlog::Checkpointer`] that signs every 256 entries, after at most
+//! 60 s of pending entries and on demand, and refuses split views and forks, inclusion proofs
+//! with `O(log n)` reads ([`tlog::prove`]), write-once anchors ([`tlog::AnchorSink`]) and tile
+//! export.
+//!
 //! # Usage
 //!
 //! Stores implement [`AuditStore`]: [`MemoryAuditStore`] always, `PgAuditChain` with feature
@@ -27,6 +33,12 @@
 //! sos-audit verify --database-url postgres://… [--tenant acme] [--expect-head 42:<hash>]
 //! sos-audit export --database-url postgres://… --tenant acme > chain.jsonl
 //! sos-audit verify --file chain.jsonl [--expect-head 42:<hash>]
+//! sos-audit keygen --name example.com/sos-audit --out log.key > log.pub
+//! sos-audit checkpoint --database-url … --signer-key log.key [--tenant acme] [--anchor-dir DIR]
+//! sos-audit prove --database-url … --tenant acme --seq 2 > proof.json
+//! sos-audit verify-proof --proof proof.json --verifier-key log.pub [--entry line.jsonl]
+//! sos-audit verify --file chain.jsonl --checkpoint acme.checkpoint --verifier-key log.pub
+//! sos-audit tiles --database-url … --tenant acme --out tiles/
 //! ```
 //!
 //! Exit status: 0 intact, 1 tampering found, 2 usage or I/O error.
@@ -69,7 +81,8 @@
 //! [`JsonlReader`] return [`Error::MalformedLine`] naming the line and never panic; lines are
 //! bounded by [`MAX_LINE_LEN`]. Tampering is reported as a [`Finding`], never an error. Signed
 //! notes, keys, checkpoints ([`note::open_note`], [`note::Checkpoint::open`]) and proofs
-//! ([`merkle::InclusionProof::from_json`]) are parsed into typed errors, with size limits.
+//! ([`merkle::InclusionProof::from_json`], [`tlog::EntryProof::from_json`]) and tiles
+//! ([`tlog::TileSet::insert`]) are parsed into typed errors, with size limits.
 //!
 //! # Crate features
 //!

@@ -435,4 +435,72 @@ mod tests {
         stored.clear();
         assert!(TileBuilder::resume(10, &stored).is_err());
     }
+
+    #[test]
+    fn malformed_entry_proofs_are_typed_errors() {
+        use crate::merkle::ProofError;
+        let hash = "00".repeat(32);
+        let valid = format!(
+            r#"{{"tenant":"acme","seq":1,"entry_hash":"{hash}","proof":{{"index":0,"size":1,"hashes":[]}},"checkpoint":"x"}}"#
+        );
+        assert!(crate::tlog::EntryProof::from_json(valid.as_bytes()).is_ok());
+        let too_many = valid.replace(
+            r#""hashes":[]"#,
+            &format!(r#""hashes":[{}]"#, vec![format!("\"{hash}\""); 66].join(",")),
+        );
+        let cases: Vec<Vec<u8>> = vec![
+            valid.as_bytes()[..valid.len() / 2].to_vec(),
+            valid.replace("acme", "ACME!").into_bytes(),
+            valid.replace(r#""seq":1"#, r#""seq":-1"#).into_bytes(),
+            valid.replace(&hash, "zz").into_bytes(),
+            valid.replace(r#""checkpoint""#, r#""extra":1,"checkpoint""#).into_bytes(),
+            too_many.into_bytes(),
+            vec![b' '; crate::tlog::MAX_PROOF_JSON_BYTES + 1],
+            vec![0xff, 0xfe],
+        ];
+        for case in cases {
+            let error = crate::tlog::EntryProof::from_json(&case).expect_err("malformed");
+            assert!(matches!(error, crate::Error::Proof(ProofError::Malformed { .. })), "{error:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_tile_bytes_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..9000),
+            size in 0u64..100_000,
+            level in 0u8..8,
+            index in proptest::prelude::any::<u64>(),
+        ) {
+            let mut set = TileSet::new(size);
+            if set.insert(TileKey { level, index }, &bytes).is_ok() {
+                let _ = root_at(&set, size);
+                if size > 0 {
+                    let _ = inclusion_proof(&set, size - 1, size);
+                    let _ = consistency_proof(&set, size / 2, size);
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_entry_proof_json_never_panics(json in "\\PC{0,400}") {
+            if let Ok(proof) = crate::tlog::EntryProof::from_json(json.as_bytes()) {
+                let verifier = crate::note::NoteSigner::generate("example.com/p").map(|s| s.verifier());
+                if let Ok(verifier) = verifier {
+                    let _ = proof.verify(&verifier);
+                }
+            }
+        }
+
+        #[test]
+        fn streaming_root_matches_the_tree(size in 0u64..600) {
+            let mut tree = MemoryTree::new();
+            let mut streaming = crate::tlog::StreamingRoot::new();
+            for leaf in 0..size {
+                tree.push(&leaf.to_be_bytes());
+                streaming.push_leaf_data(&leaf.to_be_bytes());
+            }
+            proptest::prop_assert_eq!(streaming.root(), tree.root());
+        }
+    }
 }

@@ -540,3 +540,30 @@ async fn checkpointer_refuses_rewritten_tiles_sqlite() {
     let deleted = sqlx::query("DELETE FROM audit_checkpoints").execute(database.pool()).await;
     assert!(deleted.is_err(), "checkpoint rows cannot be deleted");
 }
+
+/// The proof file of `docs/audit-format.md` verifies with the documented key, and only with it.
+#[test]
+fn proof_file_example_from_docs() {
+    let doc = include_str!("../../../docs/audit-format.md");
+    let json = doc
+        .split("### Proof files")
+        .nth(1)
+        .and_then(|rest| rest.split("```json\n").nth(1))
+        .expect("the proof block");
+    let json = json.split("```").next().expect("block end");
+    let proof = tlog::EntryProof::from_json(json.as_bytes()).expect("the documented proof parses");
+    let key = doc
+        .lines()
+        .find_map(|line| line.strip_prefix("verifier-key = "))
+        .expect("the documented verifier key");
+    let verifier = sos_audit::note::NoteVerifier::from_key_string(key).expect("key");
+    let checkpoint = proof.verify(&verifier).expect("the documented proof verifies");
+    assert_eq!((checkpoint.origin.as_str(), checkpoint.size), ("example.com/sos-audit/acme", 3));
+    let tile_doc = doc.split("tile/0/000.p/3        = ").nth(1).expect("tile example");
+    let tile_hex: String = tile_doc.split("(96 bytes)").next().expect("end").split_whitespace().collect();
+    let mut tiles = TileSet::new(3);
+    tiles
+        .insert(sos_audit::tlog::TileKey { level: 0, index: 0 }, &hex::decode(tile_hex).expect("hex"))
+        .expect("tile");
+    assert_eq!(sos_audit::merkle::root_at(&tiles, 3).expect("root"), checkpoint.root);
+}
