@@ -8,3 +8,4 @@ mod adversarial_identity;
 mod adversarial_webhooks;
 mod server;
 mod server_e2e;
+mod server_shapes;
