@@ -45,7 +45,8 @@ pub struct Config {
     #[arg(long, env = "SOS_PACKS", default_value = "examples/packs")]
     pub packs: PathBuf,
 
-    /// The checkpoint signing key file; generated on first run (with a warning) when absent.
+    /// The checkpoint signing key file; generated on first run (with a warning) when absent. Its
+    /// verifier key is written beside it as `<file>.pub`.
     #[arg(long, env = "SOS_SIGNING_KEY", default_value = "sos-data/checkpoint.key")]
     pub signing_key: PathBuf,
 
@@ -162,6 +163,7 @@ impl Settings {
         }
         let packs = load_packs(&config.packs)?;
         let signer = load_or_create_signer(&config.signing_key)?;
+        publish_verifier(&config.signing_key, &signer)?;
         let verifiers = build_verifiers(&config)?;
         let slack_webhook_url = match &config.slack_webhook_url {
             None => None,
@@ -230,6 +232,19 @@ fn load_or_create_signer(path: &Path) -> anyhow::Result<NoteSigner> {
         "generated a new checkpoint signing key; back it up: checkpoints signed with it only verify with its verifier key"
     );
     Ok(signer)
+}
+
+/// Writes the verifier key beside the signing key (`<key>.pub`) when it is not there, so an
+/// auditor's tools (`sos-audit verify-proof --verifier-key …`) can be pointed at it.
+fn publish_verifier(path: &Path, signer: &NoteSigner) -> anyhow::Result<()> {
+    let mut public = path.as_os_str().to_owned();
+    public.push(".pub");
+    let public = PathBuf::from(public);
+    if !public.exists() {
+        std::fs::write(&public, format!("{}\n", signer.verifier().to_key_string()))
+            .with_context(|| format!("cannot write the verifier key to {}", public.display()))?;
+    }
+    Ok(())
 }
 
 fn build_verifiers(config: &Config) -> anyhow::Result<BTreeMap<(TenantId, ProviderKind), Verifier>> {

@@ -16,6 +16,40 @@
 //! The library exposes what `main` does, so tests and other processes run exactly the binary's
 //! code: [`Config`] (clap) → [`Settings::load`] → [`App::open`] → [`serve_app`], or all of it
 //! with [`serve`].
+//!
+//! # Examples
+//!
+//! The server in-process on a temporary SQLite file, as the tests run it:
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let dir = tempfile::tempdir()?;
+//! let sqlite = dir.path().join("sos.sqlite").display().to_string();
+//! let key = dir.path().join("checkpoint.key").display().to_string();
+//! let mut config =
+//!     sos_server::Config::from_args(["sos-server", "--packs", "packs", "--sqlite-path", &sqlite, "--signing-key", &key])?;
+//! config.database_url = None; // the SQLite file, even where DATABASE_URL is set
+//! let settings = sos_server::Settings::load(config)?;
+//! let app = sos_server::App::open(settings, std::sync::Arc::new(sos_core::SystemClock)).await?;
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let base = format!("http://{}", listener.local_addr()?);
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let server = tokio::spawn(sos_server::serve_app(app, listener, async move {
+//!     let _ = stopped.await;
+//! }));
+//!
+//! let client = reqwest::Client::new();
+//! let created = client.put(format!("{base}/v1/tenants/acme")).send().await?;
+//! assert_eq!(created.status(), 201);
+//! let unknown: serde_json::Value = client.get(format!("{base}/v1/tenants/globex/deals")).send().await?.json().await?;
+//! assert_eq!(unknown["error"]["code"], "unknown_tenant");
+//!
+//! let _ = stop.send(());
+//! server.await??; // in-flight requests finish first
+//! # Ok::<(), anyhow::Error>(())
+//! # }).unwrap();
+//! ```
 
 mod agents;
 mod api;
@@ -29,6 +63,9 @@ mod openapi;
 mod signals;
 mod state;
 mod webhooks;
+
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -222,6 +259,11 @@ async fn run_evaluator(app: App, every: Duration, mut stopped: tokio::sync::watc
             _ = interval.tick() => {
                 // Not raced against shutdown: an evaluation in progress completes its writes.
                 app.evaluate_all().await;
+                match app.guard.purge().await {
+                    Ok(0) => {}
+                    Ok(purged) => tracing::info!(purged, "purged webhook dedupe records past their retention"),
+                    Err(error) => tracing::warn!(%error, "purging webhook dedupe records failed; the next run retries"),
+                }
             }
         }
     }

@@ -40,6 +40,17 @@ impl Guard {
     }
 }
 
+impl Guard {
+    /// Removes settled dedupe records older than the guard's retention (7 days); returns how
+    /// many. A provider's redelivery after that is treated as a new event.
+    pub(crate) async fn purge(&self) -> sos_webhooks::Result<u64> {
+        match self {
+            Self::Sqlite(guard) => guard.purge().await,
+            Self::Postgres(guard) => guard.purge().await,
+        }
+    }
+}
+
 /// What a processed webhook did.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct WebhookAnswer {
