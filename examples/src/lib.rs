@@ -235,6 +235,7 @@ pub async fn serve_app(
         verticals = ?app.settings.packs.keys().collect::<Vec<_>>(),
         "sos-server listening"
     );
+    let app_evaluating = Arc::clone(&app.evaluating);
     let result = axum::serve(listener, router(app))
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -246,6 +247,8 @@ pub async fn serve_app(
         let _ = evaluator.await;
     }
     let _ = checkpointer.await;
+    // An evaluation a webhook started is not cut off: wait for it, and let none start after.
+    let _no_more_evaluations = app_evaluating.lock_owned().await;
     result?;
     Ok(())
 }
