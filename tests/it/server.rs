@@ -83,6 +83,19 @@ impl TestServer {
         format!("{}{path}", self.base)
     }
 
+    /// Stops the server gracefully and waits for it, handing back its directory (database,
+    /// keys) for inspection.
+    pub(crate) async fn stop_keeping_files(mut self) -> tempfile::TempDir {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server stopped cleanly");
+        }
+        let dir = tempfile::tempdir().expect("temporary directory");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
     /// Stops the server gracefully and waits for it.
     pub(crate) async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {

@@ -142,6 +142,53 @@ async fn false_delivery_a_failed_post_is_retried_until_acknowledged() {
     server.stop().await;
 }
 
+/// Graceful shutdown: a request in flight when the server is told to stop (here an evaluation
+/// waiting on a slow channel) finishes, and its receipt is committed; nothing is half-written.
+#[tokio::test]
+async fn graceful_shutdown_finishes_an_in_flight_evaluation() {
+    let clock = manual_clock();
+    let slow = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(|| async {
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+            "ok"
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, slow).await });
+    let server =
+        TestServer::start(Backend::Sqlite, Arc::new(clock.clone()), &["--slack-webhook-url".to_owned(), url])
+            .await;
+    prepare_insight(&server, &clock).await;
+    let evaluation =
+        tokio::spawn(reqwest::Client::new().post(server.url("/v1/tenants/acme/evaluations")).send());
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let database = server.dir.path().join("sos.sqlite");
+    let started = std::time::Instant::now();
+    // `stop` returns once the server has shut down; the evaluation was mid-delivery.
+    let stopping = tokio::spawn(server.stop_keeping_files());
+    let response = evaluation.await.unwrap().expect("the in-flight request is answered");
+    assert_eq!(response.status(), 200);
+    let report: Value = response.json().await.unwrap();
+    assert_eq!(report["delivered"], 1, "{report}");
+    let _dir = stopping.await.unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900), "shutdown waited for the request");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", database.display())).await.unwrap();
+    let statuses: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT s.status, (SELECT COUNT(*) FROM sos_server_receipts r WHERE r.tenant = s.tenant AND r.signal_id = s.id) \
+         FROM sos_server_signals s WHERE s.kind = 'renewal-upcoming'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(statuses, vec![("delivered".to_owned(), 1)], "the receipt committed with the status");
+    let chain = sos_audit::SqliteAuditChain::new(pool);
+    assert!(
+        sos_audit::verify_store(&chain, &"acme".parse().unwrap(), None, |_| {}).await.unwrap().is_intact()
+    );
+}
+
 /// Named shape `false-delivery`: a 2xx answer that neither says `ok` nor names the message is not
 /// an acknowledgement, and a 4xx is a rejection that is not retried.
 #[tokio::test]
