@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
+use sos_core::TenantId;
 
 use super::{Claim, ClaimAnswer, ClaimRequest, ClaimStore, EventKey, answer_from};
 use crate::error::{Error, Result};
@@ -122,6 +123,15 @@ impl ClaimStore for MemoryStore {
         let mut records = self.lock();
         let count = records.len();
         records.retain(|_, record| !(record.state == "processed" && record.updated_at < before));
+        Ok((count - records.len()) as u64)
+    }
+
+    async fn purge_processed_of(&self, tenant: &TenantId, before: DateTime<Utc>) -> Result<u64> {
+        let mut records = self.lock();
+        let count = records.len();
+        records.retain(|key, record| {
+            !(key.tenant() == tenant && record.state == "processed" && record.updated_at < before)
+        });
         Ok((count - records.len()) as u64)
     }
 }

@@ -11,6 +11,7 @@ use sos_core::{Clock, DomainHasher, Sha256Digest, TenantId};
 
 use crate::error::{Error, Result};
 
+mod cache;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -269,6 +270,7 @@ pub struct GuardConfig {
     retention: Duration,
     busy_timeout: Duration,
     read_first: bool,
+    processed_cache: usize,
 }
 
 impl Default for GuardConfig {
@@ -279,6 +281,7 @@ impl Default for GuardConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             busy_timeout: Duration::from_millis(20),
             read_first: false,
+            processed_cache: 0,
         }
     }
 }
@@ -329,6 +332,27 @@ impl GuardConfig {
     pub fn with_read_first(mut self, read_first: bool) -> Self {
         self.read_first = read_first;
         self
+    }
+
+    /// Remember up to `entries` events this guard has seen processed, and answer their
+    /// duplicates from memory (default 0: off).
+    ///
+    /// `processed` is a final state (only the retention purge removes it), so the answer is
+    /// the one the store would give: [`Outcome::AlreadyProcessed`] for the same body,
+    /// [`Outcome::BodyMismatch`] for another. The memory never claims and never calls an event
+    /// new, so it cannot admit a duplicate; unknown keys go to the store as before. It helps
+    /// when a provider's retries reach the same replica; clones of the guard share it. An
+    /// entry is used until the retention horizon counted from when this guard saw the
+    /// record, so an event may be answered `AlreadyProcessed` a little after the store purged
+    /// it (never before). About 150 bytes per entry.
+    pub fn with_processed_cache(mut self, entries: usize) -> Self {
+        self.processed_cache = entries;
+        self
+    }
+
+    /// How many processed events the guard remembers (0: off).
+    pub fn processed_cache(&self) -> usize {
+        self.processed_cache
     }
 
     /// Whether PostgreSQL transactional mode reads the record before claiming.
@@ -451,6 +475,13 @@ pub trait ClaimStore: Send + Sync + fmt::Debug {
     /// Deletes processed records last touched before `before`; never a `processing` or
     /// `failed` one. Returns how many were deleted.
     fn purge_processed(&self, before: DateTime<Utc>) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Like [`ClaimStore::purge_processed`], for one tenant's records only.
+    fn purge_processed_of(
+        &self,
+        tenant: &TenantId,
+        before: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64>> + Send;
 }
 
 /// Answers a delivery from an existing record's state and body hash.
@@ -517,17 +548,25 @@ pub struct WebhookGuard<S> {
     store: S,
     clock: Arc<dyn Clock>,
     config: GuardConfig,
+    cache: Arc<cache::ProcessedCache>,
 }
 
 impl<S> WebhookGuard<S> {
     /// A guard over `store` with the default [`GuardConfig`].
     pub fn new(store: S, clock: impl Clock + 'static) -> Self {
-        Self { store, clock: Arc::new(clock), config: GuardConfig::default() }
+        let config = GuardConfig::default();
+        Self {
+            store,
+            clock: Arc::new(clock),
+            config,
+            cache: Arc::new(cache::ProcessedCache::new(config.processed_cache)),
+        }
     }
 
-    /// Replaces the configuration.
+    /// Replaces the configuration (and starts an empty processed-event memory).
     pub fn with_config(mut self, config: GuardConfig) -> Self {
         self.config = config;
+        self.cache = Arc::new(cache::ProcessedCache::new(config.processed_cache));
         self
     }
 
@@ -543,6 +582,19 @@ impl<S> WebhookGuard<S> {
 
     pub(crate) fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    /// The processed-event memory's answer for this delivery, if it knows the key.
+    pub(crate) fn cached(&self, key: &EventKey, body_hash: &Sha256Digest) -> Option<Duplicate> {
+        self.cache.answer(key, body_hash, self.now())
+    }
+
+    /// Remembers `key` when `answer` says it is processed with this body.
+    pub(crate) fn remember(&self, key: &EventKey, body_hash: &Sha256Digest, answer: Duplicate) {
+        if answer == Duplicate::AlreadyProcessed {
+            let now = self.now();
+            self.cache.insert(key, body_hash, add(now, self.config.retention));
+        }
     }
 }
 
@@ -571,21 +623,29 @@ impl<S: ClaimStore> WebhookGuard<S> {
         Fut: Future<Output = std::result::Result<T, E>>,
         E: fmt::Display,
     {
+        let body_hash = Sha256Digest::of(body);
+        if let Some(answer) = self.cached(key, &body_hash) {
+            return Ok(answer.into());
+        }
         let now = self.now();
         let request = ClaimRequest {
             key,
-            body_hash: Sha256Digest::of(body),
+            body_hash,
             now,
             lease_until: add(now, self.config.lease),
             failed_reclaimable_before: sub(now, self.config.failed_retry_after),
         };
         let claim = match self.store.claim(&request).await? {
             ClaimAnswer::Claimed(claim) => claim,
-            ClaimAnswer::Duplicate(duplicate) => return Ok(duplicate.into()),
+            ClaimAnswer::Duplicate(duplicate) => {
+                self.remember(key, &body_hash, duplicate);
+                return Ok(duplicate.into());
+            }
         };
         match handler(claim.clone()).await {
             Ok(value) => {
                 self.store.complete(&claim, self.now()).await?;
+                self.remember(key, &body_hash, Duplicate::AlreadyProcessed);
                 Ok(Outcome::Processed(value))
             }
             Err(error) => {
@@ -605,5 +665,19 @@ impl<S: ClaimStore> WebhookGuard<S> {
     pub async fn purge(&self) -> Result<u64> {
         let before = sub(self.now(), self.config.retention);
         self.store.purge_processed(before).await
+    }
+
+    /// Like [`WebhookGuard::purge`], for one tenant's records only: other tenants' records
+    /// are never read or deleted. Use it when tenants keep keys for different horizons (a
+    /// guard per horizon, `guard.clone().with_config(…)`), or to purge one tenant on its own
+    /// schedule. On PostgreSQL and SQLite the key starts with the tenant, so only that
+    /// tenant's records are scanned.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] when the store fails.
+    pub async fn purge_tenant(&self, tenant: &TenantId) -> Result<u64> {
+        let before = sub(self.now(), self.config.retention);
+        self.store.purge_processed_of(tenant, before).await
     }
 }

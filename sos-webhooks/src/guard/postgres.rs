@@ -5,10 +5,10 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
-use sos_core::Sha256Digest;
+use sos_core::{Sha256Digest, TenantId};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPool;
-use sqlx::{Postgres, Row as _, Transaction};
+use sqlx::{Executor as _, Postgres, Row as _, Transaction};
 
 use super::{
     Claim, ClaimAnswer, ClaimRequest, ClaimStore, Duplicate, EventKey, Outcome, RunError, WebhookGuard,
@@ -39,9 +39,21 @@ impl<T, E, F> PgHandler<T, E> for F where
 }
 
 /// Dedupe records in PostgreSQL (table `sos_webhook_events`).
+///
+/// # Clocks in two-phase mode
+///
+/// By default leases and failure delays are timed by the guard's [`Clock`](sos_core::Clock),
+/// which lets tests drive them with a manual clock. Each worker then judges expiry by its own
+/// clock: a worker whose clock runs `s` ahead sees a lease expire `s` early (it can take over a
+/// live claim once `s` exceeds the lease left), and a worker whose clock runs behind writes a
+/// lease that ends early. So set the lease above the handler's longest run plus the worst clock
+/// skew between replicas, or turn on [`PgStore::with_database_clock`]: every lease, expiry and
+/// failure delay is then timed by the database server's clock alone, and the workers' clocks
+/// no longer matter.
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    database_clock: bool,
 }
 
 impl fmt::Debug for PgStore {
@@ -53,7 +65,27 @@ impl fmt::Debug for PgStore {
 impl PgStore {
     /// A store on `pool`; run [`postgres_migrator`] on the database first.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self { pool, database_clock: false }
+    }
+
+    /// Times two-phase leases, their expiry and failure delays by the database server's clock
+    /// (`statement_timestamp()`) instead of the guard's, so that a worker with a skewed clock
+    /// can neither take over a live claim nor write a short lease. The durations still come
+    /// from [`GuardConfig`](super::GuardConfig). The retention purge keeps the guard's clock
+    /// (its horizon is days; skew is seconds). Off by default; see the type's docs.
+    pub fn with_database_clock(mut self, database_clock: bool) -> Self {
+        self.database_clock = database_clock;
+        self
+    }
+
+    /// Whether two-phase mode is timed by the database's clock.
+    pub fn database_clock(&self) -> bool {
+        self.database_clock
+    }
+
+    /// The instant to bind: the guard's, or `NULL` for the database's own (`COALESCE`d in SQL).
+    fn instant(&self, guard_instant: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        (!self.database_clock).then_some(guard_instant)
     }
 
     /// The pool.
@@ -96,7 +128,9 @@ impl PgStore {
         reason: Option<&str>,
     ) -> Result<()> {
         let result = sqlx::query(
-            "UPDATE sos_webhook_events SET state = $5, updated_at = $6, lease_until = $6, last_error = $7 \
+            "UPDATE sos_webhook_events \
+             SET state = $5, updated_at = COALESCE($6, statement_timestamp()), \
+                 lease_until = COALESCE($6, statement_timestamp()), last_error = $7 \
              WHERE tenant = $1 AND provider = $2 AND event_id = $3 AND claim_token = $4 AND state = 'processing'",
         )
         .bind(claim.key().tenant().as_str())
@@ -104,7 +138,7 @@ impl PgStore {
         .bind(claim.key().event_id().as_str())
         .bind(claim.token())
         .bind(state)
-        .bind(now)
+        .bind(self.instant(now))
         .bind(reason)
         .execute(&self.pool)
         .await?;
@@ -118,16 +152,21 @@ impl ClaimStore for PgStore {
         let token = new_token();
         // One arbitrated write: insert, or take over an expired lease or a re-claimable failure
         // with the same body. The row lock of ON CONFLICT DO UPDATE serializes racing claims.
+        // With the database's clock the three instants are bound as NULL and computed from
+        // statement_timestamp() and the guard's durations ($9 the lease, $10 the failure delay).
+        let lease = micros_between(request.now, request.lease_until);
+        let failed_delay = micros_between(request.failed_reclaimable_before, request.now);
         let claimed = sqlx::query(
             "INSERT INTO sos_webhook_events AS e \
                (tenant, provider, event_id, body_hash, state, claim_token, attempts, lease_until, last_error, first_seen_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 'processing', $5, 1, $6, NULL, $7, $7) \
+             VALUES ($1, $2, $3, $4, 'processing', $5, 1, COALESCE($6, statement_timestamp() + $9), NULL, \
+                     COALESCE($7, statement_timestamp()), COALESCE($7, statement_timestamp())) \
              ON CONFLICT (tenant, provider, event_id) DO UPDATE \
                SET state = 'processing', claim_token = EXCLUDED.claim_token, attempts = e.attempts + 1, \
                    lease_until = EXCLUDED.lease_until, updated_at = EXCLUDED.updated_at \
                WHERE e.body_hash = EXCLUDED.body_hash \
                  AND ((e.state = 'processing' AND e.lease_until <= EXCLUDED.updated_at) \
-                   OR (e.state = 'failed' AND e.updated_at <= $8)) \
+                   OR (e.state = 'failed' AND e.updated_at <= COALESCE($8, statement_timestamp() - $10))) \
              RETURNING attempts",
         )
         .bind(key.tenant().as_str())
@@ -135,9 +174,11 @@ impl ClaimStore for PgStore {
         .bind(key.event_id().as_str())
         .bind(request.body_hash.as_bytes().as_slice())
         .bind(&token)
-        .bind(request.lease_until)
-        .bind(request.now)
-        .bind(request.failed_reclaimable_before)
+        .bind(self.instant(request.lease_until))
+        .bind(self.instant(request.now))
+        .bind(self.instant(request.failed_reclaimable_before))
+        .bind(lease)
+        .bind(failed_delay)
         .fetch_optional(&self.pool)
         .await?;
         if let Some(row) = claimed {
@@ -166,24 +207,101 @@ impl ClaimStore for PgStore {
                 .await?;
         Ok(result.rows_affected())
     }
+
+    async fn purge_processed_of(&self, tenant: &TenantId, before: DateTime<Utc>) -> Result<u64> {
+        // The primary key starts with the tenant, so this reads only the tenant's records.
+        let result = sqlx::query(
+            "DELETE FROM sos_webhook_events WHERE tenant = $1 AND state = 'processed' AND updated_at < $2",
+        )
+        .bind(tenant.as_str())
+        .bind(before)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+}
+
+/// `later - earlier` as whole microseconds (a PostgreSQL interval cannot hold nanoseconds),
+/// never negative.
+fn micros_between(earlier: DateTime<Utc>, later: DateTime<Utc>) -> chrono::Duration {
+    let span = later.signed_duration_since(earlier).max(chrono::Duration::zero());
+    chrono::Duration::microseconds(span.num_microseconds().unwrap_or(i64::MAX))
+}
+
+/// The claim of transactional mode, in one statement. `existing` reads the committed record
+/// (the statement's snapshot never shows the row this statement inserts); only when there is
+/// none does the insert ask for the key's advisory lock (a `CASE` fixes that order), so a
+/// duplicate of a committed event takes no lock and its rollback may be deferred. A record
+/// committed after the snapshot reads as absent, and the insert's arbitration on the unique
+/// key then inserts nothing: answered "retry", which is always safe. The claim returns the
+/// new row's `ctid` for the check before `COMMIT`.
+const TRANSACTIONAL_CLAIM: &str = "\
+WITH existing AS MATERIALIZED ( \
+  SELECT state, body_hash FROM sos_webhook_events WHERE tenant = $1 AND provider = $2 AND event_id = $3), \
+claimed AS ( \
+  INSERT INTO sos_webhook_events \
+    (tenant, provider, event_id, body_hash, state, claim_token, attempts, lease_until, last_error, first_seen_at, updated_at) \
+  SELECT $1, $2, $3, $4, 'processed', $5, 1, $6, NULL, $6, $6 \
+  WHERE CASE WHEN EXISTS (SELECT 1 FROM existing) THEN false ELSE pg_try_advisory_xact_lock($7) END \
+  ON CONFLICT (tenant, provider, event_id) DO NOTHING \
+  RETURNING ctid::text AS tid) \
+SELECT (SELECT tid FROM claimed), (SELECT state FROM existing), (SELECT body_hash FROM existing)";
+
+/// A row's `ctid` as PostgreSQL prints it, `(block,offset)`, parsed so that only digits are
+/// ever written back into SQL.
+fn parse_tid(text: &str) -> Option<(u32, u16)> {
+    let inner = text.strip_prefix('(')?.strip_suffix(')')?;
+    let (block, offset) = inner.split_once(',')?;
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    if !digits(block) || !digits(offset) {
+        return None;
+    }
+    Some((block.parse().ok()?, offset.parse().ok()?))
+}
+
+/// The statement that ends a claimed transaction, sent as one simple query (one round trip).
+///
+/// The `SELECT` fails if a statement inside the handler failed (PostgreSQL aborted the
+/// transaction, and its `COMMIT` would silently roll back) or if the claim row is gone or
+/// rewritten (division by zero); then neither `COMMIT` nor `BEGIN` runs. Otherwise `COMMIT`
+/// commits, and `BEGIN` opens an empty transaction for sqlx's own bookkeeping: dropping the
+/// `Transaction` queues its `ROLLBACK`, which the pool sends with the ping it makes when the
+/// connection is returned, so it costs no round trip of its own. The literals are digits and
+/// the guard's own hex token, never caller text.
+fn commit_sql(tid: (u32, u16), token: &str) -> String {
+    format!(
+        "SELECT 1 / count(*)::int FROM sos_webhook_events WHERE ctid = '({},{})'::tid AND claim_token = '{token}'; COMMIT; BEGIN",
+        tid.0, tid.1
+    )
+}
+
+/// Whether a database error says the transaction was already aborted (25P02) or the claim
+/// check found no row (22012, the check's division by zero).
+fn is_aborted_claim(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(database) = error else {
+        return false;
+    };
+    matches!(database.code().as_deref(), Some("25P02" | "22012"))
 }
 
 impl WebhookGuard<PgStore> {
     /// Runs `handler` exactly once per event, in transactional mode.
     ///
-    /// The guard opens a transaction and, in one statement, takes a non-blocking advisory lock
-    /// on the key (a
-    /// duplicate arriving while a handler runs is answered [`Outcome::RetryInFlight`] at once,
-    /// however long the handler takes), claims the event with one
-    /// `INSERT … ON CONFLICT DO NOTHING RETURNING` already marked processed, runs the handler
-    /// with the same transaction, and commits. The mark is invisible to others until the
-    /// commit, so the handler's writes and the mark commit together. A handler error, a
-    /// crash or a dropped future rolls everything back and leaves nothing to clean up.
+    /// The guard opens a transaction and, in one statement, reads the committed record and,
+    /// when there is none, takes a non-blocking advisory lock on the key (a duplicate arriving
+    /// while a handler runs is answered [`Outcome::RetryInFlight`] at once, however long the
+    /// handler takes) and claims the event with one
+    /// `INSERT … ON CONFLICT DO NOTHING RETURNING` already marked processed. It runs the handler
+    /// with the same transaction, then checks the claim and commits in one round trip. The
+    /// mark is invisible to others until the commit, so the handler's writes and the mark
+    /// commit together. A handler error, a crash or a dropped future rolls everything back and
+    /// leaves nothing to clean up.
     ///
     /// # Errors
     ///
     /// [`RunError::Handler`] with the handler's error (the transaction was rolled back);
-    /// [`RunError::Guard`] when the database fails.
+    /// [`RunError::Guard`] when the database fails, or [`Error::TransactionAborted`] when a
+    /// statement inside the handler failed and the handler did not return its error.
     pub async fn transactional<T, E, F>(
         &self,
         key: &EventKey,
@@ -194,82 +312,108 @@ impl WebhookGuard<PgStore> {
         F: PgHandler<T, E>,
     {
         let body_hash = Sha256Digest::of(body);
+        if let Some(answer) = self.cached(key, &body_hash) {
+            return Ok(answer.into());
+        }
         if self.config().read_first() {
             // Answers committed duplicates without a transaction; decides nothing on its own.
             if let Some(answer) = self.store().existing(&self.store().pool, key, &body_hash).await?
                 && answer != Duplicate::RetryInFlight
             {
+                self.remember(key, &body_hash, answer);
                 return Ok(answer.into());
             }
         }
         let now = self.now();
         let token = new_token();
         let mut transaction = self.store().pool.begin().await.map_err(Error::from)?;
-        // One statement claims and, when it cannot, reads the record to answer from. The read
-        // sees the statement's snapshot, so it never sees the row this statement inserted,
-        // and a row committed after the snapshot reads as absent (answered "retry": safe).
-        let row = sqlx::query(
-            "WITH claimed AS ( \
-               INSERT INTO sos_webhook_events \
-                 (tenant, provider, event_id, body_hash, state, claim_token, attempts, lease_until, last_error, first_seen_at, updated_at) \
-               SELECT $1, $2, $3, $4, 'processed', $5, 1, $6, NULL, $6, $6 \
-               WHERE pg_try_advisory_xact_lock($7) \
-               ON CONFLICT (tenant, provider, event_id) DO NOTHING \
-               RETURNING 1 AS one) \
-             SELECT EXISTS (SELECT 1 FROM claimed), e.state, e.body_hash \
-             FROM (SELECT 1) AS single \
-             LEFT JOIN sos_webhook_events e ON e.tenant = $1 AND e.provider = $2 AND e.event_id = $3",
-        )
-        .bind(key.tenant().as_str())
-        .bind(key.provider().as_str())
-        .bind(key.event_id().as_str())
-        .bind(body_hash.as_bytes().as_slice())
-        .bind(&token)
-        .bind(now)
-        .bind(key.lock_id())
-        .fetch_one(&mut *transaction)
-        .await
-        .map_err(Error::from)?;
-        let claimed: bool = row.try_get(0).map_err(Error::from)?;
-        if !claimed {
-            // Either the lock is held by a delivery in flight (no committed record: retry),
-            // or a committed record exists (answer from it).
+        let row = sqlx::query(TRANSACTIONAL_CLAIM)
+            .bind(key.tenant().as_str())
+            .bind(key.provider().as_str())
+            .bind(key.event_id().as_str())
+            .bind(body_hash.as_bytes().as_slice())
+            .bind(&token)
+            .bind(now)
+            .bind(key.lock_id())
+            .fetch_one(&mut *transaction)
+            .await
+            .map_err(Error::from)?;
+        let tid: Option<String> = row.try_get(0).map_err(Error::from)?;
+        let Some(tid) = tid else {
             let state: Option<String> = row.try_get(1).map_err(Error::from)?;
             let hash: Option<Vec<u8>> = row.try_get(2).map_err(Error::from)?;
-            transaction.rollback().await.map_err(Error::from)?;
             let answer = match (state, hash) {
-                (Some(state), Some(hash)) => answer_from(&state, &hash, &body_hash),
-                _ => Duplicate::RetryInFlight,
-            };
-            return Ok(answer.into());
-        }
-        match handler(&mut transaction).await {
-            Ok(value) => {
-                // PostgreSQL answers COMMIT of an aborted transaction with a silent ROLLBACK, so
-                // a handler that swallowed a failed statement would otherwise be reported
-                // processed with nothing committed. Checking that the claim is still there
-                // fails in an aborted transaction, and also catches a handler that deleted it.
-                let still_claimed = sqlx::query(
-                    "SELECT 1 FROM sos_webhook_events \
-                     WHERE tenant = $1 AND provider = $2 AND event_id = $3 AND claim_token = $4",
-                )
-                .bind(key.tenant().as_str())
-                .bind(key.provider().as_str())
-                .bind(key.event_id().as_str())
-                .bind(&token)
-                .fetch_optional(&mut *transaction)
-                .await;
-                if !matches!(still_claimed, Ok(Some(_))) {
-                    transaction.rollback().await.map_err(Error::from)?;
-                    return Err(Error::TransactionAborted.into());
+                (Some(state), Some(hash)) => {
+                    // A committed record: no lock was asked for, so the rollback can ride on
+                    // the pool's release ping instead of taking a round trip of its own.
+                    drop(transaction);
+                    answer_from(&state, &hash, &body_hash)
                 }
-                transaction.commit().await.map_err(Error::from)?;
-                Ok(Outcome::Processed(value))
-            }
+                _ => {
+                    // The lock is held by a delivery in flight, or a record committed after
+                    // this statement's snapshot (and this transaction may hold the lock):
+                    // end the transaction now.
+                    transaction.rollback().await.map_err(Error::from)?;
+                    Duplicate::RetryInFlight
+                }
+            };
+            self.remember(key, &body_hash, answer);
+            return Ok(answer.into());
+        };
+        let tid =
+            parse_tid(&tid).ok_or_else(|| Error::Storage("PostgreSQL returned an unreadable ctid".into()))?;
+        match handler(&mut transaction).await {
+            Ok(value) => match transaction.execute(sqlx::raw_sql(&commit_sql(tid, &token))).await {
+                Ok(_) => {
+                    // Committed; `transaction` now holds the empty transaction the statement
+                    // opened, whose ROLLBACK is queued on drop and sent with the release ping.
+                    drop(transaction);
+                    self.remember(key, &body_hash, Duplicate::AlreadyProcessed);
+                    Ok(Outcome::Processed(value))
+                }
+                Err(error) => {
+                    // Either the check failed (the transaction is still open and aborted) or
+                    // COMMIT failed (it is over). Roll back now either way.
+                    let _ = transaction.rollback().await;
+                    if is_aborted_claim(&error) {
+                        Err(Error::TransactionAborted.into())
+                    } else {
+                        Err(Error::from(error).into())
+                    }
+                }
+            },
             Err(error) => {
                 transaction.rollback().await.map_err(Error::from)?;
                 Err(RunError::Handler(error))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{commit_sql, parse_tid};
+
+    #[test]
+    fn tid_parser_accepts_only_digits() {
+        assert_eq!(parse_tid("(0,1)"), Some((0, 1)));
+        assert_eq!(parse_tid("(4294967295,65535)"), Some((u32::MAX, u16::MAX)));
+        for bad in [
+            "",
+            "()",
+            "(1)",
+            "(1,)",
+            "(,1)",
+            "(1,2",
+            "1,2)",
+            "(1,2)'",
+            "(1, 2)",
+            "(-1,2)",
+            "(1,65536)",
+            "(1,2);--",
+        ] {
+            assert_eq!(parse_tid(bad), None, "{bad}");
+        }
+        assert!(commit_sql((3, 4), "abc").contains("ctid = '(3,4)'::tid AND claim_token = 'abc'"));
     }
 }

@@ -5,7 +5,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
-use sos_core::Sha256Digest;
+use sos_core::{Sha256Digest, TenantId};
 use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::SqlitePool;
@@ -190,6 +190,17 @@ impl ClaimStore for SqliteStore {
                 .await?;
         Ok(result.rows_affected())
     }
+
+    async fn purge_processed_of(&self, tenant: &TenantId, before: DateTime<Utc>) -> Result<u64> {
+        let result = sqlx::query(
+            "DELETE FROM sos_webhook_events WHERE tenant = ?1 AND state = 'processed' AND updated_at < ?2",
+        )
+        .bind(tenant.as_str())
+        .bind(micros(before))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
 }
 
 impl WebhookGuard<SqliteStore> {
@@ -217,11 +228,15 @@ impl WebhookGuard<SqliteStore> {
     {
         let body_hash = Sha256Digest::of(body);
         let pool = &self.store().pool;
+        if let Some(answer) = self.cached(key, &body_hash) {
+            return Ok(answer.into());
+        }
         // Fast path: a committed record answers without the write lock. It decides nothing on
         // its own; only the insert below claims.
         if let Some(answer) = SqliteStore::existing(pool, key, &body_hash).await?
             && answer != Duplicate::RetryInFlight
         {
+            self.remember(key, &body_hash, answer);
             return Ok(answer.into());
         }
         let now = self.now();
@@ -274,7 +289,10 @@ impl WebhookGuard<SqliteStore> {
         }
         match handler(&mut transaction).await {
             Ok(value) => match transaction.commit().await {
-                Ok(()) => Ok(Outcome::Processed(value)),
+                Ok(()) => {
+                    self.remember(key, &body_hash, Duplicate::AlreadyProcessed);
+                    Ok(Outcome::Processed(value))
+                }
                 Err(error) => Err(Error::from(error).into()),
             },
             Err(error) => {

@@ -7,15 +7,30 @@ use std::time::Duration;
 
 use sos_webhooks::{ClaimStore, Error, GuardConfig, Outcome, RunError, WebhookGuard};
 
-use crate::support::{key, manual_clock};
+use crate::support::manual_clock;
 
-/// Runs the whole two-phase suite against `store` (which must be empty).
+/// Runs the whole two-phase suite against `store` (which must be empty), once with the
+/// processed-event memory off and once with it on: every answer must be the same.
 pub(crate) async fn two_phase_suite<S: ClaimStore + Clone + 'static>(store: S) {
-    processed_then_skipped(store.clone()).await;
-    lease_takeover_exactly_once(store.clone()).await;
-    failure_recorded_then_reclaimed(store.clone()).await;
-    body_mismatch_flagged(store.clone()).await;
-    purge_keeps_in_flight_and_failed(store).await;
+    purge_tenant_touches_only_that_tenant(store.clone()).await;
+    for cache in [0, 1000] {
+        CACHE.with(|entries| entries.set(cache));
+        processed_then_skipped(store.clone()).await;
+        lease_takeover_exactly_once(store.clone()).await;
+        failure_recorded_then_reclaimed(store.clone()).await;
+        body_mismatch_flagged(store.clone()).await;
+        purge_keeps_in_flight_and_failed(store.clone()).await;
+    }
+}
+
+thread_local! {
+    /// The processed-event memory of the suite's guards in this round (0: off).
+    static CACHE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The suite's keys: one tenant per round, so the rounds never see each other's records.
+fn key(event: &str) -> sos_webhooks::EventKey {
+    crate::support::key(&format!("conf{}", CACHE.with(std::cell::Cell::get)), event)
 }
 
 fn guard<S>(store: S, clock: &sos_core::ManualClock) -> WebhookGuard<S> {
@@ -23,14 +38,35 @@ fn guard<S>(store: S, clock: &sos_core::ManualClock) -> WebhookGuard<S> {
         .with_lease(Duration::from_secs(30))
         .unwrap()
         .with_failed_retry_after(Duration::from_secs(60))
-        .with_retention(Duration::from_secs(3 * 24 * 3600));
+        .with_retention(Duration::from_secs(3 * 24 * 3600))
+        .with_processed_cache(CACHE.with(std::cell::Cell::get));
     WebhookGuard::new(store, clock.clone()).with_config(config)
+}
+
+/// `purge_tenant` deletes one tenant's old processed records and nothing of another tenant's,
+/// even with the same provider and event id.
+async fn purge_tenant_touches_only_that_tenant<S: ClaimStore + Clone + 'static>(store: S) {
+    let clock = manual_clock();
+    let guard = guard(store, &clock);
+    let ours = crate::support::key("purge-a", "evt_same");
+    let theirs = crate::support::key("purge-b", "evt_same");
+    for event in [&ours, &theirs] {
+        guard.two_phase(event, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
+    }
+    clock.advance(chrono::Duration::days(4));
+    assert_eq!(guard.purge_tenant(ours.tenant()).await.unwrap(), 1, "only the tenant's record");
+    assert_eq!(guard.purge_tenant(ours.tenant()).await.unwrap(), 0);
+    let again = guard.two_phase(&theirs, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
+    assert_eq!(again, Outcome::AlreadyProcessed, "the other tenant's record is kept");
+    let again = guard.two_phase(&ours, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
+    assert_eq!(again, Outcome::Processed(()), "the purged tenant's event is new again");
+    assert_eq!(guard.purge_tenant(theirs.tenant()).await.unwrap(), 1);
 }
 
 async fn processed_then_skipped<S: ClaimStore>(store: S) {
     let clock = manual_clock();
     let guard = guard(store, &clock);
-    let event = key("conf", "evt_processed");
+    let event = key("evt_processed");
     let runs = AtomicU32::new(0);
     for expected in [Outcome::Processed(()), Outcome::AlreadyProcessed, Outcome::AlreadyProcessed] {
         let outcome = guard
@@ -48,7 +84,7 @@ async fn processed_then_skipped<S: ClaimStore>(store: S) {
 async fn lease_takeover_exactly_once<S: ClaimStore + Clone + 'static>(store: S) {
     let clock = manual_clock();
     let guard = Arc::new(guard(store, &clock));
-    let event = key("conf", "evt_lease");
+    let event = key("evt_lease");
     // A worker claims and then hangs: its handler never returns during this test.
     let (claimed_sender, claimed_receiver) = tokio::sync::oneshot::channel();
     let hung = {
@@ -103,7 +139,7 @@ async fn lease_takeover_exactly_once<S: ClaimStore + Clone + 'static>(store: S) 
 async fn failure_recorded_then_reclaimed<S: ClaimStore>(store: S) {
     let clock = manual_clock();
     let guard = guard(store, &clock);
-    let event = key("conf", "evt_failure");
+    let event = key("evt_failure");
     let result = guard.two_phase(&event, b"{}", |_| async { Err::<(), _>("the API answered 502") }).await;
     assert!(matches!(result, Err(RunError::Handler("the API answered 502"))));
     let outcome = guard.two_phase(&event, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
@@ -118,7 +154,7 @@ async fn failure_recorded_then_reclaimed<S: ClaimStore>(store: S) {
 async fn body_mismatch_flagged<S: ClaimStore>(store: S) {
     let clock = manual_clock();
     let guard = guard(store, &clock);
-    let event = key("conf", "evt_body");
+    let event = key("evt_body");
     guard.two_phase(&event, b"{\"amount\":1}", |_| async { Ok::<_, String>(()) }).await.unwrap();
     let outcome =
         guard.two_phase(&event, b"{\"amount\":1000}", |_| async { Ok::<_, String>(()) }).await.unwrap();
@@ -128,9 +164,9 @@ async fn body_mismatch_flagged<S: ClaimStore>(store: S) {
 async fn purge_keeps_in_flight_and_failed<S: ClaimStore + Clone + 'static>(store: S) {
     let clock = manual_clock();
     let guard = Arc::new(guard(store, &clock));
-    let old_processed = key("conf", "evt_purge_old");
-    let old_failed = key("conf", "evt_purge_failed");
-    let old_in_flight = key("conf", "evt_purge_in_flight");
+    let old_processed = key("evt_purge_old");
+    let old_failed = key("evt_purge_failed");
+    let old_in_flight = key("evt_purge_in_flight");
     guard.two_phase(&old_processed, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
     let _ = guard.two_phase(&old_failed, b"{}", |_| async { Err::<(), _>("boom") }).await;
     let (claimed_sender, claimed_receiver) = tokio::sync::oneshot::channel();
@@ -149,7 +185,7 @@ async fn purge_keeps_in_flight_and_failed<S: ClaimStore + Clone + 'static>(store
     };
     claimed_receiver.await.unwrap();
     clock.advance(chrono::Duration::days(4));
-    let recent = key("conf", "evt_purge_recent");
+    let recent = key("evt_purge_recent");
     guard.two_phase(&recent, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
     // Some earlier suites' processed records are old too; at least ours must go.
     let purged = guard.purge().await.unwrap();

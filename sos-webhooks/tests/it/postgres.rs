@@ -278,3 +278,208 @@ async fn pg_failure_reason_with_nul_is_recorded() {
     let outcome = guard.two_phase(&event, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
     assert_eq!(outcome, Outcome::PriorAttemptFailed);
 }
+
+/// A worker whose clock is `skew` ahead of the database's (and of the claiming worker's).
+fn skewed_clock(skew: chrono::Duration) -> sos_core::ManualClock {
+    sos_core::ManualClock::new(chrono::Utc::now() + skew)
+}
+
+/// Claims `event` in two-phase mode on `guard` with a handler that hangs until the returned
+/// sender is used (or dropped).
+async fn hold_claim(
+    guard: Arc<WebhookGuard<PgStore>>,
+    event: &EventKey,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<Outcome<()>, RunError<String>>>) {
+    let (claimed_sender, claimed_receiver) = tokio::sync::oneshot::channel();
+    let (release_sender, release_receiver) = tokio::sync::oneshot::channel::<()>();
+    let event = event.clone();
+    let holder = tokio::spawn(async move {
+        guard
+            .two_phase(&event, b"{}", |_| async move {
+                let _ = claimed_sender.send(());
+                let _ = release_receiver.await;
+                Ok::<_, String>(())
+            })
+            .await
+    });
+    claimed_receiver.await.unwrap();
+    (release_sender, holder)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_two_phase_database_clock_skewed_worker_cannot_take_over_a_live_lease() {
+    let database = database().await;
+    let config = sos_webhooks::GuardConfig::default().with_lease(Duration::from_secs(30)).unwrap();
+    let store = PgStore::new(database.pool().clone()).with_database_clock(true);
+    assert!(store.database_clock());
+    let holder_guard = Arc::new(WebhookGuard::new(store.clone(), SystemClock).with_config(config));
+    let event = key("acme", "evt_skew");
+    let (release, holder) = hold_claim(Arc::clone(&holder_guard), &event).await;
+    // A worker whose clock is an hour ahead: by its clock the 30 s lease ended long ago.
+    let skewed = WebhookGuard::new(store, skewed_clock(chrono::Duration::hours(1))).with_config(config);
+    let outcome = skewed.two_phase(&event, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
+    assert_eq!(outcome, Outcome::RetryInFlight, "the database's clock says the lease is live");
+    release.send(()).unwrap();
+    assert_eq!(holder.await.unwrap().unwrap(), Outcome::Processed(()), "the holder kept its claim");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_two_phase_database_clock_times_takeover_and_failure_delay() {
+    let database = database().await;
+    let lease = Duration::from_millis(800);
+    let config = sos_webhooks::GuardConfig::default()
+        .with_lease(lease)
+        .unwrap()
+        .with_failed_retry_after(Duration::from_millis(800));
+    let store = PgStore::new(database.pool().clone()).with_database_clock(true);
+    let holder_guard = Arc::new(WebhookGuard::new(store.clone(), SystemClock).with_config(config));
+    let event = key("acme", "evt_db_clock");
+    let (_release, holder) = hold_claim(Arc::clone(&holder_guard), &event).await;
+    // A worker an hour *behind*: by its clock the lease has not even started, yet once the
+    // database's clock passes the lease it takes over, exactly once.
+    let behind = Arc::new(
+        WebhookGuard::new(store.clone(), skewed_clock(chrono::Duration::hours(-1))).with_config(config),
+    );
+    let early = behind.two_phase(&event, b"{}", |_| async { Ok::<_, String>(0) }).await.unwrap();
+    assert_eq!(early, Outcome::RetryInFlight);
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    let takeover = behind
+        .two_phase(&event, b"{}", |claim| async move { Ok::<_, String>(claim.attempt()) })
+        .await
+        .unwrap();
+    assert_eq!(takeover, Outcome::Processed(2), "the database's clock ended the lease");
+    holder.abort();
+    // A failure, then a worker an hour ahead: the failure delay is the database's too.
+    let failing = key("acme", "evt_db_clock_failed");
+    let result = holder_guard.two_phase(&failing, b"{}", |_| async { Err::<(), _>("502".to_owned()) }).await;
+    assert!(matches!(result, Err(RunError::Handler(_))));
+    let ahead = WebhookGuard::new(store, skewed_clock(chrono::Duration::hours(1))).with_config(config);
+    let outcome = ahead.two_phase(&failing, b"{}", |_| async { Ok::<_, String>(0) }).await.unwrap();
+    assert_eq!(outcome, Outcome::PriorAttemptFailed, "the delay has not passed on the database's clock");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let outcome = ahead
+        .two_phase(&failing, b"{}", |claim| async move { Ok::<_, String>(claim.attempt()) })
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Processed(2), "re-claimed after the delay");
+}
+
+/// With the guard's clock (the default) the bound is documented, not removed: a worker whose
+/// clock is ahead by less than the lease left waits; one ahead by more takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_two_phase_guard_clock_skew_bound_is_the_lease_left() {
+    let database = database().await;
+    let config = sos_webhooks::GuardConfig::default().with_lease(Duration::from_secs(60)).unwrap();
+    let store = PgStore::new(database.pool().clone());
+    assert!(!store.database_clock());
+    let holder_guard = Arc::new(WebhookGuard::new(store.clone(), SystemClock).with_config(config));
+    let event = key("acme", "evt_guard_clock");
+    let (_release, holder) = hold_claim(Arc::clone(&holder_guard), &event).await;
+    let within =
+        WebhookGuard::new(store.clone(), skewed_clock(chrono::Duration::seconds(30))).with_config(config);
+    let outcome = within.two_phase(&event, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
+    assert_eq!(outcome, Outcome::RetryInFlight, "30 s of skew inside a 60 s lease");
+    let beyond = WebhookGuard::new(store, skewed_clock(chrono::Duration::seconds(90))).with_config(config);
+    let outcome = beyond.two_phase(&event, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
+    assert_eq!(outcome, Outcome::Processed(()), "90 s of skew exceeds the lease: the documented bound");
+    holder.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_processed_cache_answers_known_duplicates_only() {
+    let database = database().await;
+    let config = sos_webhooks::GuardConfig::default().with_processed_cache(100);
+    let guard =
+        Arc::new(WebhookGuard::new(PgStore::new(database.pool().clone()), SystemClock).with_config(config));
+    let event = key("acme", "evt_cached");
+    assert_eq!(deliver(&guard, &event, b"{\"a\":1}", "w").await.unwrap(), Outcome::Processed(()));
+    // Remove the record behind the guard's back: only the memory can answer now.
+    sqlx::query("DELETE FROM sos_webhook_events").execute(database.pool()).await.unwrap();
+    assert_eq!(deliver(&guard, &event, b"{\"a\":1}", "w").await.unwrap(), Outcome::AlreadyProcessed);
+    assert_eq!(deliver(&guard, &event, b"{\"a\":2}", "w").await.unwrap(), Outcome::BodyMismatch);
+    // A clone shares the memory; an event it never saw processed goes to the database.
+    let clone = Arc::new((*guard).clone());
+    assert_eq!(deliver(&clone, &event, b"{\"a\":1}", "w").await.unwrap(), Outcome::AlreadyProcessed);
+    // An event in flight is never remembered: its duplicates are told to retry, and once it
+    // commits they are told it is processed.
+    let in_flight = key("acme", "evt_cached_in_flight");
+    let (started_sender, started_receiver) = tokio::sync::oneshot::channel();
+    let (release_sender, release_receiver) = tokio::sync::oneshot::channel::<()>();
+    let holder = {
+        let guard = Arc::clone(&guard);
+        let in_flight = in_flight.clone();
+        tokio::spawn(async move {
+            guard
+                .transactional(&in_flight, b"{}", |tx| {
+                    Box::pin(async move {
+                        sqlx::query(
+                            "INSERT INTO handler_effects VALUES ('acme', 'evt_cached_in_flight', 'h')",
+                        )
+                        .execute(&mut **tx)
+                        .await?;
+                        let _ = started_sender.send(());
+                        let _ = release_receiver.await;
+                        Ok::<_, sqlx::Error>(())
+                    })
+                })
+                .await
+        })
+    };
+    started_receiver.await.unwrap();
+    assert_eq!(deliver(&clone, &in_flight, b"{}", "dup").await.unwrap(), Outcome::RetryInFlight);
+    release_sender.send(()).unwrap();
+    assert_eq!(holder.await.unwrap().unwrap(), Outcome::Processed(()));
+    assert_eq!(deliver(&clone, &in_flight, b"{}", "dup").await.unwrap(), Outcome::AlreadyProcessed);
+    // A handler that failed is never remembered either: the next delivery processes it.
+    let failed = key("acme", "evt_cached_failed");
+    let result =
+        guard.transactional(&failed, b"{}", |_tx| Box::pin(async { Err::<(), _>("boom".to_owned()) })).await;
+    assert!(matches!(result, Err(RunError::Handler(_))));
+    assert_eq!(deliver(&guard, &failed, b"{}", "w").await.unwrap(), Outcome::Processed(()));
+    assert_eq!(effects(database.pool(), "evt_cached_in_flight").await, 1);
+}
+
+/// Named shape `toctou-dedupe` with the processed-event memory on: many tasks deliver the same
+/// events at once, and each handler's effect still happens exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_processed_cache_concurrent_deliveries_exactly_once() {
+    const EVENTS: usize = 50;
+    let database = database().await;
+    let config = sos_webhooks::GuardConfig::default().with_processed_cache(1000);
+    let guard =
+        Arc::new(WebhookGuard::new(PgStore::new(database.pool().clone()), SystemClock).with_config(config));
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let guard = Arc::clone(&guard);
+        tasks.push(tokio::spawn(async move {
+            let mut processed = 0;
+            for event in 0..EVENTS {
+                let event = key("acme", &format!("evt_{event}"));
+                loop {
+                    match deliver(&guard, &event, b"{}", &format!("w{worker}")).await.unwrap() {
+                        Outcome::Processed(()) => processed += 1,
+                        Outcome::AlreadyProcessed => {}
+                        Outcome::RetryInFlight => {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                            continue;
+                        }
+                        other => panic!("unexpected answer {other:?}"),
+                    }
+                    break;
+                }
+            }
+            processed
+        }));
+    }
+    let mut processed = 0;
+    for task in tasks {
+        processed += task.await.unwrap();
+    }
+    assert_eq!(processed, EVENTS);
+    let (rows, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM handler_effects")
+            .fetch_one(database.pool())
+            .await
+            .unwrap();
+    assert_eq!((rows, distinct), (EVENTS as i64, EVENTS as i64));
+}
