@@ -158,6 +158,52 @@ async fn plain_insert(pool: &sqlx::PgPool, id: String) {
     transaction.commit().await.unwrap();
 }
 
+/// One operation of a paired measurement: `(worker, sequence)` to a future.
+type Op = Arc<dyn Fn(usize, u64) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// Runs `a` and `b` alternately on each of `connections` tasks for `DB_WINDOW`, timing each
+/// call, and returns each one's rate at that concurrency (`connections` / mean latency).
+/// Both are sampled through the same moments of the run, so a change in the machine's load
+/// (other engineers' builds, the disk's flushes) weighs on both alike and cancels in a ratio.
+async fn paired(connections: usize, a: Op, b: Op) -> (f64, f64) {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..connections {
+        let (a, b) = (Arc::clone(&a), Arc::clone(&b));
+        tasks.push(tokio::spawn(async move {
+            let mut totals = [(Duration::ZERO, 0u64); 2];
+            let mut sequence = 0u64;
+            while started.elapsed() < DB_WINDOW {
+                for (index, operation) in [&a, &b].into_iter().enumerate() {
+                    let call = Instant::now();
+                    operation(worker, sequence).await;
+                    totals[index].0 += call.elapsed();
+                    totals[index].1 += 1;
+                }
+                sequence += 1;
+            }
+            totals
+        }));
+    }
+    let mut totals = [(Duration::ZERO, 0u64); 2];
+    for task in tasks {
+        for (total, part) in totals.iter_mut().zip(task.await.unwrap()) {
+            total.0 += part.0;
+            total.1 += part.1;
+        }
+    }
+    let rate = |(time, count): (Duration, u64)| connections as f64 * count as f64 / time.as_secs_f64();
+    (rate(totals[0]), rate(totals[1]))
+}
+
+fn op<F, Fut>(operation: F) -> Op
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    Arc::new(move |worker, sequence| Box::pin(operation(worker, sequence)))
+}
+
 async fn database_benchmarks() {
     let migrator = postgres_migrator();
     let database = PgTestDatabase::with_pool_size(&[&migrator], 10).await;
@@ -185,97 +231,130 @@ async fn database_benchmarks() {
         ("read first", with(GuardConfig::default().with_read_first(true))),
         ("processed cache", with(GuardConfig::default().with_processed_cache(100_000))),
     ];
-    let body = br#"{"id":"evt","type":"invoice.paid","amount":4200}"#;
-
-    println!(
-        "\nPostgreSQL, {} s per figure, pool pings before acquire: {}",
-        DB_WINDOW.as_secs(),
-        if lean { "no" } else { "yes (sqlx default)" }
-    );
-    for connections in [1usize, 8] {
-        // The plain rate is measured before and after the guarded figures; the limit is
-        // their mean, so drift in the machine's load during the run counts against neither.
-        let plain_run = |round: usize| {
+    let body: &'static [u8] = br#"{"id":"evt","type":"invoice.paid","amount":4200}"#;
+    let round = Arc::new(AtomicU64::new(0));
+    let plain = {
+        let pool = pool.clone();
+        let round = Arc::clone(&round);
+        op(move |worker, sequence| {
             let pool = pool.clone();
-            rate(connections, move |worker, sequence| {
-                let pool = pool.clone();
-                async move {
-                    plain_insert(&pool, format!("plain_{round}_{connections}_{worker}_{sequence}")).await
-                }
-            })
-        };
-        let plain_before = plain_run(0).await;
-        let floor_pool = pool.clone();
-        let floor = rate(connections, move |_, _| {
-            let pool = floor_pool.clone();
+            let id = format!("plain_{}_{worker}_{sequence}", round.load(Ordering::Relaxed));
+            async move { plain_insert(&pool, id).await }
+        })
+    };
+    // The same transaction writing both rows the guard writes (the effect and a dedupe record),
+    // with no arbitration and no check: the work no guard can avoid.
+    let both_rows = {
+        let pool = pool.clone();
+        let round = Arc::clone(&round);
+        op(move |worker, sequence| {
+            let pool = pool.clone();
+            let id = format!("both_{}_{worker}_{sequence}", round.load(Ordering::Relaxed));
+            async move {
+                let mut transaction = pool.begin().await.unwrap();
+                sqlx::query("INSERT INTO bench_effects VALUES ('bench', $1, 4200)")
+                    .bind(&id)
+                    .execute(&mut *transaction)
+                    .await
+                    .unwrap();
+                sqlx::query(
+                    "INSERT INTO sos_webhook_events (tenant, provider, event_id, body_hash, state, claim_token, \
+                     attempts, lease_until, last_error, first_seen_at, updated_at) \
+                     VALUES ('plain', 'stripe', $1, $2, 'processed', 'token', 1, now(), NULL, now(), now())",
+                )
+                .bind(&id)
+                .bind(&[7u8; 32][..])
+                .execute(&mut *transaction)
+                .await
+                .unwrap();
+                transaction.commit().await.unwrap();
+            }
+        })
+    };
+    let floor = {
+        let pool = pool.clone();
+        op(move |_, _| {
+            let pool = pool.clone();
             async move {
                 sqlx::query("SELECT 1").execute(&pool).await.unwrap();
             }
         })
-        .await;
-        let mut rows = Vec::new();
-        for (index, (label, guard)) in guards.iter().enumerate() {
-            let guarded_guard = Arc::clone(guard);
-            let prefix = format!("new{connections}_{index}");
-            let guarded_prefix = prefix.clone();
-            let guarded = rate(connections, move |worker, sequence| {
-                let guard = Arc::clone(&guarded_guard);
-                let prefix = guarded_prefix.clone();
-                async move {
-                    let event = key(&prefix, worker, sequence);
-                    let id = event.event_id().as_str().to_owned();
-                    let outcome = guard
-                        .transactional(&event, body, |tx| {
-                            Box::pin(async move {
-                                sqlx::query("INSERT INTO bench_effects VALUES ('bench', $1, 4200)")
-                                    .bind(id)
-                                    .execute(&mut **tx)
-                                    .await
-                            })
-                        })
-                        .await
-                        .unwrap();
-                    assert!(outcome.is_processed());
-                }
-            })
-            .await;
-            // Duplicates: deliveries of events processed just above (already processed).
-            let duplicate_guard = Arc::clone(guard);
-            let duplicates = rate(connections, move |worker, sequence| {
-                let guard = Arc::clone(&duplicate_guard);
-                let prefix = prefix.clone();
-                async move {
-                    let event = key(&prefix, worker, sequence % 50);
-                    let outcome = guard
-                        .transactional(&event, body, |_tx| Box::pin(async { Ok::<_, sqlx::Error>(()) }))
-                        .await
-                        .unwrap();
-                    assert_eq!(outcome, Outcome::AlreadyProcessed);
-                }
-            })
-            .await;
-            rows.push((label, guarded, duplicates));
-        }
-        let plain_after = plain_run(1).await;
-        let plain = (plain_before + plain_after) / 2.0;
+    };
+
+    println!(
+        "\nPostgreSQL, {} s per pair, each figure measured alternately with the plain INSERT on every \
+         connection; pool pings before acquire: {}",
+        DB_WINDOW.as_secs(),
+        if lean { "no" } else { "yes (sqlx default)" }
+    );
+    for connections in [1usize, 8] {
         println!("  {connections} connection(s):");
-        println!(
-            "    plain INSERT + COMMIT                  {plain:>9.0} /s  (the limit; {plain_before:.0} before, {plain_after:.0} after)"
-        );
-        println!(
-            "    SELECT 1 through the pool (floor)      {floor:>9.0} /s  = {:.2} × plain",
-            floor / plain
-        );
-        for (label, guarded, duplicates) in rows {
+        let line = |label: &str, rate: f64, plain: f64, goal: &str| {
             println!(
-                "    guarded, distinct, {label:<21} {guarded:>7.0} /s  = {:.2} × plain (goal ≥ 0.85)",
-                guarded / plain
+                "    {label:<40} {rate:>9.0} /s  vs plain {plain:>6.0} /s = {:>6.2} ×  {goal}",
+                rate / plain
             );
-            println!(
-                "    duplicates, {label:<28} {duplicates:>7.0} /s  = {:.2} × plain (goal > 1.00){}",
-                duplicates / plain,
-                if connections == 8 { "; goal ≥ 20,000 decisions/s" } else { "" }
-            );
+        };
+        round.fetch_add(1, Ordering::Relaxed);
+        let (both, plain_rate) = paired(connections, Arc::clone(&both_rows), Arc::clone(&plain)).await;
+        line("plain, both rows, no arbitration", both, plain_rate, "(the floor for any guard)");
+        round.fetch_add(1, Ordering::Relaxed);
+        let (select, plain_rate) = paired(connections, Arc::clone(&floor), Arc::clone(&plain)).await;
+        line("SELECT 1 through the pool", select, plain_rate, "(one query's floor)");
+        for (index, (label, guard)) in guards.iter().enumerate() {
+            let prefix = format!("new{connections}_{index}");
+            let guarded = {
+                let guard = Arc::clone(guard);
+                let prefix = prefix.clone();
+                op(move |worker, sequence| {
+                    let guard = Arc::clone(&guard);
+                    let event = key(&prefix, worker, sequence);
+                    async move {
+                        let id = event.event_id().as_str().to_owned();
+                        let outcome = guard
+                            .transactional(&event, body, |tx| {
+                                Box::pin(async move {
+                                    sqlx::query("INSERT INTO bench_effects VALUES ('bench', $1, 4200)")
+                                        .bind(id)
+                                        .execute(&mut **tx)
+                                        .await
+                                })
+                            })
+                            .await
+                            .unwrap();
+                        assert!(outcome.is_processed());
+                    }
+                })
+            };
+            round.fetch_add(1, Ordering::Relaxed);
+            let (guarded_rate, plain_rate) = paired(connections, guarded, Arc::clone(&plain)).await;
+            line(&format!("guarded, distinct, {label}"), guarded_rate, plain_rate, "(goal ≥ 0.85)");
+            // Duplicates: deliveries of events processed just above (already processed).
+            let duplicate = {
+                let guard = Arc::clone(guard);
+                op(move |worker, sequence| {
+                    let guard = Arc::clone(&guard);
+                    let event = key(&prefix, worker, sequence % 50);
+                    async move {
+                        let outcome = guard
+                            .transactional(&event, body, |_tx| Box::pin(async { Ok::<_, sqlx::Error>(()) }))
+                            .await
+                            .unwrap();
+                        assert_eq!(outcome, Outcome::AlreadyProcessed);
+                    }
+                })
+            };
+            round.fetch_add(1, Ordering::Relaxed);
+            let (duplicate_rate, plain_rate) =
+                paired(connections, Arc::clone(&duplicate), Arc::clone(&plain)).await;
+            line(&format!("duplicates, {label}"), duplicate_rate, plain_rate, "(goal > 1.00)");
+            if connections == 8 {
+                let alone = rate(connections, move |worker, sequence| duplicate(worker, sequence)).await;
+                println!(
+                    "    {:<40} {alone:>9.0} decisions/s (goal ≥ 20,000)",
+                    format!("  duplicates alone, {label}")
+                );
+            }
         }
     }
     let guard = Arc::clone(&guards[0].1);
