@@ -80,9 +80,13 @@
 //! # Performance
 //!
 //! In transactional mode a new event costs the handler's own transaction plus one statement
-//! (the claim); a duplicate costs no disk flush (on PostgreSQL `BEGIN`, the claim statement
-//! and `ROLLBACK`; on SQLite one read). Signature verification keys each secret's HMAC once at
-//! construction and allocates nothing per call. Figures are in `BENCHMARKS.md`.
+//! (the claim; on PostgreSQL the check that the handler left the transaction whole rides on
+//! the `COMMIT`); a duplicate costs no disk flush (on PostgreSQL `BEGIN` and the claim
+//! statement, the `ROLLBACK` riding on the pool's release ping; on SQLite one read).
+//! [`GuardConfig::with_processed_cache`] answers duplicates of events this guard saw processed
+//! from memory, race-free because `processed` is final. Signature verification keys each
+//! secret's HMAC once at construction and allocates nothing per call. Figures are in
+//! `BENCHMARKS.md`.
 //!
 //! # Untrusted input
 //!
