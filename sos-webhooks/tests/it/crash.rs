@@ -13,7 +13,7 @@ use crate::support::{
 use crate::support::{child_role, key};
 
 /// The two-phase lease of the crashing child, short so the test stays fast.
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 const CHILD_LEASE: Duration = Duration::from_secs(2);
 
 /// The child side: claims the event, says so, and hangs inside the handler until killed.
@@ -83,6 +83,23 @@ fn child_hang() {
                             announce_and_hang().await;
                             Ok::<_, sqlx::Error>(())
                         })
+                    })
+                    .await;
+                panic!("the child should have been killed, got {outcome:?}");
+            }
+            #[cfg(feature = "sqlite")]
+            "sqlite-two-phase" => {
+                let pool = sos_testkit::sqlite_pool(std::path::Path::new(&url), 2).await;
+                let config = sos_webhooks::GuardConfig::default().with_lease(CHILD_LEASE).unwrap();
+                let guard = sos_webhooks::WebhookGuard::new(
+                    sos_webhooks::SqliteStore::new(pool),
+                    sos_core::SystemClock,
+                )
+                .with_config(config);
+                let outcome = guard
+                    .two_phase(&event, b"{}", |_| async {
+                        announce_and_hang().await;
+                        Ok::<_, String>(())
                     })
                     .await;
                 panic!("the child should have been killed, got {outcome:?}");
@@ -216,5 +233,73 @@ async fn sqlite_transactional_sigkill_mid_handler_processes_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(outcome, Outcome::Processed(()));
+    assert_eq!(effects(database.pool(), "evt_crash").await, 1);
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_two_phase_sigkill_then_one_takeover_after_lease() {
+    use std::sync::Arc;
+
+    use sos_webhooks::{GuardConfig, Outcome, SqliteStore, WebhookGuard};
+
+    use crate::sqlite::{database, effects};
+
+    let database = database().await;
+    let config = GuardConfig::default().with_lease(CHILD_LEASE).unwrap();
+    let guard = Arc::new(
+        WebhookGuard::new(SqliteStore::new(database.pool().clone()), sos_core::SystemClock)
+            .with_config(config),
+    );
+    let event = key("acme", "evt_crash");
+    let path = database.path().to_string_lossy().into_owned();
+    let (mut child, _lines) = start_hanging_child("sqlite-two-phase", &path);
+    let claimed_at = Instant::now();
+    let early = guard.two_phase(&event, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
+    if claimed_at.elapsed() < CHILD_LEASE / 2 {
+        assert_eq!(early, Outcome::RetryInFlight, "inside the lease a duplicate must wait");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    tokio::time::sleep(CHILD_LEASE.saturating_sub(claimed_at.elapsed()) + Duration::from_millis(300)).await;
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let guard = Arc::clone(&guard);
+        let event = event.clone();
+        let pool = database.pool().clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let pool = pool.clone();
+                let outcome = guard
+                    .two_phase(&event, b"{}", |claim| async move {
+                        sqlx::query("INSERT INTO handler_effects VALUES ('acme', 'evt_crash', ?1)")
+                            .bind(format!("takeover-{worker}"))
+                            .execute(&pool)
+                            .await
+                            .map_err(|error| error.to_string())?;
+                        Ok::<_, String>(claim.attempt())
+                    })
+                    .await;
+                match outcome {
+                    Ok(outcome) => return outcome,
+                    // SQLite's single writer can refuse a claim with "busy" under this burst;
+                    // the delivery was not decided and is simply retried.
+                    Err(sos_webhooks::RunError::Guard(sos_webhooks::Error::Storage(_))) => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(other) => panic!("unexpected error {other}"),
+                }
+            }
+        }));
+    }
+    let mut processed = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Outcome::Processed(attempt) => processed.push(attempt),
+            Outcome::RetryInFlight | Outcome::AlreadyProcessed => {}
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(processed, vec![2], "exactly one takeover, as the second attempt");
     assert_eq!(effects(database.pool(), "evt_crash").await, 1);
 }
