@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use sos_core::{Sha256Digest, TenantId};
 use sqlx::migrate::Migrator;
-use sqlx::postgres::PgPool;
+use sqlx::postgres::{PgPool, types::PgInterval};
 use sqlx::{Executor as _, Postgres, Row as _, Transaction};
 
 use super::{
@@ -221,11 +221,18 @@ impl ClaimStore for PgStore {
     }
 }
 
-/// `later - earlier` as whole microseconds (a PostgreSQL interval cannot hold nanoseconds),
-/// never negative.
-fn micros_between(earlier: DateTime<Utc>, later: DateTime<Utc>) -> chrono::Duration {
+/// `later - earlier` as a PostgreSQL interval of whole days and microseconds, never negative.
+/// (sqlx's own encoding of a `chrono::Duration` goes through nanoseconds and refuses spans
+/// over about 292 years, which a "never expires" lease is.)
+fn micros_between(earlier: DateTime<Utc>, later: DateTime<Utc>) -> PgInterval {
+    const DAY: i64 = 86_400_000_000;
     let span = later.signed_duration_since(earlier).max(chrono::Duration::zero());
-    chrono::Duration::microseconds(span.num_microseconds().unwrap_or(i64::MAX))
+    let micros = span.num_microseconds().unwrap_or(i64::MAX);
+    PgInterval {
+        months: 0,
+        days: i32::try_from(micros / DAY).unwrap_or(i32::MAX),
+        microseconds: micros % DAY,
+    }
 }
 
 /// The claim of transactional mode, in one statement. `existing` reads the committed record

@@ -483,3 +483,29 @@ async fn pg_processed_cache_concurrent_deliveries_exactly_once() {
             .unwrap();
     assert_eq!((rows, distinct), (EVENTS as i64, EVENTS as i64));
 }
+
+/// "Never expires" (`Duration::MAX`) stays "never" when the database's clock times it: the
+/// lease and the failure delay saturate instead of failing or ending at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_two_phase_database_clock_huge_durations_saturate_safely() {
+    let database = database().await;
+    let config = sos_webhooks::GuardConfig::default()
+        .with_lease(Duration::MAX)
+        .unwrap()
+        .with_failed_retry_after(Duration::MAX);
+    let store = PgStore::new(database.pool().clone()).with_database_clock(true);
+    let guard = Arc::new(WebhookGuard::new(store.clone(), SystemClock).with_config(config));
+    let event = key("acme", "evt_forever");
+    let (release, holder) = hold_claim(Arc::clone(&guard), &event).await;
+    let far_ahead =
+        WebhookGuard::new(store, skewed_clock(chrono::Duration::days(365 * 100))).with_config(config);
+    let outcome = far_ahead.two_phase(&event, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
+    assert_eq!(outcome, Outcome::RetryInFlight);
+    release.send(()).unwrap();
+    assert_eq!(holder.await.unwrap().unwrap(), Outcome::Processed(()));
+    let failing = key("acme", "evt_forever_failed");
+    let result = guard.two_phase(&failing, b"{}", |_| async { Err::<(), _>("down".to_owned()) }).await;
+    assert!(matches!(result, Err(RunError::Handler(_))));
+    let outcome = far_ahead.two_phase(&failing, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
+    assert_eq!(outcome, Outcome::PriorAttemptFailed);
+}
