@@ -5,8 +5,11 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use sos_core::Signal;
 
+use crate::error::Result;
 use crate::explain::{Evaluation, Outcome, recycle, trace_enabled, with_trace};
+use crate::gate::{Gate, Round};
 use crate::ruliad::{Class, Ruliad};
+use crate::store::StateStore;
 
 /// A signal fired by the engine, with where it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +100,25 @@ impl<E: Sync> Engine<E> {
             }
             fired
         })
+    }
+
+    /// The one path from state to people: evaluates every ruliad against every entity
+    /// ([`Engine::evaluate_batch`]) and hands everything that fired to `gate`
+    /// ([`Gate::round`]), which claims causes in `store`. Returns what goes out now and every
+    /// signal held back or delayed, with its reason.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the store returns; nothing is lost (see [`Gate::round`]).
+    pub async fn run<S: StateStore>(
+        &self,
+        gate: &mut Gate,
+        store: &S,
+        now: DateTime<Utc>,
+        entities: &[E],
+    ) -> Result<Round> {
+        let fired = self.evaluate_batch(now, entities);
+        gate.round(store, now, fired).await
     }
 
     fn evaluate_range(&self, now: DateTime<Utc>, entities: &[E], offset: usize) -> Vec<Fired> {

@@ -138,12 +138,55 @@ impl fmt::Display for Value {
             Self::Int(value) => write!(f, "{value}"),
             Self::Float(value) => write!(f, "{value}"),
             Self::Seconds(seconds) => fmt_span(*seconds, f),
-            Self::Time(time) => write!(f, "{}", time.format("%Y-%m-%dT%H:%M:%SZ")),
+            Self::Time(time) => f.write_str(&time_text(*time)),
             Self::Text(text) => f.write_str(text),
             Self::List(items) => write!(f, "[{}]", items.join(", ")),
             Self::Names(items) => write!(f, "[{}]", items.join(", ")),
         }
     }
+}
+
+/// Appends `time` as `YYYY-MM-DDTHH:MM:SSZ` without going through chrono's format-string parser,
+/// which dominated explanation and label costs.
+pub(crate) fn push_time(out: &mut String, time: DateTime<Utc>) {
+    use chrono::{Datelike, Timelike};
+    let year = time.year();
+    if !(0..=9999).contains(&year) {
+        use std::fmt::Write as _;
+        // Writing into a String cannot fail.
+        let _ = write!(out, "{}", time.format("%Y-%m-%dT%H:%M:%SZ"));
+        return;
+    }
+    let digits = |out: &mut String, value: u32, width: usize| {
+        let mut buffer = [b'0'; 4];
+        let mut rest = value;
+        for slot in buffer[..width].iter_mut().rev() {
+            *slot = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        // ASCII digits are valid UTF-8.
+        out.push_str(std::str::from_utf8(&buffer[..width]).unwrap_or("?"));
+    };
+    out.reserve(20);
+    digits(out, year.unsigned_abs(), 4);
+    out.push('-');
+    digits(out, time.month(), 2);
+    out.push('-');
+    digits(out, time.day(), 2);
+    out.push('T');
+    digits(out, time.hour(), 2);
+    out.push(':');
+    digits(out, time.minute(), 2);
+    out.push(':');
+    digits(out, time.second(), 2);
+    out.push('Z');
+}
+
+/// `time` as `YYYY-MM-DDTHH:MM:SSZ` (see [`push_time`]).
+pub(crate) fn time_text(time: DateTime<Utc>) -> String {
+    let mut out = String::with_capacity(20);
+    push_time(&mut out, time);
+    out
 }
 
 fn fmt_span(seconds: i64, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -16,13 +16,14 @@
 //! Every signal held back or delayed is recorded with its [`Reason`]; nothing disappears without
 //! a trace. The state is plain serde data, bounded by expiry.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use sos_core::{Sha256Digest, Signal, SignalId, SignalKind, TenantId};
 
 use crate::error::{Error, Result};
+use crate::explain::time_text;
 use crate::trust::Reason;
 
 /// An inhibition rule: active `source` signals suppress `target` signals with equal labels.
@@ -141,13 +142,27 @@ struct Group {
     pending_causes: BTreeSet<Sha256Digest>,
 }
 
-/// The grouper's serializable state.
+impl Group {
+    fn due(&self, config: &GroupingConfig) -> DateTime<Utc> {
+        match self.last_flush_at {
+            None => self.created_at + TimeDelta::seconds(config.group_wait_seconds),
+            Some(last) => last + TimeDelta::seconds(config.group_interval_seconds),
+        }
+    }
+}
+
+/// The grouper's serializable state. Maps are keyed by tenant first, so that lookups borrow the
+/// signal's own values instead of building keys.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct GroupingState {
-    groups: BTreeMap<String, Group>,
-    notified: BTreeMap<String, DateTime<Utc>>,
-    previous_keys: BTreeSet<String>,
-    appearances: BTreeMap<String, VecDeque<DateTime<Utc>>>,
+    /// tenant → kind → group.
+    groups: BTreeMap<TenantId, BTreeMap<SignalKind, Group>>,
+    /// tenant → cause → when it was last notified.
+    notified: BTreeMap<TenantId, BTreeMap<Sha256Digest, DateTime<Utc>>>,
+    /// The flap keys (tenant, kind, subject) active in the previous round.
+    previous_keys: BTreeSet<u64>,
+    /// flap key → when it appeared after being absent, within the flap window.
+    appearances: BTreeMap<u64, VecDeque<DateTime<Utc>>>,
     log: VecDeque<Suppressed>,
     /// When expired entries were last swept; sweeps run at most once per minute of clock time.
     #[serde(default)]
@@ -165,12 +180,63 @@ fn label<'a>(signal: &'a Signal, name: &str) -> Option<&'a str> {
     signal.evidence().get("labels")?.get(name)?.as_str()
 }
 
-fn flap_key(signal: &Signal) -> String {
-    format!("{}\u{1f}{}\u{1f}{}", signal.tenant(), signal.kind(), signal.subject())
+/// A stable 64-bit FNV-1a hash over length-prefixed parts: the same on every machine and
+/// release, so saved state keeps its meaning; used only to recognise an entity again (flapping)
+/// and to match inhibition labels, never for anything a collision could make unsafe.
+fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for byte in bytes {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for part in parts {
+        eat(&(part.len() as u64).to_le_bytes());
+        eat(part);
+    }
+    hash
 }
 
-fn group_key(tenant: &TenantId, kind: &SignalKind) -> String {
-    format!("{tenant}\u{1f}{kind}")
+fn flap_key(signal: &Signal) -> u64 {
+    stable_hash(&[
+        signal.tenant().as_str().as_bytes(),
+        signal.kind().as_str().as_bytes(),
+        signal.subject().as_bytes(),
+    ])
+}
+
+/// The key under which a signal of `rule` (by index) meets its inhibitors: tenant and the values
+/// of the `equal` labels; `None` when the signal lacks one of them (it can then neither inhibit
+/// nor be inhibited by that rule).
+fn inhibition_key(signal: &Signal, index: usize, rule: &InhibitRule) -> Option<u64> {
+    let index = (index as u64).to_le_bytes();
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(rule.equal.len() + 2);
+    parts.push(&index);
+    parts.push(signal.tenant().as_str().as_bytes());
+    for name in &rule.equal {
+        parts.push(label(signal, name)?.as_bytes());
+    }
+    Some(stable_hash(&parts))
+}
+
+/// The group of `signal`'s (tenant, kind), created at `now` when new. Looks up by reference first;
+/// keys are cloned only when a tenant or group is new.
+fn group_mut<'a>(state: &'a mut GroupingState, now: DateTime<Utc>, signal: &Signal) -> &'a mut Group {
+    if !state.groups.contains_key(signal.tenant()) {
+        state.groups.insert(signal.tenant().clone(), BTreeMap::new());
+    }
+    let kinds = state.groups.get_mut(signal.tenant()).expect("inserted above");
+    if !kinds.contains_key(signal.kind()) {
+        let group = Group {
+            created_at: now,
+            last_flush_at: None,
+            pending: Vec::new(),
+            pending_causes: BTreeSet::new(),
+        };
+        kinds.insert(signal.kind().clone(), group);
+    }
+    kinds.get_mut(signal.kind()).expect("inserted above")
 }
 
 impl Grouper {
@@ -193,12 +259,17 @@ impl Grouper {
         Ok(Self { config, state })
     }
 
+    /// The configuration.
+    pub fn config(&self) -> &GroupingConfig {
+        &self.config
+    }
+
     /// The state, to persist.
     pub fn state(&self) -> &GroupingState {
         &self.state
     }
 
-    /// Every suppression recorded, oldest first.
+    /// Every suppression recorded, oldest first (at most `log_capacity`).
     pub fn suppressed(&self) -> impl Iterator<Item = &Suppressed> {
         self.state.log.iter()
     }
@@ -213,46 +284,58 @@ impl Grouper {
     pub fn observe(&mut self, now: DateTime<Utc>, active: Vec<Signal>) -> Vec<Suppressed> {
         self.expire(now);
         let mut outcomes = Vec::new();
-        let keys: BTreeSet<String> = active.iter().map(flap_key).collect();
-        for signal in &active {
-            if let Some(detail) = self.inhibited_by(signal, &active) {
-                outcomes.push(self.record(now, signal, Reason::Inhibited, detail));
+        // Inhibitors, indexed once per round: (rule, tenant, equal label values) of every active
+        // source signal, so that checking a target is one lookup, not a scan of the round.
+        let mut inhibitors: HashMap<u64, SignalKind> = HashMap::new();
+        for (index, rule) in self.config.inhibit.iter().enumerate() {
+            for source in active.iter().filter(|signal| signal.kind().as_str() == rule.source) {
+                if let Some(key) = inhibition_key(source, index, rule) {
+                    inhibitors.entry(key).or_insert_with(|| source.kind().clone());
+                }
+            }
+        }
+        let mut keys = BTreeSet::new();
+        for signal in active {
+            let flap = flap_key(&signal);
+            keys.insert(flap);
+            if let Some(detail) = self.inhibited_by(&signal, &inhibitors) {
+                outcomes.push(self.record(now, &signal, Reason::Inhibited, detail));
                 continue;
             }
-            let cause = format!("{}\u{1f}{}", signal.tenant(), signal.cause().to_hex());
-            if let Some(notified_at) = self.state.notified.get(&cause) {
-                let detail = format!("already notified at {}", notified_at.format("%Y-%m-%dT%H:%M:%SZ"));
-                outcomes.push(self.record(now, signal, Reason::Repeat, detail));
+            let notified_at =
+                self.state.notified.get(signal.tenant()).and_then(|causes| causes.get(signal.cause()));
+            if let Some(notified_at) = notified_at {
+                let detail = ["already notified at ", &time_text(*notified_at)].concat();
+                outcomes.push(self.record(now, &signal, Reason::Repeat, detail));
                 continue;
             }
-            let key = flap_key(signal);
-            if !self.state.previous_keys.contains(&key) {
-                self.state.appearances.entry(key.clone()).or_default().push_back(now);
+            if !self.state.previous_keys.contains(&flap) {
+                self.state.appearances.entry(flap).or_default().push_back(now);
             }
-            let appearances = self.state.appearances.get(&key).map_or(0, VecDeque::len);
+            let appearances = self.state.appearances.get(&flap).map_or(0, VecDeque::len);
             if appearances >= self.config.flap_threshold as usize {
-                let detail = format!("flapping: appeared {appearances} times within the flap window");
-                outcomes.push(self.record(now, signal, Reason::Cooldown, detail));
+                let detail =
+                    ["flapping: appeared ", &appearances.to_string(), " times within the flap window"]
+                        .concat();
+                outcomes.push(self.record(now, &signal, Reason::Cooldown, detail));
                 continue;
             }
-            let group =
-                self.state.groups.entry(group_key(signal.tenant(), signal.kind())).or_insert_with(|| Group {
-                    created_at: now,
-                    last_flush_at: None,
-                    pending: Vec::new(),
-                    pending_causes: BTreeSet::new(),
-                });
+            let group = group_mut(&mut self.state, now, &signal);
             if !group.pending_causes.insert(*signal.cause()) {
                 continue;
             }
-            group.pending.push(signal.clone());
-            let due = match group.last_flush_at {
-                None => group.created_at + TimeDelta::seconds(self.config.group_wait_seconds),
-                Some(last) => last + TimeDelta::seconds(self.config.group_interval_seconds),
-            };
-            if due > now {
-                let detail = format!("grouped; the group is due at {}", due.format("%Y-%m-%dT%H:%M:%SZ"));
-                outcomes.push(self.record(now, signal, Reason::Grouped, detail));
+            let due = group.due(&self.config);
+            let delayed = (due > now).then(|| (signal.id(), signal.kind().clone()));
+            group.pending.push(signal);
+            if let Some((id, kind)) = delayed {
+                let detail = ["grouped; the group is due at ", &time_text(due)].concat();
+                outcomes.push(self.log(Suppressed {
+                    signal: id,
+                    kind,
+                    reason: Reason::Grouped,
+                    detail,
+                    at: now,
+                }));
             }
         }
         self.state.previous_keys = keys;
@@ -262,55 +345,67 @@ impl Grouper {
     /// The notifications due at `now`, in (tenant, kind) order.
     pub fn flush(&mut self, now: DateTime<Utc>) -> Vec<Notification> {
         let mut notifications = Vec::new();
-        for group in self.state.groups.values_mut() {
-            if group.pending.is_empty() {
-                continue;
-            }
-            let due = match group.last_flush_at {
-                None => group.created_at + TimeDelta::seconds(self.config.group_wait_seconds),
-                Some(last) => last + TimeDelta::seconds(self.config.group_interval_seconds),
-            };
-            if due > now {
-                continue;
-            }
-            let members = std::mem::take(&mut group.pending);
-            group.pending_causes.clear();
-            group.last_flush_at = Some(now);
-            for member in &members {
-                self.state
-                    .notified
-                    .insert(format!("{}\u{1f}{}", member.tenant(), member.cause().to_hex()), now);
-            }
-            if let Some(summary) = summarise(now, &members) {
-                notifications.push(Notification { summary, members });
+        for (tenant, kinds) in &mut self.state.groups {
+            for group in kinds.values_mut() {
+                if group.pending.is_empty() || group.due(&self.config) > now {
+                    continue;
+                }
+                let members = std::mem::take(&mut group.pending);
+                group.pending_causes.clear();
+                group.last_flush_at = Some(now);
+                let notified = self.state.notified.entry(tenant.clone()).or_default();
+                for member in &members {
+                    notified.insert(*member.cause(), now);
+                }
+                if let Some(summary) = summarise(now, &members) {
+                    notifications.push(Notification { summary, members });
+                }
             }
         }
         notifications
     }
 
-    fn inhibited_by(&self, signal: &Signal, active: &[Signal]) -> Option<String> {
-        for rule in &self.config.inhibit {
+    /// Puts members whose message could not be sent back into their groups (due at once) and
+    /// forgets that they were notified, so the next round offers them again.
+    pub(crate) fn requeue(&mut self, now: DateTime<Utc>, members: Vec<Signal>) {
+        for member in members {
+            if let Some(causes) = self.state.notified.get_mut(member.tenant()) {
+                causes.remove(member.cause());
+            }
+            let group = group_mut(&mut self.state, now, &member);
+            // Due at once: the message was due already when sending it failed.
+            group.last_flush_at = None;
+            group.created_at = now - TimeDelta::seconds(self.config.group_wait_seconds);
+            if group.pending_causes.insert(*member.cause()) {
+                group.pending.push(member);
+            }
+        }
+    }
+
+    fn inhibited_by(&self, signal: &Signal, inhibitors: &HashMap<u64, SignalKind>) -> Option<String> {
+        if inhibitors.is_empty() {
+            return None;
+        }
+        for (index, rule) in self.config.inhibit.iter().enumerate() {
             if rule.target != signal.kind().as_str() {
                 continue;
             }
-            let source = active.iter().find(|source| {
-                source.kind().as_str() == rule.source
-                    && source.tenant() == signal.tenant()
-                    && rule.equal.iter().all(|name| {
-                        let value = label(signal, name);
-                        value.is_some() && value == label(source, name)
-                    })
-            });
-            if let Some(source) = source {
-                return Some(format!("inhibited by {} with equal {}", source.kind(), rule.equal.join(", ")));
-            }
+            let Some(source) = inhibition_key(signal, index, rule).and_then(|key| inhibitors.get(&key))
+            else {
+                continue;
+            };
+            return Some(["inhibited by ", source.as_str(), " with equal ", &rule.equal.join(", ")].concat());
         }
         None
     }
 
     fn record(&mut self, now: DateTime<Utc>, signal: &Signal, reason: Reason, detail: String) -> Suppressed {
-        let suppressed =
-            Suppressed { signal: signal.id(), kind: signal.kind().clone(), reason, detail, at: now };
+        self.log(Suppressed { signal: signal.id(), kind: signal.kind().clone(), reason, detail, at: now })
+    }
+
+    /// Records a suppression decided outside the grouper (by the [`crate::gate::Gate`]), so that
+    /// one log holds every reason.
+    pub(crate) fn log(&mut self, suppressed: Suppressed) -> Suppressed {
         if self.state.log.len() >= self.config.log_capacity {
             self.state.log.pop_front();
         }
@@ -326,7 +421,10 @@ impl Grouper {
         }
         self.state.swept_at = Some(now);
         let repeat = TimeDelta::seconds(self.config.repeat_interval_seconds);
-        self.state.notified.retain(|_, at| now - *at < repeat);
+        for causes in self.state.notified.values_mut() {
+            causes.retain(|_, at| now - *at < repeat);
+        }
+        self.state.notified.retain(|_, causes| !causes.is_empty());
         let window = TimeDelta::seconds(self.config.flap_window_seconds);
         for times in self.state.appearances.values_mut() {
             while times.front().is_some_and(|first| now - *first >= window) {
@@ -335,13 +433,17 @@ impl Grouper {
         }
         self.state.appearances.retain(|_, times| !times.is_empty());
         let interval = TimeDelta::seconds(self.config.group_interval_seconds);
-        self.state.groups.retain(|_, group| {
-            !group.pending.is_empty() || group.last_flush_at.is_none_or(|last| now - last <= interval)
-        });
+        for kinds in self.state.groups.values_mut() {
+            kinds.retain(|_, group| {
+                !group.pending.is_empty() || group.last_flush_at.is_none_or(|last| now - last <= interval)
+            });
+        }
+        self.state.groups.retain(|_, kinds| !kinds.is_empty());
     }
 }
 
-fn summarise(now: DateTime<Utc>, members: &[Signal]) -> Option<Signal> {
+/// One signal summarising a group's members (their subjects and texts, one line each).
+pub(crate) fn summarise(now: DateTime<Utc>, members: &[Signal]) -> Option<Signal> {
     let first = members.first()?;
     let mut text = String::new();
     for member in members {

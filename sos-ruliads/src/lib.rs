@@ -14,7 +14,9 @@
 //! - a [`catalog`] of CRM ruliads over the types in [`crm`], each with fixtures;
 //! - [`fixture`]s in the style of `promtool test rules`, runnable with one call;
 //! - vertical [`pack`]s (`<dir>/<vertical>/seed.json`) resolved and validated at deploy time;
-//! - the [`engine`] that evaluates a pack over a batch, deterministically, on every core;
+//! - the [`engine`] that evaluates a pack over a batch, deterministically, on every core, and
+//!   hands what fired to the [`gate`]: inhibition, repeat, grouping, the cause check and the
+//!   trust gate on one path, every held-back signal recorded with its reason;
 //! - the [`trust`] gate: Plant → Introduce → Observe → First insight → Intervene, with a budget
 //!   that follows people's feedback;
 //! - [`grouping`]: group_wait, group_interval, repeat_interval, inhibition and flapping, every
@@ -125,6 +127,7 @@ pub mod engine;
 mod error;
 mod explain;
 pub mod fixture;
+pub mod gate;
 pub mod grouping;
 pub mod pack;
 mod ruliad;

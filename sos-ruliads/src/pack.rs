@@ -12,6 +12,7 @@ use crate::catalog;
 use crate::crm::Record;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::gate::Gate;
 use crate::grouping::GroupingConfig;
 use crate::ruliad::{Class, Ruliad};
 use crate::trust::TrustConfig;
@@ -345,6 +346,17 @@ impl<E: Sync> Pack<E> {
     /// defaults when absent).
     pub fn grouping(&self) -> &GroupingConfig {
         &self.grouping
+    }
+
+    /// A fresh [`Gate`] with the pack's grouping and trust configuration, for an agent planted
+    /// at `planted_at`.
+    ///
+    /// # Errors
+    ///
+    /// Never for a loaded pack (its configuration was validated at load); the `Result` guards
+    /// against future configuration fields.
+    pub fn gate(&self, planted_at: chrono::DateTime<chrono::Utc>) -> Result<Gate> {
+        Gate::new(self.grouping.clone(), self.trust.clone(), planted_at)
     }
 
     /// The ready engine.

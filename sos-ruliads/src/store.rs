@@ -75,7 +75,9 @@ pub async fn claim_new<S: StateStore>(
 
 #[derive(Debug, Default)]
 struct MemoryState {
-    causes: BTreeMap<(String, String, String), DateTime<Utc>>,
+    /// tenant → scope → cause → when claimed; nested so that a claim looks up borrowed keys and
+    /// allocates only for a new tenant or scope.
+    causes: BTreeMap<TenantId, BTreeMap<String, BTreeMap<Sha256Digest, DateTime<Utc>>>>,
     values: BTreeMap<(String, String), serde_json::Value>,
 }
 
@@ -105,20 +107,32 @@ impl StateStore for MemoryStore {
         scope: &str,
         cause: &Sha256Digest,
     ) -> Result<bool> {
-        let key = (tenant.as_str().to_owned(), scope.to_owned(), cause.to_hex());
         let mut state = self.lock();
-        if state.causes.contains_key(&key) {
+        if !state.causes.contains_key(tenant) {
+            state.causes.insert(tenant.clone(), BTreeMap::new());
+        }
+        let scopes = state.causes.get_mut(tenant).expect("inserted above");
+        if !scopes.contains_key(scope) {
+            scopes.insert(scope.to_owned(), BTreeMap::new());
+        }
+        let causes = scopes.get_mut(scope).expect("inserted above");
+        if causes.contains_key(cause) {
             return Ok(false);
         }
-        state.causes.insert(key, now);
+        causes.insert(*cause, now);
         Ok(true)
     }
 
     async fn forget_causes_before(&self, tenant: &TenantId, before: DateTime<Utc>) -> Result<u64> {
         let mut state = self.lock();
-        let count = state.causes.len();
-        state.causes.retain(|(owner, _, _), at| owner != tenant.as_str() || *at >= before);
-        Ok((count - state.causes.len()) as u64)
+        let Some(scopes) = state.causes.get_mut(tenant) else { return Ok(0) };
+        let mut removed = 0;
+        for causes in scopes.values_mut() {
+            let count = causes.len();
+            causes.retain(|_, at| *at >= before);
+            removed += count - causes.len();
+        }
+        Ok(removed as u64)
     }
 
     async fn put(

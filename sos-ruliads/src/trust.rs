@@ -359,6 +359,21 @@ impl TrustGate {
     /// Decides whether `signal` of `class` may go out at `now`. A withheld signal is kept with
     /// its reason.
     pub fn offer(&mut self, now: DateTime<Utc>, signal: Signal, class: Class) -> Decision {
+        match self.admit(now, signal.id(), class) {
+            None => Decision::Release,
+            Some((reason, detail)) => self.withhold(now, signal, class, reason, detail),
+        }
+    }
+
+    /// [`TrustGate::offer`] without taking the signal: on release the signal counts as sent and
+    /// awaits feedback; otherwise the reason is returned and the caller must keep the signal
+    /// (with [`TrustGate::keep`]).
+    pub(crate) fn admit(
+        &mut self,
+        now: DateTime<Utc>,
+        id: SignalId,
+        class: Class,
+    ) -> Option<(Reason, String)> {
         self.expire_feedback(now);
         self.update_phase(now);
         let age = now - self.state.planted_at;
@@ -385,12 +400,12 @@ impl TrustGate {
             (_, Class::Insight) => None,
         };
         if let Some(detail) = blocked {
-            return self.withhold(now, signal, class, Reason::Trust, detail);
+            return Some((Reason::Trust, detail));
         }
         self.refill(now);
         if self.state.tokens < 1.0 {
             let detail = format!("budget of {:.2} signals per day spent", self.state.budget_per_day);
-            return self.withhold(now, signal, class, Reason::Cooldown, detail);
+            return Some((Reason::Cooldown, detail));
         }
         self.state.tokens -= 1.0;
         if class == Class::Insight && self.state.first_insight_at.is_none() {
@@ -404,8 +419,20 @@ impl TrustGate {
                 self.adjust(Feedback::Ignored);
             }
         }
-        self.state.outstanding.insert(signal.id(), (class, now));
-        Decision::Release
+        self.state.outstanding.insert(id, (class, now));
+        None
+    }
+
+    /// Keeps a signal that [`TrustGate::admit`] held back.
+    pub(crate) fn keep(
+        &mut self,
+        now: DateTime<Utc>,
+        signal: Signal,
+        class: Class,
+        reason: Reason,
+        detail: String,
+    ) {
+        self.withhold(now, signal, class, reason, detail);
     }
 
     /// Records feedback on a released signal; returns `false` when the signal is unknown (never

@@ -8,6 +8,7 @@ mod cli;
 mod combinators;
 mod engine;
 mod fuzz_mirror;
+mod gate;
 mod grouping;
 mod host;
 mod packs;

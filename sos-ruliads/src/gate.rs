@@ -1,0 +1,283 @@
+//! The full gate between a fired signal and a person: grouping, inhibition, repeat, the cause
+//! check, the trust gate and the trigger ceiling, on one path.
+//!
+//! [`Engine::run`](crate::engine::Engine::run) evaluates a batch and hands every fired signal to
+//! [`Gate::round`], which, in this order:
+//!
+//! 1. **inhibits** signals silenced by an active source with equal labels (`inhibited`);
+//! 2. holds back causes notified within `repeat_interval` (`repeat`) and flapping entities
+//!    (`cooldown`);
+//! 3. **groups** the rest by (tenant, ruliad), delaying them until the group is due (`grouped`);
+//! 4. for each due group, **claims** every member's cause in the [`StateStore`], so that several
+//!    evaluators (in several processes) never send the same cause twice; a cause someone else
+//!    claimed is held back as `repeat`;
+//! 5. offers the group's one message to the **trust gate**, which releases it or keeps it with
+//!    its reason (`trust` before the agent earned the right, `cooldown` when the budget is spent).
+//!
+//! A host whose released signal starts a self-healing action asks [`Gate::start_trigger`], which
+//! records a refusal by the trigger ceiling as `ceiling` (or `repeat` for a replayed cause).
+//!
+//! Every held-back or delayed signal is returned in [`Round::suppressed`] and kept in the log
+//! ([`Gate::suppressed`]) with its [`Reason`]; nothing disappears without a trace. The state is
+//! plain serde data ([`GateState`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sos_core::{Sha256Digest, Signal, SignalKind, TenantId};
+
+use crate::ceiling::{Admission, Attempt, TriggerCeiling};
+use crate::engine::Fired;
+use crate::error::Result;
+use crate::grouping::{Grouper, GroupingConfig, GroupingState, Notification, Suppressed, summarise};
+use crate::ruliad::Class;
+use crate::store::StateStore;
+use crate::trust::{Reason, TrustConfig, TrustGate, TrustState};
+
+/// What one round of the gate let through and held back.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Round {
+    /// The messages that go out now: one per due group, listing its members.
+    pub released: Vec<Notification>,
+    /// Every signal held back or delayed in this round, with its reason.
+    pub suppressed: Vec<Suppressed>,
+}
+
+impl Round {
+    /// The released member signals, in order.
+    pub fn released_signals(&self) -> impl Iterator<Item = &Signal> {
+        self.released.iter().flat_map(|notification| notification.members.iter())
+    }
+}
+
+/// The gate's serializable state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateState {
+    /// The grouper's timers, notified causes and flapping history.
+    pub grouping: GroupingState,
+    /// The trust gate's lifecycle, budget and withheld signals.
+    pub trust: TrustState,
+    /// The class of every kind seen, so that a group flushed in a later round is offered to the
+    /// trust gate as what it is.
+    #[serde(default)]
+    pub classes: BTreeMap<SignalKind, Class>,
+    /// Causes this gate claimed whose message could not be sent yet (a later claim in the same
+    /// group failed); they are sent in a later round without claiming again.
+    #[serde(default)]
+    pub claimed_unsent: BTreeSet<(TenantId, Sha256Digest)>,
+}
+
+/// The full gate of one agent; see the module docs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gate {
+    grouper: Grouper,
+    trust: TrustGate,
+    classes: BTreeMap<SignalKind, Class>,
+    claimed_unsent: BTreeSet<(TenantId, Sha256Digest)>,
+}
+
+impl Gate {
+    /// A gate for an agent planted at `planted_at`.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidParameter`] or [`crate::Error::TrustConfig`] for an invalid
+    /// configuration.
+    pub fn new(grouping: GroupingConfig, trust: TrustConfig, planted_at: DateTime<Utc>) -> Result<Self> {
+        Ok(Self {
+            grouper: Grouper::new(grouping)?,
+            trust: TrustGate::plant(trust, planted_at)?,
+            classes: BTreeMap::new(),
+            claimed_unsent: BTreeSet::new(),
+        })
+    }
+
+    /// A gate with saved state.
+    ///
+    /// # Errors
+    ///
+    /// As [`Gate::new`], or when the saved trust budget lies outside the configuration.
+    pub fn restore(grouping: GroupingConfig, trust: TrustConfig, state: GateState) -> Result<Self> {
+        Ok(Self {
+            grouper: Grouper::restore(grouping, state.grouping)?,
+            trust: TrustGate::restore(trust, state.trust)?,
+            classes: state.classes,
+            claimed_unsent: state.claimed_unsent,
+        })
+    }
+
+    /// The state, to persist (for instance with [`StateStore::put`]).
+    pub fn state(&self) -> GateState {
+        GateState {
+            grouping: self.grouper.state().clone(),
+            trust: self.trust.state().clone(),
+            classes: self.classes.clone(),
+            claimed_unsent: self.claimed_unsent.clone(),
+        }
+    }
+
+    /// The grouper.
+    pub fn grouper(&self) -> &Grouper {
+        &self.grouper
+    }
+
+    /// The trust gate.
+    pub fn trust(&self) -> &TrustGate {
+        &self.trust
+    }
+
+    /// The trust gate, to introduce the agent, count observed messages and record feedback.
+    pub fn trust_mut(&mut self) -> &mut TrustGate {
+        &mut self.trust
+    }
+
+    /// Every suppression recorded, oldest first (bounded by the grouping `log_capacity`).
+    pub fn suppressed(&self) -> impl Iterator<Item = &Suppressed> {
+        self.grouper.suppressed()
+    }
+
+    /// Runs one round: `fired` are the signals active at `now` (all of them, also those already
+    /// notified, so that inhibition and flapping see the whole picture). Causes are claimed in
+    /// `store`.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the store returns; the members of a group whose claim failed go back to their
+    /// group and are offered again in the next round.
+    pub async fn round<S: StateStore>(
+        &mut self,
+        store: &S,
+        now: DateTime<Utc>,
+        fired: Vec<Fired>,
+    ) -> Result<Round> {
+        let mut signals = Vec::with_capacity(fired.len());
+        for fired in fired {
+            if self.classes.get(fired.signal.kind()) != Some(&fired.class) {
+                self.classes.insert(fired.signal.kind().clone(), fired.class);
+            }
+            signals.push(fired.signal);
+        }
+        let mut round = Round { released: Vec::new(), suppressed: self.grouper.observe(now, signals) };
+        let mut due = self.grouper.flush(now).into_iter();
+        while let Some(notification) = due.next() {
+            let notification = match self.claim(store, now, notification, &mut round).await {
+                Ok(Some(notification)) => notification,
+                Ok(None) => continue,
+                Err(error) => {
+                    // Nothing is lost: what was not yet offered waits for the next round.
+                    for rest in due {
+                        self.grouper.requeue(now, rest.members);
+                    }
+                    return Err(error);
+                }
+            };
+            let class = self.classes.get(notification.summary.kind()).copied().unwrap_or_default();
+            match self.trust.admit(now, notification.summary.id(), class) {
+                None => round.released.push(notification),
+                Some((reason, detail)) => {
+                    for member in &notification.members {
+                        round.suppressed.push(self.grouper.log(suppression(
+                            now,
+                            member,
+                            reason,
+                            detail.clone(),
+                        )));
+                    }
+                    self.trust.keep(now, notification.summary, class, reason, detail);
+                }
+            }
+        }
+        Ok(round)
+    }
+
+    /// Claims the causes of a due group's members; members whose cause was already claimed
+    /// (by another evaluator, or before a restart) are held back as `repeat`.
+    async fn claim<S: StateStore>(
+        &mut self,
+        store: &S,
+        now: DateTime<Utc>,
+        notification: Notification,
+        round: &mut Round,
+    ) -> Result<Option<Notification>> {
+        let count = notification.members.len();
+        let mut fresh = Vec::with_capacity(count);
+        let mut members = notification.members.into_iter();
+        while let Some(member) = members.next() {
+            if !self.claimed_unsent.is_empty()
+                && self.claimed_unsent.remove(&(member.tenant().clone(), *member.cause()))
+            {
+                fresh.push(member);
+                continue;
+            }
+            match store.claim_cause(now, member.tenant(), member.kind().as_str(), member.cause()).await {
+                Ok(true) => fresh.push(member),
+                Ok(false) => {
+                    let detail =
+                        "already sent: this cause was claimed by another evaluator or an earlier run";
+                    round.suppressed.push(self.grouper.log(suppression(
+                        now,
+                        &member,
+                        Reason::Repeat,
+                        detail.to_owned(),
+                    )));
+                }
+                Err(error) => {
+                    // Every member waits for the next round; those claimed already are
+                    // remembered as ours, so they are sent then without a second claim.
+                    for claimed in &fresh {
+                        self.claimed_unsent.insert((claimed.tenant().clone(), *claimed.cause()));
+                    }
+                    let rest: Vec<Signal> =
+                        fresh.into_iter().chain(std::iter::once(member)).chain(members).collect();
+                    self.grouper.requeue(now, rest);
+                    return Err(error);
+                }
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(None);
+        }
+        if fresh.len() == count {
+            return Ok(Some(Notification { summary: notification.summary, members: fresh }));
+        }
+        // Some members were already sent elsewhere: the message lists only the others.
+        Ok(summarise(now, &fresh).map(|summary| Notification { summary, members: fresh }))
+    }
+
+    /// Asks `ceiling` to start the self-healing action that `signal` calls for; a refusal is
+    /// recorded like every other suppression (`ceiling`, or `repeat` for a cause that already
+    /// started once).
+    ///
+    /// # Errors
+    ///
+    /// Whatever the ceiling's store returns.
+    pub async fn start_trigger<C: TriggerCeiling>(
+        &mut self,
+        ceiling: &C,
+        now: DateTime<Utc>,
+        signal: &Signal,
+        attribute: &str,
+    ) -> Result<Admission> {
+        let attempt = Attempt {
+            tenant: signal.tenant().clone(),
+            cause: *signal.cause(),
+            attribute: attribute.to_owned(),
+        };
+        let admission = ceiling.try_start(now, &attempt).await?;
+        if let Admission::Refused(refused) = admission {
+            let detail = match refused {
+                crate::ceiling::Refused::Ceiling => {
+                    "the trigger ceiling is reached; retry when a running trigger finished"
+                }
+                crate::ceiling::Refused::Replay => "this cause already started a trigger once",
+            };
+            self.grouper.log(suppression(now, signal, refused.reason(), detail.to_owned()));
+        }
+        Ok(admission)
+    }
+}
+
+fn suppression(now: DateTime<Utc>, signal: &Signal, reason: Reason, detail: String) -> Suppressed {
+    Suppressed { signal: signal.id(), kind: signal.kind().clone(), reason, detail, at: now }
+}

@@ -1,0 +1,367 @@
+//! The full gate on the engine's one path: every held-back or delayed signal has its reason.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use sos_core::{Signal, TenantId};
+use sos_ruliads::ceiling::{Admission, CeilingConfig, MemoryCeiling, Refused};
+use sos_ruliads::crm::{Record, Stage};
+use sos_ruliads::engine::{Engine, Fired};
+use sos_ruliads::gate::{Gate, GateState, Round};
+use sos_ruliads::grouping::{GroupingConfig, InhibitRule};
+use sos_ruliads::store::{MemoryStore, StateStore};
+use sos_ruliads::trust::{Feedback, Reason, TrustConfig};
+use sos_ruliads::{Class, Draft, Explain, catalog};
+
+use crate::{at, deal};
+
+fn tenant() -> TenantId {
+    "acme".parse().expect("valid tenant")
+}
+
+fn planted() -> DateTime<Utc> {
+    at(1, 9) - TimeDelta::days(30)
+}
+
+fn generous_trust() -> TrustConfig {
+    TrustConfig { initial_per_day: 50.0, ceiling_per_day: 100.0, ..TrustConfig::default() }
+}
+
+fn insight(now: DateTime<Utc>) -> Signal {
+    Explain::new()
+        .fire(Draft::new(&tenant(), "lead-rhythm", now).subject("Your leads").text("Most leads on Tuesdays."))
+        .into_signal()
+        .expect("valid")
+}
+
+/// A gate whose agent was introduced, observed enough and had an insight accepted: it may
+/// intervene.
+pub(crate) fn trusted_gate(grouping: GroupingConfig, trust: TrustConfig) -> Gate {
+    let mut gate = Gate::new(grouping, trust, planted()).expect("valid");
+    let trust = gate.trust_mut();
+    trust.introduce(planted(), &tenant(), "Nova").expect("valid name");
+    for _ in 0..20 {
+        trust.observe_message();
+    }
+    let first = insight(planted() + TimeDelta::days(5));
+    assert_eq!(
+        trust.offer(planted() + TimeDelta::days(5), first.clone(), Class::Insight),
+        sos_ruliads::trust::Decision::Release
+    );
+    assert!(trust.feedback(planted() + TimeDelta::days(5), first.id(), Feedback::Accepted));
+    gate
+}
+
+fn stale_engine() -> Engine<Record> {
+    Engine::new(vec![catalog::build("stale-deal-nudge", &serde_json::Value::Null).expect("defaults")])
+}
+
+fn stale_deals(count: usize) -> Vec<Record> {
+    (0..count).map(|index| deal(&format!("d{index}"), Stage::Discovery, Some(1))).collect()
+}
+
+fn reasons(round: &Round, reason: Reason) -> usize {
+    round.suppressed.iter().filter(|suppressed| suppressed.reason == reason).count()
+}
+
+fn run(
+    engine: &Engine<Record>,
+    gate: &mut Gate,
+    store: &MemoryStore,
+    now: DateTime<Utc>,
+    batch: &[Record],
+) -> Round {
+    futures::executor::block_on(engine.run(gate, store, now, batch)).expect("memory store works")
+}
+
+#[test]
+fn thirty_stale_deals_make_one_message_then_repeat() {
+    let (engine, store) = (stale_engine(), MemoryStore::new());
+    let mut gate = trusted_gate(GroupingConfig::default(), generous_trust());
+    let batch = stale_deals(30);
+    let first = run(&engine, &mut gate, &store, at(10, 9), &batch);
+    assert!(first.released.is_empty());
+    assert_eq!(reasons(&first, Reason::Grouped), 30, "delayed by group_wait, with the reason");
+    let second = run(&engine, &mut gate, &store, at(10, 10), &batch);
+    assert_eq!(second.released.len(), 1, "one message");
+    assert_eq!(second.released[0].members.len(), 30, "listing 30 deals");
+    assert_eq!(second.released_signals().count(), 30);
+    assert!(second.suppressed.is_empty(), "{:?}", second.suppressed);
+    let third = run(&engine, &mut gate, &store, at(10, 11), &batch);
+    assert!(third.released.is_empty());
+    assert_eq!(reasons(&third, Reason::Repeat), 30);
+    assert!(
+        third.suppressed[0].detail.starts_with("already notified at 2026-03-10T10:00:00Z"),
+        "{:?}",
+        third.suppressed[0]
+    );
+    assert_eq!(gate.suppressed().count(), 60, "the gate's log holds every reason");
+}
+
+#[test]
+fn inhibited_signals_are_recorded_and_never_sent() {
+    let grouping = GroupingConfig {
+        group_wait_seconds: 0,
+        inhibit: vec![InhibitRule {
+            source: "deal-lost".into(),
+            target: "stale-deal-nudge".into(),
+            equal: vec!["deal_id".into()],
+        }],
+        ..GroupingConfig::default()
+    };
+    let (store, mut gate) = (MemoryStore::new(), trusted_gate(grouping, generous_trust()));
+    let mut fired = stale_engine().evaluate_batch(at(10, 9), &stale_deals(3));
+    let mut why = Explain::new();
+    why.label("deal_id", "d1");
+    let lost = why
+        .fire(Draft::new(&tenant(), "deal-lost", at(10, 9)).subject("Deal with Contact d1").text("Lost."))
+        .into_signal()
+        .expect("valid");
+    fired.push(Fired { entity: 1, ruliad: 1, class: Class::Insight, signal: lost });
+    let round = futures::executor::block_on(gate.round(&store, at(10, 9), fired)).expect("works");
+    assert_eq!(reasons(&round, Reason::Inhibited), 1);
+    let inhibited = round.suppressed.iter().find(|s| s.reason == Reason::Inhibited).expect("one");
+    assert_eq!(inhibited.detail, "inhibited by deal-lost with equal deal_id");
+    let sent: Vec<&str> = round.released_signals().map(Signal::subject).collect();
+    assert_eq!(
+        sent.iter().filter(|subject| subject.ends_with("d1")).count(),
+        1,
+        "only the lost signal: {sent:?}"
+    );
+    assert!(sent.contains(&"Deal with Contact d0") && sent.contains(&"Deal with Contact d2"), "{sent:?}");
+}
+
+#[test]
+fn a_cause_claimed_by_another_evaluator_is_held_back_as_repeat() {
+    let (engine, store) = (stale_engine(), MemoryStore::new());
+    let grouping = GroupingConfig { group_wait_seconds: 0, ..GroupingConfig::default() };
+    let mut first = trusted_gate(grouping.clone(), generous_trust());
+    let mut second = trusted_gate(grouping, generous_trust());
+    let batch = stale_deals(4);
+    let sent = run(&engine, &mut first, &store, at(10, 9), &batch);
+    assert_eq!(sent.released_signals().count(), 4);
+    let again = run(&engine, &mut second, &store, at(10, 9), &batch);
+    assert!(again.released.is_empty());
+    assert_eq!(reasons(&again, Reason::Repeat), 4);
+    assert!(again.suppressed[0].detail.contains("claimed by another evaluator"), "{:?}", again.suppressed[0]);
+    // Partly claimed: the message lists only the new deal.
+    let more = run(&engine, &mut second, &store, at(10, 9) + TimeDelta::days(8), &stale_deals(5));
+    assert_eq!(more.released.len(), 1);
+    let members: Vec<&str> = more.released_signals().map(Signal::subject).collect();
+    assert_eq!(members, ["Deal with Contact d4"]);
+    assert_eq!(more.released[0].summary.subject(), "Deal with Contact d4");
+}
+
+#[test]
+fn a_flapping_entity_is_held_back_as_cooldown() {
+    let grouping =
+        GroupingConfig { group_wait_seconds: 0, repeat_interval_seconds: 60, ..GroupingConfig::default() };
+    let (engine, store) = (stale_engine(), MemoryStore::new());
+    let mut gate = trusted_gate(grouping, generous_trust());
+    let mut cooldowns = 0;
+    let mut sent = 0;
+    for hour in 0..8 {
+        // Present every other hour: appears, vanishes, appears again …
+        let batch = if hour % 2 == 0 { stale_deals(1) } else { Vec::new() };
+        let round = run(&engine, &mut gate, &store, at(10, hour), &batch);
+        cooldowns += reasons(&round, Reason::Cooldown);
+        sent += round.released_signals().count();
+    }
+    assert_eq!(sent, 1, "a flapping deal gives one signal");
+    assert!(cooldowns >= 1);
+}
+
+#[test]
+fn an_untrusted_agent_keeps_its_signals_with_reason_trust() {
+    let (engine, store) = (stale_engine(), MemoryStore::new());
+    let grouping = GroupingConfig { group_wait_seconds: 0, ..GroupingConfig::default() };
+    let mut gate = Gate::new(grouping, TrustConfig::default(), at(9, 9)).expect("valid");
+    let round = run(&engine, &mut gate, &store, at(10, 9), &stale_deals(2));
+    assert!(round.released.is_empty());
+    assert_eq!(reasons(&round, Reason::Trust), 2);
+    assert_eq!(round.suppressed[0].detail, "the agent has not introduced itself yet");
+    assert_eq!(gate.trust().withheld().count(), 1, "the message is kept, not lost");
+}
+
+#[test]
+fn a_spent_budget_keeps_signals_with_reason_cooldown() {
+    let (engine, store) = (stale_engine(), MemoryStore::new());
+    let grouping =
+        GroupingConfig { group_wait_seconds: 0, group_interval_seconds: 1, ..GroupingConfig::default() };
+    let mut gate = trusted_gate(grouping, TrustConfig::default());
+    // The insight spent the only token of the day it was sent; a day later one more is there.
+    let first = run(&engine, &mut gate, &store, at(10, 9), &stale_deals(1));
+    assert_eq!(first.released.len(), 1);
+    let batch: Vec<Record> =
+        (10..12).map(|index| deal(&format!("d{index}"), Stage::Proposal, Some(1))).collect();
+    let second = run(&engine, &mut gate, &store, at(10, 10), &batch);
+    assert!(second.released.is_empty());
+    assert_eq!(reasons(&second, Reason::Cooldown), 2);
+    assert!(second.suppressed[0].detail.contains("budget"), "{:?}", second.suppressed[0]);
+}
+
+#[test]
+fn a_refused_trigger_is_recorded_as_ceiling_or_repeat() {
+    let ceiling = MemoryCeiling::new(CeilingConfig { global: 1, per_attribute: None });
+    let mut gate = trusted_gate(GroupingConfig::default(), generous_trust());
+    let fired = stale_engine().evaluate_batch(at(10, 9), &stale_deals(2));
+    let (first, second) = (&fired[0].signal, &fired[1].signal);
+    assert_eq!(
+        futures::executor::block_on(gate.start_trigger(&ceiling, at(10, 9), first, "")).expect("ok"),
+        Admission::Started
+    );
+    assert_eq!(
+        futures::executor::block_on(gate.start_trigger(&ceiling, at(10, 9), second, "")).expect("ok"),
+        Admission::Refused(Refused::Ceiling)
+    );
+    assert_eq!(
+        futures::executor::block_on(gate.start_trigger(&ceiling, at(10, 9), first, "")).expect("ok"),
+        Admission::Refused(Refused::Replay)
+    );
+    let logged: Vec<Reason> = gate.suppressed().map(|suppressed| suppressed.reason).collect();
+    assert_eq!(logged, [Reason::Ceiling, Reason::Repeat]);
+}
+
+#[test]
+fn gate_state_survives_a_restart_without_refiring() {
+    let (engine, store) = (stale_engine(), MemoryStore::new());
+    let grouping = GroupingConfig { group_wait_seconds: 0, ..GroupingConfig::default() };
+    let mut gate = trusted_gate(grouping.clone(), generous_trust());
+    let batch = stale_deals(3);
+    assert_eq!(run(&engine, &mut gate, &store, at(10, 9), &batch).released_signals().count(), 3);
+    let saved = serde_json::to_value(gate.state()).expect("serializes");
+    futures::executor::block_on(store.put(at(10, 9), &tenant(), "gate", &saved)).expect("stored");
+    drop(gate);
+
+    let loaded = futures::executor::block_on(store.get(&tenant(), "gate")).expect("ok").expect("saved");
+    let state: GateState = serde_json::from_value(loaded).expect("deserializes");
+    let mut restarted = Gate::restore(grouping, generous_trust(), state).expect("valid");
+    let round = run(&engine, &mut restarted, &store, at(10, 12), &batch);
+    assert!(round.released.is_empty(), "nothing fires twice after a restart");
+    assert_eq!(reasons(&round, Reason::Repeat), 3);
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn a_failed_cause_claim_loses_nothing() {
+    use sos_ruliads::store::{SqliteStore, sqlite_migrator};
+    let database = sos_testkit::SqliteTestDatabase::new(&[&sqlite_migrator()]).await;
+    let store = SqliteStore::new(database.pool().clone());
+    let engine = stale_engine();
+    let grouping = GroupingConfig { group_wait_seconds: 0, ..GroupingConfig::default() };
+    let mut gate = trusted_gate(grouping, generous_trust());
+    let batch = stale_deals(3);
+    // The database refuses every claim after the first: the group fails half-claimed.
+    sqlx::query(
+        "CREATE TRIGGER sos_test_full BEFORE INSERT ON sos_ruliads_seen_causes \
+         WHEN (SELECT count(*) FROM sos_ruliads_seen_causes) >= 1 BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+    )
+    .execute(database.pool())
+    .await
+    .expect("trigger");
+    let error = engine.run(&mut gate, &store, at(10, 9), &batch).await.expect_err("the store is failing");
+    assert!(error.to_string().contains("storage failed"), "{error}");
+    sqlx::query("DROP TRIGGER sos_test_full").execute(database.pool()).await.expect("drop trigger");
+    let round = engine.run(&mut gate, &store, at(10, 10), &batch).await.expect("works again");
+    assert_eq!(round.released_signals().count(), 3, "every member was offered again: {round:?}");
+    assert!(round.suppressed.is_empty(), "the cause claimed before the failure is ours: {round:?}");
+    let again = engine.run(&mut gate, &store, at(10, 11), &batch).await.expect("works");
+    assert!(again.released.is_empty(), "and each is sent once");
+}
+
+/// Two evaluators (tasks) with their own gates run the engine's full path over the same 40 stale
+/// deals for three rounds, claiming causes in `store`; returns the causes they sent.
+#[cfg(feature = "postgres")]
+async fn two_gated_evaluators<S: StateStore + 'static>(store: std::sync::Arc<S>) -> Vec<String> {
+    let mut tasks = Vec::new();
+    for evaluator in 0..2 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let engine = stale_engine();
+            let grouping = GroupingConfig {
+                group_wait_seconds: 0,
+                group_interval_seconds: 1,
+                ..GroupingConfig::default()
+            };
+            let mut gate = trusted_gate(grouping, generous_trust());
+            let mut sent = Vec::new();
+            for round in 0..3 {
+                let mut batch = stale_deals(40);
+                if evaluator == 1 {
+                    batch.reverse();
+                }
+                let now = at(10, 9) + TimeDelta::hours(round);
+                let round = engine.run(&mut gate, &*store, now, &batch).await.expect("store works");
+                sent.extend(round.released_signals().map(|signal| signal.cause().to_hex()));
+            }
+            sent
+        }));
+    }
+    let mut sent = Vec::new();
+    for task in tasks {
+        sent.extend(task.await.expect("task"));
+    }
+    sent
+}
+
+/// The child half of the two-process test; on its own it runs over an in-memory store.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_gated_evaluator_process() {
+    let sent = if std::env::var("SOS_CHILD_ROLE").as_deref() == Ok("ruliads-gated") {
+        let url = std::env::var("SOS_CHILD_URL").expect("the parent passes the database URL");
+        let start: u64 = std::env::var("SOS_CHILD_START").expect("start").parse().expect("millis");
+        let pool =
+            sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await.expect("connect");
+        // Both children begin at the same instant, so their claims race.
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
+        tokio::time::sleep(std::time::Duration::from_millis(start.saturating_sub(now_ms as u64))).await;
+        two_gated_evaluators(std::sync::Arc::new(sos_ruliads::store::PgStore::new(pool))).await
+    } else {
+        let sent = two_gated_evaluators(std::sync::Arc::new(MemoryStore::new())).await;
+        assert_eq!(sent.len(), 40);
+        sent
+    };
+    println!("\nSENT={}", sent.join(","));
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn four_gated_evaluators_in_two_processes_send_each_cause_once() {
+    use sos_ruliads::store::postgres_migrator;
+    let database = sos_testkit::PgTestDatabase::new(&[&postgres_migrator()]).await;
+    let start =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis()
+            + 1_500;
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().expect("test binary"))
+                .args([
+                    "--exact",
+                    "gate::child_gated_evaluator_process",
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ])
+                .env("SOS_CHILD_ROLE", "ruliads-gated")
+                .env("SOS_CHILD_URL", database.url())
+                .env("SOS_CHILD_START", start.to_string())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn child")
+        })
+        .collect();
+    let mut sent = Vec::new();
+    for child in children {
+        let output = child.wait_with_output().expect("child ran");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "child failed: {stdout}");
+        let line = stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("SENT="))
+            .expect("the child printed what it sent");
+        sent.extend(line.split(',').filter(|cause| !cause.is_empty()).map(str::to_owned));
+    }
+    let unique: std::collections::BTreeSet<&String> = sent.iter().collect();
+    assert_eq!(unique.len(), sent.len(), "0 duplicate signals across 4 evaluators in 2 processes");
+    assert_eq!(sent.len(), 40, "each of the 40 causes was sent exactly once");
+}
