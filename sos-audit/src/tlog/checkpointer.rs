@@ -216,34 +216,54 @@ impl<S: MerkleStore> Checkpointer<S> {
     /// [`Error::Note`] when a recorded checkpoint does not verify with this key, [`Error::Storage`].
     pub async fn checkpoint_now(&self, tenant: &TenantId) -> Result<SignedCheckpoint> {
         let _running = self.running.lock().await;
-        let state = sync_tree(&self.store, tenant).await?;
-        let size = state.size;
-        let root = super::root_at(&self.store, tenant, size).await?;
+        let size = sync_tree(&self.store, tenant).await?.size;
         let origin = self.origin(tenant);
 
+        // The heads this tree must extend: what this process signed last, and the latest
+        // recorded checkpoint.
         let remembered = self.signed.lock().unwrap_or_else(PoisonError::into_inner).get(tenant).copied();
-        if let Some((signed_size, signed_root)) = remembered {
-            self.check_extends(tenant, signed_size, signed_root, size, root).await?;
-        }
         let latest = self.store.latest_checkpoint(tenant).await?;
+        let mut signed_heads: Vec<(u64, Sha256Digest)> = remembered.into_iter().collect();
         if let Some(latest) = &latest {
-            // A recorded checkpoint is only trusted once its signature verifies with our key.
-            let opened = Checkpoint::open(latest.note.as_bytes(), &self.verifier, &origin)?;
-            self.check_extends(tenant, opened.size, opened.root, size, root).await?;
-            if opened.size == size {
-                self.remember(tenant, size, root);
-                return Ok(latest.clone());
+            let ours = remembered == Some((latest.size(), latest.root()));
+            if ours && latest.size() < size {
+                // The body is exactly what this process signed; it is not handed out again.
+                signed_heads.push((latest.size(), latest.root()));
+            } else {
+                // A recorded checkpoint is only trusted once its signature verifies with our key.
+                let opened = Checkpoint::open(latest.note.as_bytes(), &self.verifier, &origin)?;
+                signed_heads.push((opened.size, opened.root));
             }
         }
-        if let Some(same_size) = self.store.checkpoint_at(tenant, size).await?
-            && same_size.root() != root
+        for &(signed_size, _) in &signed_heads {
+            if signed_size > size {
+                return Err(Error::Forked {
+                    tenant: tenant.to_string(),
+                    checkpoint_size: signed_size,
+                    reason: format!("the tree has only {size} entries (its tail was cut off)"),
+                });
+            }
+        }
+        // One read of the few tiles that the root and every consistency proof need.
+        let olds: Vec<u64> =
+            signed_heads.iter().map(|&(signed_size, _)| signed_size).filter(|&old| old < size).collect();
+        let tiles = super::load_tiles(&self.store, tenant, size, |planner| {
+            crate::merkle::root_at(planner, size)?;
+            for &old in &olds {
+                crate::merkle::consistency_proof(planner, old, size)?;
+            }
+            Ok(())
+        })
+        .await?;
+        let root = crate::merkle::root_at(&tiles, size)?;
+        for &(signed_size, signed_root) in &signed_heads {
+            check_extends(&tiles, tenant, signed_size, signed_root, size, root)?;
+        }
+        if let Some(latest) = &latest
+            && latest.size() == size
         {
-            return Err(Error::SplitView {
-                tenant: tenant.to_string(),
-                size,
-                recorded: same_size.root(),
-                computed: root,
-            });
+            self.remember(tenant, size, root);
+            return Ok(latest.clone());
         }
 
         let checkpoint = Checkpoint { origin, size, root, extensions: Vec::new() };
@@ -258,6 +278,8 @@ impl<S: MerkleStore> Checkpointer<S> {
         for sink in &self.anchors {
             sink.write(&anchor).await?;
         }
+        // The latest checkpoint is the largest, so none of this size can be recorded yet unless a
+        // concurrent checkpointer just recorded one: the store keeps the first and returns it.
         let recorded = self.store.record_checkpoint(&signed).await?;
         if recorded.root() != root {
             return Err(Error::SplitView {
@@ -277,42 +299,6 @@ impl<S: MerkleStore> Checkpointer<S> {
         if entry.0 <= size {
             *entry = (size, root);
         }
-    }
-
-    /// Checks that the tree of `size` leaves with `root` extends the signed head
-    /// (`signed_size`, `signed_root`).
-    async fn check_extends(
-        &self,
-        tenant: &TenantId,
-        signed_size: u64,
-        signed_root: Sha256Digest,
-        size: u64,
-        root: Sha256Digest,
-    ) -> Result<()> {
-        if size < signed_size {
-            return Err(Error::Forked {
-                tenant: tenant.to_string(),
-                checkpoint_size: signed_size,
-                reason: format!("the tree has only {size} entries (its tail was cut off)"),
-            });
-        }
-        if size == signed_size {
-            if root != signed_root {
-                return Err(Error::SplitView {
-                    tenant: tenant.to_string(),
-                    size,
-                    recorded: signed_root,
-                    computed: root,
-                });
-            }
-            return Ok(());
-        }
-        let proof = super::consistency_proof(&self.store, tenant, signed_size, size).await?;
-        proof.verify(&signed_root, &root).map_err(|error| Error::Forked {
-            tenant: tenant.to_string(),
-            checkpoint_size: signed_size,
-            reason: format!("the consistency proof from the stored tree fails: {error}"),
-        })
     }
 
     /// Whether `tenant` is due for a checkpoint under the policy.
@@ -378,4 +364,40 @@ impl<S: MerkleStore> Checkpointer<S> {
             }
         }
     }
+}
+
+/// Checks that the tree of `size` leaves with `root` extends the signed head (`signed_size`,
+/// `signed_root`), with a consistency proof from `tiles`.
+fn check_extends(
+    tiles: &super::TileSet,
+    tenant: &TenantId,
+    signed_size: u64,
+    signed_root: Sha256Digest,
+    size: u64,
+    root: Sha256Digest,
+) -> Result<()> {
+    if size < signed_size {
+        return Err(Error::Forked {
+            tenant: tenant.to_string(),
+            checkpoint_size: signed_size,
+            reason: format!("the tree has only {size} entries (its tail was cut off)"),
+        });
+    }
+    if size == signed_size {
+        if root != signed_root {
+            return Err(Error::SplitView {
+                tenant: tenant.to_string(),
+                size,
+                recorded: signed_root,
+                computed: root,
+            });
+        }
+        return Ok(());
+    }
+    let proof = crate::merkle::ConsistencyProof::generate(tiles, signed_size, size)?;
+    proof.verify(&signed_root, &root).map_err(|error| Error::Forked {
+        tenant: tenant.to_string(),
+        checkpoint_size: signed_size,
+        reason: format!("the consistency proof from the stored tree fails: {error}"),
+    })
 }

@@ -243,7 +243,7 @@ pub trait MerkleStore: AuditStore {
 }
 
 /// Reads the tiles that a proof computation on the tree of `size` leaves needs, in one query.
-async fn load_tiles<S, F, T>(store: &S, tenant: &TenantId, size: u64, plan: F) -> Result<TileSet>
+pub(crate) async fn load_tiles<S, F, T>(store: &S, tenant: &TenantId, size: u64, plan: F) -> Result<TileSet>
 where
     S: MerkleStore + ?Sized,
     F: Fn(&tiles::TilePlanner) -> Result<T, crate::merkle::ProofError>,
@@ -380,18 +380,16 @@ pub const EXTEND_BATCH: u32 = 16_384;
 /// As [`MerkleStore::extend_tree`].
 pub async fn sync_tree<S: MerkleStore + ?Sized>(store: &S, tenant: &TenantId) -> Result<TreeState> {
     let target = store.head(tenant).await?.map_or(0, |head| head.seq);
-    loop {
-        let state = store.tree_state(tenant).await?;
-        if state.size >= target {
-            return Ok(state);
-        }
-        let before = state.size;
+    let mut state = store.extend_tree(tenant, EXTEND_BATCH).await?;
+    while state.size < target {
         let after = store.extend_tree(tenant, EXTEND_BATCH).await?;
-        if after.size == before {
+        if after.size == state.size {
             // The chain has fewer entries than its head row says: the verifier reports it.
-            return Ok(after);
+            break;
         }
+        state = after;
     }
+    Ok(state)
 }
 
 /// Shared by the backends: extends a tree state with entries, checking that they chain on.

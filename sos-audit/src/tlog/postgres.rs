@@ -195,18 +195,21 @@ impl MerkleStore for PgAuditChain {
     }
 
     async fn record_checkpoint(&self, checkpoint: &SignedCheckpoint) -> Result<SignedCheckpoint> {
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO audit_checkpoints (tenant, size, root, note, signed_us) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (tenant, size) DO NOTHING",
+             ON CONFLICT (tenant, size) DO NOTHING RETURNING note, signed_us",
         )
         .bind(checkpoint.tenant.as_str())
         .bind(to_i64(checkpoint.size()))
         .bind(checkpoint.root().as_bytes().as_slice())
         .bind(&checkpoint.note)
         .bind(checkpoint.signed_us)
-        .execute(self.pool())
+        .fetch_optional(self.pool())
         .await
         .map_err(storage)?;
+        if let Some(row) = inserted {
+            return checkpoint_from_row(&checkpoint.tenant, &row);
+        }
         self.checkpoint_at(&checkpoint.tenant, checkpoint.size()).await?.ok_or(Error::CorruptTree {
             tenant: checkpoint.tenant.to_string(),
             reason: "a recorded checkpoint vanished",
