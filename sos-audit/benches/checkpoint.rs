@@ -57,7 +57,8 @@ async fn append_interval<S: MerkleStore>(store: &S, tenant_name: &str, first: u6
 /// time over the time of the 256 appends it covers (medians); the difference between the two
 /// tenants' append times is printed too, as a check that checkpoints do not slow appends down.
 async fn overhead<S: MerkleStore + Clone>(label: &str, store: S) {
-    let checkpointer = Checkpointer::new(store.clone(), NoteSigner::generate("bench.example/log").expect("key"));
+    let checkpointer =
+        Checkpointer::new(store.clone(), NoteSigner::generate("bench.example/log").expect("key"));
     let (mut plain, mut signed, mut checkpoints) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS as u64 {
         plain.push(append_interval(&store, "plain", round * INTERVAL).await);
