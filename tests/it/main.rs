@@ -8,4 +8,5 @@ mod adversarial_identity;
 mod adversarial_webhooks;
 mod server;
 mod server_e2e;
+mod server_process;
 mod server_shapes;
