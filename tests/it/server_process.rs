@@ -5,6 +5,8 @@
 //! entry point exactly as its `main` does (see [`harness`]).
 
 pub(crate) mod harness;
+pub(crate) mod provider;
+pub(crate) mod tables;
 
 use std::time::Duration;
 
@@ -35,7 +37,7 @@ fn child_entry() {
 #[tokio::test]
 async fn sigterm_exits_cleanly_and_a_restart_reopens_the_same_sqlite_file() {
     let dir = scratch_dir();
-    let args = ServerArgs::sqlite(&dir.path().join("sos.sqlite"));
+    let args = ServerArgs::sqlite(dir.path());
     let mut server = ServerProcess::start("sqlite", dir.path(), args).await;
     let status = server.terminate(Duration::from_secs(30)).expect("the server exits by itself on SIGTERM");
     assert!(status.success(), "a SIGTERM shutdown exits 0, got {status}\n{}", server.log());
@@ -45,3 +47,305 @@ async fn sigterm_exits_cleanly_and_a_restart_reopens_the_same_sqlite_file() {
     assert_eq!(health["status"], "ok", "{health}");
 }
 
+// ---------------------------------------------------------------------------------------------
+// Three processes on one PostgreSQL, one webhook delivered 20 times at once
+// ---------------------------------------------------------------------------------------------
+
+const RACE_TENANT: &str = "acme";
+const RACE_SECRET: &str = "whsec_three_processes_race";
+const RACE_DELIVERIES: usize = 20;
+
+/// A checkpoint key shared by replicas, written before they start (as a deployment provisions
+/// it), so that the replicas race on the database and not on creating the key file.
+fn provision_signing_key(dir: &std::path::Path) {
+    sos_audit::tlog::generate_signer_file(&dir.join("checkpoint.key"), sos_server::SIGNER_NAME)
+        .expect("the key file is written");
+}
+
+/// Named shapes `toctou-dedupe` and `replay-same`, across processes: three servers started at
+/// one instant on one fresh PostgreSQL database (so they also race on its migrations), the same
+/// signed Stripe payment delivered 20 times at one instant across them. Exactly one delivery
+/// is processed; every other one is answered already-processed (200) or in flight (409/503
+/// with Retry-After), never another 5xx; the tables hold one effect (the deal's row written
+/// once more) and one audit entry, and the chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_processes_one_postgres_same_webhook_20_times_one_effect_one_audit_entry() {
+    let dir = scratch_dir();
+    provision_signing_key(dir.path());
+    let database = sos_testkit::PgTestDatabase::new(&[]).await;
+    let secret = format!("{RACE_TENANT}:stripe={RACE_SECRET}");
+    let servers = ServerProcess::start_together(
+        dir.path(),
+        (0..3)
+            .map(|index| {
+                let args =
+                    ServerArgs::postgres(dir.path(), database.url()).arg("--webhook-secret", secret.clone());
+                (format!("replica-{index}"), args)
+            })
+            .collect(),
+    )
+    .await;
+    let urls: Vec<String> = servers.iter().map(ServerProcess::url).collect();
+    let client = reqwest::Client::new();
+    provider::create_tenant(&client, &urls[0], RACE_TENANT).await;
+    provider::put_deal(&client, &urls[1], RACE_TENANT, "d-race").await;
+    let tables = tables::Tables::Postgres(database.pool().clone());
+    let (_, version_before) = tables.deal(RACE_TENANT, "d-race").await.expect("the deal was stored");
+
+    let event_id = format!("evt_race_{}", uuid_like());
+    let body = provider::stripe_payment(&event_id, "d-race");
+    // One signed delivery, sent 20 times: the same bytes and the same signature header.
+    let timestamp = provider::unix_now();
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(RACE_DELIVERIES));
+    let mut tasks = Vec::new();
+    for delivery in 0..RACE_DELIVERIES {
+        let base = urls[delivery % urls.len()].clone();
+        let body = body.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            // Each delivery has its own connection, opened before the start line, so that the
+            // 20 requests leave together.
+            let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+            provider::get_json(&client, &format!("{base}/healthz")).await;
+            barrier.wait().await;
+            provider::send(provider::stripe_request(
+                &client,
+                &base,
+                RACE_TENANT,
+                RACE_SECRET,
+                timestamp,
+                &body,
+            ))
+            .await
+            .map_err(|error| error.to_string())
+        }));
+    }
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.expect("a delivery task").expect("every delivery is answered"));
+    }
+
+    let processed = answers.iter().filter(|a| a.status == 200 && a.outcome() == "processed").count();
+    let already = answers.iter().filter(|a| a.status == 200 && a.outcome() == "already_processed").count();
+    let in_flight: Vec<_> = answers.iter().filter(|a| a.status == 409 || a.status == 503).collect();
+    eprintln!(
+        "20 concurrent deliveries: {processed} processed, {already} already processed, {} in flight ({:?})",
+        in_flight.len(),
+        in_flight.iter().map(|answer| answer.status).collect::<Vec<_>>()
+    );
+    assert_eq!(processed, 1, "exactly one delivery is processed: {answers:#?}");
+    assert_eq!(processed + already + in_flight.len(), RACE_DELIVERIES, "no other answer: {answers:#?}");
+    for answer in &in_flight {
+        assert!(answer.retry_after.is_some(), "an in-flight answer says when to retry: {answer:?}");
+    }
+    assert!(
+        answers.iter().all(|a| a.status < 500 || a.status == 503),
+        "no 5xx but in-flight 503: {answers:#?}"
+    );
+
+    // The provider retries what was in flight; by now every retry is already processed.
+    for (index, _) in in_flight.iter().enumerate() {
+        let base = &urls[index % urls.len()];
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let (answer, _) = provider::deliver_stripe_until_acknowledged(
+            &client,
+            base,
+            RACE_TENANT,
+            RACE_SECRET,
+            &body,
+            deadline,
+        )
+        .await;
+        assert_eq!(answer.outcome(), "already_processed", "{answer:?}");
+    }
+
+    let (stage, version_after) = tables.deal(RACE_TENANT, "d-race").await.expect("the deal is still there");
+    assert_eq!(stage, "closed-won", "the payment marked the deal won");
+    assert_eq!(version_after, version_before + 1, "the deal's row was written exactly once by the webhook");
+    assert_eq!(
+        tables.audit_entries_mentioning(RACE_TENANT, "deal.won", &event_id).await,
+        1,
+        "one audit entry"
+    );
+    assert_eq!(
+        tables.audit_entries_with_action(RACE_TENANT, "deal.won").await,
+        1,
+        "and no other deal.won entry"
+    );
+    let records = tables.webhook_records(RACE_TENANT).await;
+    assert_eq!(records.len(), 1, "one guard record: {records:?}");
+    assert_eq!((records[0].0.as_str(), records[0].1.as_str()), (event_id.as_str(), "processed"));
+    tables.assert_chain_intact(RACE_TENANT).await;
+    drop(servers);
+}
+
+/// A short random suffix, so that event ids never repeat across runs.
+fn uuid_like() -> String {
+    format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIGKILL mid-load and restart
+// ---------------------------------------------------------------------------------------------
+
+const LOAD_TENANT: &str = "crashco";
+const LOAD_SECRET: &str = "whsec_sigkill_mid_load";
+const LOAD_EVENTS: usize = 60;
+const LOAD_SENDERS: usize = 4;
+
+/// What the provider saw for one event.
+#[derive(Debug, Clone)]
+struct Acknowledged {
+    event_id: String,
+    deal_id: String,
+    outcome: String,
+    failed_attempts: usize,
+}
+
+/// A stream of distinct signed Stripe payments, each for its own deal, delivered by four
+/// concurrent senders that retry every failure as Stripe does; the server is SIGKILLed three times
+/// while deliveries are in flight and restarted on the same database and address. Afterwards
+/// every event is re-delivered once more (providers do that too). Every event was acknowledged;
+/// every deal was written exactly once by its payment with exactly one `deal.won` entry; the
+/// guard holds every event as processed; the chain verifies, by the server and independently.
+async fn sigkill_mid_load_and_restart(mut server: ServerProcess, tables: tables::Tables) {
+    let base = server.url();
+    let client = reqwest::Client::new();
+    provider::create_tenant(&client, &base, LOAD_TENANT).await;
+    let run = uuid_like();
+    let events: Vec<(String, String)> = (0..LOAD_EVENTS)
+        .map(|index| (format!("evt_load_{run}_{index:03}"), format!("d-{index:03}")))
+        .collect();
+    let mut versions_before = std::collections::BTreeMap::new();
+    for (_, deal_id) in &events {
+        provider::put_deal(&client, &base, LOAD_TENANT, deal_id).await;
+        let (_, version) = tables.deal(LOAD_TENANT, deal_id).await.expect("the deal was stored");
+        versions_before.insert(deal_id.clone(), version);
+    }
+
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(events.clone()));
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Acknowledged>::new()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let mut senders = Vec::new();
+    for _ in 0..LOAD_SENDERS {
+        let (queue, acknowledged, base) = (queue.clone(), acknowledged.clone(), base.clone());
+        senders.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            loop {
+                let Some((event_id, deal_id)) = queue.lock().unwrap().pop() else { return };
+                let body = provider::stripe_payment(&event_id, &deal_id);
+                let (answer, attempts) = provider::deliver_stripe_until_acknowledged(
+                    &client,
+                    &base,
+                    LOAD_TENANT,
+                    LOAD_SECRET,
+                    &body,
+                    deadline,
+                )
+                .await;
+                acknowledged.lock().unwrap().push(Acknowledged {
+                    event_id,
+                    deal_id,
+                    outcome: answer.outcome(),
+                    failed_attempts: attempts.len(),
+                });
+            }
+        }));
+    }
+
+    // Three crashes while the senders are busy: after a quarter, a half and three quarters.
+    for threshold in [LOAD_EVENTS / 4, LOAD_EVENTS / 2, 3 * LOAD_EVENTS / 4] {
+        while acknowledged.lock().unwrap().len() < threshold {
+            assert!(std::time::Instant::now() < deadline, "the load stalled before the crash");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        server.kill();
+        // The provider's deliveries fail while the server is down, and are retried.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.restart().await;
+    }
+    for sender in senders {
+        sender.await.expect("a sender finished");
+    }
+    let acknowledged = std::mem::take(&mut *acknowledged.lock().unwrap());
+    let mut acknowledged_pairs: Vec<(String, String)> =
+        acknowledged.iter().map(|ack| (ack.event_id.clone(), ack.deal_id.clone())).collect();
+    acknowledged_pairs.sort();
+    assert_eq!(acknowledged_pairs, events, "every event was acknowledged, once");
+    let retried = acknowledged.iter().filter(|ack| ack.failed_attempts > 0).count();
+    let answer_lost = acknowledged.iter().filter(|ack| ack.outcome == "already_processed").count();
+    eprintln!(
+        "{LOAD_EVENTS} events, 3 crashes: {retried} needed retries, {answer_lost} were committed before a crash \
+         lost their answer"
+    );
+    assert!(retried > 0, "the crashes interrupted deliveries, which the provider retried: {acknowledged:?}");
+    for ack in &acknowledged {
+        assert!(
+            ack.outcome == "processed" || (ack.outcome == "already_processed" && ack.failed_attempts > 0),
+            "acknowledged as processed, or as already processed after a failed attempt whose answer \
+             was lost in a crash: {ack:?}"
+        );
+    }
+
+    // Providers also re-deliver events that were acknowledged.
+    for (event_id, deal_id) in &events {
+        let body = provider::stripe_payment(event_id, deal_id);
+        let (answer, _) = provider::deliver_stripe_until_acknowledged(
+            &client,
+            &base,
+            LOAD_TENANT,
+            LOAD_SECRET,
+            &body,
+            deadline,
+        )
+        .await;
+        assert_eq!(answer.outcome(), "already_processed", "{event_id}: {answer:?}");
+    }
+
+    for (event_id, deal_id) in &events {
+        let (stage, version) = tables.deal(LOAD_TENANT, deal_id).await.expect("the deal is there");
+        assert_eq!(stage, "closed-won", "{event_id} marked {deal_id} won (not lost)");
+        assert_eq!(
+            version,
+            versions_before[deal_id] + 1,
+            "{event_id} wrote {deal_id} exactly once (not doubled)"
+        );
+        assert_eq!(
+            tables.audit_entries_mentioning(LOAD_TENANT, "deal.won", event_id).await,
+            1,
+            "{event_id} has exactly one audit entry"
+        );
+    }
+    let won_entries = tables.audit_entries_with_action(LOAD_TENANT, "deal.won").await;
+    assert_eq!(won_entries, i64::try_from(LOAD_EVENTS).unwrap(), "no stray deal.won entry");
+    let records = tables.webhook_records(LOAD_TENANT).await;
+    assert_eq!(records.len(), LOAD_EVENTS, "one guard record per event");
+    assert!(
+        records.iter().all(|(_, state, _)| state == "processed"),
+        "every event is processed: {records:?}"
+    );
+    tables.assert_chain_intact(LOAD_TENANT).await;
+    let verdict = provider::get_json(&client, &format!("{base}/v1/tenants/{LOAD_TENANT}/audit/verify")).await;
+    assert_eq!(verdict["intact"], true, "the server verifies its own chain: {verdict}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_mid_load_and_restart_on_sqlite_loses_and_doubles_no_webhook() {
+    let dir = scratch_dir();
+    let args =
+        ServerArgs::sqlite(dir.path()).arg("--webhook-secret", format!("{LOAD_TENANT}:stripe={LOAD_SECRET}"));
+    let sqlite_path = args.sqlite_path();
+    let server = ServerProcess::start("sqlite", dir.path(), args).await;
+    let tables = tables::Tables::Sqlite(sos_testkit::sqlite_pool(&sqlite_path, 2).await);
+    sigkill_mid_load_and_restart(server, tables).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_mid_load_and_restart_on_postgres_loses_and_doubles_no_webhook() {
+    let dir = scratch_dir();
+    let database = sos_testkit::PgTestDatabase::new(&[]).await;
+    let args = ServerArgs::postgres(dir.path(), database.url())
+        .arg("--webhook-secret", format!("{LOAD_TENANT}:stripe={LOAD_SECRET}"));
+    let server = ServerProcess::start("postgres", dir.path(), args).await;
+    sigkill_mid_load_and_restart(server, tables::Tables::Postgres(database.pool().clone())).await;
+}

@@ -32,21 +32,44 @@ const CHILD_TEST: &str = "server_process::child_entry";
 /// compiling other crates at the same time can be very slow).
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The arguments of one server, in the binary's own flags.
+/// The configuration of one server: the binary's own flags, and environment variables for the
+/// settings every server needs (the server reads each flag from its variable too).
 #[derive(Debug, Clone)]
 pub(crate) struct ServerArgs {
     args: Vec<String>,
+    envs: Vec<(String, String)>,
+    dir: PathBuf,
+}
+
+/// The repository's vertical packs directory.
+pub(crate) fn packs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/packs")
 }
 
 impl ServerArgs {
-    /// A server on the SQLite file at `path`.
-    pub(crate) fn sqlite(path: &Path) -> Self {
-        Self { args: vec!["--sqlite-path".to_owned(), path.display().to_string()] }
+    /// A server whose working directory and files (checkpoint key) are in `dir`, with the
+    /// repository's packs.
+    fn in_dir(dir: &Path, args: Vec<String>) -> Self {
+        let envs = vec![
+            ("SOS_PACKS".to_owned(), packs_dir().display().to_string()),
+            ("SOS_SIGNING_KEY".to_owned(), dir.join("checkpoint.key").display().to_string()),
+        ];
+        Self { args, envs, dir: dir.to_owned() }
     }
 
-    /// A server on the PostgreSQL database at `url`.
-    pub(crate) fn postgres(url: &str) -> Self {
-        Self { args: vec!["--database-url".to_owned(), url.to_owned()] }
+    /// A server on the SQLite file `<dir>/sos.sqlite`.
+    pub(crate) fn sqlite(dir: &Path) -> Self {
+        Self::in_dir(dir, vec!["--sqlite-path".to_owned(), dir.join("sos.sqlite").display().to_string()])
+    }
+
+    /// A server on the PostgreSQL database at `url`, its own files in `dir`.
+    pub(crate) fn postgres(dir: &Path, url: &str) -> Self {
+        Self::in_dir(dir, vec!["--database-url".to_owned(), url.to_owned()])
+    }
+
+    /// The SQLite file of a server made by [`ServerArgs::sqlite`].
+    pub(crate) fn sqlite_path(&self) -> PathBuf {
+        self.dir.join("sos.sqlite")
     }
 
     /// Adds `--flag value`.
@@ -135,18 +158,13 @@ impl ServerProcess {
     /// (Unix milliseconds) when given.
     pub(crate) fn spawn_at(name: &str, log_dir: &Path, args: ServerArgs, start_at: Option<u128>) -> Starting {
         let log = log_dir.join(format!("{name}.log"));
-        let running = spawn_child(&args.with_listen("127.0.0.1:0"), &log, start_at);
+        let running = spawn_child(&args, "127.0.0.1:0", &log, start_at);
         Starting { name: name.to_owned(), args, log, running }
     }
 
     /// The base URL, `http://127.0.0.1:<port>`.
     pub(crate) fn url(&self) -> String {
         format!("http://{}", self.address)
-    }
-
-    /// The child's process id, while it runs.
-    pub(crate) fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|running| running.child.id())
     }
 
     /// Kills the server with SIGKILL (no graceful shutdown, as a crash or the OOM killer would)
@@ -188,7 +206,7 @@ impl ServerProcess {
         // but a port can still be briefly busy on a loaded machine, so try a few times.
         let mut attempt = 0;
         loop {
-            let running = spawn_child(&self.args.with_listen(&listen), &self.log, None);
+            let running = spawn_child(&self.args, &listen, &self.log, None);
             let starting =
                 Starting { name: self.name.clone(), args: self.args.clone(), log: self.log.clone(), running };
             match starting.try_ready().await {
@@ -241,26 +259,38 @@ impl Starting {
         let mut address = None;
         while address.is_none() {
             if let Some(status) = running.child.try_wait().ok().flatten() {
-                let failed =
-                    ServerProcess { name, args, log: log.clone(), address: "0.0.0.0:0".parse().unwrap(), child: None };
+                let failed = ServerProcess {
+                    name,
+                    args,
+                    log: log.clone(),
+                    address: "0.0.0.0:0".parse().unwrap(),
+                    child: None,
+                };
                 let tail = log_tail(&log, 20);
                 return Err((format!("the child exited with {status} before listening; {tail}"), failed));
             }
             if Instant::now() > deadline {
-                let failed =
-                    ServerProcess { name, args, log, address: "0.0.0.0:0".parse().unwrap(), child: Some(running) };
+                let failed = ServerProcess {
+                    name,
+                    args,
+                    log,
+                    address: "0.0.0.0:0".parse().unwrap(),
+                    child: Some(running),
+                };
                 return Err(("the child never bound its listener".to_owned(), failed));
             }
             match running.lines.try_recv() {
                 Ok(line) => {
                     if let Some(rest) = line.split(LISTENING).nth(1) {
-                        address = Some(rest.trim().parse::<SocketAddr>().expect("the child prints its address"));
+                        address =
+                            Some(rest.trim().parse::<SocketAddr>().expect("the child prints its address"));
                     }
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
-        let server = ServerProcess { name, args, log, address: address.expect("set above"), child: Some(running) };
+        let server =
+            ServerProcess { name, args, log, address: address.expect("set above"), child: Some(running) };
         let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("a client");
         let health = format!("{}/healthz", server.url());
         let mut server = server;
@@ -294,7 +324,8 @@ impl Drop for ServerProcess {
     }
 }
 
-fn spawn_child(args: &[String], log: &Path, start_at: Option<u128>) -> Running {
+fn spawn_child(server: &ServerArgs, listen: &str, log: &Path, start_at: Option<u128>) -> Running {
+    let args = server.with_listen(listen);
     let exe = std::env::current_exe().expect("the test binary's path");
     let stderr = OpenOptions::new().create(true).append(true).open(log).expect("the child's log file");
     let mut command = Command::new(exe);
@@ -308,7 +339,11 @@ fn spawn_child(args: &[String], log: &Path, start_at: Option<u128>) -> Running {
             command.env_remove(name.as_ref());
         }
     }
-    command.env(CHILD_ARGS, serde_json::to_string(args).expect("arguments serialize"));
+    command.envs(server.envs.iter().map(|(name, value)| (name, value)));
+    command.env(CHILD_ARGS, serde_json::to_string(&args).expect("arguments serialize"));
+    // Relative defaults (such as `sos-data/`) land in the server's own directory, never in the
+    // repository.
+    command.current_dir(&server.dir);
     if let Some(start_at) = start_at {
         command.env(CHILD_START, start_at.to_string());
     }
@@ -370,14 +405,19 @@ pub(crate) fn child_main(args: Vec<String>) -> anyhow::Result<()> {
 pub(crate) fn init_child_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
 }
 
 fn wait_for_shared_start() {
     let Some(start_ms) = std::env::var(CHILD_START).ok().and_then(|text| text.parse::<u128>().ok()) else {
         return;
     };
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis()).unwrap_or(start_ms);
+    let now_ms =
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis()).unwrap_or(start_ms);
     if let Some(wait) = start_ms.checked_sub(now_ms) {
         std::thread::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0)));
     }
