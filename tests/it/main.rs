@@ -6,6 +6,7 @@
 mod adversarial_audit;
 mod adversarial_identity;
 mod adversarial_webhooks;
+mod schemathesis;
 mod server;
 mod server_e2e;
 mod server_process;
