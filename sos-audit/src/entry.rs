@@ -221,6 +221,16 @@ impl AuditEntry {
         Ok(Sha256Digest::of(scratch))
     }
 
+    /// Moves an entry that was built on a stale head to another place in its chain: new `seq`
+    /// and `prev_hash`, hash recomputed (a database store's retry after its head guess missed).
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub(crate) fn replace_at(&mut self, seq: u64, prev_hash: Sha256Digest) -> Result<()> {
+        self.seq = seq;
+        self.prev_hash = prev_hash;
+        self.hash = self.compute_hash()?;
+        Ok(())
+    }
+
     /// The entry's time as a UTC timestamp, if it is within chrono's range.
     pub fn time(&self) -> Option<DateTime<Utc>> {
         DateTime::from_timestamp_micros(self.time_us)

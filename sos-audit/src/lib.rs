@@ -95,6 +95,8 @@
 mod canonical;
 mod entry;
 mod error;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod head_cache;
 mod jsonl;
 mod memory;
 pub mod merkle;

@@ -10,6 +10,7 @@ use sqlx::{Connection as _, Row as _};
 
 use crate::entry::{AuditEntry, ChainHead, NewEntry};
 use crate::error::{Error, Result, storage};
+use crate::head_cache::HeadCache;
 use crate::store::{AuditStore, ExpectRows};
 
 /// The PostgreSQL migrations of `sos-audit` (versions `01xxxxxxxx`; versions of other crates
@@ -22,19 +23,25 @@ pub fn postgres_migrator() -> Migrator {
 
 /// Per-tenant chains in PostgreSQL, and audited writes in the host's own transaction.
 ///
-/// Appends lock the tenant's row in `audit_heads` (`SELECT … FOR UPDATE`) until commit, so
-/// appenders to one tenant serialize and never fork the chain, while other tenants proceed.
-/// The primary key `(tenant, seq)` is the backstop.
+/// An append moves the tenant's row in `audit_heads` and inserts the entry in one statement,
+/// which holds the row's lock until commit, so appenders to one tenant serialize and never fork
+/// the chain, while other tenants proceed. The statement names the head it extends (`WHERE seq =
+/// … AND hash = …`) and writes nothing when that head is no longer current; the store then locks
+/// the head row (`SELECT … FOR UPDATE`), reads it and writes again. The head it names is the last
+/// one this store appended for the tenant, so one process appending to a tenant needs a single
+/// round trip per append ([`AuditStore::append`] runs it in autocommit mode). The primary key
+/// `(tenant, seq)` is the backstop.
 #[derive(Debug, Clone)]
 pub struct PgAuditChain {
     pool: PgPool,
     clock: Arc<dyn Clock>,
+    heads: Arc<HeadCache>,
 }
 
 impl PgAuditChain {
     /// A chain store on `pool` (run [`postgres_migrator`] first), on the system clock.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool, clock: Arc::new(SystemClock) }
+        Self { pool, clock: Arc::new(SystemClock), heads: Arc::default() }
     }
 
     /// Uses `clock` for entry times.
@@ -96,19 +103,16 @@ impl PgAuditChain {
         E: std::error::Error + Send + Sync + 'static,
     {
         let mut savepoint = conn.begin().await.map_err(storage)?;
-        let appended = match append_locked(&mut savepoint, entry, self.clock.now()).await {
+        // The append also marks the transaction unsettled: until the host's write is checked,
+        // the deferred trigger `audit_entries_settled` refuses a COMMIT issued inside the write
+        // (audit-before-write). The mark is transaction-local and undone with the savepoint.
+        let appended = match self.place(&mut savepoint, entry, Mark::Unsettled).await {
             Ok(appended) => appended,
             Err(error) => {
                 savepoint.rollback().await.map_err(storage)?;
                 return Err(error);
             }
         };
-        // Until the host's write is checked its transaction must not commit: the deferred trigger
-        // `audit_entries_settled` refuses a COMMIT issued inside the write (audit-before-write).
-        if let Err(error) = set_unsettled(&mut savepoint, true).await {
-            savepoint.rollback().await.map_err(storage)?;
-            return Err(error);
-        }
         let failure = match write(&mut savepoint).await {
             Ok(rows) if expect.admits(rows) => None,
             Ok(rows) => Some(Error::UnexpectedRows { expected: expect, actual: rows }),
@@ -116,8 +120,9 @@ impl PgAuditChain {
         };
         match failure {
             None => {
-                set_unsettled(&mut savepoint, false).await?;
+                set_settled(&mut savepoint).await?;
                 savepoint.commit().await.map_err(storage)?;
+                self.heads.set(appended.tenant.as_str(), (appended.seq, appended.hash));
                 Ok(appended)
             }
             Some(error) => {
@@ -126,73 +131,141 @@ impl PgAuditChain {
             }
         }
     }
+
+    /// Builds `entry` on the tenant's cached head and writes it if that head is still current;
+    /// otherwise locks the head row and writes it there. `conn` must be in a transaction.
+    async fn place(&self, conn: &mut PgConnection, entry: NewEntry, mark: Mark) -> Result<AuditEntry> {
+        let guess = self.heads.get(entry.tenant().as_str());
+        let (last_seq, prev_hash) = guess.unwrap_or((0, Sha256Digest::ZERO));
+        let mut stored = entry.into_entry(next_seq(last_seq)?, self.clock.now(), prev_hash)?;
+        if guess.is_some() && self.write_if_head(conn, &stored, mark).await? {
+            return Ok(stored);
+        }
+        self.write_locked(conn, &mut stored, mark).await?;
+        Ok(stored)
+    }
+
+    /// Locks the tenant's head row (creating it for a first entry), moves `stored` onto that
+    /// head and writes it.
+    async fn write_locked(&self, conn: &mut PgConnection, stored: &mut AuditEntry, mark: Mark) -> Result<()> {
+        let tenant = stored.tenant.as_str().to_owned();
+        let (last_seq, prev_hash) = lock_head(conn, &tenant).await?;
+        stored.replace_at(next_seq(last_seq)?, prev_hash)?;
+        if self.write_if_head(conn, stored, mark).await? {
+            Ok(())
+        } else {
+            self.heads.forget(&tenant);
+            Err(Error::CorruptEntry {
+                tenant,
+                seq: i64::try_from(last_seq).unwrap_or(i64::MAX),
+                reason: "the locked head row changed before the entry was written",
+            })
+        }
+    }
+
+    /// Inserts `stored` and moves the head onto it, if the head row is still the one `stored`
+    /// extends. `Ok(false)` when it is not (nothing was written).
+    async fn write_if_head(&self, conn: &mut PgConnection, stored: &AuditEntry, mark: Mark) -> Result<bool> {
+        let seq = i64::try_from(stored.seq).map_err(|_| Error::CorruptEntry {
+            tenant: stored.tenant.as_str().to_owned(),
+            seq: i64::MAX,
+            reason: "the chain is full (seq exceeds i64)",
+        })?;
+        let statement = match mark {
+            Mark::None => APPEND_IF_HEAD,
+            Mark::Unsettled => APPEND_IF_HEAD_UNSETTLED,
+        };
+        let done = sqlx::query(statement)
+            .bind(stored.tenant.as_str())
+            .bind(seq)
+            .bind(stored.time_us)
+            .bind(&stored.actor)
+            .bind(&stored.action)
+            .bind(&stored.subject)
+            .bind(&stored.payload)
+            .bind(stored.prev_hash.as_bytes().as_slice())
+            .bind(stored.hash.as_bytes().as_slice())
+            .execute(&mut *conn)
+            .await;
+        match done {
+            Ok(done) => Ok(done.rows_affected() == 1),
+            Err(error) => {
+                // A guess that led to an error is not worth keeping.
+                self.heads.forget(stored.tenant.as_str());
+                Err(storage(error))
+            }
+        }
+    }
 }
 
-/// Marks the transaction (un)settled for the deferred trigger `audit_entries_settled`; the mark is
-/// transaction-local and undone with the savepoint that set it.
-async fn set_unsettled(conn: &mut PgConnection, unsettled: bool) -> Result<()> {
-    sqlx::query("SELECT set_config('sos_audit.unsettled', $1, true)")
-        .bind(if unsettled { "on" } else { "off" })
+/// Whether an append marks its transaction unsettled (audited writes) or not (plain appends).
+#[derive(Debug, Clone, Copy)]
+enum Mark {
+    None,
+    Unsettled,
+}
+
+/// Inserts an entry and moves its tenant's head onto it, in one statement, only if the head row
+/// is still the entry's predecessor (`$2 - 1`, `$8`): 1 row when written, 0 when the head has
+/// moved (the UPDATE re-checks its condition on the newest row version after waiting for the
+/// row lock, so two appenders can never both extend one head).
+const APPEND_IF_HEAD: &str = "WITH head AS (
+        UPDATE audit_heads SET seq = $2, hash = $9
+        WHERE tenant = $1 AND seq = $2 - 1 AND hash = $8
+        RETURNING 1
+    )
+    INSERT INTO audit_entries (tenant, seq, time_us, actor, action, subject, payload, prev_hash, hash)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 FROM head";
+
+/// [`APPEND_IF_HEAD`], also marking the transaction unsettled when the head moves (see
+/// migration `0100000003`).
+const APPEND_IF_HEAD_UNSETTLED: &str = "WITH head AS (
+        UPDATE audit_heads SET seq = $2, hash = $9
+        WHERE tenant = $1 AND seq = $2 - 1 AND hash = $8
+        RETURNING set_config('sos_audit.unsettled', 'on', true)
+    )
+    INSERT INTO audit_entries (tenant, seq, time_us, actor, action, subject, payload, prev_hash, hash)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 FROM head";
+
+fn next_seq(last_seq: u64) -> Result<u64> {
+    last_seq.checked_add(1).ok_or(Error::CorruptEntry {
+        tenant: String::new(),
+        seq: i64::MAX,
+        reason: "the chain is full (seq exceeds u64)",
+    })
+}
+
+/// Lifts the unsettled mark of an audited write whose row count checked out.
+async fn set_settled(conn: &mut PgConnection) -> Result<()> {
+    sqlx::query("SELECT set_config('sos_audit.unsettled', 'off', true)")
         .execute(conn)
         .await
         .map_err(storage)?;
     Ok(())
 }
 
-async fn append_locked(
-    conn: &mut PgConnection,
-    entry: NewEntry,
-    time: chrono::DateTime<chrono::Utc>,
-) -> Result<AuditEntry> {
-    let tenant = entry.tenant().as_str().to_owned();
-    let head = lock_head(conn, &tenant).await?;
-    let (last_seq, prev_hash) = match head {
-        Some(head) => head,
-        None => {
-            // First entry of this tenant: create the head row, then lock it. ON CONFLICT covers a
-            // concurrent first append, which the lock below then waits for.
-            sqlx::query("INSERT INTO audit_heads (tenant, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (tenant) DO NOTHING")
-                .bind(&tenant)
-                .bind(Sha256Digest::ZERO.as_bytes().as_slice())
-                .execute(&mut *conn)
-                .await
-                .map_err(storage)?;
-            lock_head(conn, &tenant).await?.ok_or(Error::CorruptEntry {
-                tenant: tenant.clone(),
-                seq: 0,
-                reason: "the head row vanished while being locked",
-            })?
-        }
-    };
-    let stored = entry.into_entry(last_seq + 1, time, prev_hash)?;
-    let seq = i64::try_from(stored.seq).map_err(|_| Error::CorruptEntry {
-        tenant: tenant.clone(),
-        seq: i64::MAX,
-        reason: "the chain is full (seq exceeds i64)",
-    })?;
-    sqlx::query(
-        "WITH inserted AS (
-             INSERT INTO audit_entries (tenant, seq, time_us, actor, action, subject, payload, prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         )
-         UPDATE audit_heads SET seq = $2, hash = $9 WHERE tenant = $1",
-    )
-    .bind(&tenant)
-    .bind(seq)
-    .bind(stored.time_us)
-    .bind(&stored.actor)
-    .bind(&stored.action)
-    .bind(&stored.subject)
-    .bind(&stored.payload)
-    .bind(stored.prev_hash.as_bytes().as_slice())
-    .bind(stored.hash.as_bytes().as_slice())
-    .execute(&mut *conn)
-    .await
-    .map_err(storage)?;
-    Ok(stored)
+/// Locks `tenant`'s head row until the transaction ends and returns it, creating it first for
+/// the tenant's first entry.
+async fn lock_head(conn: &mut PgConnection, tenant: &str) -> Result<(u64, Sha256Digest)> {
+    if let Some(head) = select_head_for_update(conn, tenant).await? {
+        return Ok(head);
+    }
+    // First entry of this tenant: create the head row, then lock it. ON CONFLICT covers a
+    // concurrent first append, which the lock below then waits for.
+    sqlx::query("INSERT INTO audit_heads (tenant, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (tenant) DO NOTHING")
+        .bind(tenant)
+        .bind(Sha256Digest::ZERO.as_bytes().as_slice())
+        .execute(&mut *conn)
+        .await
+        .map_err(storage)?;
+    select_head_for_update(conn, tenant).await?.ok_or(Error::CorruptEntry {
+        tenant: tenant.to_owned(),
+        seq: 0,
+        reason: "the head row vanished while being locked",
+    })
 }
 
-async fn lock_head(conn: &mut PgConnection, tenant: &str) -> Result<Option<(u64, Sha256Digest)>> {
+async fn select_head_for_update(conn: &mut PgConnection, tenant: &str) -> Result<Option<(u64, Sha256Digest)>> {
     let row = sqlx::query("SELECT seq, hash FROM audit_heads WHERE tenant = $1 FOR UPDATE")
         .bind(tenant)
         .fetch_optional(&mut *conn)
@@ -230,9 +303,19 @@ fn entry_from_row(row: &PgRow) -> Result<AuditEntry> {
 
 impl AuditStore for PgAuditChain {
     async fn append(&self, entry: NewEntry) -> Result<AuditEntry> {
-        let mut tx = self.pool.begin().await.map_err(storage)?;
-        let stored = append_locked(&mut tx, entry, self.clock.now()).await?;
-        tx.commit().await.map_err(storage)?;
+        let mut conn = self.pool.acquire().await.map_err(storage)?;
+        let guess = self.heads.get(entry.tenant().as_str());
+        let (last_seq, prev_hash) = guess.unwrap_or((0, Sha256Digest::ZERO));
+        let mut stored = entry.into_entry(next_seq(last_seq)?, self.clock.now(), prev_hash)?;
+        // One statement in autocommit mode is a transaction of its own: the entry and the moved
+        // head commit together or not at all.
+        let written = guess.is_some() && self.write_if_head(&mut conn, &stored, Mark::None).await?;
+        if !written {
+            let mut tx = conn.begin().await.map_err(storage)?;
+            self.write_locked(&mut tx, &mut stored, Mark::None).await?;
+            tx.commit().await.map_err(storage)?;
+        }
+        self.heads.set(stored.tenant.as_str(), (stored.seq, stored.hash));
         Ok(stored)
     }
 

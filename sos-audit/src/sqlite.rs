@@ -11,6 +11,7 @@ use sqlx::{Connection as _, Row as _};
 
 use crate::entry::{AuditEntry, ChainHead, NewEntry};
 use crate::error::{Error, Result, storage};
+use crate::head_cache::HeadCache;
 use crate::store::{AuditStore, ExpectRows};
 
 /// The SQLite migrations of `sos-audit` (versions `01xxxxxxxx`; versions of other crates
@@ -23,22 +24,26 @@ pub fn sqlite_migrator() -> Migrator {
 
 /// Per-tenant chains in SQLite, and audited writes in the host's own transaction.
 ///
-/// SQLite has one writer at a time, so appends serialize on the database's write lock: every
-/// append first writes the tenant's `audit_heads` row, which takes the write lock before the
-/// head is read, so no append works from a stale head. Start host transactions with
-/// [`SqliteAuditChain::begin`] (`BEGIN IMMEDIATE`): a deferred transaction that reads before it
-/// writes can fail with `SQLITE_BUSY` when another writer got in first. The primary key
-/// `(tenant, seq)` is the backstop.
+/// SQLite has one writer at a time, so appends serialize on the database's write lock: an append
+/// writes the tenant's `audit_heads` row and its entry while holding it, so no append works
+/// from a stale head. The entry is built on the last head this store appended for the tenant
+/// and written only if that head is still current (`WHERE seq = … AND hash = …`); when it is not
+/// (another process appended, or a transaction rolled back), the store reads the head under the
+/// write lock and writes again. Start host transactions with [`SqliteAuditChain::begin`]
+/// (`BEGIN IMMEDIATE`): a deferred transaction that reads before it writes can fail with
+/// `SQLITE_BUSY` when another writer got in first. The primary key `(tenant, seq)` is the
+/// backstop.
 #[derive(Debug, Clone)]
 pub struct SqliteAuditChain {
     pool: SqlitePool,
     clock: Arc<dyn Clock>,
+    heads: Arc<HeadCache>,
 }
 
 impl SqliteAuditChain {
     /// A chain store on `pool` (run [`sqlite_migrator`] first), on the system clock.
     pub fn new(pool: SqlitePool) -> Self {
-        Self { pool, clock: Arc::new(SystemClock) }
+        Self { pool, clock: Arc::new(SystemClock), heads: Arc::default() }
     }
 
     /// Uses `clock` for entry times.
@@ -114,7 +119,7 @@ impl SqliteAuditChain {
         } else {
             conn.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?
         };
-        let appended = match append_locked(&mut savepoint, entry, self.clock.now()).await {
+        let appended = match self.place(&mut savepoint, entry).await {
             Ok(appended) => appended,
             Err(error) => {
                 savepoint.rollback().await.map_err(storage)?;
@@ -148,6 +153,7 @@ impl SqliteAuditChain {
         match failure {
             None => {
                 savepoint.commit().await.map_err(storage)?;
+                self.heads.set(appended.tenant.as_str(), (appended.seq, appended.hash));
                 Ok(appended)
             }
             Some(error) => {
@@ -167,51 +173,92 @@ impl Drop for Veto {
     }
 }
 
-async fn append_locked(
-    conn: &mut SqliteConnection,
-    entry: NewEntry,
-    time: chrono::DateTime<chrono::Utc>,
-) -> Result<AuditEntry> {
-    let tenant = entry.tenant().as_str().to_owned();
-    // Writing the head row first takes SQLite's write lock before the head is read, so the read
-    // cannot be stale; the no-op update returns the current head.
-    let row = sqlx::query(
-        "INSERT INTO audit_heads (tenant, seq, hash) VALUES (?1, 0, ?2)
-         ON CONFLICT (tenant) DO UPDATE SET seq = audit_heads.seq
-         RETURNING seq, hash",
-    )
-    .bind(&tenant)
-    .bind(Sha256Digest::ZERO.as_bytes().as_slice())
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(storage)?;
-    let (last_seq, prev_hash) = head_from_row(&tenant, &row)?;
-    let stored = entry.into_entry(last_seq + 1, time, prev_hash)?;
-    let seq = i64::try_from(stored.seq).map_err(|_| Error::CorruptEntry {
-        tenant: tenant.clone(),
-        seq: i64::MAX,
-        reason: "the chain is full (seq exceeds i64)",
-    })?;
-    // One round trip to SQLite's worker thread for both statements; they share the numbered
-    // parameters.
-    sqlx::query(
-        "INSERT INTO audit_entries (tenant, seq, time_us, actor, action, subject, payload, prev_hash, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9);
-         UPDATE audit_heads SET seq = ?2, hash = ?9 WHERE tenant = ?1",
-    )
-    .bind(&tenant)
-    .bind(seq)
-    .bind(stored.time_us)
-    .bind(&stored.actor)
-    .bind(&stored.action)
-    .bind(&stored.subject)
-    .bind(&stored.payload)
-    .bind(stored.prev_hash.as_bytes().as_slice())
-    .bind(stored.hash.as_bytes().as_slice())
-    .execute(&mut *conn)
-    .await
-    .map_err(storage)?;
-    Ok(stored)
+impl SqliteAuditChain {
+    /// Builds `entry` on the tenant's cached head and writes it if that head is still current;
+    /// otherwise reads the head under the write lock and writes it there. `conn` must be in a
+    /// transaction.
+    async fn place(&self, conn: &mut SqliteConnection, entry: NewEntry) -> Result<AuditEntry> {
+        let guess = self.heads.get(entry.tenant().as_str());
+        let (last_seq, prev_hash) = guess.unwrap_or((0, Sha256Digest::ZERO));
+        let next = last_seq.checked_add(1).ok_or_else(|| chain_full(entry.tenant().as_str()))?;
+        let mut stored = entry.into_entry(next, self.clock.now(), prev_hash)?;
+        if guess.is_some() && self.write_if_head(conn, &stored).await? {
+            return Ok(stored);
+        }
+        let tenant = stored.tenant.as_str().to_owned();
+        // Writing the head row first takes SQLite's write lock before the head is read, so the
+        // read cannot be stale; the no-op update returns the current head.
+        let row = sqlx::query(
+            "INSERT INTO audit_heads (tenant, seq, hash) VALUES (?1, 0, ?2)
+             ON CONFLICT (tenant) DO UPDATE SET seq = audit_heads.seq
+             RETURNING seq, hash",
+        )
+        .bind(&tenant)
+        .bind(Sha256Digest::ZERO.as_bytes().as_slice())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(storage)?;
+        let (last_seq, prev_hash) = head_from_row(&tenant, &row)?;
+        let next = last_seq.checked_add(1).ok_or_else(|| chain_full(&tenant))?;
+        stored.replace_at(next, prev_hash)?;
+        if self.write_if_head(conn, &stored).await? {
+            Ok(stored)
+        } else {
+            Err(Error::CorruptEntry {
+                tenant,
+                seq: i64::try_from(last_seq).unwrap_or(i64::MAX),
+                reason: "the head row changed under the write lock before the entry was written",
+            })
+        }
+    }
+
+    /// Inserts `stored` and moves the head onto it, if the head row is still the one `stored`
+    /// extends; `Ok(false)` when it is not (nothing was written). `conn` must be in a
+    /// transaction, so that no other writer runs between the two statements.
+    async fn write_if_head(&self, conn: &mut SqliteConnection, stored: &AuditEntry) -> Result<bool> {
+        let tenant = stored.tenant.as_str();
+        let seq = i64::try_from(stored.seq).map_err(|_| chain_full(tenant))?;
+        // One round trip to SQLite's worker thread for both statements; they share the numbered
+        // parameters and the same condition, so they write both rows or neither.
+        let done = sqlx::query(
+            "INSERT INTO audit_entries (tenant, seq, time_us, actor, action, subject, payload, prev_hash, hash)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 FROM audit_heads
+             WHERE tenant = ?1 AND seq = ?2 - 1 AND hash = ?8;
+             UPDATE audit_heads SET seq = ?2, hash = ?9 WHERE tenant = ?1 AND seq = ?2 - 1 AND hash = ?8",
+        )
+        .bind(tenant)
+        .bind(seq)
+        .bind(stored.time_us)
+        .bind(&stored.actor)
+        .bind(&stored.action)
+        .bind(&stored.subject)
+        .bind(&stored.payload)
+        .bind(stored.prev_hash.as_bytes().as_slice())
+        .bind(stored.hash.as_bytes().as_slice())
+        .execute(&mut *conn)
+        .await;
+        match done.map(|done| done.rows_affected()) {
+            Ok(2) => Ok(true),
+            Ok(0) => Ok(false),
+            Ok(_) => {
+                self.heads.forget(tenant);
+                Err(Error::CorruptEntry {
+                    tenant: tenant.to_owned(),
+                    seq,
+                    reason: "the entry and the head were not written together; append inside a transaction",
+                })
+            }
+            Err(error) => {
+                // A guess that led to an error is not worth keeping.
+                self.heads.forget(tenant);
+                Err(storage(error))
+            }
+        }
+    }
+}
+
+fn chain_full(tenant: &str) -> Error {
+    Error::CorruptEntry { tenant: tenant.to_owned(), seq: i64::MAX, reason: "the chain is full (seq exceeds i64)" }
 }
 
 fn head_from_row(tenant: &str, row: &SqliteRow) -> Result<(u64, Sha256Digest)> {
@@ -244,8 +291,9 @@ fn entry_from_row(row: &SqliteRow) -> Result<AuditEntry> {
 impl AuditStore for SqliteAuditChain {
     async fn append(&self, entry: NewEntry) -> Result<AuditEntry> {
         let mut tx = self.begin().await?;
-        let stored = append_locked(&mut tx, entry, self.clock.now()).await?;
+        let stored = self.place(&mut tx, entry).await?;
         tx.commit().await.map_err(storage)?;
+        self.heads.set(stored.tenant.as_str(), (stored.seq, stored.hash));
         Ok(stored)
     }
 

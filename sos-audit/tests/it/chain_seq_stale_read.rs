@@ -127,3 +127,90 @@ async fn tenants_do_not_serialize_on_each_other() {
     assert_eq!(unblocked.seq, 3);
     assert!(verify_store(&chain, &tenant("acme"), None, |_| {}).await.expect("verify").is_intact());
 }
+
+/// Appends alternate between `stores` (each remembers the head it appended last, as two processes
+/// would): every append must link to the real head, never to a remembered one that went stale.
+async fn alternating_stores_link_to_the_real_head<S: AuditStore>(stores: &[S]) {
+    let order = [0usize, 0, 1, 0, 1, 1, 0, 1, 0, 0, 1];
+    let mut previous: Option<sos_audit::AuditEntry> = None;
+    for (index, &which) in order.iter().enumerate() {
+        let stored = stores[which].append(entry("acme", index as u64)).await.expect("append");
+        assert_eq!(stored.seq, index as u64 + 1, "append {index} through store {which}");
+        let expected_prev = previous.as_ref().map_or(sos_core::Sha256Digest::ZERO, |entry| entry.hash);
+        assert_eq!(stored.prev_hash, expected_prev, "append {index} through store {which}");
+        previous = Some(stored);
+    }
+    let verdict = verify_store(&stores[0], &tenant("acme"), None, |_| {}).await.expect("verify");
+    assert!(matches!(verdict, Verdict::Intact(ref verified) if verified.entries == order.len() as u64), "{verdict:?}");
+}
+
+#[tokio::test]
+async fn stale_head_guess_of_another_store_is_rechecked_pg() {
+    let database = PgTestDatabase::new(&[&sos_audit::postgres_migrator()]).await;
+    let stores = [PgAuditChain::new(database.pool().clone()), PgAuditChain::new(database.pool().clone())];
+    alternating_stores_link_to_the_real_head(&stores).await;
+}
+
+/// An audited write whose host transaction rolls back after the append succeeded leaves the store
+/// remembering a head that never committed; the next appends must link to the committed head.
+#[tokio::test]
+async fn stale_head_guess_after_host_rollback_pg() {
+    let database = PgTestDatabase::new(&[&sos_audit::postgres_migrator()]).await;
+    let chain = PgAuditChain::new(database.pool().clone());
+    let first = chain.append(entry("acme", 0)).await.expect("append");
+    for round in 0..2u64 {
+        let mut tx = database.pool().begin().await.expect("begin");
+        let uncommitted = chain
+            .audited(&mut tx, entry("acme", 10 + round), ExpectRows::Exactly(0), |_conn| {
+                Box::pin(async move { Ok::<u64, sqlx::Error>(0) })
+            })
+            .await
+            .expect("audited");
+        assert_eq!(uncommitted.seq, 2);
+        tx.rollback().await.expect("the host rolls back");
+    }
+    let second = chain.append(entry("acme", 1)).await.expect("append after the rollback");
+    assert_eq!((second.seq, second.prev_hash), (2, first.hash));
+    let third = chain.append(entry("acme", 2)).await.expect("append");
+    assert_eq!((third.seq, third.prev_hash), (3, second.hash));
+    assert!(verify_store(&chain, &tenant("acme"), None, |_| {}).await.expect("verify").is_intact());
+}
+
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    use sos_audit::{AuditStore, ExpectRows, SqliteAuditChain, verify_store};
+    use sos_testkit::SqliteTestDatabase;
+
+    use crate::{entry, tenant};
+
+    #[tokio::test]
+    async fn stale_head_guess_of_another_store_is_rechecked_sqlite() {
+        let database = SqliteTestDatabase::new(&[&sos_audit::sqlite_migrator()]).await;
+        let stores =
+            [SqliteAuditChain::new(database.pool().clone()), SqliteAuditChain::new(database.pool().clone())];
+        super::alternating_stores_link_to_the_real_head(&stores).await;
+    }
+
+    #[tokio::test]
+    async fn stale_head_guess_after_host_rollback_sqlite() {
+        let database = SqliteTestDatabase::new(&[&sos_audit::sqlite_migrator()]).await;
+        let chain = SqliteAuditChain::new(database.pool().clone());
+        let first = chain.append(entry("acme", 0)).await.expect("append");
+        for round in 0..2u64 {
+            let mut tx = chain.begin().await.expect("begin");
+            let uncommitted = chain
+                .audited(&mut tx, entry("acme", 10 + round), ExpectRows::Exactly(0), |_conn| {
+                    Box::pin(async move { Ok::<u64, sqlx::Error>(0) })
+                })
+                .await
+                .expect("audited");
+            assert_eq!(uncommitted.seq, 2);
+            tx.rollback().await.expect("the host rolls back");
+        }
+        let second = chain.append(entry("acme", 1)).await.expect("append after the rollback");
+        assert_eq!((second.seq, second.prev_hash), (2, first.hash));
+        let third = chain.append(entry("acme", 2)).await.expect("append");
+        assert_eq!((third.seq, third.prev_hash), (3, second.hash));
+        assert!(verify_store(&chain, &tenant("acme"), None, |_| {}).await.expect("verify").is_intact());
+    }
+}
