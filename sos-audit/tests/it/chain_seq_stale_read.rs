@@ -141,7 +141,10 @@ async fn alternating_stores_link_to_the_real_head<S: AuditStore>(stores: &[S]) {
         previous = Some(stored);
     }
     let verdict = verify_store(&stores[0], &tenant("acme"), None, |_| {}).await.expect("verify");
-    assert!(matches!(verdict, Verdict::Intact(ref verified) if verified.entries == order.len() as u64), "{verdict:?}");
+    assert!(
+        matches!(verdict, Verdict::Intact(ref verified) if verified.entries == order.len() as u64),
+        "{verdict:?}"
+    );
 }
 
 #[tokio::test]
