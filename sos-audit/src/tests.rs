@@ -104,11 +104,15 @@ fn chain_head_parse_rejects_garbage() {
 
 #[derive(Debug, Clone)]
 enum Mutation {
-    ModifyField { field: u8 },
+    ModifyField {
+        field: u8,
+    },
     Delete,
     SwapWithNext,
     InsertForged,
     RecomputeBrokenLink,
+    /// Every entry from the chosen one to the end is cut off.
+    TruncateTail,
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -118,6 +122,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         Just(Mutation::SwapWithNext),
         Just(Mutation::InsertForged),
         Just(Mutation::RecomputeBrokenLink),
+        Just(Mutation::TruncateTail),
     ]
 }
 
@@ -142,6 +147,7 @@ fn apply(entries: &mut Vec<AuditEntry>, mutation: &Mutation, index: usize) -> u6
         Mutation::Delete => {
             entries.remove(index);
         }
+        Mutation::TruncateTail => entries.truncate(index),
         Mutation::SwapWithNext => entries.swap(index, index + 1),
         Mutation::InsertForged => {
             let prev = if index == 0 { Sha256Digest::ZERO } else { entries[index - 1].hash };
@@ -216,6 +222,8 @@ proptest! {
             Mutation::InsertForged => prop_assert!(matches!(finding, Finding::Duplicate { .. }), "{}", finding),
             Mutation::RecomputeBrokenLink if index + 1 == length => prop_assert!(matches!(finding, Finding::HeadMismatch { .. }), "{}", finding),
             Mutation::RecomputeBrokenLink => prop_assert!(matches!(finding, Finding::BrokenLink { .. }), "{}", finding),
+            // Only the head recorded elsewhere shows that the tail is gone.
+            Mutation::TruncateTail => prop_assert!(matches!(finding, Finding::Truncated { .. }), "{}", finding),
         }
     }
 
