@@ -203,12 +203,27 @@ struct Acknowledged {
 }
 
 /// A stream of distinct signed Stripe payments, each for its own deal, delivered by four
-/// concurrent senders that retry every failure as Stripe does; the server is SIGKILLed three times
-/// while deliveries are in flight and restarted on the same database and address. Afterwards
+/// concurrent senders that retry every failure as Stripe does; the server is stopped three times
+/// (SIGKILL or SIGTERM) while deliveries are in flight and restarted on the same database and
+/// address. Afterwards
 /// every event is re-delivered once more (providers do that too). Every event was acknowledged;
 /// every deal was written exactly once by its payment with exactly one `deal.won` entry; the
 /// guard holds every event as processed; the chain verifies, by the server and independently.
-async fn sigkill_mid_load_and_restart(mut server: ServerProcess, tables: tables::Tables) {
+/// How the server is stopped mid-load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interrupt {
+    /// SIGKILL: a crash; answers of committed deliveries may be lost, never their effects.
+    Kill,
+    /// SIGTERM: a graceful shutdown; in-flight deliveries finish and are answered, and the
+    /// process exits 0.
+    Terminate,
+}
+
+async fn interrupted_mid_load_and_restart(
+    mut server: ServerProcess,
+    tables: tables::Tables,
+    interrupt: Interrupt,
+) {
     let base = server.url();
     let client = reqwest::Client::new();
     provider::create_tenant(&client, &base, LOAD_TENANT).await;
@@ -253,13 +268,19 @@ async fn sigkill_mid_load_and_restart(mut server: ServerProcess, tables: tables:
         }));
     }
 
-    // Three crashes while the senders are busy: after a quarter, a half and three quarters.
+    // Three interruptions while the senders are busy: after a quarter, a half and three quarters.
     for threshold in [LOAD_EVENTS / 4, LOAD_EVENTS / 2, 3 * LOAD_EVENTS / 4] {
         while acknowledged.lock().unwrap().len() < threshold {
             assert!(std::time::Instant::now() < deadline, "the load stalled before the crash");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        server.kill();
+        match interrupt {
+            Interrupt::Kill => server.kill(),
+            Interrupt::Terminate => {
+                let status = server.terminate(Duration::from_secs(60)).expect("the server exits on SIGTERM");
+                assert!(status.success(), "a graceful shutdown exits 0, got {status}\n{}", server.log());
+            }
+        }
         // The provider's deliveries fail while the server is down, and are retried.
         tokio::time::sleep(Duration::from_millis(300)).await;
         server.restart().await;
@@ -275,10 +296,16 @@ async fn sigkill_mid_load_and_restart(mut server: ServerProcess, tables: tables:
     let retried = acknowledged.iter().filter(|ack| ack.failed_attempts > 0).count();
     let answer_lost = acknowledged.iter().filter(|ack| ack.outcome == "already_processed").count();
     eprintln!(
-        "{LOAD_EVENTS} events, 3 crashes: {retried} needed retries, {answer_lost} were committed before a crash \
+        "{LOAD_EVENTS} events, 3 times {interrupt:?}: {retried} needed retries, {answer_lost} were committed before a crash \
          lost their answer"
     );
-    assert!(retried > 0, "the crashes interrupted deliveries, which the provider retried: {acknowledged:?}");
+    assert!(retried > 0, "the interruptions failed deliveries, which the provider retried: {acknowledged:?}");
+    if interrupt == Interrupt::Terminate {
+        assert_eq!(
+            answer_lost, 0,
+            "a graceful shutdown answers every delivery it committed: {acknowledged:?}"
+        );
+    }
     for ack in &acknowledged {
         assert!(
             ack.outcome == "processed" || (ack.outcome == "already_processed" && ack.failed_attempts > 0),
@@ -337,7 +364,7 @@ async fn sigkill_mid_load_and_restart_on_sqlite_loses_and_doubles_no_webhook() {
     let sqlite_path = args.sqlite_path();
     let server = ServerProcess::start("sqlite", dir.path(), args).await;
     let tables = tables::Tables::Sqlite(sos_testkit::sqlite_pool(&sqlite_path, 2).await);
-    sigkill_mid_load_and_restart(server, tables).await;
+    interrupted_mid_load_and_restart(server, tables, Interrupt::Kill).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -347,5 +374,163 @@ async fn sigkill_mid_load_and_restart_on_postgres_loses_and_doubles_no_webhook()
     let args = ServerArgs::postgres(dir.path(), database.url())
         .arg("--webhook-secret", format!("{LOAD_TENANT}:stripe={LOAD_SECRET}"));
     let server = ServerProcess::start("postgres", dir.path(), args).await;
-    sigkill_mid_load_and_restart(server, tables::Tables::Postgres(database.pool().clone())).await;
+    interrupted_mid_load_and_restart(
+        server,
+        tables::Tables::Postgres(database.pool().clone()),
+        Interrupt::Kill,
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Three processes evaluating at once: each signal reaches the channel once
+// ---------------------------------------------------------------------------------------------
+
+/// A Slack-compatible incoming webhook on loopback: keeps every payload's text, answers `ok`
+/// with an `x-slack-req-id` as Slack does.
+async fn start_slack_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let texts = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let kept = texts.clone();
+    let app = axum::Router::new().route(
+        "/services/T000/B000/XXXX",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let kept = kept.clone();
+            async move {
+                let payload: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let count = {
+                    let mut texts = kept.lock().unwrap();
+                    texts.push(payload["text"].as_str().unwrap_or_default().to_owned());
+                    texts.len()
+                };
+                ([("x-slack-req-id", format!("req-{count}"))], "ok")
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{address}/services/T000/B000/XXXX"), texts)
+}
+
+/// Three `--demo` replicas on one fresh PostgreSQL database, started at one instant (they race on
+/// migrations and on seeding the demo tenant), each running the periodic evaluator every
+/// second, and asked to evaluate at one instant as well: every released signal reaches the
+/// Slack receiver exactly once, with exactly one receipt, and no request gets a 5xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_processes_evaluating_at_once_deliver_each_signal_once() {
+    let dir = scratch_dir();
+    provision_signing_key(dir.path());
+    let database = sos_testkit::PgTestDatabase::new(&[]).await;
+    let (slack, received) = start_slack_receiver().await;
+    let servers = ServerProcess::start_together(
+        dir.path(),
+        (0..3)
+            .map(|index| {
+                let args = ServerArgs::postgres(dir.path(), database.url())
+                    .flag("--demo")
+                    .arg("--slack-webhook-url", slack.clone())
+                    .arg("--eval-interval", "1");
+                (format!("replica-{index}"), args)
+            })
+            .collect(),
+    )
+    .await;
+    let urls: Vec<String> = servers.iter().map(ServerProcess::url).collect();
+    let client = reqwest::Client::new();
+    // The quick start's contact whose renewal is near: the demo agent's insight is about it.
+    let now = chrono::Utc::now();
+    let body = serde_json::json!({
+        "type": "contact.upserted",
+        "data": { "id": "c-1", "name": "Initech Fund", "interactions": 3, "last_interaction_at": now,
+                  "renewal_at": now + chrono::TimeDelta::days(9) },
+    })
+    .to_string();
+    let answer = provider::send(provider::standard_request(
+        &client,
+        &urls[0],
+        sos_server::DEMO_TENANT,
+        sos_server::DEMO_STANDARD_SECRET,
+        "msg_three_replicas_contact",
+        provider::unix_now(),
+        body.as_bytes(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(answer.status, 200, "{answer:?}");
+
+    // Every replica evaluates now, together, three times, while their evaluators also run.
+    for _ in 0..3 {
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(urls.len()));
+        let mut tasks = Vec::new();
+        for base in urls.clone() {
+            let barrier = barrier.clone();
+            tasks.push(tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                provider::get_json(&client, &format!("{base}/healthz")).await;
+                barrier.wait().await;
+                let url = format!("{base}/v1/tenants/{}/evaluations", sos_server::DEMO_TENANT);
+                provider::send(client.post(url)).await.expect("the server answers")
+            }));
+        }
+        for task in tasks {
+            let answer = task.await.unwrap();
+            assert!(
+                answer.status == 200 || (answer.status == 409 && answer.outcome() == "concurrent_evaluation"),
+                "an evaluation runs or says another one runs: {answer:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    // Let the periodic evaluators finish what they started.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let texts = received.lock().unwrap().clone();
+    eprintln!("three replicas delivered {} signal(s): {texts:?}", texts.len());
+    assert!(!texts.is_empty(), "the demo's renewal insight was delivered");
+    let mut distinct = texts.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), texts.len(), "no signal reached the channel twice: {texts:#?}");
+    let delivered: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT s.id, (SELECT COUNT(*) FROM sos_server_receipts r WHERE r.tenant = s.tenant AND r.signal_id = s.id) \
+         FROM sos_server_signals s WHERE s.tenant = $1 AND s.status = 'delivered'",
+    )
+    .bind(sos_server::DEMO_TENANT)
+    .fetch_all(database.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        delivered.len(),
+        texts.len(),
+        "each delivered signal was posted once: {delivered:?} {texts:#?}"
+    );
+    assert!(delivered.iter().all(|(_, receipts)| *receipts == 1), "one receipt per delivery: {delivered:?}");
+    tables::Tables::Postgres(database.pool().clone()).assert_chain_intact(sos_server::DEMO_TENANT).await;
+    drop(servers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_mid_load_and_restart_on_sqlite_answers_every_committed_webhook() {
+    let dir = scratch_dir();
+    let args =
+        ServerArgs::sqlite(dir.path()).arg("--webhook-secret", format!("{LOAD_TENANT}:stripe={LOAD_SECRET}"));
+    let sqlite_path = args.sqlite_path();
+    let server = ServerProcess::start("sqlite", dir.path(), args).await;
+    let tables = tables::Tables::Sqlite(sos_testkit::sqlite_pool(&sqlite_path, 2).await);
+    interrupted_mid_load_and_restart(server, tables, Interrupt::Terminate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_mid_load_and_restart_on_postgres_answers_every_committed_webhook() {
+    let dir = scratch_dir();
+    let database = sos_testkit::PgTestDatabase::new(&[]).await;
+    let args = ServerArgs::postgres(dir.path(), database.url())
+        .arg("--webhook-secret", format!("{LOAD_TENANT}:stripe={LOAD_SECRET}"));
+    let server = ServerProcess::start("postgres", dir.path(), args).await;
+    interrupted_mid_load_and_restart(
+        server,
+        tables::Tables::Postgres(database.pool().clone()),
+        Interrupt::Terminate,
+    )
+    .await;
 }
