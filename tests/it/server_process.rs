@@ -215,9 +215,10 @@ enum Interrupt {
 /// A stream of distinct signed Stripe payments, each for its own deal, delivered by four
 /// concurrent senders that retry every failure as Stripe does; the server is stopped three times
 /// (SIGKILL or SIGTERM) while deliveries are in flight and restarted on the same database and
-/// address. Afterwards every event is re-delivered once more (providers do that too). Every event was acknowledged;
-/// every deal was written exactly once by its payment with exactly one `deal.won` entry; the
-/// guard holds every event as processed; the chain verifies, by the server and independently.
+/// address. Afterwards every event is re-delivered once more (providers do that too). Every
+/// event was acknowledged; every deal was written exactly once by its payment with exactly one
+/// `deal.won` entry; the guard holds every event as processed; the chain verifies, by the server
+/// and independently.
 async fn interrupted_mid_load_and_restart(
     mut server: ServerProcess,
     tables: tables::Tables,
