@@ -87,7 +87,7 @@ mod tests;
 
 pub use error::{Error, Result};
 pub use merkle::{Checkpoint, InclusionProof, checkpoint, inclusion_proof, verify_inclusion};
-pub use portrait::{DRAWS_PER_FEATURE, PORTRAIT_SEED_TAG, Portrait};
+pub use portrait::{DRAWS_PER_FEATURE, PORTRAIT_SEED_TAG, PORTRAIT_VERSION, Portrait};
 pub use registry::{
     ChainSummary, ENTRY_HASH_TAG, IdentityRegistry, MemoryRegistry, Registration, RegistryEntry,
     verify_agent, verify_chain,
