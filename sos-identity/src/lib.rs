@@ -12,8 +12,10 @@
 //!   and a ChaCha20 stream seeded from the vector. A recognition aid, not authentication.
 //! - The registry ([`IdentityRegistry`]: [`MemoryRegistry`], `SqliteRegistry`,
 //!   `PostgresRegistry`): a per-tenant hash chain of registrations; a name keeps its first role
-//!   forever, and [`verify_chain`] names the first tampered entry. [`checkpoint`] adds a Merkle
-//!   root, and [`inclusion_proof`] / [`verify_inclusion`] prove one agent is in it.
+//!   forever, and [`verify_chain`] names the first tampered entry. With the `audit` feature,
+//!   `checkpoint` adds an RFC 9162 Merkle root (computed by `sos_audit::merkle`),
+//!   `inclusion_proof` / `verify_inclusion` prove one agent is in it, and `consistency_proof` /
+//!   `verify_consistency` prove a later checkpoint extends an earlier one.
 //! - [`ResonanceRouter`]: signals go to the agents they resemble (cosine similarity), with bounded
 //!   load, stickiness by subject, deterministic ties and an exact integer mode.
 //!
@@ -71,10 +73,13 @@
 //!
 //! - `sqlite`: the SQLite registry store.
 //! - `postgres`: the PostgreSQL registry store.
+//! - `audit`: RFC 9162 Merkle checkpoints, inclusion and consistency proofs of the registry,
+//!   reusing `sos-audit`'s Merkle module. Without it `sos-identity` depends on `sos-core` only.
 //!
 //! The in-memory store is always available.
 
 mod error;
+#[cfg(feature = "audit")]
 mod merkle;
 mod portrait;
 mod registry;
@@ -86,7 +91,11 @@ mod vector;
 mod tests;
 
 pub use error::{Error, Result};
-pub use merkle::{Checkpoint, InclusionProof, checkpoint, inclusion_proof, verify_inclusion};
+#[cfg(feature = "audit")]
+pub use merkle::{
+    Checkpoint, ConsistencyProof, InclusionProof, checkpoint, consistency_proof, inclusion_proof,
+    verify_consistency, verify_inclusion,
+};
 pub use portrait::{DRAWS_PER_FEATURE, PORTRAIT_SEED_TAG, PORTRAIT_VERSION, Portrait};
 pub use registry::{
     ChainSummary, ENTRY_HASH_TAG, IdentityRegistry, MemoryRegistry, Registration, RegistryEntry,

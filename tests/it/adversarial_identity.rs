@@ -1223,19 +1223,29 @@ async fn tenant_listing_suite<R: IdentityRegistry>(registry: &R) {
 // Merkle checkpoints and inclusion proofs
 // ---------------------------------------------------------------------------------------------
 
-/// The spec's Merkle tree hash (RFC 9162 shape, `DomainHasher` leaf and node tags), written from
-/// `docs/identity.md` independently of the crate.
+/// RFC 9162 §2.1.1 leaf hash, written from the RFC independently of both crates.
+fn rfc9162_leaf(data: &[u8]) -> [u8; 32] {
+    Sha256::new().chain_update([0u8]).chain_update(data).finalize().into()
+}
+
+/// RFC 9162 §2.1.1 interior node hash.
+fn rfc9162_node(left: &[u8], right: &[u8]) -> [u8; 32] {
+    Sha256::new().chain_update([1u8]).chain_update(left).chain_update(right).finalize().into()
+}
+
+/// The spec's Merkle tree hash (RFC 9162 exactly, leaf data = the entry hash), written from
+/// `docs/identity.md` and the RFC independently of the crate.
 fn reference_root(hashes: &[[u8; 32]]) -> [u8; 32] {
     match hashes.len() {
-        0 => [0; 32],
-        1 => reference_hash("sos-identity/merkle-leaf/v1", &[&hashes[0]]),
+        0 => Sha256::digest(b"").into(),
+        1 => rfc9162_leaf(&hashes[0]),
         n => {
             let mut k = 1;
             while k * 2 < n {
                 k *= 2;
             }
             let (left, right) = (reference_root(&hashes[..k]), reference_root(&hashes[k..]));
-            reference_hash("sos-identity/merkle-node/v1", &[&left, &right])
+            rfc9162_node(&left, &right)
         }
     }
 }
@@ -1284,14 +1294,11 @@ async fn merkle_inclusion_proofs_resist_forgery() {
                 // A subtree root is not a leaf: presenting it with the rest of the path fails.
                 let mut upper = proof.clone();
                 let sibling = upper.path.remove(0);
-                let leaf = Sha256Digest::from_bytes(reference_hash(
-                    "sos-identity/merkle-leaf/v1",
-                    &[entry_hash.as_bytes()],
-                ));
+                let leaf = rfc9162_leaf(entry_hash.as_bytes());
                 let parent = if seq % 2 == 1 && seq < size as u64 {
-                    reference_hash("sos-identity/merkle-node/v1", &[leaf.as_bytes(), sibling.as_bytes()])
+                    rfc9162_node(&leaf, sibling.as_bytes())
                 } else {
-                    reference_hash("sos-identity/merkle-node/v1", &[sibling.as_bytes(), leaf.as_bytes()])
+                    rfc9162_node(sibling.as_bytes(), &leaf)
                 };
                 upper.seq = seq.div_ceil(2);
                 upper.tree_size = (size as u64).div_ceil(2);

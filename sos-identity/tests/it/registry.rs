@@ -67,11 +67,25 @@ async fn suite<R: IdentityRegistry>(registry: &R, clock: &ManualClock) {
     assert!(matches!(verify_chain(&other, &entries), Err(Error::Tampered { seq: 1, .. })));
 
     // A checkpoint kept outside the store, and a proof that one agent is in it.
-    let checkpoint = sos_identity::checkpoint(&acme, &entries).expect("intact chain");
-    assert_eq!((checkpoint.len, checkpoint.head), (7, summary.head));
-    let proof = sos_identity::inclusion_proof(&entries, 4, checkpoint.len).expect("in range");
-    assert!(sos_identity::verify_inclusion(&checkpoint, &entries[3].hash, &proof));
-    assert!(!sos_identity::verify_inclusion(&checkpoint, &entries[4].hash, &proof));
+    #[cfg(feature = "audit")]
+    {
+        let checkpoint = sos_identity::checkpoint(&acme, &entries).expect("intact chain");
+        assert_eq!((checkpoint.len, checkpoint.head), (7, summary.head));
+        let proof = sos_identity::inclusion_proof(&entries, 4, checkpoint.len).expect("in range");
+        assert!(sos_identity::verify_inclusion(&checkpoint, &entries[3].hash, &proof));
+        assert!(!sos_identity::verify_inclusion(&checkpoint, &entries[4].hash, &proof));
+        // The proof checks out with sos-audit's own verifier too (RFC 9162, leaf = entry hash).
+        let leaf = sos_audit::merkle::leaf_hash(entries[3].hash.as_bytes());
+        let audit_proof = proof.to_rfc9162().expect("seq ≥ 1");
+        assert_eq!(audit_proof.verify(&leaf, &checkpoint.root), Ok(()));
+        // A later checkpoint provably extends this one, whatever the store.
+        clock.advance(chrono::Duration::seconds(1));
+        registry.register(&acme, &name("late"), &role("worker")).await.expect("register");
+        let longer = registry.entries(&acme).await.expect("entries");
+        let later = sos_identity::checkpoint(&acme, &longer).expect("intact chain");
+        let proof = sos_identity::consistency_proof(&longer, checkpoint.len, later.len).expect("in range");
+        assert!(sos_identity::verify_consistency(&checkpoint, &later, &proof));
+    }
 
     let looked_up = registry.lookup(&acme, &name("bot-3")).await.expect("lookup").expect("present");
     assert_eq!(looked_up, entries[5]);
