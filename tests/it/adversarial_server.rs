@@ -792,3 +792,97 @@ async fn hostile_writes(target: &Target) {
 async fn hostile_writes_never_get_a_5xx_on_sqlite() {
     hostile_writes(&Target::start_on(false).await).await;
 }
+
+/// A `--demo` server on SQLite with the quick start's contact delivered, evaluated once: the
+/// demo agent's renewal insight is delivered (to the log channel). Returns the server, its
+/// tables and the delivered signal's id.
+async fn demo_with_a_delivered_signal(dir: &std::path::Path) -> (ServerProcess, Tables, String) {
+    let args = ServerArgs::sqlite(dir).flag("--demo").arg("--eval-interval", "0");
+    let sqlite_path = args.sqlite_path();
+    let server = ServerProcess::start("demo", dir, args).await;
+    let client = reqwest::Client::new();
+    let now = chrono::Utc::now();
+    let body = json!({
+        "type": "contact.upserted",
+        "data": { "id": "c-1", "name": "Initech Fund", "interactions": 3, "last_interaction_at": now,
+                  "renewal_at": now + chrono::TimeDelta::days(9) },
+    })
+    .to_string();
+    let answer = send(standard_request(
+        &client,
+        &server.url(),
+        sos_server::DEMO_TENANT,
+        sos_server::DEMO_STANDARD_SECRET,
+        "msg_feedback_contact",
+        unix_now(),
+        body.as_bytes(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let answer = send(client.post(format!("{}/v1/tenants/demo/evaluations", server.url()))).await.unwrap();
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let signals = provider::get_json(&client, &format!("{}/v1/tenants/demo/signals", server.url())).await;
+    let delivered = signals["signals"]
+        .as_array()
+        .expect("a list of signals")
+        .iter()
+        .find(|signal| signal["status"] == "delivered")
+        .unwrap_or_else(|| panic!("a delivered signal: {signals}"));
+    let id = delivered["id"].as_str().unwrap().to_owned();
+    let tables = Tables::Sqlite(sos_testkit::sqlite_pool(&sqlite_path, 2).await);
+    (server, tables, id)
+}
+
+/// Named shapes `toctou-dedupe` and `replay-same` for feedback: twelve answers to one signal
+/// sent at one instant (half accepting, half rejecting) record exactly one verdict, move the
+/// trust gate once (one `signal.feedback` entry), and every other answer is 409
+/// `feedback_given` (or a retryable 503), never a 5xx; the same signal id under another tenant
+/// is unknown there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn toctou_dedupe_concurrent_feedback_on_one_signal_moves_the_gate_once() {
+    let dir = scratch_dir();
+    let (server, tables, id) = demo_with_a_delivered_signal(dir.path()).await;
+    let client = reqwest::Client::new();
+    create_tenant(&client, &server.url(), "other").await;
+    let answer = send(
+        client
+            .post(format!("{}/v1/tenants/other/signals/{id}/feedback", server.url()))
+            .json(&json!({ "verdict": "accepted" })),
+    )
+    .await
+    .unwrap();
+    assert_error(&answer, 404, None);
+
+    let requests = (0..12)
+        .map(|index| {
+            let url = format!("{}/v1/tenants/demo/signals/{id}/feedback", server.url());
+            let verdict = if index % 2 == 0 { "accepted" } else { "rejected" };
+            Box::new(move |client: &reqwest::Client| client.post(url).json(&json!({ "verdict": verdict })))
+                as MakeRequest
+        })
+        .collect();
+    let answers = at_once(&server.url(), requests).await;
+    let recorded: Vec<&Answer> = answers.iter().filter(|a| a.status == 200).collect();
+    assert_eq!(recorded.len(), 1, "one verdict is recorded: {answers:#?}");
+    for answer in answers.iter().filter(|a| a.status != 200) {
+        assert!(
+            (answer.status == 409
+                && ["feedback_given", "concurrent_change"].contains(&answer.outcome().as_str()))
+                || (answer.status == 503 && answer.retry_after.is_some()),
+            "{answer:?}"
+        );
+    }
+    assert_eq!(
+        tables.audit_entries_mentioning("demo", "signal.feedback", &id).await,
+        1,
+        "the gate moved once"
+    );
+    let signal = provider::get_json(&client, &format!("{}/v1/tenants/demo/signals/{id}", server.url())).await;
+    assert_eq!(
+        signal["feedback"],
+        recorded[0].json()["verdict"],
+        "the recorded verdict is the one answered 200"
+    );
+    tables.assert_chain_intact("demo").await;
+}
