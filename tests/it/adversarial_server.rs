@@ -72,6 +72,13 @@ impl Target {
         Self { _dir: dir, server, _database: database, client, tables }
     }
 
+    /// The verifier key the server wrote beside its signing key.
+    fn verifier(&self) -> sos_audit::note::NoteVerifier {
+        let path = self._dir.path().join("checkpoint.key.pub");
+        sos_audit::tlog::load_verifier(&path.display().to_string())
+            .expect("the server wrote its verifier key")
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.server.url())
     }
@@ -885,4 +892,34 @@ async fn toctou_dedupe_concurrent_feedback_on_one_signal_moves_the_gate_once() {
         "the recorded verdict is the one answered 200"
     );
     tables.assert_chain_intact("demo").await;
+}
+
+/// Tenant boundary for auditors: every inclusion proof served for acme verifies on its own
+/// (signature by the server's published verifier key, origin naming acme, leaf = the entry hash
+/// in the table), including the entry written just before; a proof served for globex, relabelled
+/// as acme's, does not verify.
+#[tokio::test]
+async fn tenant_boundary_proofs_over_http_verify_independently_and_only_for_their_tenant() {
+    let target = Target::start().await;
+    put_deal(&target.client, &target.server.url(), "acme", "d-1").await;
+    let answer = target.stripe("acme", ACME_STRIPE, unix_now(), &stripe_payment("evt_proved", "d-1")).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let verifier = target.verifier();
+    let acme_len = target.tables.audit_entry_count("acme").await;
+    for seq in 1..=acme_len {
+        let answer = target.get(&format!("/v1/tenants/acme/audit/proofs/{seq}")).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let proof =
+            sos_audit::tlog::EntryProof::from_json(answer.body.as_bytes()).expect("the CLI's proof JSON");
+        let checkpoint = proof.verify(&verifier).unwrap_or_else(|error| panic!("proof of {seq}: {error}"));
+        assert_eq!((proof.tenant.as_str(), proof.seq), ("acme", u64::try_from(seq).unwrap()));
+        assert_eq!(answer.json()["entry_hash"], target.tables.audit_entry_hash("acme", seq).await.as_str());
+        assert!(checkpoint.size >= u64::try_from(seq).unwrap(), "the checkpoint covers the entry");
+    }
+    let globex = target.get("/v1/tenants/globex/audit/proofs/1").await;
+    assert_eq!(globex.status, 200, "{globex:?}");
+    let mut relabelled = sos_audit::tlog::EntryProof::from_json(globex.body.as_bytes()).unwrap();
+    relabelled.verify(&verifier).expect("globex's own proof verifies for globex");
+    relabelled.tenant = "acme".parse().unwrap();
+    assert!(relabelled.verify(&verifier).is_err(), "globex's checkpoint does not vouch for an acme entry");
 }

@@ -85,6 +85,28 @@ impl Tables {
         }
     }
 
+    /// The hash of `tenant`'s entry `seq`, as hex.
+    pub(crate) async fn audit_entry_hash(&self, tenant: &str, seq: i64) -> String {
+        let hash: Vec<u8> = match self {
+            Self::Postgres(pool) => {
+                sqlx::query_scalar("SELECT hash FROM audit_entries WHERE tenant = $1 AND seq = $2")
+                    .bind(tenant)
+                    .bind(seq)
+                    .fetch_one(pool)
+                    .await
+            }
+            Self::Sqlite(pool) => {
+                sqlx::query_scalar("SELECT hash FROM audit_entries WHERE tenant = ?1 AND seq = ?2")
+                    .bind(tenant)
+                    .bind(seq)
+                    .fetch_one(pool)
+                    .await
+            }
+        }
+        .expect("the entry exists");
+        hex::encode(hash)
+    }
+
     /// The webhook guard's records of `tenant`: (event id, state, attempts).
     pub(crate) async fn webhook_records(&self, tenant: &str) -> Vec<(String, String, i32)> {
         match self {
