@@ -86,7 +86,7 @@ pub use db::{Database, migrators, postgres_migrators, sqlite_migrators};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use openapi::document as openapi_document;
 pub use signals::{EvaluationReport, FeedbackAnswer, FeedbackRequest, SignalView, Verdict};
-pub use webhooks::WebhookAnswer;
+pub use webhooks::{Change, InboundEvent, WebhookAnswer};
 
 /// The running server's shared parts; cheap to clone.
 #[derive(Clone)]

@@ -90,3 +90,78 @@ fn demo_gets_its_secrets_only_when_asked() {
     let tenants: Vec<&str> = demo.verifiers.keys().map(|(tenant, _)| tenant.as_str()).collect();
     assert_eq!(tenants, ["demo", "demo"]);
 }
+
+mod inbound_event {
+    use proptest::prelude::*;
+    use serde_json::json;
+    use sos_core::TenantId;
+    use sos_ruliads::Entity as _;
+
+    use crate::config::ProviderKind;
+    use crate::webhooks::{Change, InboundEvent};
+
+    fn tenant() -> TenantId {
+        "acme".parse().unwrap()
+    }
+
+    fn check(body: &[u8]) -> Result<(), TestCaseError> {
+        for provider in [ProviderKind::Stripe, ProviderKind::Standard] {
+            match InboundEvent::parse(&tenant(), provider, Some("msg_1"), body) {
+                Ok(event) => {
+                    if let Change::Upsert(record) = &event.change {
+                        prop_assert_eq!(record.tenant(), &tenant());
+                    }
+                }
+                Err(error) => prop_assert_eq!(error.status().as_u16(), 400),
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        /// The mirror of the fuzz target `examples/fuzz/webhook_event`: arbitrary bytes.
+        #[test]
+        fn arbitrary_bodies_parse_or_get_a_400(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            check(&body)?;
+        }
+
+        /// Well-formed events with arbitrary fields: an upsert never leaves the URL's tenant.
+        #[test]
+        fn events_with_arbitrary_fields_stay_in_their_tenant(
+            kind in prop_oneof![Just("deal.upserted".to_owned()), Just("contact.upserted".to_owned()),
+                                Just("message.created".to_owned()), Just("payment_intent.succeeded".to_owned()),
+                                "[a-z.]{0,20}"],
+            named_tenant in prop_oneof![Just(None), Just(Some("acme".to_owned())), "[a-z]{1,8}".prop_map(Some)],
+            id in "\\PC{0,20}",
+            name in "\\PC{0,20}",
+        ) {
+            let mut data = json!({ "id": id, "name": name, "contact_name": name, "stage": "proposal",
+                                   "subject": name, "direction": "inbound", "at": "2026-03-02T09:00:00Z",
+                                   "metadata": { "deal_id": id } });
+            if let Some(named) = named_tenant {
+                data["tenant"] = json!(named);
+            }
+            let body = json!({ "id": id, "type": kind, "data": data }).to_string();
+            check(body.as_bytes())?;
+        }
+    }
+
+    #[test]
+    fn a_stripe_payment_names_its_deal_and_other_events_change_nothing() {
+        let paid =
+            br#"{"id":"evt_1","type":"invoice.paid","data":{"object":{"metadata":{"deal_id":"d-1"}}}}"#;
+        let event = InboundEvent::parse(&tenant(), ProviderKind::Stripe, None, paid).unwrap();
+        assert_eq!(event.change, Change::DealPaid { deal_id: "d-1".to_owned() });
+        let refunded =
+            br#"{"id":"evt_2","type":"charge.refunded","data":{"object":{"metadata":{"deal_id":"d-1"}}}}"#;
+        let event = InboundEvent::parse(&tenant(), ProviderKind::Stripe, None, refunded).unwrap();
+        assert_eq!(event.change, Change::Nothing);
+        let no_id = br#"{"type":"invoice.paid"}"#;
+        let error = InboundEvent::parse(&tenant(), ProviderKind::Stripe, None, no_id).unwrap_err();
+        assert_eq!(error.code(), "bad_event");
+        let other_tenant = br#"{"type":"deal.upserted","data":{"tenant":"globex","id":"d","contact_name":"x","stage":"proposal"}}"#;
+        let error =
+            InboundEvent::parse(&tenant(), ProviderKind::Standard, Some("msg_1"), other_tenant).unwrap_err();
+        assert_eq!(error.code(), "tenant_mismatch");
+    }
+}

@@ -65,14 +65,108 @@ pub struct WebhookAnswer {
     pub audit_seq: Option<u64>,
 }
 
-/// A verified, parsed event.
-#[derive(Debug, Clone)]
-struct Event {
-    tenant: TenantId,
-    provider: ProviderKind,
-    id: String,
-    kind: String,
-    body: Value,
+/// A provider's event, parsed from its (already verified) body into the change it asks for.
+///
+/// Parsing is pure: [`InboundEvent::parse`] never touches the database, so it is fuzzed and
+/// property-tested on its own (`examples/fuzz`, `sos-tests`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundEvent {
+    /// The tenant of the URL the event arrived at.
+    pub tenant: TenantId,
+    /// Which provider sent it.
+    pub provider: ProviderKind,
+    /// The provider's event id (Stripe: the body's `id`; Standard Webhooks: `webhook-id`).
+    pub id: String,
+    /// The event type (`payment_intent.succeeded`, `contact.upserted`, …).
+    pub kind: String,
+    /// What the event asks the server to change.
+    pub change: Change,
+}
+
+/// The state change an event asks for.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Change {
+    /// A payment for a deal: the deal is won (when it exists in the tenant).
+    DealPaid {
+        /// The deal id from `data.object.metadata.deal_id`.
+        deal_id: String,
+    },
+    /// A record of the URL's tenant to create or replace.
+    Upsert(Box<Record>),
+    /// Nothing to change; only the audit entry records that it arrived.
+    Nothing,
+}
+
+/// The Stripe event types that mean "paid".
+const PAID: &[&str] =
+    &["payment_intent.succeeded", "checkout.session.completed", "invoice.paid", "charge.succeeded"];
+
+impl InboundEvent {
+    /// Parses a verified body. `webhook_id` is the Standard Webhooks `webhook-id` header.
+    ///
+    /// # Errors
+    ///
+    /// An [`ApiError`] with status 400: `bad_json` when the body is not a JSON object,
+    /// `bad_event` when the event lacks its id or its data does not make a record,
+    /// `tenant_mismatch` when the data names another tenant than the URL.
+    pub fn parse(
+        tenant: &TenantId,
+        provider: ProviderKind,
+        webhook_id: Option<&str>,
+        body: &[u8],
+    ) -> Result<Self, ApiError> {
+        let parsed: Value = serde_json::from_slice(body).map_err(|error| {
+            ApiError::bad_request("bad_json", format!("the signed body is not JSON: {error}"))
+        })?;
+        if !parsed.is_object() {
+            return Err(ApiError::bad_request("bad_json", "the signed body is not a JSON object"));
+        }
+        let kind = parsed.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let (id, change) = match provider {
+            ProviderKind::Stripe => {
+                let id = parsed
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        ApiError::bad_request("bad_event", "a Stripe event needs a string \"id\"")
+                    })?
+                    .to_owned();
+                let deal_id = parsed.pointer("/data/object/metadata/deal_id").and_then(Value::as_str);
+                let change = match deal_id {
+                    Some(deal_id) if PAID.contains(&kind.as_str()) => {
+                        Change::DealPaid { deal_id: deal_id.to_owned() }
+                    }
+                    _ => Change::Nothing,
+                };
+                (id, change)
+            }
+            ProviderKind::Standard => {
+                let id = webhook_id.unwrap_or_default().to_owned();
+                let record = match kind.as_str() {
+                    "deal.upserted" => {
+                        Some(standard_record::<Deal>(tenant, &kind, &parsed).map(Record::Deal))
+                    }
+                    "contact.upserted" => {
+                        Some(standard_record::<Contact>(tenant, &kind, &parsed).map(Record::Contact))
+                    }
+                    "message.created" | "message.upserted" => {
+                        Some(standard_record::<Message>(tenant, &kind, &parsed).map(Record::Message))
+                    }
+                    _ => None,
+                };
+                let change = match record {
+                    Some(record) => Change::Upsert(Box::new(record?)),
+                    None => Change::Nothing,
+                };
+                (id, change)
+            }
+        };
+        // The dedupe key's rules (length, characters) apply to the id as well.
+        EventKey::new(tenant.clone(), provider.as_str(), &id)
+            .map_err(|error| ApiError::bad_request("bad_event", error.to_string()))?;
+        Ok(Self { tenant: tenant.clone(), provider, id, kind, change })
+    }
 }
 
 /// Receives one delivery.
@@ -108,25 +202,12 @@ pub(crate) async fn receive(
     if let Err(error) = verified {
         return Err(signature_error(&error));
     }
-    let parsed: Value = serde_json::from_slice(body).map_err(|error| {
-        ApiError::bad_request("bad_json", format!("the signed body is not JSON: {error}"))
-    })?;
-    let id = match provider {
-        ProviderKind::Stripe => parsed
-            .get("id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ApiError::bad_request("bad_event", "a Stripe event needs a string \"id\""))?
-            .to_owned(),
-        ProviderKind::Standard => headers
-            .get(sos_webhooks::signature::StandardWebhooksVerifier::ID_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default()
-            .to_owned(),
-    };
-    let kind = parsed.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let key = EventKey::new(tenant.clone(), provider.as_str(), &id)
+    let webhook_id = headers
+        .get(sos_webhooks::signature::StandardWebhooksVerifier::ID_HEADER)
+        .and_then(|value| value.to_str().ok());
+    let event = InboundEvent::parse(tenant, provider, webhook_id, body)?;
+    let key = EventKey::new(tenant.clone(), provider.as_str(), &event.id)
         .map_err(|error| ApiError::bad_request("bad_event", error.to_string()))?;
-    let event = Event { tenant: tenant.clone(), provider, id, kind, body: parsed };
     let chain = app.chain.clone();
     let now = app.clock.now();
     let outcome = match &*app.guard {
@@ -211,72 +292,48 @@ fn signature_error(error: &sos_webhooks::Error) -> ApiError {
 async fn apply(
     conn: &mut Conn<'_>,
     chain: &Chain,
-    event: &Event,
+    event: &InboundEvent,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(&'static str, u64), ApiError> {
     let actor = format!("webhook:{}", event.provider.as_str());
-    match event.provider {
-        ProviderKind::Stripe => {
-            const PAID: &[&str] = &[
-                "payment_intent.succeeded",
-                "checkout.session.completed",
-                "invoice.paid",
-                "charge.succeeded",
-            ];
-            let deal_id = event.body.pointer("/data/object/metadata/deal_id").and_then(Value::as_str);
-            if PAID.contains(&event.kind.as_str())
-                && let Some(deal_id) = deal_id
-            {
-                let evidence = json!({ "stripe_event": event.id, "type": event.kind });
-                if let Some(seq) =
-                    state::mark_deal_won(conn, chain, &event.tenant, deal_id, now, &actor, evidence).await?
-                {
-                    return Ok(("deal_won", seq));
-                }
-            }
-            record_only(conn, chain, event, &actor).await
-        }
-        ProviderKind::Standard => {
-            let record = match event.kind.as_str() {
-                "deal.upserted" => Some(standard_record::<Deal>(event).map(Record::Deal)),
-                "contact.upserted" => Some(standard_record::<Contact>(event).map(Record::Contact)),
-                "message.created" | "message.upserted" => {
-                    Some(standard_record::<Message>(event).map(Record::Message))
-                }
-                _ => None,
-            };
-            match record {
-                Some(record) => {
-                    let record = record?;
-                    let (_, _, seq) =
-                        state::upsert_record(conn, chain, &record, now.timestamp_micros(), &actor).await?;
-                    let effect = match record {
-                        Record::Deal(_) => "deal_upserted",
-                        Record::Contact(_) => "contact_upserted",
-                        _ => "message_upserted",
-                    };
-                    Ok((effect, seq))
-                }
+    match &event.change {
+        Change::DealPaid { deal_id } => {
+            let evidence = json!({ "event": event.id, "type": event.kind });
+            match state::mark_deal_won(conn, chain, &event.tenant, deal_id, now, &actor, evidence).await? {
+                Some(seq) => Ok(("deal_won", seq)),
+                // A payment for a deal this tenant does not have changes nothing.
                 None => record_only(conn, chain, event, &actor).await,
             }
         }
+        Change::Upsert(record) => {
+            let (_, _, seq) =
+                state::upsert_record(conn, chain, record, now.timestamp_micros(), &actor).await?;
+            let effect = match **record {
+                Record::Deal(_) => "deal_upserted",
+                Record::Contact(_) => "contact_upserted",
+                _ => "message_upserted",
+            };
+            Ok((effect, seq))
+        }
+        Change::Nothing => record_only(conn, chain, event, &actor).await,
     }
 }
 
 /// A Standard Webhooks event's `data`, as a record of the URL's tenant.
-fn standard_record<T: serde::de::DeserializeOwned>(event: &Event) -> Result<T, ApiError> {
-    let mut data = event.body.get("data").cloned().unwrap_or(Value::Null);
+fn standard_record<T: serde::de::DeserializeOwned>(
+    tenant: &TenantId,
+    kind: &str,
+    body: &Value,
+) -> Result<T, ApiError> {
+    let mut data = body.get("data").cloned().unwrap_or(Value::Null);
     let Some(object) = data.as_object_mut() else {
-        return Err(ApiError::bad_request(
-            "bad_event",
-            format!("a {} event needs a \"data\" object", event.kind),
-        ));
+        return Err(ApiError::bad_request("bad_event", format!("a {kind} event needs a \"data\" object")));
     };
     match object.get("tenant") {
         None => {
-            object.insert("tenant".to_owned(), Value::String(event.tenant.to_string()));
+            object.insert("tenant".to_owned(), Value::String(tenant.to_string()));
         }
-        Some(Value::String(tenant)) if tenant == event.tenant.as_str() => {}
+        Some(Value::String(given)) if given == tenant.as_str() => {}
         Some(_) => {
             return Err(ApiError::bad_request(
                 "tenant_mismatch",
@@ -284,16 +341,15 @@ fn standard_record<T: serde::de::DeserializeOwned>(event: &Event) -> Result<T, A
             ));
         }
     }
-    serde_json::from_value(data).map_err(|error| {
-        ApiError::bad_request("bad_event", format!("the {} event's data: {error}", event.kind))
-    })
+    serde_json::from_value(data)
+        .map_err(|error| ApiError::bad_request("bad_event", format!("the {kind} event's data: {error}")))
 }
 
 /// An event that changes no state still leaves an audit entry saying it arrived.
 async fn record_only(
     conn: &mut Conn<'_>,
     chain: &Chain,
-    event: &Event,
+    event: &InboundEvent,
     actor: &str,
 ) -> Result<(&'static str, u64), ApiError> {
     let entry = NewEntry::new(
