@@ -224,8 +224,26 @@ fn load_or_create_signer(path: &Path) -> anyhow::Result<NoteSigner> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create directory {}", parent.display()))?;
     }
-    let signer = sos_audit::tlog::generate_signer_file(path, SIGNER_NAME)
-        .with_context(|| format!("cannot create the checkpoint signing key {}", path.display()))?;
+    // Several replicas may start together on one key path: the key is written to a private
+    // temporary file and hard-linked into place, which fails when the path exists, so exactly
+    // one replica's key appears, complete, and the others load it (named shape `toctou-dedupe`).
+    let temporary = temporary_beside(path);
+    let signer = sos_audit::tlog::generate_signer_file(&temporary, SIGNER_NAME)
+        .with_context(|| format!("cannot create the checkpoint signing key {}", temporary.display()))?;
+    let linked = std::fs::hard_link(&temporary, path);
+    let _ = std::fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            tracing::info!(path = %path.display(), "another process created the checkpoint signing key first; using it");
+            return sos_audit::tlog::load_signer(path)
+                .with_context(|| format!("the checkpoint signing key {} cannot be used", path.display()));
+        }
+        Err(error) => {
+            return Err(error)
+                .with_context(|| format!("cannot create the checkpoint signing key {}", path.display()));
+        }
+    }
     tracing::warn!(
         path = %path.display(),
         verifier_key = %signer.verifier().to_key_string(),
@@ -234,17 +252,39 @@ fn load_or_create_signer(path: &Path) -> anyhow::Result<NoteSigner> {
     Ok(signer)
 }
 
+/// A fresh temporary path beside `path`, unique to this process and call.
+fn temporary_beside(path: &Path) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".{}.{count}.tmp", std::process::id()));
+    let temporary = PathBuf::from(temporary);
+    let _ = std::fs::remove_file(&temporary);
+    temporary
+}
+
 /// Writes the verifier key beside the signing key (`<key>.pub`) when it is not there, so an
-/// auditor's tools (`sos-audit verify-proof --verifier-key …`) can be pointed at it.
+/// auditor's tools (`sos-audit verify-proof --verifier-key …`) can be pointed at it. Like the key,
+/// it appears complete or not at all.
 fn publish_verifier(path: &Path, signer: &NoteSigner) -> anyhow::Result<()> {
     let mut public = path.as_os_str().to_owned();
     public.push(".pub");
     let public = PathBuf::from(public);
-    if !public.exists() {
-        std::fs::write(&public, format!("{}\n", signer.verifier().to_key_string()))
-            .with_context(|| format!("cannot write the verifier key to {}", public.display()))?;
+    if public.exists() {
+        return Ok(());
     }
-    Ok(())
+    let temporary = temporary_beside(&public);
+    std::fs::write(&temporary, format!("{}\n", signer.verifier().to_key_string()))
+        .with_context(|| format!("cannot write the verifier key to {}", temporary.display()))?;
+    let linked = std::fs::hard_link(&temporary, &public);
+    let _ = std::fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => {
+            Err(error).with_context(|| format!("cannot write the verifier key to {}", public.display()))
+        }
+    }
 }
 
 fn build_verifiers(config: &Config) -> anyhow::Result<BTreeMap<(TenantId, ProviderKind), Verifier>> {
