@@ -153,6 +153,20 @@ async fn signature_bypass_one_tenants_secret_does_not_sign_for_another() {
     assert_error(&answer, 401, Some("bad_signature"));
     let answer = target.stripe("globex", ACME_STRIPE, unix_now(), &body).await;
     assert_error(&answer, 401, Some("bad_signature"));
+    let event =
+        json!({ "type": "deal.upserted", "data": deal_body("acme", "d-1", "closed-lost") }).to_string();
+    for (tenant, secret) in [("acme", standard_secret("globex")), ("globex", standard_secret("acme"))] {
+        let request = standard_request(
+            &target.client,
+            &target.server.url(),
+            tenant,
+            &secret,
+            "msg_cross_secret",
+            unix_now(),
+            event.as_bytes(),
+        );
+        assert_error(&send(request).await.unwrap(), 401, Some("bad_signature"));
+    }
     let (stage, _) = target.tables.deal("acme", "d-1").await.unwrap();
     assert_eq!(stage, "proposal", "a refused delivery changed nothing");
     assert!(target.tables.webhook_records("acme").await.is_empty(), "a refused delivery claimed nothing");
@@ -540,6 +554,7 @@ async fn hostile_path_segments(target: &Target) {
     put_deal(&target.client, &target.server.url(), "acme", "d-1").await;
     let mut violations = Vec::new();
     let huge = "a".repeat(10_000);
+    let very_huge = "z".repeat(60_000);
     let segments = [
         "%00",
         "d-1%00",
@@ -553,6 +568,7 @@ async fn hostile_path_segments(target: &Target) {
         "d-1'%20OR%20'1'='1",
         "%E2%80%AE",
         huge.as_str(),
+        very_huge.as_str(),
     ];
     for segment in segments {
         for path in [
