@@ -57,9 +57,11 @@ pub struct Config {
     pub webhook_secrets: Vec<String>,
 
     /// A Slack-compatible incoming-webhook URL signals are posted to (Discord accepts the same
-    /// payload at its `/slack` URL); without it signals go to the log.
-    #[arg(long, env = "SOS_SLACK_WEBHOOK_URL")]
-    pub slack_webhook_url: Option<String>,
+    /// payload at its `/slack` URL): `URL` for every tenant, or `TENANT=URL` for one tenant;
+    /// repeat it, or give several comma-separated in the environment. A tenant without a URL
+    /// gets the log.
+    #[arg(long = "slack-webhook-url", env = "SOS_SLACK_WEBHOOK_URL", value_delimiter = ',')]
+    pub slack_webhook_urls: Vec<String>,
 
     /// Seconds between periodic evaluations of every tenant's agents (0 turns them off).
     #[arg(long, env = "SOS_EVAL_INTERVAL", default_value_t = 30)]
@@ -139,8 +141,10 @@ pub struct Settings {
     pub signer: Arc<NoteSigner>,
     /// Signature verifiers by (tenant, provider).
     pub verifiers: Arc<BTreeMap<(TenantId, ProviderKind), Verifier>>,
-    /// The Slack-compatible incoming webhook, when configured.
+    /// The Slack-compatible incoming webhook for every tenant without its own, when configured.
     pub slack_webhook_url: Option<reqwest::Url>,
+    /// Tenants' own Slack-compatible incoming webhooks.
+    pub tenant_slack_webhook_urls: Arc<BTreeMap<TenantId, reqwest::Url>>,
 }
 
 impl Settings {
@@ -165,24 +169,14 @@ impl Settings {
         let signer = load_or_create_signer(&config.signing_key)?;
         publish_verifier(&config.signing_key, &signer)?;
         let verifiers = build_verifiers(&config)?;
-        let slack_webhook_url = match &config.slack_webhook_url {
-            None => None,
-            Some(text) => {
-                let url = reqwest::Url::parse(text).with_context(|| {
-                    format!("--slack-webhook-url / SOS_SLACK_WEBHOOK_URL {text:?} is not a URL")
-                })?;
-                if !matches!(url.scheme(), "http" | "https") {
-                    bail!("--slack-webhook-url {text:?} must be an http:// or https:// URL");
-                }
-                Some(url)
-            }
-        };
+        let (slack_webhook_url, tenant_slack_webhook_urls) = channel_urls(&config.slack_webhook_urls)?;
         Ok(Self {
             config,
             packs: Arc::new(packs),
             signer: Arc::new(signer),
             verifiers: Arc::new(verifiers),
             slack_webhook_url,
+            tenant_slack_webhook_urls: Arc::new(tenant_slack_webhook_urls),
         })
     }
 
@@ -190,6 +184,42 @@ impl Settings {
     pub fn eval_interval(&self) -> Option<Duration> {
         (self.config.eval_interval > 0).then(|| Duration::from_secs(self.config.eval_interval))
     }
+}
+
+type ChannelUrls = (Option<reqwest::Url>, BTreeMap<TenantId, reqwest::Url>);
+
+/// Splits `--slack-webhook-url` items into the default URL and tenants' own.
+fn channel_urls(items: &[String]) -> anyhow::Result<ChannelUrls> {
+    let mut default = None;
+    let mut tenants = BTreeMap::new();
+    for item in items.iter().map(|item| item.trim()).filter(|item| !item.is_empty()) {
+        // `TENANT=URL` when what precedes the first '=' is a tenant id and no scheme: a bare URL
+        // may itself hold '=' in its query.
+        let (tenant, text) = match item.split_once('=') {
+            Some((tenant, url)) if !tenant.contains(':') => {
+                let tenant: TenantId = tenant.parse().with_context(|| {
+                    format!(
+                        "--slack-webhook-url {item:?}: {tenant:?} is not a tenant id (use URL or TENANT=URL)"
+                    )
+                })?;
+                (Some(tenant), url)
+            }
+            _ => (None, item),
+        };
+        let url = reqwest::Url::parse(text)
+            .with_context(|| format!("--slack-webhook-url / SOS_SLACK_WEBHOOK_URL {text:?} is not a URL"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            bail!("--slack-webhook-url {text:?} must be an http:// or https:// URL");
+        }
+        let previous = match tenant {
+            Some(tenant) => tenants.insert(tenant, url),
+            None => default.replace(url),
+        };
+        if previous.is_some() {
+            bail!("--slack-webhook-url {item:?}: a URL for the same tenant (or for all) was already given");
+        }
+    }
+    Ok((default, tenants))
 }
 
 fn load_packs(dir: &Path) -> anyhow::Result<BTreeMap<String, Arc<Pack>>> {

@@ -99,6 +99,7 @@ pub struct App {
     pub(crate) registry: agents::Registry,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) channel: Arc<dyn Channel>,
+    pub(crate) tenant_channels: Arc<std::collections::BTreeMap<sos_core::TenantId, Arc<dyn Channel>>>,
     pub(crate) evaluating: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -126,6 +127,11 @@ impl App {
             Some(url) => Arc::new(SlackChannel::new(url.clone())?),
             None => Arc::new(LogChannel),
         };
+        let mut tenant_channels: std::collections::BTreeMap<sos_core::TenantId, Arc<dyn Channel>> =
+            std::collections::BTreeMap::new();
+        for (tenant, url) in settings.tenant_slack_webhook_urls.iter() {
+            tenant_channels.insert(tenant.clone(), Arc::new(SlackChannel::new(url.clone())?));
+        }
         let chain = audit::Chain::new(&database, Arc::clone(&clock));
         let app = Self {
             checkpoints: audit::Checkpoints::new(&chain, &settings.signer, Arc::clone(&clock))?,
@@ -136,6 +142,7 @@ impl App {
             database,
             clock,
             channel,
+            tenant_channels: Arc::new(tenant_channels),
             evaluating: Arc::new(tokio::sync::Mutex::new(())),
         };
         if app.settings.config.demo {
@@ -144,6 +151,12 @@ impl App {
                 .map_err(|error| anyhow::anyhow!("seeding the demo tenant failed: {error:?}"))?;
         }
         Ok(app)
+    }
+
+    /// The channel a tenant's signals go through: its own Slack-compatible webhook, the default
+    /// one, or the log.
+    pub(crate) fn channel_for(&self, tenant: &sos_core::TenantId) -> &Arc<dyn Channel> {
+        self.tenant_channels.get(tenant).unwrap_or(&self.channel)
     }
 
     /// The clock everything runs on.

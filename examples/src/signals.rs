@@ -275,7 +275,7 @@ pub(crate) async fn deliver_pending(app: &App, tenant: &TenantId) -> Result<(usi
             continue;
         }
         let signal: Signal = serde_json::from_str(&body).map_err(ApiError::internal)?;
-        let receipt = app.channel.deliver(&signal).await;
+        let receipt = app.channel_for(tenant).deliver(&signal).await;
         let status = match &receipt {
             DeliveryReceipt::Acknowledged { .. } => "delivered",
             DeliveryReceipt::Rejected { .. } => "rejected",
@@ -315,7 +315,7 @@ async fn record_receipt(
         format!("agent:{agent}"),
         if status == "delivered" { "signal.delivered" } else { "signal.delivery_failed" },
         format!("signal/{id}"),
-        &json!({ "id": id, "channel": app.channel.name(), "attempt": attempt, "receipt": receipt_json }),
+        &json!({ "id": id, "channel": app.channel_for(tenant).name(), "attempt": attempt, "receipt": receipt_json }),
     )?;
     let statements = vec![
         Statement::new(
@@ -325,7 +325,7 @@ async fn record_receipt(
                 Bind::Text(tenant.to_string()),
                 Bind::Text(id.to_owned()),
                 Bind::Int(attempt),
-                Bind::Text(app.channel.name().to_owned()),
+                Bind::Text(app.channel_for(tenant).name().to_owned()),
                 Bind::Text(receipt_json.to_string()),
                 Bind::Int(now.timestamp_micros()),
             ],

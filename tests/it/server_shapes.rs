@@ -467,3 +467,43 @@ proptest! {
         }
     }
 }
+
+/// Each tenant's signals go to its own channel URL when it has one, to the default otherwise
+/// (tenant isolation of channels): two tenants' introductions reach two different receivers.
+#[tokio::test]
+async fn injection_a_tenants_signals_reach_only_its_own_channel() {
+    let (default, default_url) = Scripted::start(vec![(200, "ok")]).await;
+    let (globex, globex_url) = Scripted::start(vec![(200, "ok")]).await;
+    let server = TestServer::start(
+        Backend::Sqlite,
+        Arc::new(SystemClock),
+        &[
+            "--slack-webhook-url".to_owned(),
+            default_url,
+            "--slack-webhook-url".to_owned(),
+            format!("globex={globex_url}"),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for tenant in ["acme", "globex"] {
+        assert_eq!(
+            client.put(server.url(&format!("/v1/tenants/{tenant}"))).send().await.unwrap().status(),
+            201
+        );
+        let agent = client
+            .post(server.url(&format!("/v1/tenants/{tenant}/agents")))
+            .json(&json!({ "name": "ada", "vertical": "generic" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(agent.status(), 201);
+    }
+    assert_eq!(
+        default.deliveries.load(Ordering::SeqCst),
+        1,
+        "acme's introduction went to the default channel"
+    );
+    assert_eq!(globex.deliveries.load(Ordering::SeqCst), 1, "globex's went to its own");
+    server.stop().await;
+}
