@@ -175,6 +175,128 @@ pub enum Error {
         /// What is wrong and what to do.
         reason: String,
     },
+    /// A timestamp reply or stored token is not the DER structure RFC 3161 defines.
+    #[cfg(feature = "tsa")]
+    #[error(
+        "malformed RFC 3161 {what}: {reason}; check that the URL is an RFC 3161 TSA and that the stored token was not damaged"
+    )]
+    TimestampMalformed {
+        /// Which structure (`reply`, `token`, `TSTInfo`, `request`).
+        what: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The TSA answered with a status other than granted.
+    #[cfg(feature = "tsa")]
+    #[error(
+        "the TSA refused the timestamp request: status {status}, failure info {failure}{}; check the TSA's accepted hash algorithms and policies, or retry later",
+        text.as_deref().map(|text| format!(", text {text:?}")).unwrap_or_default()
+    )]
+    TimestampRejected {
+        /// The `PKIStatus` of the reply.
+        status: crate::timestamp::PkiStatus,
+        /// The `PKIFailureInfo` bits (empty when the TSA gave none).
+        failure: crate::timestamp::FailureInfo,
+        /// The TSA's `statusString`, lines joined with `; `.
+        text: Option<String>,
+    },
+    /// The token's message imprint is not SHA-256 of the bytes: it timestamps other bytes.
+    #[cfg(feature = "tsa")]
+    #[error(
+        "the timestamp token is not for these bytes (its message imprint is not their SHA-256); verify it against the exact bytes that were timestamped"
+    )]
+    TimestampImprintMismatch,
+    /// The reply's nonce is not the request's: a replayed or misrouted reply.
+    #[cfg(feature = "tsa")]
+    #[error(
+        "the timestamp reply carries another nonce than the request: it is a replayed or misrouted reply; retry, and check what sits between you and the TSA"
+    )]
+    TimestampNonceMismatch,
+    /// The token was signed by another certificate than the caller's.
+    #[cfg(feature = "tsa")]
+    #[error(
+        "the timestamp token names another signer than the configured TSA certificate; pass the certificate of the TSA that issued it"
+    )]
+    TimestampSignerMismatch,
+    /// The token's signed attributes are missing, repeated or do not match its content.
+    #[cfg(feature = "tsa")]
+    #[error("the timestamp token's signed attributes are invalid: {reason}; the token was altered or is not RFC 3161")]
+    TimestampAttributes {
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// The token's signature does not verify with the TSA certificate's key.
+    #[cfg(feature = "tsa")]
+    #[error(
+        "the timestamp token's signature does not verify with the TSA certificate: the token was altered, or a certificate with another key was given"
+    )]
+    TimestampBadSignature,
+    /// The token uses an algorithm this crate does not verify.
+    #[cfg(feature = "tsa")]
+    #[error(
+        "unsupported {what} {oid} in the timestamp token; this crate verifies SHA-256 with RSA PKCS#1 v1.5 or ECDSA P-256"
+    )]
+    TimestampUnsupportedAlgorithm {
+        /// Which algorithm (`signer digest algorithm`, `signature algorithm for an RSA key`, …).
+        what: &'static str,
+        /// Its object identifier.
+        oid: String,
+    },
+    /// The TSA certificate cannot be used to verify timestamps.
+    #[cfg(feature = "tsa")]
+    #[error("unusable TSA certificate: {reason}")]
+    TsaCertificate {
+        /// What was wrong and what to use instead.
+        reason: String,
+    },
+    /// The TSA URL is not an `http` or `https` URL.
+    #[cfg(feature = "tsa")]
+    #[error("invalid TSA URL {url:?}: {reason}; give an http or https URL such as https://tsa.example/tsr")]
+    TsaUrl {
+        /// The rejected URL (at most 200 characters).
+        url: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The TSA could not be reached or the exchange failed midway.
+    #[cfg(feature = "tsa")]
+    #[error("could not complete the exchange with the TSA at {url}; check the URL, the network and the timeout")]
+    TsaUnreachable {
+        /// The TSA URL.
+        url: String,
+        /// The HTTP client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The TSA answered with an HTTP error status.
+    #[cfg(feature = "tsa")]
+    #[error("the TSA at {url} answered HTTP {status}; check the URL and the TSA's state")]
+    TsaHttpStatus {
+        /// The TSA URL.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+    },
+    /// The TSA's reply is not `application/timestamp-reply`.
+    #[cfg(feature = "tsa")]
+    #[error(
+        "the reply from {url} has content type {content_type:?}, not application/timestamp-reply; check that the URL is an RFC 3161 endpoint"
+    )]
+    TsaContentType {
+        /// The TSA URL.
+        url: String,
+        /// The content type received (at most 200 characters).
+        content_type: String,
+    },
+    /// The TSA's reply is larger than the configured limit.
+    #[cfg(feature = "tsa")]
+    #[error("the reply from {url} exceeds {limit} bytes; raise HttpTsaConfig::max_response_bytes if the TSA sends large chains")]
+    TsaResponseTooLarge {
+        /// The TSA URL.
+        url: String,
+        /// The limit in bytes.
+        limit: usize,
+    },
 }
 
 /// `Result` with [`Error`] as the default error type.

@@ -106,6 +106,8 @@ mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod store;
+#[cfg(feature = "tsa")]
+pub mod timestamp;
 pub mod tlog;
 mod verify;
 
