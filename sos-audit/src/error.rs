@@ -237,7 +237,7 @@ pub enum Error {
         "unsupported {what} {oid} in the timestamp token; this crate verifies SHA-256 with RSA PKCS#1 v1.5 or ECDSA P-256"
     )]
     TimestampUnsupportedAlgorithm {
-        /// Which algorithm (`signer digest algorithm`, `signature algorithm for an RSA key`, …).
+        /// Which algorithm (`signer digest algorithm` or `signature algorithm`).
         what: &'static str,
         /// Its object identifier.
         oid: String,

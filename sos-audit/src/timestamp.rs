@@ -530,28 +530,25 @@ impl TsaCertificate {
     /// Verifies `signature` over `message` with this certificate's key, as `algorithm` says.
     fn verify_signature(&self, algorithm: &ObjectIdentifier, message: &[u8], signature: &[u8]) -> Result<()> {
         use p256::ecdsa::signature::Verifier as _;
+        let is_rsa = *algorithm == RSA_ENCRYPTION || *algorithm == SHA256_WITH_RSA;
+        let is_ecdsa = *algorithm == ECDSA_WITH_SHA256 || *algorithm == ID_EC_PUBLIC_KEY;
+        if !is_rsa && !is_ecdsa {
+            return Err(Error::TimestampUnsupportedAlgorithm {
+                what: "signature algorithm",
+                oid: algorithm.to_string(),
+            });
+        }
+        // A known algorithm for the other kind of key means this key did not make the signature.
         let verified = match &self.key {
             SignerKey::Rsa(key) => {
-                if *algorithm != RSA_ENCRYPTION && *algorithm != SHA256_WITH_RSA {
-                    return Err(Error::TimestampUnsupportedAlgorithm {
-                        what: "signature algorithm for an RSA key",
-                        oid: algorithm.to_string(),
-                    });
-                }
-                rsa::pkcs1v15::Signature::try_from(signature)
-                    .ok()
-                    .is_some_and(|signature| key.verify(message, &signature).is_ok())
+                is_rsa
+                    && rsa::pkcs1v15::Signature::try_from(signature)
+                        .is_ok_and(|signature| key.verify(message, &signature).is_ok())
             }
             SignerKey::P256(key) => {
-                if *algorithm != ECDSA_WITH_SHA256 && *algorithm != ID_EC_PUBLIC_KEY {
-                    return Err(Error::TimestampUnsupportedAlgorithm {
-                        what: "signature algorithm for a P-256 key",
-                        oid: algorithm.to_string(),
-                    });
-                }
-                p256::ecdsa::Signature::from_der(signature)
-                    .ok()
-                    .is_some_and(|signature| key.verify(message, &signature).is_ok())
+                is_ecdsa
+                    && p256::ecdsa::Signature::from_der(signature)
+                        .is_ok_and(|signature| key.verify(message, &signature).is_ok())
             }
         };
         if verified { Ok(()) } else { Err(Error::TimestampBadSignature) }

@@ -13,6 +13,8 @@ mod chain_seq_stale_read;
 mod cli;
 #[cfg(feature = "cli")]
 mod cli_checkpoint;
+#[cfg(feature = "tsa")]
+mod timestamp;
 #[cfg(all(feature = "postgres", feature = "sqlite"))]
 mod write_once;
 

@@ -1,0 +1,492 @@
+//! RFC 3161 timestamps against a real TSA that no one here wrote: `openssl ts -reply` (OpenSSL 3)
+//! with a throwaway CA and TSA certificate made in a temporary directory, behind a small local
+//! HTTP server, so the HTTP client, the request encoder and the reply verifier all meet OpenSSL.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sos_audit::Error;
+use sos_audit::note::{Checkpoint, NoteSigner};
+use sos_audit::timestamp::{
+    FailureInfo, HttpTimestampAuthority, HttpTsaConfig, PkiStatus, TimestampAuthority, TimestampToken, TsaCertificate,
+};
+use sos_core::Sha256Digest;
+use tempfile::TempDir;
+
+/// The key of a test TSA.
+#[derive(Debug, Clone, Copy)]
+enum Key {
+    Rsa,
+    P256,
+}
+
+/// How a test TSA is set up.
+#[derive(Debug, Clone, Copy)]
+struct Options {
+    key: Key,
+    /// The `digests` the TSA accepts (a TSA without sha256 rejects our requests).
+    digests: &'static str,
+    /// Digits of a second in `genTime` (0 to 6).
+    precision: u8,
+}
+
+impl Options {
+    fn key(key: Key) -> Self {
+        Self { key, digests: "sha256, sha384, sha512", precision: 0 }
+    }
+}
+
+/// Runs `openssl` with `args` in `dir`, panicking with its stderr when it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("/usr/bin/openssl").args(args).current_dir(dir).output().expect("openssl runs");
+    assert!(
+        output.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A throwaway CA and an `openssl ts` TSA in a temporary directory.
+struct OpensslTsa {
+    dir: TempDir,
+    /// Serialises `openssl ts -reply`, which updates its serial-number file.
+    lock: Mutex<()>,
+}
+
+impl OpensslTsa {
+    fn new(options: Options) -> Arc<Self> {
+        let tsa = Self { dir: tempfile::tempdir().expect("a temporary directory"), lock: Mutex::new(()) };
+        let path = tsa.path();
+        // Each test CA has its own name, as real CAs do, so two TSAs never share an issuer.
+        let unique = path.file_name().expect("a temporary directory has a name").to_string_lossy();
+        let subject = format!("/CN=sos-audit test CA {unique}");
+        openssl(
+            path,
+            &[
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-subj", &subject,
+                "-days", "2",
+            ],
+        );
+        generate_key(path, options.key, "tsa.key");
+        tsa.issue("tsa.key", "tsa.crt", "critical,timeStamping", "1001");
+        let directory = path.display();
+        let precision = options.precision;
+        let digests = options.digests;
+        std::fs::write(
+            path.join("tsa.cnf"),
+            format!(
+                "[ tsa ]\ndefault_tsa = test\n[ test ]\ndir = {directory}\nserial = $dir/serial\n\
+                 crypto_device = builtin\nsigner_cert = $dir/tsa.crt\ncerts = $dir/ca.crt\n\
+                 signer_key = $dir/tsa.key\nsigner_digest = sha256\ndefault_policy = 1.2.3.4.1\n\
+                 digests = {digests}\naccuracy = secs:1, millisecs:500\n\
+                 clock_precision_digits = {precision}\nordering = no\ntsa_name = yes\n\
+                 ess_cert_id_chain = no\ness_cert_id_alg = sha256\n"
+            ),
+        )
+        .expect("write tsa.cnf");
+        Arc::new(tsa)
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Issues a certificate for `key_file` from this CA with extendedKeyUsage `usage` (none when
+    /// empty) and serial `serial`, subject `CN=sos-audit test TSA`.
+    fn issue(&self, key_file: &str, certificate_file: &str, usage: &str, serial: &str) -> PathBuf {
+        let path = self.path();
+        let request = format!("{certificate_file}.csr");
+        openssl(path, &["req", "-new", "-key", key_file, "-subj", "/CN=sos-audit test TSA", "-out", &request]);
+        let usage_line = if usage.is_empty() { String::new() } else { format!("extendedKeyUsage = {usage}\n") };
+        let extensions = format!("{certificate_file}.ext");
+        std::fs::write(
+            path.join(&extensions),
+            format!(
+                "[tsa]\n{usage_line}subjectKeyIdentifier = hash\nbasicConstraints = CA:FALSE\nkeyUsage = critical,digitalSignature\n"
+            ),
+        )
+        .expect("write the extensions");
+        openssl(
+            path,
+            &[
+                "x509", "-req", "-in", &request, "-CA", "ca.crt", "-CAkey", "ca.key", "-set_serial", serial, "-days", "2",
+                "-extfile", &extensions, "-extensions", "tsa", "-out", certificate_file,
+            ],
+        );
+        path.join(certificate_file)
+    }
+
+    fn certificate(&self) -> TsaCertificate {
+        load_certificate(&self.path().join("tsa.crt")).expect("the TSA certificate loads")
+    }
+
+    /// `openssl ts -reply` for a DER query.
+    fn reply(&self, query: &[u8]) -> Vec<u8> {
+        let _serial = self.lock.lock().expect("no test panicked while holding the lock");
+        let path = self.path();
+        std::fs::write(path.join("query.tsq"), query).expect("write the query");
+        openssl(path, &["ts", "-reply", "-config", "tsa.cnf", "-queryfile", "query.tsq", "-out", "reply.tsr"]);
+        std::fs::read(path.join("reply.tsr")).expect("read the reply")
+    }
+
+    /// An `openssl ts -query` for `data`, with a nonce of OpenSSL's choosing.
+    fn query_for(&self, data: &[u8]) -> Vec<u8> {
+        let path = self.path();
+        std::fs::write(path.join("other.bin"), data).expect("write the data");
+        openssl(path, &["ts", "-query", "-data", "other.bin", "-sha256", "-cert", "-out", "other.tsq"]);
+        std::fs::read(path.join("other.tsq")).expect("read the query")
+    }
+
+    /// `openssl ts -verify` of a stored token against `data` and this CA.
+    fn openssl_verifies(&self, token: &[u8], data: &[u8]) -> bool {
+        let path = self.path();
+        std::fs::write(path.join("token.der"), token).expect("write the token");
+        std::fs::write(path.join("data.bin"), data).expect("write the data");
+        Command::new("/usr/bin/openssl")
+            .args(["ts", "-verify", "-token_in", "-in", "token.der", "-data", "data.bin", "-CAfile", "ca.crt"])
+            .args(["-untrusted", "tsa.crt"])
+            .current_dir(path)
+            .output()
+            .expect("openssl runs")
+            .status
+            .success()
+    }
+}
+
+fn generate_key(dir: &Path, key: Key, file: &str) {
+    match key {
+        Key::Rsa => openssl(dir, &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", file]),
+        Key::P256 => openssl(dir, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", file]),
+    }
+}
+
+fn load_certificate(path: &Path) -> sos_audit::Result<TsaCertificate> {
+    TsaCertificate::from_pem(&std::fs::read_to_string(path).expect("read the certificate"))
+}
+
+/// What the local HTTP server does with a query.
+#[derive(Clone)]
+enum Behaviour {
+    /// Pipes the query through `openssl ts -reply`.
+    Honest,
+    /// Answers the first query honestly and replays that reply to every later one.
+    Replay(Arc<Mutex<Option<Vec<u8>>>>),
+    /// Ignores the query and answers a query for other bytes.
+    OtherBytes,
+    /// Answers with this status, content type and body.
+    Fixed { status: StatusCode, content_type: &'static str, body: Vec<u8> },
+}
+
+/// Serves `tsa` at `http://127.0.0.1:<port>/tsr` until the test's runtime ends.
+async fn serve(tsa: Arc<OpensslTsa>, behaviour: Behaviour) -> String {
+    let handler = move |request_headers: axum::http::HeaderMap, query: Bytes| {
+        let tsa = Arc::clone(&tsa);
+        let behaviour = behaviour.clone();
+        async move {
+            let content_type = request_headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
+            if content_type != Some("application/timestamp-query") {
+                return StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response();
+            }
+            let reply = tokio::task::spawn_blocking(move || match behaviour {
+                Behaviour::Honest => Ok(tsa.reply(&query)),
+                Behaviour::Replay(recorded) => {
+                    let mut recorded = recorded.lock().expect("no test panicked while holding the lock");
+                    Ok(recorded.get_or_insert_with(|| tsa.reply(&query)).clone())
+                }
+                Behaviour::OtherBytes => Ok(tsa.reply(&tsa.query_for(b"some other checkpoint\n"))),
+                Behaviour::Fixed { status, content_type, body } => Err((status, content_type, body)),
+            })
+            .await
+            .expect("the TSA task does not panic");
+            match reply {
+                Ok(body) => ([(header::CONTENT_TYPE, "application/timestamp-reply")], body).into_response(),
+                Err((status, content_type, body)) => {
+                    Response::builder()
+                        .status(status)
+                        .header(header::CONTENT_TYPE, content_type)
+                        .body(axum::body::Body::from(body))
+                        .expect("a valid response")
+                }
+            }
+        }
+    };
+    let router = axum::Router::new().route("/tsr", axum::routing::post(handler));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a local port");
+    let address = listener.local_addr().expect("a local address");
+    tokio::spawn(async move { axum::serve(listener, router).await.expect("the test server runs") });
+    format!("http://{address}/tsr")
+}
+
+fn client(url: &str, certificate: TsaCertificate) -> HttpTimestampAuthority {
+    HttpTimestampAuthority::new(HttpTsaConfig::new(url).timeout(Duration::from_secs(30)), certificate)
+        .expect("a valid client")
+}
+
+/// A real signed checkpoint note, the bytes sos-audit timestamps.
+fn signed_checkpoint(size: u64) -> String {
+    let signer = NoteSigner::generate("example.com/sos-audit/acme").expect("a valid key name");
+    Checkpoint {
+        origin: "example.com/sos-audit/acme".to_owned(),
+        size,
+        root: Sha256Digest::from_bytes([7; 32]),
+        extensions: Vec::new(),
+    }
+    .sign(&signer)
+    .expect("the checkpoint signs")
+}
+
+/// The position of the `genTime` GeneralizedTime's seconds digit in a token.
+fn gen_time_seconds_digit(token: &[u8]) -> usize {
+    (0..token.len() - 2)
+        .find(|&start| {
+            let length = usize::from(token[start + 1]);
+            token[start] == 0x18
+                && (15..=24).contains(&length)
+                && token.len() >= start + 2 + length
+                && token[start + 2 + length - 1] == b'Z'
+                && token[start + 2..start + 2 + 14].iter().all(u8::is_ascii_digit)
+        })
+        .map(|start| start + 2 + 13)
+        .expect("the token has a genTime")
+}
+
+/// The position of the signingTime attribute's seconds digit in a token.
+fn signing_time_seconds_digit(token: &[u8]) -> usize {
+    // OID 1.2.840.113549.1.9.5, SET of one UTCTime of 13 characters.
+    let pattern = [0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x05, 0x31, 0x0f, 0x17, 0x0d];
+    let start = token.windows(pattern.len()).position(|window| window == pattern).expect("the token has a signingTime");
+    start + pattern.len() + 11
+}
+
+fn bump_digit(byte: &mut u8) {
+    *byte = if *byte == b'9' { b'0' } else { *byte + 1 };
+}
+
+#[tokio::test]
+async fn rsa_tsa_over_http_issues_a_token_that_verifies_now_and_later() {
+    let tsa = OpensslTsa::new(Options::key(Key::Rsa));
+    let url = serve(Arc::clone(&tsa), Behaviour::Honest).await;
+    let authority = client(&url, tsa.certificate());
+    let note = signed_checkpoint(256);
+
+    let before = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let token = authority.timestamp(note.as_bytes()).await.expect("the TSA timestamps the checkpoint");
+    let after = chrono::Utc::now() + chrono::Duration::seconds(5);
+    assert!(before <= token.gen_time() && token.gen_time() <= after, "genTime {}", token.gen_time());
+    assert_eq!(token.policy(), "1.2.3.4.1");
+    assert_eq!(token.message_imprint(), Sha256Digest::of(note.as_bytes()).as_bytes());
+    assert!(token.nonce().is_some());
+    assert!(!token.serial_number().is_empty());
+
+    // An auditor re-checks the stored token with only the note and the certificate.
+    let stored = token.as_der().to_vec();
+    let reverified = TimestampToken::verify(&stored, note.as_bytes(), &tsa.certificate()).expect("it re-verifies");
+    assert_eq!(reverified, token);
+    // And OpenSSL agrees that the token we keep is a valid token for the note.
+    assert!(tsa.openssl_verifies(&stored, note.as_bytes()));
+    assert!(!tsa.openssl_verifies(&stored, b"other bytes"));
+
+    // A second checkpoint gets its own serial number.
+    let next = authority.timestamp(signed_checkpoint(512).as_bytes()).await.expect("a second token");
+    assert_ne!(next.serial_number(), token.serial_number());
+}
+
+#[tokio::test]
+async fn p256_tsa_over_http_with_sub_second_gen_time() {
+    let tsa = OpensslTsa::new(Options { precision: 3, ..Options::key(Key::P256) });
+    let url = serve(Arc::clone(&tsa), Behaviour::Honest).await;
+    let authority = client(&url, tsa.certificate());
+    assert_eq!(authority.certificate().key_algorithm(), "ECDSA P-256");
+    // Several tokens: ECDSA signatures are randomised, so high and low S values both occur.
+    for size in 1..=6 {
+        let note = signed_checkpoint(size);
+        let token = authority.timestamp(note.as_bytes()).await.expect("the EC TSA timestamps the checkpoint");
+        TimestampToken::verify(token.as_der(), note.as_bytes(), &tsa.certificate()).expect("it re-verifies");
+        assert!(tsa.openssl_verifies(token.as_der(), note.as_bytes()));
+    }
+}
+
+#[tokio::test]
+async fn replayed_reply_with_another_nonce_is_rejected() {
+    let tsa = OpensslTsa::new(Options::key(Key::Rsa));
+    let url = serve(Arc::clone(&tsa), Behaviour::Replay(Arc::default())).await;
+    let authority = client(&url, tsa.certificate());
+    let note = signed_checkpoint(256);
+    authority.timestamp(note.as_bytes()).await.expect("the first reply is genuine");
+    // Same bytes, so the imprint matches: only the nonce tells the replay apart.
+    let replayed = authority.timestamp(note.as_bytes()).await;
+    assert!(matches!(replayed, Err(Error::TimestampNonceMismatch)), "{replayed:?}");
+}
+
+#[tokio::test]
+async fn token_for_other_bytes_is_rejected() {
+    let tsa = OpensslTsa::new(Options::key(Key::Rsa));
+    let url = serve(Arc::clone(&tsa), Behaviour::OtherBytes).await;
+    let authority = client(&url, tsa.certificate());
+    let result = authority.timestamp(signed_checkpoint(256).as_bytes()).await;
+    assert!(matches!(result, Err(Error::TimestampImprintMismatch)), "{result:?}");
+
+    // A stored token checked against bytes other than the ones timestamped.
+    let honest = serve(Arc::clone(&tsa), Behaviour::Honest).await;
+    let note = signed_checkpoint(256);
+    let token = client(&honest, tsa.certificate()).timestamp(note.as_bytes()).await.expect("a token");
+    let mut altered = note.clone().into_bytes();
+    altered[0] ^= 1;
+    let result = TimestampToken::verify(token.as_der(), &altered, &tsa.certificate());
+    assert!(matches!(result, Err(Error::TimestampImprintMismatch)), "{result:?}");
+}
+
+#[tokio::test]
+async fn token_checked_against_another_tsa_certificate_is_rejected() {
+    let tsa = OpensslTsa::new(Options::key(Key::Rsa));
+    let other = OpensslTsa::new(Options::key(Key::P256));
+    let url = serve(Arc::clone(&tsa), Behaviour::Honest).await;
+    let note = signed_checkpoint(256);
+
+    // A client pinned to the other TSA refuses this TSA's reply.
+    let result = client(&url, other.certificate()).timestamp(note.as_bytes()).await;
+    assert!(matches!(result, Err(Error::TimestampSignerMismatch)), "{result:?}");
+
+    // And so does the auditor's re-check.
+    let token = client(&url, tsa.certificate()).timestamp(note.as_bytes()).await.expect("a token");
+    let result = TimestampToken::verify(token.as_der(), note.as_bytes(), &other.certificate());
+    assert!(matches!(result, Err(Error::TimestampSignerMismatch)), "{result:?}");
+}
+
+#[tokio::test]
+async fn impostor_certificate_with_the_same_issuer_and_serial_is_rejected() {
+    // An impostor certificate names the same issuer and serial as the TSA's (so `sid` matches)
+    // but holds another key: only the signature check can tell.
+    for (key, impostor_key) in [(Key::Rsa, Key::Rsa), (Key::P256, Key::P256), (Key::Rsa, Key::P256)] {
+        let tsa = OpensslTsa::new(Options::key(key));
+        generate_key(tsa.path(), impostor_key, "impostor.key");
+        let impostor = load_certificate(&tsa.issue("impostor.key", "impostor.crt", "critical,timeStamping", "1001"))
+            .expect("the impostor certificate loads");
+        let url = serve(Arc::clone(&tsa), Behaviour::Honest).await;
+        let note = signed_checkpoint(256);
+        let result = client(&url, impostor.clone()).timestamp(note.as_bytes()).await;
+        assert!(matches!(result, Err(Error::TimestampBadSignature)), "{key:?}: {result:?}");
+        let token = client(&url, tsa.certificate()).timestamp(note.as_bytes()).await.expect("a token");
+        let result = TimestampToken::verify(token.as_der(), note.as_bytes(), &impostor);
+        assert!(matches!(result, Err(Error::TimestampBadSignature)), "{key:?}: {result:?}");
+    }
+}
+
+#[test]
+fn certificate_without_only_critical_time_stamping_usage_is_refused() {
+    let tsa = OpensslTsa::new(Options::key(Key::Rsa));
+    for (file, usage) in [
+        ("noncritical.crt", "timeStamping"),
+        ("no-usage.crt", ""),
+        ("server.crt", "critical,serverAuth"),
+        ("two-purposes.crt", "critical,timeStamping,codeSigning"),
+    ] {
+        let result = load_certificate(&tsa.issue("tsa.key", file, usage, "1002"));
+        assert!(matches!(result, Err(Error::TsaCertificate { .. })), "{file}: {result:?}");
+    }
+    openssl(tsa.path(), &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384", "-out", "p384.key"]);
+    let result = load_certificate(&tsa.issue("p384.key", "p384.crt", "critical,timeStamping", "1003"));
+    let Err(Error::TsaCertificate { reason }) = result else { panic!("a P-384 key was accepted: {result:?}") };
+    assert!(reason.contains("P-256"), "{reason}");
+}
+
+#[tokio::test]
+async fn tampered_tokens_are_rejected() {
+    for key in [Key::Rsa, Key::P256] {
+        let tsa = OpensslTsa::new(Options::key(key));
+        let url = serve(Arc::clone(&tsa), Behaviour::Honest).await;
+        let note = signed_checkpoint(256);
+        let token = client(&url, tsa.certificate()).timestamp(note.as_bytes()).await.expect("a token");
+        let certificate = tsa.certificate();
+
+        // The signature itself: its last byte.
+        let mut signature_flipped = token.as_der().to_vec();
+        *signature_flipped.last_mut().expect("a token is not empty") ^= 0x01;
+        let result = TimestampToken::verify(&signature_flipped, note.as_bytes(), &certificate);
+        assert!(matches!(result, Err(Error::TimestampBadSignature)), "{key:?}: {result:?}");
+
+        // The TSTInfo: a back-dated genTime no longer matches the signed message digest.
+        let mut back_dated = token.as_der().to_vec();
+        bump_digit(&mut back_dated[gen_time_seconds_digit(token.as_der())]);
+        let result = TimestampToken::verify(&back_dated, note.as_bytes(), &certificate);
+        assert!(matches!(result, Err(Error::TimestampAttributes { .. })), "{key:?}: {result:?}");
+
+        // A signed attribute: the signature no longer covers the attributes.
+        let mut attribute_changed = token.as_der().to_vec();
+        bump_digit(&mut attribute_changed[signing_time_seconds_digit(token.as_der())]);
+        let result = TimestampToken::verify(&attribute_changed, note.as_bytes(), &certificate);
+        assert!(matches!(result, Err(Error::TimestampBadSignature)), "{key:?}: {result:?}");
+
+        assert!(!tsa.openssl_verifies(&back_dated, note.as_bytes()), "OpenSSL agrees the token is forged");
+    }
+}
+
+#[tokio::test]
+async fn tsa_rejection_is_a_typed_error_with_status_and_failure_info() {
+    // A real TSA that does not accept SHA-256 imprints rejects with badAlg.
+    let tsa = OpensslTsa::new(Options { digests: "sha512", ..Options::key(Key::Rsa) });
+    let url = serve(Arc::clone(&tsa), Behaviour::Honest).await;
+    let result = client(&url, tsa.certificate()).timestamp(signed_checkpoint(256).as_bytes()).await;
+    let Err(Error::TimestampRejected { status, failure, text }) = result else {
+        panic!("expected a rejection, got {result:?}")
+    };
+    assert_eq!(status, PkiStatus::Rejection);
+    assert!(failure.contains(FailureInfo::BAD_ALG), "{failure}");
+    assert!(text.is_some_and(|text| !text.is_empty()));
+}
+
+#[tokio::test]
+async fn broken_transport_and_garbage_replies_are_typed_errors() {
+    let tsa = OpensslTsa::new(Options::key(Key::Rsa));
+    let note = signed_checkpoint(256);
+    let genuine = tsa.reply(&sos_audit::timestamp::TimestampRequest::new(note.as_bytes()).expect("a request").as_der().to_vec());
+    let reply_type = "application/timestamp-reply";
+    let cases: Vec<(Behaviour, fn(&Error) -> bool)> = vec![
+        (
+            Behaviour::Fixed { status: StatusCode::OK, content_type: reply_type, body: b"<html>not a TSA</html>".to_vec() },
+            |error| matches!(error, Error::TimestampMalformed { .. }),
+        ),
+        (
+            Behaviour::Fixed { status: StatusCode::OK, content_type: reply_type, body: genuine[..genuine.len() / 2].to_vec() },
+            |error| matches!(error, Error::TimestampMalformed { .. }),
+        ),
+        (
+            Behaviour::Fixed { status: StatusCode::OK, content_type: reply_type, body: Vec::new() },
+            |error| matches!(error, Error::TimestampMalformed { .. }),
+        ),
+        (
+            Behaviour::Fixed { status: StatusCode::OK, content_type: "text/html", body: genuine.clone() },
+            |error| matches!(error, Error::TsaContentType { .. }),
+        ),
+        (
+            Behaviour::Fixed { status: StatusCode::INTERNAL_SERVER_ERROR, content_type: reply_type, body: Vec::new() },
+            |error| matches!(error, Error::TsaHttpStatus { status: 500, .. }),
+        ),
+        (
+            Behaviour::Fixed { status: StatusCode::OK, content_type: reply_type, body: vec![0x30; 200_000] },
+            |error| matches!(error, Error::TsaResponseTooLarge { .. }),
+        ),
+    ];
+    for (behaviour, expected) in cases {
+        let url = serve(Arc::clone(&tsa), behaviour).await;
+        let result = client(&url, tsa.certificate()).timestamp(note.as_bytes()).await;
+        assert!(result.as_ref().is_err_and(expected), "{result:?}");
+    }
+
+    // Nothing listens on a port that was just released.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a local port");
+    let address = listener.local_addr().expect("a local address");
+    drop(listener);
+    let result = client(&format!("http://{address}/tsr"), tsa.certificate()).timestamp(note.as_bytes()).await;
+    assert!(matches!(result, Err(Error::TsaUnreachable { .. })), "{result:?}");
+
+    for url in ["not a url", "ftp://tsa.example/tsr"] {
+        let result = HttpTimestampAuthority::new(HttpTsaConfig::new(url), tsa.certificate());
+        assert!(matches!(result, Err(Error::TsaUrl { .. })), "{url}: {result:?}");
+    }
+}
