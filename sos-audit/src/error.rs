@@ -220,7 +220,9 @@ pub enum Error {
     TimestampSignerMismatch,
     /// The token's signed attributes are missing, repeated or do not match its content.
     #[cfg(feature = "tsa")]
-    #[error("the timestamp token's signed attributes are invalid: {reason}; the token was altered or is not RFC 3161")]
+    #[error(
+        "the timestamp token's signed attributes are invalid: {reason}; the token was altered or is not RFC 3161"
+    )]
     TimestampAttributes {
         /// What was wrong.
         reason: &'static str,
@@ -260,7 +262,9 @@ pub enum Error {
     },
     /// The TSA could not be reached or the exchange failed midway.
     #[cfg(feature = "tsa")]
-    #[error("could not complete the exchange with the TSA at {url}; check the URL, the network and the timeout")]
+    #[error(
+        "could not complete the exchange with the TSA at {url}; check the URL, the network and the timeout"
+    )]
     TsaUnreachable {
         /// The TSA URL.
         url: String,
@@ -290,7 +294,9 @@ pub enum Error {
     },
     /// The TSA's reply is larger than the configured limit.
     #[cfg(feature = "tsa")]
-    #[error("the reply from {url} exceeds {limit} bytes; raise HttpTsaConfig::max_response_bytes if the TSA sends large chains")]
+    #[error(
+        "the reply from {url} exceeds {limit} bytes; raise HttpTsaConfig::max_response_bytes if the TSA sends large chains"
+    )]
     TsaResponseTooLarge {
         /// The TSA URL.
         url: String,

@@ -23,7 +23,7 @@
 //! # What is verified
 //!
 //! A reply is accepted only when all of these hold, and each failure is its own
-//! [`Error`](crate::Error) variant:
+//! [`Error`] variant:
 //!
 //! 1. the status is `granted` or `grantedWithMods` (else [`Error::TimestampRejected`] with the
 //!    PKIStatus and failure information);
@@ -340,9 +340,11 @@ fn parse_generalized_time(value: &Any) -> Result<DateTime<Utc>> {
     if whole.len() != 14 || !whole.bytes().all(|byte| byte.is_ascii_digit()) {
         return Err(bad("is not YYYYMMDDhhmmss"));
     }
-    let number = |range: std::ops::Range<usize>| whole[range].parse::<u32>().map_err(|_| bad("has a bad field"));
+    let number =
+        |range: std::ops::Range<usize>| whole[range].parse::<u32>().map_err(|_| bad("has a bad field"));
     let year = i32::try_from(number(0..4)?).map_err(|_| bad("has a bad year"))?;
-    let date = NaiveDate::from_ymd_opt(year, number(4..6)?, number(6..8)?).ok_or_else(|| bad("is not a date"))?;
+    let date =
+        NaiveDate::from_ymd_opt(year, number(4..6)?, number(6..8)?).ok_or_else(|| bad("is not a date"))?;
     let mut nanos = 0u32;
     if let Some(fraction) = fraction {
         if fraction.is_empty()
@@ -401,7 +403,8 @@ fn certificate_error(reason: impl fmt::Display) -> Error {
 
 fn to_utc(time: x509_cert::time::Time) -> Result<DateTime<Utc>> {
     let since_epoch = time.to_unix_duration();
-    let seconds = i64::try_from(since_epoch.as_secs()).map_err(|_| certificate_error("its validity is out of range"))?;
+    let seconds = i64::try_from(since_epoch.as_secs())
+        .map_err(|_| certificate_error("its validity is out of range"))?;
     DateTime::from_timestamp(seconds, since_epoch.subsec_nanos())
         .ok_or_else(|| certificate_error("its validity is out of range"))
 }
@@ -414,8 +417,9 @@ impl TsaCertificate {
     /// [`Error::TsaCertificate`] when the bytes are not a certificate, its extended key usage is
     /// not exactly the critical `id-kp-timeStamping`, or its key is not RSA or ECDSA P-256.
     pub fn from_der(der: &[u8]) -> Result<Self> {
-        let certificate = Certificate::from_der(der)
-            .map_err(|error| certificate_error(format_args!("it is not a DER X.509 certificate ({error})")))?;
+        let certificate = Certificate::from_der(der).map_err(|error| {
+            certificate_error(format_args!("it is not a DER X.509 certificate ({error})"))
+        })?;
         Self::from_certificate(certificate)
     }
 
@@ -425,8 +429,9 @@ impl TsaCertificate {
     ///
     /// As [`TsaCertificate::from_der`], and when the text is not one PEM certificate.
     pub fn from_pem(pem: &str) -> Result<Self> {
-        let certificate = Certificate::from_pem(pem.trim().as_bytes())
-            .map_err(|error| certificate_error(format_args!("it is not a PEM X.509 certificate ({error})")))?;
+        let certificate = Certificate::from_pem(pem.trim().as_bytes()).map_err(|error| {
+            certificate_error(format_args!("it is not a PEM X.509 certificate ({error})"))
+        })?;
         Self::from_certificate(certificate)
     }
 
@@ -468,8 +473,9 @@ impl TsaCertificate {
         };
         let public_key = &tbs.subject_public_key_info;
         let key = if public_key.algorithm.oid == RSA_ENCRYPTION {
-            let key = rsa::pkcs1v15::VerifyingKey::<Sha256>::try_from(public_key.owned_to_ref())
-                .map_err(|error| certificate_error(format_args!("its RSA public key is malformed ({error})")))?;
+            let key = rsa::pkcs1v15::VerifyingKey::<Sha256>::try_from(public_key.owned_to_ref()).map_err(
+                |error| certificate_error(format_args!("its RSA public key is malformed ({error})")),
+            )?;
             SignerKey::Rsa(key)
         } else if public_key.algorithm.oid == ID_EC_PUBLIC_KEY {
             let curve = public_key
@@ -482,8 +488,9 @@ impl TsaCertificate {
                     "its EC key is not on P-256; supported TSA keys are RSA and ECDSA P-256",
                 ));
             }
-            let key = p256::ecdsa::VerifyingKey::try_from(public_key.owned_to_ref())
-                .map_err(|error| certificate_error(format_args!("its P-256 public key is malformed ({error})")))?;
+            let key = p256::ecdsa::VerifyingKey::try_from(public_key.owned_to_ref()).map_err(|error| {
+                certificate_error(format_args!("its P-256 public key is malformed ({error})"))
+            })?;
             SignerKey::P256(key)
         } else {
             return Err(certificate_error(format_args!(
@@ -574,7 +581,8 @@ impl TimestampRequest {
     /// lets a recorded reply be replayed. This exists to check recorded exchanges in tests.
     pub fn with_nonce(bytes: &[u8], nonce: u64) -> Result<Self> {
         let imprint: [u8; 32] = Sha256::digest(bytes).into();
-        let encode_error = |error: der::Error| malformed("request", format_args!("cannot encode it ({error})"));
+        let encode_error =
+            |error: der::Error| malformed("request", format_args!("cannot encode it ({error})"));
         let nonce = Int::from(Uint::new(&nonce.to_be_bytes()).map_err(encode_error)?);
         let request = TimeStampReq {
             version: TspVersion::V1,
@@ -618,7 +626,12 @@ impl TimestampRequest {
         if !status.is_granted() {
             return Err(Error::TimestampRejected {
                 status,
-                failure: response.status.fail_info.as_ref().map(FailureInfo::from_bit_string).unwrap_or_default(),
+                failure: response
+                    .status
+                    .fail_info
+                    .as_ref()
+                    .map(FailureInfo::from_bit_string)
+                    .unwrap_or_default(),
                 text: response.status.status_string.map(|lines| lines.join("; ")),
             });
         }
@@ -734,7 +747,10 @@ fn verify_token(
     let content_info = ContentInfo::from_der(&token_der)
         .map_err(|error| malformed("token", format_args!("it is not a DER CMS ContentInfo ({error})")))?;
     if content_info.content_type != ID_SIGNED_DATA {
-        return Err(malformed("token", format_args!("its content type {} is not SignedData", content_info.content_type)));
+        return Err(malformed(
+            "token",
+            format_args!("its content type {} is not SignedData", content_info.content_type),
+        ));
     }
     let signed_data: SignedData = content_info
         .content
@@ -760,7 +776,10 @@ fn verify_token(
     // The bytes: the imprint must be SHA-256 of exactly ours.
     let algorithm = &tst_info.message_imprint.hash_algorithm;
     let parameters_ok = algorithm.parameters.as_ref().is_none_or(Any::is_null);
-    if algorithm.oid != ID_SHA_256 || !parameters_ok || tst_info.message_imprint.hashed_message.as_bytes() != imprint {
+    if algorithm.oid != ID_SHA_256
+        || !parameters_ok
+        || tst_info.message_imprint.hashed_message.as_bytes() != imprint
+    {
         return Err(Error::TimestampImprintMismatch);
     }
     if let Some(expected) = nonce
@@ -773,7 +792,10 @@ fn verify_token(
     let signer: &SignerInfo = match signed_data.signer_infos.0.as_slice() {
         [signer] => signer,
         others => {
-            return Err(malformed("token", format_args!("it has {} signers where RFC 3161 requires one", others.len())));
+            return Err(malformed(
+                "token",
+                format_args!("it has {} signers where RFC 3161 requires one", others.len()),
+            ));
         }
     };
     if !certificate.is_named_by(&signer.sid) {
@@ -816,10 +838,14 @@ fn verify_token(
         }
     }
     // RFC 5652 §5.4: the signature covers the DER of the attributes as a SET OF (tag 0x31).
-    let signed_bytes = attributes
-        .to_der()
-        .map_err(|error| malformed("token", format_args!("its signed attributes cannot be re-encoded ({error})")))?;
-    certificate.verify_signature(&signer.signature_algorithm.oid, &signed_bytes, signer.signature.as_bytes())?;
+    let signed_bytes = attributes.to_der().map_err(|error| {
+        malformed("token", format_args!("its signed attributes cannot be re-encoded ({error})"))
+    })?;
+    certificate.verify_signature(
+        &signer.signature_algorithm.oid,
+        &signed_bytes,
+        signer.signature.as_bytes(),
+    )?;
 
     if gen_time < certificate.not_before || gen_time > certificate.not_after {
         return Err(certificate_error(format_args!(

@@ -66,13 +66,21 @@ impl HttpTimestampAuthority {
             reason: error.to_string(),
         })?;
         if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(Error::TsaUrl { url: url.to_string(), reason: "the scheme is not http or https".to_owned() });
+            return Err(Error::TsaUrl {
+                url: url.to_string(),
+                reason: "the scheme is not http or https".to_owned(),
+            });
         }
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .build()
             .map_err(|error| Error::TsaUnreachable { url: url.to_string(), source: Box::new(error) })?;
-        Ok(Self { client, url, certificate, max_response_bytes: config.max_response_bytes.min(MAX_TOKEN_BYTES) })
+        Ok(Self {
+            client,
+            url,
+            certificate,
+            max_response_bytes: config.max_response_bytes.min(MAX_TOKEN_BYTES),
+        })
     }
 
     /// The TSA certificate tokens are checked against.
@@ -81,7 +89,10 @@ impl HttpTimestampAuthority {
     }
 
     async fn exchange(&self, request: &TimestampRequest) -> Result<Vec<u8>> {
-        let unreachable = |error: reqwest::Error| Error::TsaUnreachable { url: self.url.to_string(), source: Box::new(error) };
+        let unreachable = |error: reqwest::Error| Error::TsaUnreachable {
+            url: self.url.to_string(),
+            source: Box::new(error),
+        };
         let mut response = self
             .client
             .post(self.url.clone())
@@ -91,7 +102,10 @@ impl HttpTimestampAuthority {
             .await
             .map_err(unreachable)?;
         if !response.status().is_success() {
-            return Err(Error::TsaHttpStatus { url: self.url.to_string(), status: response.status().as_u16() });
+            return Err(Error::TsaHttpStatus {
+                url: self.url.to_string(),
+                status: response.status().as_u16(),
+            });
         }
         let content_type = response
             .headers()
@@ -100,7 +114,8 @@ impl HttpTimestampAuthority {
             .unwrap_or("")
             .to_owned();
         let media_type = content_type.split(';').next().unwrap_or("").trim();
-        if !media_type.eq_ignore_ascii_case(REPLY_TYPE) && !media_type.eq_ignore_ascii_case(LEGACY_REPLY_TYPE) {
+        if !media_type.eq_ignore_ascii_case(REPLY_TYPE) && !media_type.eq_ignore_ascii_case(LEGACY_REPLY_TYPE)
+        {
             return Err(Error::TsaContentType {
                 url: self.url.to_string(),
                 content_type: content_type.chars().take(200).collect(),
@@ -109,7 +124,10 @@ impl HttpTimestampAuthority {
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
             if body.len() + chunk.len() > self.max_response_bytes {
-                return Err(Error::TsaResponseTooLarge { url: self.url.to_string(), limit: self.max_response_bytes });
+                return Err(Error::TsaResponseTooLarge {
+                    url: self.url.to_string(),
+                    limit: self.max_response_bytes,
+                });
             }
             body.extend_from_slice(&chunk);
         }

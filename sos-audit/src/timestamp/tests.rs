@@ -49,7 +49,8 @@ fn fresh_requests_have_fresh_nonces() {
 
 #[test]
 fn recorded_openssl_reply_verifies() {
-    let token = recorded_request().verify_response(REPLY, &certificate()).expect("the recorded reply verifies");
+    let token =
+        recorded_request().verify_response(REPLY, &certificate()).expect("the recorded reply verifies");
     assert_eq!(token.policy(), "1.2.3.4.1");
     assert_eq!(token.hash_algorithm(), HashAlgorithm::Sha256);
     assert_eq!(token.serial_number(), [1]);
@@ -85,11 +86,17 @@ fn every_truncation_of_the_reply_is_a_typed_error() {
     let certificate = certificate();
     for length in 0..REPLY.len() {
         let result = request.verify_response(&REPLY[..length], &certificate);
-        assert!(matches!(result, Err(Error::TimestampMalformed { .. })), "prefix of {length} bytes: {result:?}");
+        assert!(
+            matches!(result, Err(Error::TimestampMalformed { .. })),
+            "prefix of {length} bytes: {result:?}"
+        );
     }
     for length in 0..TOKEN.len() {
         let result = TimestampToken::verify(&TOKEN[..length], MESSAGE, &certificate);
-        assert!(matches!(result, Err(Error::TimestampMalformed { .. })), "prefix of {length} bytes: {result:?}");
+        assert!(
+            matches!(result, Err(Error::TimestampMalformed { .. })),
+            "prefix of {length} bytes: {result:?}"
+        );
     }
 }
 
@@ -97,7 +104,8 @@ fn every_truncation_of_the_reply_is_a_typed_error() {
 fn certificate_loads_from_pem_and_rejects_garbage() {
     use base64::Engine as _;
     let body = base64::engine::general_purpose::STANDARD.encode(CERTIFICATE);
-    let lines: Vec<&str> = body.as_bytes().chunks(64).map(|line| std::str::from_utf8(line).expect("base64 is ASCII")).collect();
+    let lines: Vec<&str> =
+        body.as_bytes().chunks(64).map(|line| std::str::from_utf8(line).expect("base64 is ASCII")).collect();
     let pem = format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"));
     let loaded = TsaCertificate::from_pem(&pem).expect("PEM loads");
     assert_eq!(loaded.as_der(), CERTIFICATE);

@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use sos_audit::Error;
 use sos_audit::note::{Checkpoint, NoteSigner};
 use sos_audit::timestamp::{
-    FailureInfo, HttpTimestampAuthority, HttpTsaConfig, PkiStatus, TimestampAuthority, TimestampToken, TsaCertificate,
+    FailureInfo, HttpTimestampAuthority, HttpTsaConfig, PkiStatus, TimestampAuthority, TimestampRequest,
+    TimestampToken, TsaCertificate,
 };
 use sos_core::Sha256Digest;
 use tempfile::TempDir;
@@ -44,11 +45,7 @@ impl Options {
 /// Runs `openssl` with `args` in `dir`, panicking with its stderr when it fails.
 fn openssl(dir: &Path, args: &[&str]) {
     let output = Command::new("/usr/bin/openssl").args(args).current_dir(dir).output().expect("openssl runs");
-    assert!(
-        output.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "openssl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
 }
 
 /// A throwaway CA and an `openssl ts` TSA in a temporary directory.
@@ -68,8 +65,8 @@ impl OpensslTsa {
         openssl(
             path,
             &[
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-subj", &subject,
-                "-days", "2",
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+                "-subj", &subject, "-days", "2",
             ],
         );
         generate_key(path, options.key, "tsa.key");
@@ -101,8 +98,12 @@ impl OpensslTsa {
     fn issue(&self, key_file: &str, certificate_file: &str, usage: &str, serial: &str) -> PathBuf {
         let path = self.path();
         let request = format!("{certificate_file}.csr");
-        openssl(path, &["req", "-new", "-key", key_file, "-subj", "/CN=sos-audit test TSA", "-out", &request]);
-        let usage_line = if usage.is_empty() { String::new() } else { format!("extendedKeyUsage = {usage}\n") };
+        openssl(
+            path,
+            &["req", "-new", "-key", key_file, "-subj", "/CN=sos-audit test TSA", "-out", &request],
+        );
+        let usage_line =
+            if usage.is_empty() { String::new() } else { format!("extendedKeyUsage = {usage}\n") };
         let extensions = format!("{certificate_file}.ext");
         std::fs::write(
             path.join(&extensions),
@@ -114,8 +115,24 @@ impl OpensslTsa {
         openssl(
             path,
             &[
-                "x509", "-req", "-in", &request, "-CA", "ca.crt", "-CAkey", "ca.key", "-set_serial", serial, "-days", "2",
-                "-extfile", &extensions, "-extensions", "tsa", "-out", certificate_file,
+                "x509",
+                "-req",
+                "-in",
+                &request,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                serial,
+                "-days",
+                "2",
+                "-extfile",
+                &extensions,
+                "-extensions",
+                "tsa",
+                "-out",
+                certificate_file,
             ],
         );
         path.join(certificate_file)
@@ -130,7 +147,10 @@ impl OpensslTsa {
         let _serial = self.lock.lock().expect("no test panicked while holding the lock");
         let path = self.path();
         std::fs::write(path.join("query.tsq"), query).expect("write the query");
-        openssl(path, &["ts", "-reply", "-config", "tsa.cnf", "-queryfile", "query.tsq", "-out", "reply.tsr"]);
+        openssl(
+            path,
+            &["ts", "-reply", "-config", "tsa.cnf", "-queryfile", "query.tsq", "-out", "reply.tsr"],
+        );
         std::fs::read(path.join("reply.tsr")).expect("read the reply")
     }
 
@@ -148,7 +168,17 @@ impl OpensslTsa {
         std::fs::write(path.join("token.der"), token).expect("write the token");
         std::fs::write(path.join("data.bin"), data).expect("write the data");
         Command::new("/usr/bin/openssl")
-            .args(["ts", "-verify", "-token_in", "-in", "token.der", "-data", "data.bin", "-CAfile", "ca.crt"])
+            .args([
+                "ts",
+                "-verify",
+                "-token_in",
+                "-in",
+                "token.der",
+                "-data",
+                "data.bin",
+                "-CAfile",
+                "ca.crt",
+            ])
             .args(["-untrusted", "tsa.crt"])
             .current_dir(path)
             .output()
@@ -160,8 +190,13 @@ impl OpensslTsa {
 
 fn generate_key(dir: &Path, key: Key, file: &str) {
     match key {
-        Key::Rsa => openssl(dir, &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", file]),
-        Key::P256 => openssl(dir, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", file]),
+        Key::Rsa => {
+            openssl(dir, &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", file])
+        }
+        Key::P256 => openssl(
+            dir,
+            &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", file],
+        ),
     }
 }
 
@@ -188,7 +223,8 @@ async fn serve(tsa: Arc<OpensslTsa>, behaviour: Behaviour) -> String {
         let tsa = Arc::clone(&tsa);
         let behaviour = behaviour.clone();
         async move {
-            let content_type = request_headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
+            let content_type =
+                request_headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
             if content_type != Some("application/timestamp-query") {
                 return StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response();
             }
@@ -205,13 +241,11 @@ async fn serve(tsa: Arc<OpensslTsa>, behaviour: Behaviour) -> String {
             .expect("the TSA task does not panic");
             match reply {
                 Ok(body) => ([(header::CONTENT_TYPE, "application/timestamp-reply")], body).into_response(),
-                Err((status, content_type, body)) => {
-                    Response::builder()
-                        .status(status)
-                        .header(header::CONTENT_TYPE, content_type)
-                        .body(axum::body::Body::from(body))
-                        .expect("a valid response")
-                }
+                Err((status, content_type, body)) => Response::builder()
+                    .status(status)
+                    .header(header::CONTENT_TYPE, content_type)
+                    .body(axum::body::Body::from(body))
+                    .expect("a valid response"),
             }
         }
     };
@@ -259,7 +293,10 @@ fn gen_time_seconds_digit(token: &[u8]) -> usize {
 fn signing_time_seconds_digit(token: &[u8]) -> usize {
     // OID 1.2.840.113549.1.9.5, SET of one UTCTime of 13 characters.
     let pattern = [0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x05, 0x31, 0x0f, 0x17, 0x0d];
-    let start = token.windows(pattern.len()).position(|window| window == pattern).expect("the token has a signingTime");
+    let start = token
+        .windows(pattern.len())
+        .position(|window| window == pattern)
+        .expect("the token has a signingTime");
     start + pattern.len() + 11
 }
 
@@ -285,7 +322,8 @@ async fn rsa_tsa_over_http_issues_a_token_that_verifies_now_and_later() {
 
     // An auditor re-checks the stored token with only the note and the certificate.
     let stored = token.as_der().to_vec();
-    let reverified = TimestampToken::verify(&stored, note.as_bytes(), &tsa.certificate()).expect("it re-verifies");
+    let reverified =
+        TimestampToken::verify(&stored, note.as_bytes(), &tsa.certificate()).expect("it re-verifies");
     assert_eq!(reverified, token);
     // And OpenSSL agrees that the token we keep is a valid token for the note.
     assert!(tsa.openssl_verifies(&stored, note.as_bytes()));
@@ -365,8 +403,9 @@ async fn impostor_certificate_with_the_same_issuer_and_serial_is_rejected() {
     for (key, impostor_key) in [(Key::Rsa, Key::Rsa), (Key::P256, Key::P256), (Key::Rsa, Key::P256)] {
         let tsa = OpensslTsa::new(Options::key(key));
         generate_key(tsa.path(), impostor_key, "impostor.key");
-        let impostor = load_certificate(&tsa.issue("impostor.key", "impostor.crt", "critical,timeStamping", "1001"))
-            .expect("the impostor certificate loads");
+        let impostor =
+            load_certificate(&tsa.issue("impostor.key", "impostor.crt", "critical,timeStamping", "1001"))
+                .expect("the impostor certificate loads");
         let url = serve(Arc::clone(&tsa), Behaviour::Honest).await;
         let note = signed_checkpoint(256);
         let result = client(&url, impostor.clone()).timestamp(note.as_bytes()).await;
@@ -389,9 +428,14 @@ fn certificate_without_only_critical_time_stamping_usage_is_refused() {
         let result = load_certificate(&tsa.issue("tsa.key", file, usage, "1002"));
         assert!(matches!(result, Err(Error::TsaCertificate { .. })), "{file}: {result:?}");
     }
-    openssl(tsa.path(), &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384", "-out", "p384.key"]);
+    openssl(
+        tsa.path(),
+        &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384", "-out", "p384.key"],
+    );
     let result = load_certificate(&tsa.issue("p384.key", "p384.crt", "critical,timeStamping", "1003"));
-    let Err(Error::TsaCertificate { reason }) = result else { panic!("a P-384 key was accepted: {result:?}") };
+    let Err(Error::TsaCertificate { reason }) = result else {
+        panic!("a P-384 key was accepted: {result:?}")
+    };
     assert!(reason.contains("P-256"), "{reason}");
 }
 
@@ -440,31 +484,45 @@ async fn tsa_rejection_is_a_typed_error_with_status_and_failure_info() {
     assert!(text.is_some_and(|text| !text.is_empty()));
 }
 
+/// Whether an error is the one a case expects.
+type ErrorCheck = fn(&Error) -> bool;
+
 #[tokio::test]
 async fn broken_transport_and_garbage_replies_are_typed_errors() {
     let tsa = OpensslTsa::new(Options::key(Key::Rsa));
     let note = signed_checkpoint(256);
-    let genuine = tsa.reply(&sos_audit::timestamp::TimestampRequest::new(note.as_bytes()).expect("a request").as_der().to_vec());
+    let genuine = tsa.reply(TimestampRequest::new(note.as_bytes()).expect("a request").as_der());
     let reply_type = "application/timestamp-reply";
-    let cases: Vec<(Behaviour, fn(&Error) -> bool)> = vec![
+    let cases: Vec<(Behaviour, ErrorCheck)> = vec![
         (
-            Behaviour::Fixed { status: StatusCode::OK, content_type: reply_type, body: b"<html>not a TSA</html>".to_vec() },
+            Behaviour::Fixed {
+                status: StatusCode::OK,
+                content_type: reply_type,
+                body: b"<html>not a TSA</html>".to_vec(),
+            },
             |error| matches!(error, Error::TimestampMalformed { .. }),
         ),
         (
-            Behaviour::Fixed { status: StatusCode::OK, content_type: reply_type, body: genuine[..genuine.len() / 2].to_vec() },
+            Behaviour::Fixed {
+                status: StatusCode::OK,
+                content_type: reply_type,
+                body: genuine[..genuine.len() / 2].to_vec(),
+            },
             |error| matches!(error, Error::TimestampMalformed { .. }),
         ),
-        (
-            Behaviour::Fixed { status: StatusCode::OK, content_type: reply_type, body: Vec::new() },
-            |error| matches!(error, Error::TimestampMalformed { .. }),
-        ),
+        (Behaviour::Fixed { status: StatusCode::OK, content_type: reply_type, body: Vec::new() }, |error| {
+            matches!(error, Error::TimestampMalformed { .. })
+        }),
         (
             Behaviour::Fixed { status: StatusCode::OK, content_type: "text/html", body: genuine.clone() },
             |error| matches!(error, Error::TsaContentType { .. }),
         ),
         (
-            Behaviour::Fixed { status: StatusCode::INTERNAL_SERVER_ERROR, content_type: reply_type, body: Vec::new() },
+            Behaviour::Fixed {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                content_type: reply_type,
+                body: Vec::new(),
+            },
             |error| matches!(error, Error::TsaHttpStatus { status: 500, .. }),
         ),
         (
