@@ -85,11 +85,13 @@ use x509_tsp::{Accuracy, MessageImprint, TimeStampReq, TspVersion};
 
 use crate::{Error, Result};
 
+mod anchor;
 mod http;
 
 #[cfg(test)]
 mod tests;
 
+pub use anchor::{TimestampedAnchorSink, timestamp_anchor, verify_anchor_timestamp};
 pub use http::{HttpTimestampAuthority, HttpTsaConfig};
 
 /// `id-sha256` (RFC 5754).

@@ -21,8 +21,9 @@ pub struct Anchor {
     pub root: Sha256Digest,
     /// The signed note, exactly as published.
     pub note: String,
-    /// A DER-encoded RFC 3161 `TimeStampResp` over the note, when a timestamp authority was asked
-    /// (the anchor stores it beside the note; this crate's sinks do not request it themselves).
+    /// A DER-encoded RFC 3161 `TimeStampToken` (CMS `ContentInfo`) over the note, when a timestamp
+    /// authority was asked (the anchor stores it beside the note; the plain sinks do not request
+    /// it themselves: `timestamp::TimestampedAnchorSink` does, with feature `tsa`).
     pub timestamp_token: Option<Vec<u8>>,
 }
 
@@ -38,7 +39,7 @@ impl Anchor {
         }
     }
 
-    /// Attaches an RFC 3161 timestamp token (DER `TimeStampResp`).
+    /// Attaches an RFC 3161 timestamp token (DER `TimeStampToken`).
     pub fn with_timestamp_token(mut self, token: Vec<u8>) -> Self {
         self.timestamp_token = Some(token);
         self

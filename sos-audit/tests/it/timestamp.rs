@@ -548,3 +548,60 @@ async fn broken_transport_and_garbage_replies_are_typed_errors() {
         assert!(matches!(result, Err(Error::TsaUrl { .. })), "{url}: {result:?}");
     }
 }
+
+#[tokio::test]
+async fn checkpointer_anchors_carry_a_verified_timestamp() {
+    use sos_audit::timestamp::{TimestampedAnchorSink, verify_anchor_timestamp};
+    use sos_audit::tlog::{Anchor, AnchorSink, Checkpointer, FsAnchorSink};
+    use sos_audit::{AuditStore, MemoryAuditStore};
+
+    let tsa = OpensslTsa::new(Options::key(Key::Rsa));
+    let url = serve(Arc::clone(&tsa), Behaviour::Honest).await;
+    let anchors = tempfile::tempdir().expect("a temporary directory");
+    let files = FsAnchorSink::new(anchors.path());
+    let sink = Arc::new(TimestampedAnchorSink::new(client(&url, tsa.certificate()), Arc::new(files.clone())));
+
+    let store = MemoryAuditStore::new();
+    let acme = crate::tenant("acme");
+    for index in 0..5 {
+        store.append(crate::entry("acme", index)).await.expect("append");
+    }
+    let checkpointer =
+        Checkpointer::new(store, NoteSigner::generate("example.com/sos-audit").expect("a key"))
+            .with_anchor(Arc::clone(&sink) as Arc<dyn AnchorSink>);
+    let signed = checkpointer.checkpoint_now(&acme).await.expect("a timestamped checkpoint");
+
+    // The anchor on disk: the note and its token, which an auditor re-verifies with the TSA
+    // certificate alone.
+    let note_path = files.path_of(&acme, signed.size());
+    let note = std::fs::read_to_string(&note_path).expect("the anchored note");
+    assert_eq!(note, signed.note);
+    let token = std::fs::read(note_path.with_extension("tsr")).expect("the anchored token");
+    let verified =
+        TimestampToken::verify(&token, note.as_bytes(), &tsa.certificate()).expect("the token verifies");
+    assert!(tsa.openssl_verifies(&token, note.as_bytes()));
+
+    let anchor = Anchor::new(&signed).with_timestamp_token(token.clone());
+    let from_anchor = verify_anchor_timestamp(&anchor, &tsa.certificate()).expect("it verifies");
+    assert_eq!(from_anchor.map(|token| token.gen_time()), Some(verified.gen_time()));
+    assert!(verify_anchor_timestamp(&Anchor::new(&signed), &tsa.certificate()).expect("no token").is_none());
+
+    // A token moved onto another checkpoint's anchor does not verify.
+    let mut moved = anchor.clone();
+    moved.note = checkpoint_note_for_other_size(&signed.note);
+    let result = verify_anchor_timestamp(&moved, &tsa.certificate());
+    assert!(matches!(result, Err(Error::TimestampImprintMismatch)), "{result:?}");
+
+    // A retry of the same checkpoint gets a new token from the TSA, and the write-once sink keeps
+    // the first one.
+    let receipt = sink.write(&Anchor::new(&signed)).await.expect("a retry succeeds");
+    assert!(receipt.already_present);
+    assert_eq!(std::fs::read(note_path.with_extension("tsr")).expect("the token"), token);
+}
+
+/// The same note text with another tree size (its signature no longer matters here).
+fn checkpoint_note_for_other_size(note: &str) -> String {
+    let mut lines: Vec<String> = note.lines().map(str::to_owned).collect();
+    lines[1] = format!("{}", lines[1].parse::<u64>().expect("a size") + 1);
+    lines.join("\n") + "\n"
+}
