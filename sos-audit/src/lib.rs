@@ -83,12 +83,17 @@
 //! notes, keys, checkpoints ([`note::open_note`], [`note::Checkpoint::open`]) and proofs
 //! ([`merkle::InclusionProof::from_json`], [`tlog::EntryProof::from_json`]) and tiles
 //! ([`tlog::TileSet::insert`]) are parsed into typed errors, with size limits.
+//! RFC 3161 timestamp replies and stored tokens (feature `tsa`: `timestamp::TimestampRequest::verify_response`,
+//! `timestamp::TimestampToken::verify`) are parsed with the RustCrypto `der`, `cms` and
+//! `x509-cert` crates into typed errors, bounded by `timestamp::MAX_TOKEN_BYTES`.
 //!
 //! # Crate features
 //!
 //! - `postgres`: `PgAuditChain`, `postgres_migrator`.
 //! - `sqlite`: `SqliteAuditChain`, `sqlite_migrator`.
 //! - `cli`: the `sos-audit` binary (enables both backends).
+//! - `tsa`: RFC 3161 timestamps of checkpoints (`timestamp`): the `TimestampAuthority` trait, an
+//!   HTTP client, token verification for auditors, and `TimestampedAnchorSink` for anchors.
 //!
 //! The in-memory store is always available.
 
