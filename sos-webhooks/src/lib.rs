@@ -102,16 +102,22 @@
 //! - `postgres`: [`PgStore`], transactional and two-phase modes, migrations.
 //! - `sqlite`: [`SqliteStore`], transactional and two-phase modes, migrations.
 //! - `axum`: `axum::response::IntoResponse` for [`HttpAnswer`], [`Outcome`], [`RunError`] and
-//!   [`Error`], so an axum handler can return the guard's answer directly.
+//!   [`Error`], so an axum handler can return the guard's answer directly; and the extractor
+//!   `WebhookRequest`, the headers and raw body of a delivery, refused past a size limit while
+//!   it streams in.
 //!
 //! The memory store and the signature verifiers are always available.
 
 mod error;
+#[cfg(feature = "axum")]
+mod extract;
 mod guard;
 mod http_answer;
 pub mod signature;
 
 pub use error::{Error, Result};
+#[cfg(feature = "axum")]
+pub use extract::WebhookRequest;
 pub use guard::{
     Claim, ClaimAnswer, ClaimRequest, ClaimStore, Duplicate, EventId, EventKey, GuardConfig, MemoryStore,
     Outcome, Provider, RunError, WebhookGuard,

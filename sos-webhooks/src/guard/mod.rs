@@ -410,6 +410,7 @@ impl Claim {
         Self { key: key.clone(), token: new_token(), attempt }
     }
 
+    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
     pub(crate) fn with_token(key: &EventKey, token: String, attempt: u32) -> Self {
         Self { key: key.clone(), token, attempt }
     }

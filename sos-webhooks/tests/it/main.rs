@@ -5,6 +5,8 @@
 
 mod conformance;
 mod crash;
+#[cfg(feature = "axum")]
+mod extract;
 mod http_mapping;
 mod memory;
 #[cfg(feature = "postgres")]
