@@ -9,6 +9,7 @@ mod crash;
 mod extract;
 mod http_mapping;
 mod memory;
+mod no_alloc;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod replay_same;
