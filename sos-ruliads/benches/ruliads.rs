@@ -3,7 +3,9 @@
 //! Run with `cargo bench -p sos-ruliads --all-features --bench ruliads -- --warm-up-time 1 --measurement-time 3`.
 //! Before criterion's own figures it prints, for 1,000,000 in-memory deals:
 //! the generic pack on one core next to a hand-written loop doing the same checks (goal ≥ 0.8×),
-//! the whole batch on every core (goal < 1 s), and the trace overhead (goal ≤ 10 %).
+//! the whole batch on every core (goal < 1 s), and the trace overhead (goal ≤ 10 %); then the full
+//! gate per decision next to the bare rule. `RULIADS_ONLY=hand|off|on|gate` runs one part (for a
+//! profiler).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -95,6 +97,30 @@ fn signal_with(
         .expect("valid")
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` without chrono's format-string parser, as a careful hand-written loop
+/// would do it (the engine formats times the same way).
+fn time_text(time: DateTime<Utc>) -> String {
+    use chrono::{Datelike, Timelike};
+    let mut out = String::with_capacity(20);
+    let mut digits = |value: u32, width: usize, separator: char| {
+        let mut buffer = [b'0'; 4];
+        let mut rest = value;
+        for slot in buffer[..width].iter_mut().rev() {
+            *slot = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        out.push_str(std::str::from_utf8(&buffer[..width]).expect("ASCII digits"));
+        out.push(separator);
+    };
+    digits(time.year().unsigned_abs(), 4, '-');
+    digits(time.month(), 2, '-');
+    digits(time.day(), 2, 'T');
+    digits(time.hour(), 2, ':');
+    digits(time.minute(), 2, ':');
+    digits(time.second(), 2, 'Z');
+    out
+}
+
 /// The same checks the generic pack makes on deals, written by hand.
 fn hand_loop(now: DateTime<Utc>, records: &[Record]) -> Vec<Signal> {
     let mut fired = Vec::new();
@@ -111,7 +137,7 @@ fn hand_loop(now: DateTime<Utc>, records: &[Record]) -> Vec<Signal> {
                     format!("Deal with {}", deal.contact_name),
                     text,
                     Severity::Notice,
-                    Some(last.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                    Some(time_text(last)),
                 ));
             }
         }
@@ -137,7 +163,7 @@ fn hand_loop(now: DateTime<Utc>, records: &[Record]) -> Vec<Signal> {
             let text = format!(
                 "The deal with {} was expected to close on {}.",
                 deal.contact_name,
-                close.format("%Y-%m-%d")
+                &time_text(close)[..10]
             );
             fired.push(signal(
                 deal,
@@ -164,6 +190,30 @@ fn hand_loop(now: DateTime<Utc>, records: &[Record]) -> Vec<Signal> {
     fired
 }
 
+/// The CPU time this thread has run so far, from `/proc/thread-self/schedstat` (nanoseconds on
+/// the CPU): unlike wall time it does not count the time other engineers' processes held the
+/// core, so single-core ratios stay meaningful on a loaded machine. `None` where unavailable.
+fn thread_cpu_time() -> Option<Duration> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let nanos: u64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(nanos))
+}
+
+/// The least CPU time (wall time where CPU time is unavailable) of `runs` runs of `work`.
+fn best_cpu_of<T>(runs: usize, mut work: impl FnMut() -> T) -> Duration {
+    (0..runs)
+        .map(|_| {
+            let (cpu, wall) = (thread_cpu_time(), Instant::now());
+            black_box(work());
+            match (cpu, thread_cpu_time()) {
+                (Some(before), Some(after)) => after.saturating_sub(before),
+                _ => wall.elapsed(),
+            }
+        })
+        .min()
+        .unwrap_or_default()
+}
+
 fn best_of<T>(runs: usize, mut work: impl FnMut() -> T) -> Duration {
     (0..runs)
         .map(|_| {
@@ -186,14 +236,22 @@ fn comparison(records: &[Record]) {
         "deals: {DEALS}; signals: engine {engine_count}, hand loop {hand_count}, engine traced {engine_trace_count}"
     );
 
-    let hand = best_of(3, || hand_loop(now, records));
-    let engine_off = best_of(3, || with_trace(false, || one_core.evaluate_batch(now, records)));
-    let engine_on = best_of(3, || one_core.evaluate_batch(now, records));
-    let parallel = best_of(3, || all_cores.evaluate_batch(now, records));
+    // The machine is shared: the four figures are measured in interleaved rounds and the best
+    // of each kept, so that a burst of load hits them alike; the one-core figures are this
+    // thread's CPU time, the all-cores figure is wall time (what the goal is about).
+    let (mut hand, mut engine_off, mut engine_on, mut parallel) =
+        (Duration::MAX, Duration::MAX, Duration::MAX, Duration::MAX);
+    for _ in 0..5 {
+        hand = hand.min(best_cpu_of(1, || hand_loop(now, records)));
+        engine_off =
+            engine_off.min(best_cpu_of(1, || with_trace(false, || one_core.evaluate_batch(now, records))));
+        engine_on = engine_on.min(best_cpu_of(1, || one_core.evaluate_batch(now, records)));
+        parallel = parallel.min(best_of(1, || all_cores.evaluate_batch(now, records)));
+    }
     let evaluations = (DEALS * one_core.ruliads().len()) as f64;
     let per_second = |duration: Duration| evaluations / duration.as_secs_f64();
     println!(
-        "hand loop, 1 core:            {:>8.1} ms ({:.2e} rule evaluations/s)",
+        "hand loop, 1 core (CPU time): {:>8.1} ms ({:.2e} rule evaluations/s)",
         hand.as_secs_f64() * 1e3,
         per_second(hand)
     );
@@ -220,13 +278,17 @@ fn percentile(samples: &mut [Duration], fraction: f64) -> Duration {
     samples.get(index).copied().unwrap_or_default()
 }
 
-/// Per decision: the bare rule, then the full gate (rule + cause claim + grouping with inhibition
-/// and repeat + trust gate), in memory and with the cause claimed in SQLite.
+/// Per decision: the bare rule, then the full gate on the engine's path ([`Gate::round`]: rule +
+/// inhibition + repeat + flapping + grouping + cause claim + trust gate), with the cause claimed
+/// in memory and in SQLite. Each decision is one round at its own second, so that every
+/// decision's group is due and goes through the claim and the trust gate.
 fn gate(records: &[Record]) {
     use sos_ruliads::Ruliad;
-    use sos_ruliads::grouping::{Grouper, GroupingConfig, InhibitRule};
-    use sos_ruliads::store::{MemoryStore, SqliteStore, StateStore};
-    use sos_ruliads::trust::{TrustConfig, TrustGate};
+    use sos_ruliads::engine::Fired;
+    use sos_ruliads::gate::Gate;
+    use sos_ruliads::grouping::{GroupingConfig, InhibitRule};
+    use sos_ruliads::store::{MemoryStore, SqliteStore};
+    use sos_ruliads::trust::{Decision, Feedback, TrustConfig};
 
     const DECISIONS: usize = 20_000;
     let now = now();
@@ -248,7 +310,6 @@ fn gate(records: &[Record]) {
         sos_ruliads::store::sqlite_migrator().run(&pool).await.expect("migrations");
         SqliteStore::new(pool)
     });
-    let memory = MemoryStore::new();
     let stale: Vec<&Record> =
         records.iter().filter(|record| rule.evaluate(now, record).fired()).take(DECISIONS).collect();
 
@@ -259,8 +320,10 @@ fn gate(records: &[Record]) {
         bare.push(start.elapsed());
     }
 
-    let run = |claim_in_sqlite: bool| {
-        let config = GroupingConfig {
+    let trusted_gate = || {
+        let grouping = GroupingConfig {
+            group_wait_seconds: 0,
+            group_interval_seconds: 1,
             inhibit: vec![InhibitRule {
                 source: "deal-lost".into(),
                 target: "stale-deal-nudge".into(),
@@ -268,55 +331,102 @@ fn gate(records: &[Record]) {
             }],
             ..GroupingConfig::default()
         };
-        let mut grouper = Grouper::new(config).expect("valid");
-        let trust_config =
-            TrustConfig { ceiling_per_day: 1e9, initial_per_day: 1e9, ..TrustConfig::default() };
-        let mut trust = TrustGate::plant(trust_config, now - TimeDelta::days(30)).expect("valid");
-        let mut samples = Vec::with_capacity(stale.len());
-        for record in &stale {
-            let start = Instant::now();
-            let evaluation = rule.evaluate(now, record);
-            if let Some(signal) = evaluation.into_signal() {
-                let fresh = runtime.block_on(async {
-                    if claim_in_sqlite {
-                        sqlite.claim_cause(now, signal.tenant(), "stale-deal-nudge", signal.cause()).await
-                    } else {
-                        memory.claim_cause(now, signal.tenant(), "stale-deal-nudge", signal.cause()).await
-                    }
-                });
-                if fresh.expect("store works") {
-                    grouper.observe(now, vec![signal.clone()]);
-                    black_box(trust.offer(now, signal, sos_ruliads::Class::Intervention));
-                }
-            }
-            samples.push(start.elapsed());
+        // No feedback comes in the benchmark: unanswered signals must not count as ignored (the
+        // budget would fall to the floor after 10,000 of them, as it should in real life).
+        let trust = TrustConfig {
+            ceiling_per_day: 1e9,
+            initial_per_day: 1e9,
+            ignore_factor: 1.0,
+            ..TrustConfig::default()
+        };
+        let planted = now - TimeDelta::days(30);
+        let mut gate = Gate::new(grouping, trust, planted).expect("valid");
+        let tenant = "acme".parse().expect("tenant");
+        let trust = gate.trust_mut();
+        trust.introduce(planted, &tenant, "Nova").expect("valid name");
+        for _ in 0..20 {
+            trust.observe_message();
         }
-        samples
+        let insight = sos_ruliads::Explain::new()
+            .fire(sos_ruliads::Draft::new(&tenant, "lead-rhythm", planted).subject("Leads").text("Tuesdays."))
+            .into_signal()
+            .expect("valid");
+        let at = planted + TimeDelta::days(5);
+        assert_eq!(trust.offer(at, insight.clone(), sos_ruliads::Class::Insight), Decision::Release);
+        trust.feedback(at, insight.id(), Feedback::Accepted);
+        gate
     };
-    let mut in_memory = run(false);
-    let mut with_sqlite = run(true);
+    // Returns (full decision, gate part) samples.
+    /// One round of the gate; returns how many signals it released.
+    type Round<'a> = &'a dyn Fn(&mut Gate, DateTime<Utc>, Vec<Fired>) -> usize;
+    let run = |claim: Round<'_>| {
+        let mut gate = trusted_gate();
+        let (mut full, mut gated) = (Vec::with_capacity(stale.len()), Vec::with_capacity(stale.len()));
+        let mut released = 0;
+        for (index, record) in stale.iter().enumerate() {
+            let at = now + TimeDelta::seconds(index as i64);
+            let start = Instant::now();
+            let signal = rule.evaluate(at, record).into_signal().expect("fires");
+            let rule_done = Instant::now();
+            released +=
+                claim(&mut gate, at, vec![Fired { entity: index, ruliad: 0, class: rule.class(), signal }]);
+            let end = Instant::now();
+            full.push(end - start);
+            gated.push(end - rule_done);
+        }
+        assert_eq!(released, stale.len(), "every decision went through the claim and the trust gate");
+        (full, gated)
+    };
+    let memory = MemoryStore::new();
+    let (mut in_memory, mut memory_gate) = run(&|gate, at, fired| {
+        futures::executor::block_on(gate.round(&memory, at, fired))
+            .expect("store works")
+            .released_signals()
+            .count()
+    });
+    let (mut with_sqlite, mut sqlite_gate) = run(&|gate, at, fired| {
+        runtime.block_on(gate.round(&sqlite, at, fired)).expect("store works").released_signals().count()
+    });
+    let us = |duration: Duration| duration.as_secs_f64() * 1e6;
     let bare_p50 = percentile(&mut bare, 0.5);
     println!(
-        "bare rule per decision:              p50 {:>7.2} µs, p99 {:>7.2} µs",
-        bare_p50.as_secs_f64() * 1e6,
-        percentile(&mut bare, 0.99).as_secs_f64() * 1e6
+        "bare rule per decision (evaluate + build the signal): p50 {:>7.2} µs, p99 {:>7.2} µs",
+        us(bare_p50),
+        us(percentile(&mut bare, 0.99))
     );
     let memory_p50 = percentile(&mut in_memory, 0.5);
     println!(
-        "full gate in memory per decision:    p50 {:>7.2} µs ({:.1}x the bare rule, goal <= 2x), p99 {:>7.2} µs (goal < 1 µs)",
-        memory_p50.as_secs_f64() * 1e6,
+        "full gate in memory per decision:    p50 {:>7.2} µs ({:.2}x the bare rule, goal <= 2x), p99 {:>7.2} µs; \
+         the gate alone: p50 {:>6.2} µs, p99 {:>6.2} µs (goal p99 < 1 µs)",
+        us(memory_p50),
         memory_p50.as_secs_f64() / bare_p50.as_secs_f64(),
-        percentile(&mut in_memory, 0.99).as_secs_f64() * 1e6
+        us(percentile(&mut in_memory, 0.99)),
+        us(percentile(&mut memory_gate, 0.5)),
+        us(percentile(&mut memory_gate, 0.99)),
     );
     println!(
-        "full gate, cause in SQLite:          p50 {:>7.2} µs, p99 {:>7.2} µs (goal < 1000 µs)",
-        percentile(&mut with_sqlite, 0.5).as_secs_f64() * 1e6,
-        percentile(&mut with_sqlite, 0.99).as_secs_f64() * 1e6
+        "full gate, cause in SQLite:          p50 {:>7.2} µs, p99 {:>7.2} µs (goal < 1000 µs); the gate alone: p99 {:>7.2} µs",
+        us(percentile(&mut with_sqlite, 0.5)),
+        us(percentile(&mut with_sqlite, 0.99)),
+        us(percentile(&mut sqlite_gate, 0.99)),
     );
 }
 
 fn main() {
     let records = deals();
+    // Profiling aid: `RULIADS_ONLY=gate|hand|off|on` runs one part (five times for the loops).
+    if let Ok(part) = std::env::var("RULIADS_ONLY") {
+        let engine = generic_engine(1);
+        for _ in 0..5 {
+            match part.as_str() {
+                "gate" => return gate(&records),
+                "hand" => drop(black_box(hand_loop(now(), &records))),
+                "off" => drop(black_box(with_trace(false, || engine.evaluate_batch(now(), &records)))),
+                _ => drop(black_box(engine.evaluate_batch(now(), &records))),
+            }
+        }
+        return;
+    }
     comparison(&records);
     gate(&records);
 

@@ -13,7 +13,7 @@ use sos_core::Severity;
 
 use crate::crm::{Direction, Record};
 use crate::error::{Error, Result};
-use crate::explain::{Draft, Evaluation, Explain, Predicate};
+use crate::explain::{Draft, Evaluation, Explain, Predicate, time_text};
 use crate::ruliad::{Class, Ruliad};
 
 /// The names of every ruliad in the catalog, sorted.
@@ -206,8 +206,7 @@ impl Ruliad<Record> for StaleDealNudge {
         let idle_days = (now - last).num_days();
         require!(why, Predicate::gt("idle", TimeDelta::days(idle_days), days(limit)));
         // The idle episode is part of the cause: after new activity, a new staleness is news.
-        why.label("deal_id", deal.id.clone())
-            .label("idle_since", last.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+        why.label("deal_id", deal.id.clone()).label("idle_since", time_text(last));
         why.fire(
             Draft::new(&deal.tenant, "stale-deal-nudge", now)
                 .subject(["Deal with ", &deal.contact_name].concat())
@@ -721,7 +720,7 @@ impl Ruliad<Record> for CloseDatePassed {
                         "The deal with ",
                         &deal.contact_name,
                         " was expected to close on ",
-                        &expected.format("%Y-%m-%d").to_string(),
+                        &time_text(expected)[..10],
                         ".",
                     ]
                     .concat(),
@@ -1108,7 +1107,7 @@ impl Ruliad<Record> for RenewalUpcoming {
             Draft::new(&contact.tenant, "renewal-upcoming", now)
                 .severity(Severity::Info)
                 .subject(["Renewal for ", &contact.name].concat())
-                .text([&contact.name, " renews on ", &renewal.format("%Y-%m-%d").to_string(), "."].concat()),
+                .text([&contact.name, " renews on ", &time_text(renewal)[..10], "."].concat()),
         )
     }
 }

@@ -36,6 +36,7 @@ pub enum Stage {
 
 impl Stage {
     /// The stage name.
+    #[inline]
     pub fn as_str(&self) -> &str {
         match self {
             Self::Discovery => "discovery",
@@ -49,6 +50,7 @@ impl Stage {
     }
 
     /// The name for an explanation, borrowed when it is a known stage.
+    #[inline]
     pub fn to_cow(&self) -> Cow<'static, str> {
         match self {
             Self::Other(name) => Cow::Owned(name.clone()),
@@ -62,6 +64,7 @@ impl Stage {
     }
 
     /// Whether the deal is finished (won or lost).
+    #[inline]
     pub fn is_closed(&self) -> bool {
         matches!(self, Self::ClosedWon | Self::ClosedLost)
     }
@@ -127,6 +130,7 @@ pub struct Deal {
 
 impl Deal {
     /// The latest activity: the later of the last action and the last message.
+    #[inline]
     pub fn last_activity_at(&self) -> Option<DateTime<Utc>> {
         match (self.last_action_at, self.last_message_at) {
             (Some(action), Some(message)) => Some(action.max(message)),

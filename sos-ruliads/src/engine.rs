@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sos_core::Signal;
 
 use crate::error::Result;
-use crate::explain::{Evaluation, Outcome, recycle, trace_enabled, with_trace};
+use crate::explain::{Evaluation, recycle, trace_enabled, with_trace};
 use crate::gate::{Gate, Round};
 use crate::ruliad::{Class, Ruliad};
 use crate::store::StateStore;
@@ -128,9 +128,9 @@ impl<E: Sync> Engine<E> {
                 if !ruliad.applies_to(entity) {
                     continue;
                 }
-                let (outcome, explanation) = ruliad.evaluate(now, entity).into_parts();
+                let (signal, explanation) = ruliad.evaluate(now, entity).into_signal_and_buffer();
                 recycle(explanation);
-                if let Outcome::Fired(signal) = outcome {
+                if let Some(signal) = signal {
                     fired.push(Fired {
                         entity: offset + index,
                         ruliad: ruliad_index,

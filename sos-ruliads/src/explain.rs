@@ -1,44 +1,49 @@
 //! Explanations: the leaf predicates a ruliad checked, with the observed value against the threshold.
 
 use std::borrow::Cow;
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::fmt;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use sos_core::{Severity, Signal, SignalKind, TenantId};
 
-thread_local! {
-    static TRACE: Cell<bool> = const { Cell::new(true) };
-    /// Emptied explanation buffers, reused so that a traced evaluation in the engine's loop does
-    /// not allocate.
-    static SPARE: RefCell<Vec<Vec<Predicate>>> = const { RefCell::new(Vec::new()) };
+/// Per-thread evaluation state, in one thread-local so that starting an evaluation is one access.
+struct Local {
+    trace: Cell<bool>,
+    /// An emptied explanation buffer, reused so that a traced evaluation in the engine's loop
+    /// does not allocate. One slot is enough: the engine hands the buffer back after each
+    /// evaluation; a nested evaluation (inside a combinator) simply starts a new one.
+    spare: Cell<Vec<Predicate>>,
 }
 
-/// The most spare buffers kept per thread.
-const SPARE_LIMIT: usize = 16;
+thread_local! {
+    static LOCAL: Local = const { Local { trace: Cell::new(true), spare: Cell::new(Vec::new()) } };
+}
 
-fn spare_buffer() -> Vec<Predicate> {
-    SPARE.with(|spare| spare.borrow_mut().pop()).unwrap_or_default()
+/// Whether the trace is on, and a buffer to record into when it is.
+#[inline]
+fn start() -> (bool, Vec<Predicate>) {
+    LOCAL.with(|local| {
+        let enabled = local.trace.get();
+        (enabled, if enabled { local.spare.take() } else { Vec::new() })
+    })
 }
 
 /// Hands an explanation buffer back for reuse (used by the engine once it kept the signal).
+#[inline]
 pub(crate) fn recycle(mut predicates: Vec<Predicate>) {
     if predicates.capacity() == 0 {
         return;
     }
     predicates.clear();
-    SPARE.with(|spare| {
-        let mut spare = spare.borrow_mut();
-        if spare.len() < SPARE_LIMIT {
-            spare.push(predicates);
-        }
-    });
+    LOCAL.with(|local| local.spare.set(predicates));
 }
 
 /// Whether explanations are recorded on this thread (on by default).
+#[inline]
 pub fn trace_enabled() -> bool {
-    TRACE.with(Cell::get)
+    LOCAL.with(|local| local.trace.get())
 }
 
 /// Runs `work` with explanations switched on or off on this thread, restoring the previous
@@ -50,10 +55,10 @@ pub fn with_trace<T>(enabled: bool, work: impl FnOnce() -> T) -> T {
     struct Restore(bool);
     impl Drop for Restore {
         fn drop(&mut self) {
-            TRACE.with(|trace| trace.set(self.0));
+            LOCAL.with(|local| local.trace.set(self.0));
         }
     }
-    let _restore = Restore(TRACE.with(|trace| trace.replace(enabled)));
+    let _restore = Restore(LOCAL.with(|local| local.trace.replace(enabled)));
     work()
 }
 
@@ -85,46 +90,55 @@ pub enum Value {
 }
 
 impl From<bool> for Value {
+    #[inline]
     fn from(value: bool) -> Self {
         Self::Bool(value)
     }
 }
 impl From<i64> for Value {
+    #[inline]
     fn from(value: i64) -> Self {
         Self::Int(value)
     }
 }
 impl From<u32> for Value {
+    #[inline]
     fn from(value: u32) -> Self {
         Self::Int(i64::from(value))
     }
 }
 impl From<f64> for Value {
+    #[inline]
     fn from(value: f64) -> Self {
         Self::Float(value)
     }
 }
 impl From<TimeDelta> for Value {
+    #[inline]
     fn from(value: TimeDelta) -> Self {
         Self::Seconds(value.num_seconds())
     }
 }
 impl From<DateTime<Utc>> for Value {
+    #[inline]
     fn from(value: DateTime<Utc>) -> Self {
         Self::Time(value)
     }
 }
 impl From<&'static str> for Value {
+    #[inline]
     fn from(value: &'static str) -> Self {
         Self::Text(Cow::Borrowed(value))
     }
 }
 impl From<String> for Value {
+    #[inline]
     fn from(value: String) -> Self {
         Self::Text(Cow::Owned(value))
     }
 }
 impl<T: Into<Value>> From<Option<T>> for Value {
+    #[inline]
     fn from(value: Option<T>) -> Self {
         value.map_or(Self::Missing, Into::into)
     }
@@ -182,11 +196,63 @@ pub(crate) fn push_time(out: &mut String, time: DateTime<Utc>) {
     out.push('Z');
 }
 
-/// `time` as `YYYY-MM-DDTHH:MM:SSZ` (see [`push_time`]).
+/// `time` as `YYYY-MM-DDTHH:MM:SSZ` (see [`push_time`]); its first 10 bytes are the date.
 pub(crate) fn time_text(time: DateTime<Utc>) -> String {
     let mut out = String::with_capacity(20);
     push_time(&mut out, time);
     out
+}
+
+impl Value {
+    /// Appends the value as [`fmt::Display`] shows it.
+    fn write_to(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        match self {
+            Self::Missing => out.push_str("missing"),
+            Self::Bool(value) => out.push_str(if *value { "true" } else { "false" }),
+            Self::Time(time) => push_time(out, *time),
+            Self::Int(value) => push_int(out, *value),
+            Self::Seconds(seconds) if seconds % 86_400 == 0 => {
+                push_int(out, seconds / 86_400);
+                out.push_str(" d");
+            }
+            Self::Text(text) => out.push_str(text),
+            Self::Names(items) => {
+                out.push('[');
+                for (index, item) in items.iter().enumerate() {
+                    if index > 0 {
+                        out.push_str(", ");
+                    }
+                    out.push_str(item);
+                }
+                out.push(']');
+            }
+            // Writing into a String cannot fail.
+            other => {
+                let _ = write!(out, "{other}");
+            }
+        }
+    }
+}
+
+/// Appends the decimal digits of `value`.
+fn push_int(out: &mut String, value: i64) {
+    let mut buffer = [0_u8; 20];
+    let mut at = buffer.len();
+    let mut rest = value.unsigned_abs();
+    loop {
+        at -= 1;
+        buffer[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if value < 0 {
+        out.push('-');
+    }
+    // ASCII digits are valid UTF-8.
+    out.push_str(std::str::from_utf8(&buffer[at..]).unwrap_or("?"));
 }
 
 fn fmt_span(seconds: i64, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -260,6 +326,7 @@ pub struct Predicate {
 }
 
 impl Predicate {
+    #[inline]
     fn new(
         name: impl Into<Cow<'static, str>>,
         observed: impl Into<Value>,
@@ -271,6 +338,7 @@ impl Predicate {
     }
 
     /// `observed > threshold`.
+    #[inline]
     pub fn gt<T: PartialOrd + Into<Value>>(
         name: impl Into<Cow<'static, str>>,
         observed: T,
@@ -281,6 +349,7 @@ impl Predicate {
     }
 
     /// `observed >= threshold`.
+    #[inline]
     pub fn ge<T: PartialOrd + Into<Value>>(
         name: impl Into<Cow<'static, str>>,
         observed: T,
@@ -291,6 +360,7 @@ impl Predicate {
     }
 
     /// `observed < threshold`.
+    #[inline]
     pub fn lt<T: PartialOrd + Into<Value>>(
         name: impl Into<Cow<'static, str>>,
         observed: T,
@@ -301,6 +371,7 @@ impl Predicate {
     }
 
     /// `observed <= threshold`.
+    #[inline]
     pub fn le<T: PartialOrd + Into<Value>>(
         name: impl Into<Cow<'static, str>>,
         observed: T,
@@ -311,6 +382,7 @@ impl Predicate {
     }
 
     /// `observed = expected`.
+    #[inline]
     pub fn eq<T: PartialEq + Into<Value>>(
         name: impl Into<Cow<'static, str>>,
         observed: T,
@@ -321,17 +393,20 @@ impl Predicate {
     }
 
     /// A yes/no fact that must be true, such as `consent = true`.
+    #[inline]
     pub fn is_true(name: impl Into<Cow<'static, str>>, observed: bool) -> Self {
         Self::new(name, observed, Op::Eq, true, observed)
     }
 
     /// A field that must be present; the observed value is shown when it is.
+    #[inline]
     pub fn present<T: Into<Value>>(name: impl Into<Cow<'static, str>>, observed: Option<T>) -> Self {
         let held = observed.is_some();
         Self::new(name, observed, Op::Ne, Value::Missing, held)
     }
 
     /// `observed not in excluded`.
+    #[inline]
     pub fn not_in(
         name: impl Into<Cow<'static, str>>,
         observed: Cow<'static, str>,
@@ -353,13 +428,28 @@ impl Predicate {
     }
 }
 
+impl Predicate {
+    /// Appends `name observed op threshold[ (failed)]` to `out`, without the formatting
+    /// machinery for the common values (explanations are built for every fired signal).
+    fn write_to(&self, out: &mut String) {
+        out.push_str(&self.name);
+        out.push(' ');
+        self.observed.write_to(out);
+        out.push(' ');
+        out.push_str(self.op.as_str());
+        out.push(' ');
+        self.threshold.write_to(out);
+        if !self.held {
+            out.push_str(" (failed)");
+        }
+    }
+}
+
 impl fmt::Display for Predicate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} {} {}", self.name, self.observed, self.op.as_str(), self.threshold)?;
-        if !self.held {
-            f.write_str(" (failed)")?;
-        }
-        Ok(())
+        let mut text = String::with_capacity(48);
+        self.write_to(&mut text);
+        f.write_str(&text)
     }
 }
 
@@ -412,8 +502,8 @@ impl Draft {
 pub struct Explain {
     predicates: Vec<Predicate>,
     failed: Option<Predicate>,
-    labels: serde_json::Map<String, serde_json::Value>,
-    cause: Vec<String>,
+    /// (name, value) in the order given; part of the cause digest in that order.
+    labels: Vec<(String, String)>,
     enabled: bool,
 }
 
@@ -425,19 +515,15 @@ impl Default for Explain {
 
 impl Explain {
     /// An empty explanation; records everything unless the trace is off (see [`with_trace`]).
+    #[inline]
     pub fn new() -> Self {
-        let enabled = trace_enabled();
-        Self {
-            predicates: if enabled { spare_buffer() } else { Vec::new() },
-            failed: None,
-            labels: serde_json::Map::new(),
-            cause: Vec::new(),
-            enabled,
-        }
+        let (enabled, predicates) = start();
+        Self { predicates, failed: None, labels: Vec::new(), enabled }
     }
 
     /// Records `predicate` and returns whether it held. A predicate that failed is always
     /// recorded, so that the guard that stopped an evaluation is known even with the trace off.
+    #[inline]
     pub fn check(&mut self, predicate: Predicate) -> bool {
         let held = predicate.held;
         if self.enabled {
@@ -453,26 +539,25 @@ impl Explain {
     /// Adds a label (such as `deal_id`) to the signal's evidence; labels are used for grouping
     /// and inhibition, and are part of the cause digest.
     pub fn label(&mut self, name: &str, value: impl Into<String>) -> &mut Self {
-        let value = value.into();
-        self.cause.push(format!("{name}={value}"));
-        self.labels.insert(name.to_owned(), serde_json::Value::String(value));
+        self.labels.push((name.to_owned(), value.into()));
         self
     }
 
     /// Stops the evaluation at the last failed predicate.
+    #[inline]
     pub fn stop(mut self) -> Evaluation {
         if let Some(guard) = self.failed.take() {
-            return Evaluation { outcome: Outcome::Stopped { guard }, explanation: self.predicates };
+            return Evaluation::from_repr(Repr::Stopped(guard), self.predicates);
         }
-        let guard = match self.predicates.iter().rposition(|predicate| !predicate.held) {
-            Some(index) => self.predicates[index].clone(),
+        // The guard stays where it was recorded; the evaluation points at it instead of copying.
+        let index = match self.predicates.iter().rposition(|predicate| !predicate.held) {
+            Some(index) => index,
             None => {
-                let guard = Predicate::is_true("condition", false);
-                self.predicates.push(guard.clone());
-                guard
+                self.predicates.push(Predicate::is_true("condition", false));
+                self.predicates.len() - 1
             }
         };
-        Evaluation { outcome: Outcome::Stopped { guard }, explanation: self.predicates }
+        Evaluation::from_repr(Repr::StoppedAt(index), self.predicates)
     }
 
     /// Validates the draft and fires it, with the explanation and labels as evidence and a cause
@@ -487,27 +572,34 @@ impl Explain {
         };
         let mut cause = sos_core::DomainHasher::new("sos-ruliads/cause/v1");
         let mut hashed =
-            cause.str_field(draft.tenant.as_str()).and_then(|hasher| hasher.str_field(draft.kind));
-        for part in &self.cause {
-            hashed = hashed.and_then(|hasher| hasher.str_field(part));
+            cause.str_field(draft.tenant.as_str()).and_then(|hasher| hasher.str_field(draft.kind)).is_ok();
+        // Each label is hashed as one `name=value` field, built in one reused buffer.
+        let mut field = String::new();
+        for (name, value) in &self.labels {
+            field.clear();
+            field.push_str(name);
+            field.push('=');
+            field.push_str(value);
+            hashed &= cause.str_field(&field).is_ok();
         }
-        if hashed.is_err() {
+        if !hashed {
             self.predicates.push(Predicate::custom("labels", "too long", Op::Le, "4 GiB", false));
             return self.stop();
         }
+        let mut labels = serde_json::Map::new();
+        for (name, value) in std::mem::take(&mut self.labels) {
+            labels.insert(name, serde_json::Value::String(value));
+        }
         let mut evidence = serde_json::Map::new();
-        let labels = std::mem::take(&mut self.labels);
         evidence.insert("labels".to_owned(), serde_json::Value::Object(labels));
         if self.enabled {
             // One line, as people read it: "idle 9 d > 7 d; stage negotiation not in [...]".
-            let mut because = String::with_capacity(32 * self.predicates.len());
+            let mut because = String::with_capacity(40 * self.predicates.len());
             for (index, predicate) in self.predicates.iter().enumerate() {
                 if index > 0 {
                     because.push_str("; ");
                 }
-                use std::fmt::Write as _;
-                // Writing into a String cannot fail.
-                let _ = write!(because, "{predicate}");
+                predicate.write_to(&mut because);
             }
             evidence.insert("because".to_owned(), serde_json::Value::String(because));
         }
@@ -520,9 +612,7 @@ impl Explain {
             .evidence(serde_json::Value::Object(evidence))
             .build();
         match built {
-            Ok(signal) => {
-                Evaluation { outcome: Outcome::Fired(Box::new(signal)), explanation: self.predicates }
-            }
+            Ok(signal) => Evaluation::from_repr(Repr::Fired(Box::new(signal)), self.predicates),
             Err(error) => {
                 self.predicates.push(Predicate::custom("signal", error.to_string(), Op::Eq, "valid", false));
                 self.stop()
@@ -544,58 +634,92 @@ pub enum Outcome {
     },
 }
 
+/// What an evaluation came to, as stored: a stopped evaluation with the trace on points at its
+/// guard in the explanation rather than holding a copy (the engine never asks for it).
+#[derive(Debug, Clone, PartialEq)]
+enum Repr {
+    Fired(Box<Signal>),
+    Stopped(Predicate),
+    StoppedAt(usize),
+}
+
 /// The result of evaluating one ruliad against one entity: a signal or the guard that stopped
 /// it, with the predicates that were checked.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Evaluation {
-    outcome: Outcome,
+    repr: Repr,
     explanation: Vec<Predicate>,
+    /// [`Evaluation::outcome`], built on first use.
+    outcome: std::sync::OnceLock<Outcome>,
+}
+
+impl PartialEq for Evaluation {
+    fn eq(&self, other: &Self) -> bool {
+        self.signal() == other.signal()
+            && self.guard() == other.guard()
+            && self.explanation == other.explanation
+    }
 }
 
 impl Evaluation {
+    #[inline]
+    fn from_repr(repr: Repr, explanation: Vec<Predicate>) -> Self {
+        Self { repr, explanation, outcome: std::sync::OnceLock::new() }
+    }
+
     /// An evaluation from its parts (for combinators and tests).
     pub fn new(outcome: Outcome, explanation: Vec<Predicate>) -> Self {
-        Self { outcome, explanation }
+        let repr = match outcome {
+            Outcome::Fired(signal) => Repr::Fired(signal),
+            Outcome::Stopped { guard } => Repr::Stopped(guard),
+        };
+        Self::from_repr(repr, explanation)
     }
 
     /// A stopped evaluation whose guard is `guard`, keeping `explanation` before it.
     pub fn stopped(guard: Predicate, mut explanation: Vec<Predicate>) -> Self {
-        explanation.push(guard.clone());
-        Self { outcome: Outcome::Stopped { guard }, explanation }
+        explanation.push(guard);
+        let index = explanation.len() - 1;
+        Self::from_repr(Repr::StoppedAt(index), explanation)
     }
 
     /// What it came to.
     pub fn outcome(&self) -> &Outcome {
-        &self.outcome
+        self.outcome.get_or_init(|| match &self.repr {
+            Repr::Fired(signal) => Outcome::Fired(signal.clone()),
+            Repr::Stopped(guard) => Outcome::Stopped { guard: guard.clone() },
+            Repr::StoppedAt(index) => Outcome::Stopped { guard: self.explanation[*index].clone() },
+        })
     }
 
     /// The signal, when it fired.
     pub fn signal(&self) -> Option<&Signal> {
-        match &self.outcome {
-            Outcome::Fired(signal) => Some(signal),
-            Outcome::Stopped { .. } => None,
+        match &self.repr {
+            Repr::Fired(signal) => Some(signal),
+            Repr::Stopped(_) | Repr::StoppedAt(_) => None,
         }
     }
 
     /// The signal, when it fired, by value.
     pub fn into_signal(self) -> Option<Signal> {
-        match self.outcome {
-            Outcome::Fired(signal) => Some(*signal),
-            Outcome::Stopped { .. } => None,
+        match self.repr {
+            Repr::Fired(signal) => Some(*signal),
+            Repr::Stopped(_) | Repr::StoppedAt(_) => None,
         }
     }
 
     /// The guard that stopped it, when it did not fire.
     pub fn guard(&self) -> Option<&Predicate> {
-        match &self.outcome {
-            Outcome::Fired(_) => None,
-            Outcome::Stopped { guard } => Some(guard),
+        match &self.repr {
+            Repr::Fired(_) => None,
+            Repr::Stopped(guard) => Some(guard),
+            Repr::StoppedAt(index) => self.explanation.get(*index),
         }
     }
 
     /// Whether it fired.
     pub fn fired(&self) -> bool {
-        matches!(self.outcome, Outcome::Fired(_))
+        matches!(self.repr, Repr::Fired(_))
     }
 
     /// The predicates that were checked, in order.
@@ -611,6 +735,9 @@ impl Evaluation {
 
     /// Puts `predicates` before this evaluation's own (used by combinators).
     pub fn with_prefix(mut self, mut predicates: Vec<Predicate>) -> Self {
+        if let Repr::StoppedAt(index) = &mut self.repr {
+            *index += predicates.len();
+        }
         predicates.append(&mut self.explanation);
         self.explanation = predicates;
         self
@@ -623,6 +750,21 @@ impl Evaluation {
 
     /// Splits the evaluation into its parts.
     pub fn into_parts(self) -> (Outcome, Vec<Predicate>) {
-        (self.outcome, self.explanation)
+        let outcome = match self.repr {
+            Repr::Fired(signal) => Outcome::Fired(signal),
+            Repr::Stopped(guard) => Outcome::Stopped { guard },
+            Repr::StoppedAt(index) => Outcome::Stopped { guard: self.explanation[index].clone() },
+        };
+        (outcome, self.explanation)
+    }
+
+    /// The signal, when it fired, and the explanation buffer, without building the guard (the
+    /// engine's hot path).
+    #[inline]
+    pub(crate) fn into_signal_and_buffer(self) -> (Option<Box<Signal>>, Vec<Predicate>) {
+        match self.repr {
+            Repr::Fired(signal) => (Some(signal), self.explanation),
+            Repr::Stopped(_) | Repr::StoppedAt(_) => (None, self.explanation),
+        }
     }
 }

@@ -30,7 +30,7 @@ use sos_core::{Sha256Digest, Signal, SignalKind, TenantId};
 use crate::ceiling::{Admission, Attempt, TriggerCeiling};
 use crate::engine::Fired;
 use crate::error::Result;
-use crate::grouping::{Grouper, GroupingConfig, GroupingState, Notification, Suppressed, summarise};
+use crate::grouping::{Grouper, GroupingConfig, GroupingState, Notification, Suppressed};
 use crate::ruliad::Class;
 use crate::store::StateStore;
 use crate::trust::{Reason, TrustConfig, TrustGate, TrustState};
@@ -47,7 +47,7 @@ pub struct Round {
 impl Round {
     /// The released member signals, in order.
     pub fn released_signals(&self) -> impl Iterator<Item = &Signal> {
-        self.released.iter().flat_map(|notification| notification.members.iter())
+        self.released.iter().flat_map(|notification| notification.members().iter())
     }
 }
 
@@ -158,7 +158,8 @@ impl Gate {
             }
             signals.push(fired.signal);
         }
-        let mut round = Round { released: Vec::new(), suppressed: self.grouper.observe(now, signals) };
+        let mut round = Round::default();
+        self.grouper.observe_into(now, signals, &mut round.suppressed);
         let mut due = self.grouper.flush(now).into_iter();
         while let Some(notification) = due.next() {
             let notification = match self.claim(store, now, notification, &mut round).await {
@@ -167,16 +168,16 @@ impl Gate {
                 Err(error) => {
                     // Nothing is lost: what was not yet offered waits for the next round.
                     for rest in due {
-                        self.grouper.requeue(now, rest.members);
+                        self.grouper.requeue(now, rest.into_members());
                     }
                     return Err(error);
                 }
             };
-            let class = self.classes.get(notification.summary.kind()).copied().unwrap_or_default();
-            match self.trust.admit(now, notification.summary.id(), class) {
+            let class = self.classes.get(notification.summary().kind()).copied().unwrap_or_default();
+            match self.trust.admit(now, notification.summary().id(), class) {
                 None => round.released.push(notification),
                 Some((reason, detail)) => {
-                    for member in &notification.members {
+                    for member in notification.members() {
                         round.suppressed.push(self.grouper.log(suppression(
                             now,
                             member,
@@ -184,7 +185,7 @@ impl Gate {
                             detail.clone(),
                         )));
                     }
-                    self.trust.keep(now, notification.summary, class, reason, detail);
+                    self.trust.keep(now, notification.into_summary(), class, reason, detail);
                 }
             }
         }
@@ -200,9 +201,10 @@ impl Gate {
         notification: Notification,
         round: &mut Round,
     ) -> Result<Option<Notification>> {
-        let count = notification.members.len();
+        let (summary, all) = notification.into_parts();
+        let count = all.len();
         let mut fresh = Vec::with_capacity(count);
-        let mut members = notification.members.into_iter();
+        let mut members = all.into_iter();
         while let Some(member) = members.next() {
             if !self.claimed_unsent.is_empty()
                 && self.claimed_unsent.remove(&(member.tenant().clone(), *member.cause()))
@@ -239,10 +241,10 @@ impl Gate {
             return Ok(None);
         }
         if fresh.len() == count {
-            return Ok(Some(Notification { summary: notification.summary, members: fresh }));
+            return Ok(Some(Notification::from_parts(summary, fresh)));
         }
         // Some members were already sent elsewhere: the message lists only the others.
-        Ok(summarise(now, &fresh).map(|summary| Notification { summary, members: fresh }))
+        Ok(Notification::of(now, fresh))
     }
 
     /// Asks `ceiling` to start the self-healing action that `signal` calls for; a refusal is

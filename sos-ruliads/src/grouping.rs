@@ -123,13 +123,61 @@ pub struct Suppressed {
     pub at: DateTime<Utc>,
 }
 
-/// One notification: a group's new members, summarised in one signal.
+/// One notification: a group's new members, summarised in one message. A group of one member
+/// is that member itself: the person reads the signal, and feedback on its id reaches the trust
+/// gate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notification {
-    /// The summary a person reads ("3 stale-deal-nudge signals"), listing every member.
-    pub summary: Signal,
+    /// The summary of a group of several members; `None` for a single member.
+    summary: Option<Signal>,
+    /// The members, in arrival order; never empty.
+    members: Vec<Signal>,
+}
+
+impl Notification {
+    /// The notification of `members` at `now`; `None` when there are none (or the summary cannot
+    /// be built).
+    pub(crate) fn of(now: DateTime<Utc>, members: Vec<Signal>) -> Option<Self> {
+        match members.len() {
+            0 => None,
+            1 => Some(Self { summary: None, members }),
+            _ => summarise(now, &members).map(|summary| Self { summary: Some(summary), members }),
+        }
+    }
+
+    /// What a person reads: "3 stale-deal-nudge signals" listing every member, or the one
+    /// member itself.
+    pub fn summary(&self) -> &Signal {
+        // A notification is built with at least one member (`Notification::of`).
+        self.summary.as_ref().or_else(|| self.members.first()).expect("a notification has a member")
+    }
+
     /// The members, in arrival order.
-    pub members: Vec<Signal>,
+    pub fn members(&self) -> &[Signal] {
+        &self.members
+    }
+
+    pub(crate) fn into_parts(self) -> (Option<Signal>, Vec<Signal>) {
+        (self.summary, self.members)
+    }
+
+    pub(crate) fn from_parts(summary: Option<Signal>, members: Vec<Signal>) -> Self {
+        Self { summary, members }
+    }
+
+    /// The members, by value.
+    pub fn into_members(self) -> Vec<Signal> {
+        self.members
+    }
+
+    /// The summary, by value.
+    pub fn into_summary(self) -> Signal {
+        match self.summary {
+            Some(summary) => summary,
+            // A notification is built with at least one member (`Notification::of`).
+            None => self.members.into_iter().next().expect("a notification has a member"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -174,6 +222,10 @@ pub struct GroupingState {
 pub struct Grouper {
     config: GroupingConfig,
     state: GroupingState,
+    /// Notified causes in notification order and appearances in time order, so that expiry
+    /// pops the oldest instead of scanning; derived from the state (rebuilt on restore).
+    notified_order: VecDeque<(DateTime<Utc>, TenantId, Sha256Digest)>,
+    appearance_order: VecDeque<(DateTime<Utc>, u64)>,
 }
 
 fn label<'a>(signal: &'a Signal, name: &str) -> Option<&'a str> {
@@ -256,7 +308,24 @@ impl Grouper {
     /// [`Error::InvalidParameter`] when a timer is invalid.
     pub fn restore(config: GroupingConfig, state: GroupingState) -> Result<Self> {
         config.validate()?;
-        Ok(Self { config, state })
+        let mut notified_order: Vec<_> = state
+            .notified
+            .iter()
+            .flat_map(|(tenant, causes)| causes.iter().map(move |(cause, at)| (*at, tenant.clone(), *cause)))
+            .collect();
+        notified_order.sort();
+        let mut appearance_order: Vec<_> = state
+            .appearances
+            .iter()
+            .flat_map(|(key, times)| times.iter().map(move |at| (*at, *key)))
+            .collect();
+        appearance_order.sort();
+        Ok(Self {
+            config,
+            state,
+            notified_order: notified_order.into(),
+            appearance_order: appearance_order.into(),
+        })
     }
 
     /// The configuration.
@@ -282,8 +351,19 @@ impl Grouper {
     /// Hands over the signals active at `now`; returns what happened to each one that did not
     /// simply join its group (every one of them is also in [`Grouper::suppressed`]).
     pub fn observe(&mut self, now: DateTime<Utc>, active: Vec<Signal>) -> Vec<Suppressed> {
-        self.expire(now);
         let mut outcomes = Vec::new();
+        self.observe_into(now, active, &mut outcomes);
+        outcomes
+    }
+
+    /// As [`Grouper::observe`], appending to `outcomes`.
+    pub(crate) fn observe_into(
+        &mut self,
+        now: DateTime<Utc>,
+        active: Vec<Signal>,
+        outcomes: &mut Vec<Suppressed>,
+    ) {
+        self.expire(now);
         // Inhibitors, indexed once per round: (rule, tenant, equal label values) of every active
         // source signal, so that checking a target is one lookup, not a scan of the round.
         let mut inhibitors: HashMap<u64, SignalKind> = HashMap::new();
@@ -311,6 +391,7 @@ impl Grouper {
             }
             if !self.state.previous_keys.contains(&flap) {
                 self.state.appearances.entry(flap).or_default().push_back(now);
+                self.appearance_order.push_back((now, flap));
             }
             let appearances = self.state.appearances.get(&flap).map_or(0, VecDeque::len);
             if appearances >= self.config.flap_threshold as usize {
@@ -339,7 +420,6 @@ impl Grouper {
             }
         }
         self.state.previous_keys = keys;
-        outcomes
     }
 
     /// The notifications due at `now`, in (tenant, kind) order.
@@ -353,13 +433,15 @@ impl Grouper {
                 let members = std::mem::take(&mut group.pending);
                 group.pending_causes.clear();
                 group.last_flush_at = Some(now);
-                let notified = self.state.notified.entry(tenant.clone()).or_default();
+                if !self.state.notified.contains_key(tenant) {
+                    self.state.notified.insert(tenant.clone(), BTreeMap::new());
+                }
+                let notified = self.state.notified.get_mut(tenant).expect("inserted above");
                 for member in &members {
                     notified.insert(*member.cause(), now);
+                    self.notified_order.push_back((now, tenant.clone(), *member.cause()));
                 }
-                if let Some(summary) = summarise(now, &members) {
-                    notifications.push(Notification { summary, members });
-                }
+                notifications.extend(Notification::of(now, members));
             }
         }
         notifications
@@ -414,24 +496,45 @@ impl Grouper {
     }
 
     fn expire(&mut self, now: DateTime<Utc>) {
-        // Sweeping is linear in the state, so it runs at most once per minute of clock time;
-        // entries live for hours or days, so a minute's delay changes nothing people see.
+        // Notified causes and appearances expire oldest first from their time-ordered queues:
+        // one comparison when nothing expired, whatever the size of the state.
+        let repeat = TimeDelta::seconds(self.config.repeat_interval_seconds);
+        while let Some((at, _, _)) = self.notified_order.front() {
+            if now - *at < repeat {
+                break;
+            }
+            let Some((at, tenant, cause)) = self.notified_order.pop_front() else { break };
+            if let Some(causes) = self.state.notified.get_mut(&tenant) {
+                // A cause notified again later has a newer entry; only the matching one expires.
+                if causes.get(&cause) == Some(&at) {
+                    causes.remove(&cause);
+                }
+                if causes.is_empty() {
+                    self.state.notified.remove(&tenant);
+                }
+            }
+        }
+        let window = TimeDelta::seconds(self.config.flap_window_seconds);
+        while let Some((at, _)) = self.appearance_order.front() {
+            if now - *at < window {
+                break;
+            }
+            let Some((at, key)) = self.appearance_order.pop_front() else { break };
+            if let Some(times) = self.state.appearances.get_mut(&key) {
+                if times.front() == Some(&at) {
+                    times.pop_front();
+                }
+                if times.is_empty() {
+                    self.state.appearances.remove(&key);
+                }
+            }
+        }
+        // Groups are few (one per tenant and ruliad): they are swept at most once per minute of
+        // clock time.
         if self.state.swept_at.is_some_and(|swept| now - swept < TimeDelta::minutes(1)) {
             return;
         }
         self.state.swept_at = Some(now);
-        let repeat = TimeDelta::seconds(self.config.repeat_interval_seconds);
-        for causes in self.state.notified.values_mut() {
-            causes.retain(|_, at| now - *at < repeat);
-        }
-        self.state.notified.retain(|_, causes| !causes.is_empty());
-        let window = TimeDelta::seconds(self.config.flap_window_seconds);
-        for times in self.state.appearances.values_mut() {
-            while times.front().is_some_and(|first| now - *first >= window) {
-                times.pop_front();
-            }
-        }
-        self.state.appearances.retain(|_, times| !times.is_empty());
         let interval = TimeDelta::seconds(self.config.group_interval_seconds);
         for kinds in self.state.groups.values_mut() {
             kinds.retain(|_, group| {
@@ -443,7 +546,7 @@ impl Grouper {
 }
 
 /// One signal summarising a group's members (their subjects and texts, one line each).
-pub(crate) fn summarise(now: DateTime<Utc>, members: &[Signal]) -> Option<Signal> {
+fn summarise(now: DateTime<Utc>, members: &[Signal]) -> Option<Signal> {
     let first = members.first()?;
     let mut text = String::new();
     for member in members {

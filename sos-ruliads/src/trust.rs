@@ -11,7 +11,7 @@
 //! speak never falls silent for ever. Withheld signals are kept with their reason. The whole
 //! state is plain serde data.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -253,6 +253,9 @@ pub const OUTSTANDING_CAPACITY: usize = 10_000;
 pub struct TrustGate {
     config: TrustConfig,
     state: TrustState,
+    /// `state.outstanding` ordered by release time, so that expiry and eviction take the oldest
+    /// without scanning; derived from the state (rebuilt on restore), never persisted.
+    order: BTreeSet<(DateTime<Utc>, SignalId)>,
 }
 
 impl TrustGate {
@@ -277,7 +280,7 @@ impl TrustGate {
             withheld_dropped: 0,
             swept_at: None,
         };
-        Ok(Self { config, state })
+        Ok(Self { config, state, order: BTreeSet::new() })
     }
 
     /// Restores a gate from saved state.
@@ -290,7 +293,8 @@ impl TrustGate {
         if !(config.floor_per_day..=config.ceiling_per_day).contains(&state.budget_per_day) {
             return Err(Error::TrustConfig("the saved budget lies outside the configured floor and ceiling"));
         }
-        Ok(Self { config, state })
+        let order = state.outstanding.iter().map(|(id, (_, at))| (*at, *id)).collect();
+        Ok(Self { config, state, order })
     }
 
     /// The state, to persist.
@@ -412,14 +416,16 @@ impl TrustGate {
             self.state.first_insight_at = Some(now);
             self.state.phase = self.state.phase.max(Phase::Insight);
         }
-        if self.state.outstanding.len() >= OUTSTANDING_CAPACITY {
-            let oldest = self.state.outstanding.iter().min_by_key(|(_, (_, at))| *at).map(|(id, _)| *id);
-            if let Some(oldest) = oldest {
-                self.state.outstanding.remove(&oldest);
+        while self.state.outstanding.len() >= OUTSTANDING_CAPACITY {
+            let Some((_, oldest)) = self.order.pop_first() else { break };
+            if self.state.outstanding.remove(&oldest).is_some() {
                 self.adjust(Feedback::Ignored);
             }
         }
-        self.state.outstanding.insert(id, (class, now));
+        if let Some((_, at)) = self.state.outstanding.insert(id, (class, now)) {
+            self.order.remove(&(at, id));
+        }
+        self.order.insert((now, id));
         None
     }
 
@@ -438,7 +444,8 @@ impl TrustGate {
     /// Records feedback on a released signal; returns `false` when the signal is unknown (never
     /// released, or already answered).
     pub fn feedback(&mut self, now: DateTime<Utc>, signal: SignalId, feedback: Feedback) -> bool {
-        let Some((class, _)) = self.state.outstanding.remove(&signal) else { return false };
+        let Some((class, at)) = self.state.outstanding.remove(&signal) else { return false };
+        self.order.remove(&(at, signal));
         if class == Class::Insight && matches!(feedback, Feedback::Accepted | Feedback::Acknowledged) {
             self.state.insight_accepted = true;
         }
@@ -458,23 +465,19 @@ impl TrustGate {
     }
 
     fn expire_feedback(&mut self, now: DateTime<Utc>) {
-        // The sweep is linear in the outstanding signals, so it runs at most once per minute of
-        // clock time; "ignored" is measured in days.
-        if self.state.swept_at.is_some_and(|swept| now - swept < TimeDelta::minutes(1)) {
-            return;
+        // Released signals unanswered for `ignore_after_days` count as ignored; the time-ordered
+        // index makes this one comparison when nothing expired.
+        let limit = TimeDelta::days(i64::from(self.config.ignore_after_days));
+        while let Some(&(at, id)) = self.order.first() {
+            if now - at < limit {
+                break;
+            }
+            self.order.pop_first();
+            if self.state.outstanding.contains_key(&id) {
+                self.feedback(now, id, Feedback::Ignored);
+            }
         }
         self.state.swept_at = Some(now);
-        let limit = TimeDelta::days(i64::from(self.config.ignore_after_days));
-        let expired: Vec<SignalId> = self
-            .state
-            .outstanding
-            .iter()
-            .filter(|(_, (_, at))| now - *at >= limit)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            self.feedback(now, id, Feedback::Ignored);
-        }
     }
 
     fn update_phase(&mut self, now: DateTime<Utc>) {

@@ -82,7 +82,7 @@ fn thirty_stale_deals_make_one_message_then_repeat() {
     assert_eq!(reasons(&first, Reason::Grouped), 30, "delayed by group_wait, with the reason");
     let second = run(&engine, &mut gate, &store, at(10, 10), &batch);
     assert_eq!(second.released.len(), 1, "one message");
-    assert_eq!(second.released[0].members.len(), 30, "listing 30 deals");
+    assert_eq!(second.released[0].members().len(), 30, "listing 30 deals");
     assert_eq!(second.released_signals().count(), 30);
     assert!(second.suppressed.is_empty(), "{:?}", second.suppressed);
     let third = run(&engine, &mut gate, &store, at(10, 11), &batch);
@@ -147,7 +147,7 @@ fn a_cause_claimed_by_another_evaluator_is_held_back_as_repeat() {
     assert_eq!(more.released.len(), 1);
     let members: Vec<&str> = more.released_signals().map(Signal::subject).collect();
     assert_eq!(members, ["Deal with Contact d4"]);
-    assert_eq!(more.released[0].summary.subject(), "Deal with Contact d4");
+    assert_eq!(more.released[0].summary().subject(), "Deal with Contact d4");
 }
 
 #[test]

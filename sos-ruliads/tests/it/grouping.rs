@@ -35,9 +35,9 @@ fn thirty_stale_deals_make_one_message_after_group_wait() {
     assert!(grouper.flush(at(10, 9) + TimeDelta::minutes(59)).is_empty());
     let notifications = grouper.flush(at(10, 10));
     assert_eq!(notifications.len(), 1);
-    assert_eq!(notifications[0].members.len(), 30);
-    assert_eq!(notifications[0].summary.subject(), "30 stale-deal-nudge signals");
-    assert_eq!(notifications[0].summary.text().lines().count(), 30);
+    assert_eq!(notifications[0].members().len(), 30);
+    assert_eq!(notifications[0].summary().subject(), "30 stale-deal-nudge signals");
+    assert_eq!(notifications[0].summary().text().lines().count(), 30);
 }
 
 #[test]
@@ -51,7 +51,7 @@ fn repeat_interval_holds_back_what_was_already_said() {
     assert!(grouper.flush(at(11, 9)).is_empty());
     let later = grouper.flush(at(11, 10));
     assert_eq!(later.len(), 1);
-    assert_eq!(later[0].members.len(), 1);
+    assert_eq!(later[0].members().len(), 1);
     // After the repeat interval the old causes may be said again.
     let week_later = grouper.observe(at(18, 11), stale_signals(2));
     assert!(week_later.iter().all(|outcome| outcome.reason != Reason::Repeat), "{week_later:?}");
@@ -76,9 +76,9 @@ fn a_lost_deal_inhibits_its_stale_nudge_only() {
     assert!(inhibited[0].detail.contains("deal-lost"));
     let notifications = grouper.flush(at(10, 10));
     let stale =
-        notifications.iter().find(|n| n.summary.kind().as_str() == "stale-deal-nudge").expect("group");
-    assert_eq!(stale.members.len(), 1);
-    assert!(stale.members[0].subject().ends_with("d1"));
+        notifications.iter().find(|n| n.summary().kind().as_str() == "stale-deal-nudge").expect("group");
+    assert_eq!(stale.members().len(), 1);
+    assert!(stale.members()[0].subject().ends_with("d1"));
 }
 
 #[test]
@@ -98,7 +98,7 @@ fn a_flapping_entity_gives_one_signal() {
         }
         let active: Vec<_> = rule.evaluate(now, &record).into_signal().into_iter().collect();
         grouper.observe(now, active);
-        sent += grouper.flush(now).iter().map(|n| n.members.len()).sum::<usize>();
+        sent += grouper.flush(now).iter().map(|n| n.members().len()).sum::<usize>();
     }
     assert!(sent <= 2, "a flapping deal was notified {sent} times");
     assert!(grouper.suppressed().any(|outcome| outcome.reason == Reason::Cooldown));
@@ -111,7 +111,7 @@ fn grouping_state_survives_a_restart() {
     let saved = serde_json::to_string(grouper.state()).expect("serializes");
     let state: GroupingState = serde_json::from_str(&saved).expect("deserializes");
     let mut restored = Grouper::restore(GroupingConfig::default(), state).expect("valid");
-    assert_eq!(restored.flush(at(10, 10))[0].members.len(), 3);
+    assert_eq!(restored.flush(at(10, 10))[0].members().len(), 3);
 }
 
 #[test]
