@@ -158,25 +158,59 @@ async fn sixteen_concurrent_tasks_in_memory() {
     assert_eq!(ceiling.refusals(&tenant()).await.expect("ok").len(), refused);
 }
 
-fn spawn_child(test: &str, url: &str) -> std::process::Child {
+fn unix_millis() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_millis()
+}
+
+fn spawn_child(test: &str, url: &str, start: u128) -> std::process::Child {
     std::process::Command::new(std::env::current_exe().expect("test binary"))
         .args(["--exact", test, "--nocapture", "--test-threads", "1"])
         .env("SOS_CHILD_ROLE", "ruliads-ceiling")
         .env("SOS_CHILD_URL", url)
+        .env("SOS_CHILD_START", start.to_string())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn child")
 }
 
-fn started_in(child: std::process::Child) -> usize {
+/// What one child reports: the causes it started, each with the instants (Unix µs) between
+/// which it held its slot.
+fn started_in(child: std::process::Child) -> Vec<(String, u128, u128)> {
     let output = child.wait_with_output().expect("child ran");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "child failed: {stdout}");
-    stdout
+    let line = stdout
         .lines()
-        .find_map(|line| line.split("STARTED=").nth(1))
-        .and_then(|count| count.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("child printed no count: {stdout}"))
+        .find_map(|line| line.strip_prefix("STARTED="))
+        .unwrap_or_else(|| panic!("child printed no report: {stdout}"));
+    line.split(',')
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let mut parts = entry.split(':');
+            let mut next = || parts.next().expect("cause:from:to").to_owned();
+            let (cause, from, to) = (next(), next(), next());
+            (cause, from.parse().expect("micros"), to.parse().expect("micros"))
+        })
+        .collect()
+}
+
+/// Both processes' reports together: never a cause started twice, never more than `ceiling`
+/// triggers holding a slot at the same instant. Returns how many started.
+fn check_across_processes(reports: Vec<Vec<(String, u128, u128)>>, ceiling: usize) -> usize {
+    let started: Vec<(String, u128, u128)> = reports.into_iter().flatten().collect();
+    let causes: std::collections::BTreeSet<&String> = started.iter().map(|(cause, _, _)| cause).collect();
+    assert_eq!(causes.len(), started.len(), "a cause started twice across processes: {started:?}");
+    let mut events: Vec<(u128, i32)> =
+        started.iter().flat_map(|(_, from, to)| [(*from, 1), (*to, -1)]).collect();
+    // At equal instants the end comes first: the slot was freed before the next one held it.
+    events.sort_by_key(|(at, delta)| (*at, *delta));
+    let (mut running, mut peak) = (0, 0);
+    for (_, delta) in events {
+        running += delta;
+        peak = peak.max(running);
+    }
+    assert!(peak as usize <= ceiling, "{peak} triggers ran at once across processes");
+    started.len()
 }
 
 /// The child half of the two-process tests: 8 concurrent attempts on causes shared with the
@@ -186,9 +220,14 @@ fn started_in(child: std::process::Child) -> usize {
 async fn child_ceiling_process() {
     let role = std::env::var("SOS_CHILD_ROLE").unwrap_or_default();
     let url = std::env::var("SOS_CHILD_URL").unwrap_or_default();
-    let started = if role != "ruliads-ceiling" {
-        sixteen_attempts(Arc::new(MemoryCeiling::new(CeilingConfig::default())), "solo").await.0
-    } else if url.starts_with("postgres") {
+    if role != "ruliads-ceiling" {
+        sixteen_attempts(Arc::new(MemoryCeiling::new(CeilingConfig::default())), "solo").await;
+        return;
+    }
+    // Both children start at the same instant, so their attempts race.
+    let start: u128 = std::env::var("SOS_CHILD_START").expect("start").parse().expect("millis");
+    tokio::time::sleep(Duration::from_millis(start.saturating_sub(unix_millis()) as u64)).await;
+    let started = if url.starts_with("postgres") {
         let pool =
             sqlx::postgres::PgPoolOptions::new().max_connections(10).connect(&url).await.expect("connect");
         eight_attempts(Arc::new(PgCeiling::new(pool, CeilingConfig::default()))).await
@@ -197,31 +236,44 @@ async fn child_ceiling_process() {
         let pool = sos_testkit::sqlite_pool(std::path::Path::new(path), 8).await;
         eight_attempts(Arc::new(SqliteCeiling::new(pool, CeilingConfig::default()))).await
     };
+    let report: Vec<String> =
+        started.iter().map(|(cause, from, to)| format!("{cause}:{from}:{to}")).collect();
     // On its own line: libtest prints the test name before the test's output.
-    println!("\nSTARTED={started}");
+    println!("\nSTARTED={}", report.join(","));
 }
 
-async fn eight_attempts<C: TriggerCeiling + 'static>(ceiling: Arc<C>) -> usize {
+fn unix_micros() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_micros()
+}
+
+/// 8 concurrent attempts on 6 causes shared with the other process; returns the causes started,
+/// with the instants between which each held its slot.
+async fn eight_attempts<C: TriggerCeiling + 'static>(ceiling: Arc<C>) -> Vec<(String, u128, u128)> {
     let mut tasks = Vec::new();
     for index in 0..8 {
         let ceiling = ceiling.clone();
         tasks.push(tokio::spawn(async move {
-            let attempt = attempt(&format!("shared-{}", index % 6), "");
+            let cause = format!("shared-{}", index % 6);
+            let attempt = attempt(&cause, "");
             match ceiling.try_start(at(10, 9), &attempt).await.expect("store works") {
                 Admission::Started => {
+                    // The slot is held from the admission until `finish` returns; the interval
+                    // reported lies inside it.
+                    let from = unix_micros();
                     assert!(ceiling.running(&attempt.tenant).await.expect("ok") <= 2);
                     tokio::time::sleep(Duration::from_millis(40)).await;
                     assert!(ceiling.running(&attempt.tenant).await.expect("ok") <= 2);
+                    let to = unix_micros();
                     ceiling.finish(at(10, 9), &attempt.tenant, &attempt.cause).await.expect("ok");
-                    1
+                    Some((cause, from, to))
                 }
-                Admission::Refused(_) => 0,
+                Admission::Refused(_) => None,
             }
         }));
     }
-    let mut started = 0;
+    let mut started = Vec::new();
     for task in tasks {
-        started += task.await.expect("task");
+        started.extend(task.await.expect("task"));
     }
     started
 }
@@ -229,9 +281,10 @@ async fn eight_attempts<C: TriggerCeiling + 'static>(ceiling: Arc<C>) -> usize {
 #[tokio::test]
 async fn two_processes_share_the_postgres_ceiling() {
     let database = PgTestDatabase::new(&[&postgres_migrator()]).await;
+    let start = unix_millis() + 1_500;
     let children: Vec<_> =
-        (0..2).map(|_| spawn_child("ceiling::child_ceiling_process", database.url())).collect();
-    let started: usize = children.into_iter().map(started_in).sum();
+        (0..2).map(|_| spawn_child("ceiling::child_ceiling_process", database.url(), start)).collect();
+    let started = check_across_processes(children.into_iter().map(started_in).collect(), 2);
     assert!((1..=6).contains(&started), "6 distinct causes, never a replay: {started} started");
     let ceiling = PgCeiling::new(database.pool().clone(), CeilingConfig::default());
     assert_eq!(ceiling.refusals(&tenant()).await.expect("ok").len(), 16 - started);
@@ -241,9 +294,10 @@ async fn two_processes_share_the_postgres_ceiling() {
 #[tokio::test]
 async fn two_processes_share_the_sqlite_ceiling() {
     let database = SqliteTestDatabase::new(&[&sqlite_migrator()]).await;
+    let start = unix_millis() + 1_500;
     let children: Vec<_> =
-        (0..2).map(|_| spawn_child("ceiling::child_ceiling_process", &database.url())).collect();
-    let started: usize = children.into_iter().map(started_in).sum();
+        (0..2).map(|_| spawn_child("ceiling::child_ceiling_process", &database.url(), start)).collect();
+    let started = check_across_processes(children.into_iter().map(started_in).collect(), 2);
     assert!((1..=6).contains(&started), "{started} started");
     let ceiling = SqliteCeiling::new(database.pool().clone(), CeilingConfig::default());
     assert_eq!(ceiling.refusals(&tenant()).await.expect("ok").len(), 16 - started);
