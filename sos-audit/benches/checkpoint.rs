@@ -4,8 +4,8 @@
 //! - checkpointing overhead on appends: appends with a checkpoint (tree extension from the
 //!   chain, consistency check, Ed25519 signature, record) every 256 entries vs the same appends
 //!   without, on SQLite (WAL) and PostgreSQL (goal < 5 %);
-//! - inclusion proof generation from the stored tiles of a 10,000,000-entry tenant in SQLite
-//!   (goal < 1 ms median), and its verification (goal < 50 µs).
+//! - inclusion proof generation from the stored tiles of a 10,000,000-entry tenant in SQLite and
+//!   PostgreSQL (goal < 1 ms median), and its verification (goal < 50 µs).
 //!
 //! Run: `cargo bench -p sos-audit --all-features --bench checkpoint -- --warm-up-time 1 --measurement-time 3`
 
@@ -77,38 +77,79 @@ async fn overhead<S: MerkleStore + Clone>(label: &str, store: S) {
     );
 }
 
-/// Stores the tiles of a `BIG_TREE`-leaf tree for tenant `big` directly (building them with the
-/// public `TileBuilder`; appending ten million real entries would take the whole bench budget).
-async fn store_big_tree(pool: &sqlx::SqlitePool) -> Sha256Digest {
+/// Stores the tiles of a `BIG_TREE`-leaf tree for tenant `big` directly in both databases
+/// (building them with the public `TileBuilder`; appending ten million real entries would take
+/// the whole bench budget).
+async fn store_big_tree(sqlite: &sqlx::SqlitePool, postgres: &sqlx::PgPool) {
     let mut builder = TileBuilder::new();
     let mut last = Sha256Digest::ZERO;
-    let mut tx = pool.begin().await.expect("begin");
+    let mut sqlite_tx = sqlite.begin().await.expect("begin");
     for leaf in 0..BIG_TREE {
         last = Sha256Digest::of(&leaf.to_be_bytes());
         builder.push_leaf_data(last.as_bytes());
-        if (leaf + 1) % (1 << 20) == 0 || leaf + 1 == BIG_TREE {
-            for (key, bytes) in builder.take_changed() {
+        if (leaf + 1) % (1 << 17) == 0 || leaf + 1 == BIG_TREE {
+            let changed = builder.take_changed();
+            for (key, bytes) in &changed {
                 sqlx::query(
                     "INSERT INTO audit_tree_tiles (tenant, level, idx, hashes) VALUES ('big', ?1, ?2, ?3)
                      ON CONFLICT (tenant, level, idx) DO UPDATE SET hashes = excluded.hashes",
                 )
                 .bind(i64::from(key.level))
                 .bind(key.index as i64)
-                .bind(bytes)
-                .execute(&mut *tx)
+                .bind(bytes.as_slice())
+                .execute(&mut *sqlite_tx)
                 .await
                 .expect("tile");
             }
+            let levels: Vec<i16> = changed.iter().map(|(key, _)| i16::from(key.level)).collect();
+            let indexes: Vec<i64> = changed.iter().map(|(key, _)| key.index as i64).collect();
+            let hashes: Vec<Vec<u8>> = changed.into_iter().map(|(_, bytes)| bytes).collect();
+            sqlx::query(
+                "INSERT INTO audit_tree_tiles (tenant, level, idx, hashes)
+                 SELECT 'big', * FROM UNNEST($1::smallint[], $2::bigint[], $3::bytea[])
+                 ON CONFLICT (tenant, level, idx) DO UPDATE SET hashes = excluded.hashes",
+            )
+            .bind(levels)
+            .bind(indexes)
+            .bind(hashes)
+            .execute(postgres)
+            .await
+            .expect("tiles");
         }
     }
     sqlx::query("INSERT INTO audit_tree_heads (tenant, size, last_entry_hash) VALUES ('big', ?1, ?2)")
         .bind(BIG_TREE as i64)
         .bind(last.as_bytes().as_slice())
-        .execute(&mut *tx)
+        .execute(&mut *sqlite_tx)
         .await
         .expect("head");
-    tx.commit().await.expect("commit");
-    last
+    sqlite_tx.commit().await.expect("commit");
+    sqlx::query("INSERT INTO audit_tree_heads (tenant, size, last_entry_hash) VALUES ('big', $1, $2)")
+        .bind(BIG_TREE as i64)
+        .bind(last.as_bytes().as_slice())
+        .execute(postgres)
+        .await
+        .expect("head");
+    sqlx::query("ANALYZE audit_tree_tiles").execute(postgres).await.expect("analyze");
+}
+
+/// Benchmarks proof generation from `store`'s tiles of tenant `big`.
+fn bench_proofs<S: MerkleStore>(
+    criterion: &mut Criterion,
+    runtime: &tokio::runtime::Runtime,
+    label: &str,
+    store: &S,
+) {
+    let big = tenant("big");
+    let mut group = criterion.benchmark_group("inclusion proof, 10M-entry tenant");
+    let mut index = 0u64;
+    group.bench_function(format!("generate from {label} tiles (goal < 1 ms median)"), |bench| {
+        bench.iter(|| {
+            index = (index + 7_654_321) % BIG_TREE;
+            runtime.block_on(tlog::inclusion_proof(store, &big, black_box(index), BIG_TREE)).expect("proof")
+        });
+    });
+    group.finish();
 }
 
 fn main() {
@@ -127,30 +168,29 @@ fn main() {
         let store = PgAuditChain::new(database.pool().clone());
         (database, store)
     });
-    runtime.block_on(overhead("PostgreSQL", postgres));
-    drop(pg_database);
+    runtime.block_on(overhead("PostgreSQL", postgres.clone()));
 
     let started = Instant::now();
-    runtime.block_on(store_big_tree(sqlite_database.pool()));
-    println!("stored the tiles of a {BIG_TREE}-leaf tree in {:.1} s", started.elapsed().as_secs_f64());
+    runtime.block_on(store_big_tree(sqlite_database.pool(), pg_database.pool()));
+    println!(
+        "stored the tiles of a {BIG_TREE}-leaf tree in SQLite and PostgreSQL in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let big = tenant("big");
     let root = runtime.block_on(tlog::root_at(&sqlite, &big, BIG_TREE)).expect("root");
+    assert_eq!(runtime.block_on(tlog::root_at(&postgres, &big, BIG_TREE)).expect("root"), root);
+    bench_proofs(&mut criterion, &runtime, "SQLite", &sqlite);
+    bench_proofs(&mut criterion, &runtime, "PostgreSQL", &postgres);
 
-    let mut group = criterion.benchmark_group("inclusion proof, 10M-entry tenant");
-    let mut index = 0u64;
-    group.bench_function("generate from SQLite tiles (goal < 1 ms median)", |bench| {
-        bench.iter(|| {
-            index = (index + 7_654_321) % BIG_TREE;
-            runtime.block_on(tlog::inclusion_proof(&sqlite, &big, black_box(index), BIG_TREE)).expect("proof")
-        });
-    });
     let proven = 4_321_987u64;
     let proof = runtime.block_on(tlog::inclusion_proof(&sqlite, &big, proven, BIG_TREE)).expect("proof");
     let leaf = leaf_hash(Sha256Digest::of(&proven.to_be_bytes()).as_bytes());
     verify_inclusion(&leaf, proven, BIG_TREE, &proof.hashes, &root).expect("the proof verifies");
+    let mut group = criterion.benchmark_group("inclusion proof, 10M-entry tenant");
     group.bench_function("verify (goal < 50 µs)", |bench| {
         bench.iter(|| verify_inclusion(black_box(&leaf), proven, BIG_TREE, black_box(&proof.hashes), &root));
     });
     group.finish();
+    drop(pg_database);
     criterion.final_summary();
 }

@@ -594,3 +594,40 @@ async fn timestamp_tokens_are_anchored_beside_their_checkpoint() {
     let token = std::fs::read(path.with_extension("tsr")).expect("token");
     assert_eq!(token, sos_core::Sha256Digest::of(signed.note.as_bytes()).as_bytes().to_vec());
 }
+
+/// The background loop signs due tenants on its own and stops when told to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_signs_in_the_background_until_shutdown() {
+    let store = MemoryAuditStore::new();
+    let policy = CheckpointPolicy::default().every(2).poll_interval(Duration::from_millis(20));
+    let checkpointer = Arc::new(Checkpointer::new(store.clone(), signer()).with_policy(policy));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let task = {
+        let checkpointer = Arc::clone(&checkpointer);
+        let reports = Arc::clone(&reports);
+        tokio::spawn(async move {
+            checkpointer
+                .run(
+                    async {
+                        let _ = stopped.await;
+                    },
+                    move |tenant, outcome| {
+                        let size = outcome.as_ref().map(|signed| signed.size()).ok();
+                        reports.lock().expect("reports").push((tenant.cloned(), size));
+                    },
+                )
+                .await;
+        })
+    };
+    append_n(&store, "acme", 0, 2).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while checkpointer.latest(&tenant("acme")).await.expect("latest").is_none() {
+        assert!(std::time::Instant::now() < deadline, "the loop never signed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).expect("the loop is running");
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("the loop stops").expect("task");
+    let reports = reports.lock().expect("reports").clone();
+    assert_eq!(reports, vec![(Some(tenant("acme")), Some(2))]);
+}
