@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use sos_core::{Sha256Digest, TenantId};
 
 use super::{
-    MerkleStore, SignedCheckpoint, TileBuilder, TileKey, TreeState, corrupt_tree, edge_tiles, push_entries,
+    MerkleStore, SignedCheckpoint, StoredTiles, TileBuilder, TileKey, TreeState, corrupt_tree, edge_tiles,
+    push_entries,
 };
 use crate::MemoryAuditStore;
 use crate::error::Result;
@@ -69,7 +70,7 @@ impl MerkleStore for MemoryAuditStore {
             .unwrap_or(TreeState { size: 0, last_entry_hash: Sha256Digest::ZERO }))
     }
 
-    async fn read_tiles(&self, tenant: &TenantId, keys: &[TileKey]) -> Result<Vec<(TileKey, Vec<u8>)>> {
+    async fn read_tiles(&self, tenant: &TenantId, keys: &[TileKey]) -> Result<StoredTiles> {
         let tlog = self.tlog.lock().await;
         let Some(entry) = tlog.tenants.get(tenant) else { return Ok(Vec::new()) };
         Ok(keys.iter().filter_map(|key| entry.tiles.get(key).map(|bytes| (*key, bytes.clone()))).collect())

@@ -77,6 +77,9 @@ pub struct TreeState {
     pub last_entry_hash: Sha256Digest,
 }
 
+/// Stored tiles with their keys, as C2SP bytes (concatenated 32-byte hashes).
+pub type StoredTiles = Vec<(TileKey, Vec<u8>)>;
+
 /// A checkpoint as signed and recorded by the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedCheckpoint {
@@ -218,7 +221,21 @@ pub trait MerkleStore: AuditStore {
         &self,
         tenant: &TenantId,
         keys: &[TileKey],
-    ) -> impl Future<Output = Result<Vec<(TileKey, Vec<u8>)>>> + Send;
+    ) -> impl Future<Output = Result<StoredTiles>> + Send;
+
+    /// The tree's state and the stored tiles among `keys`, read together (backends answer in one
+    /// query; the default makes two calls).
+    fn read_tree(
+        &self,
+        tenant: &TenantId,
+        keys: &[TileKey],
+    ) -> impl Future<Output = Result<(TreeState, StoredTiles)>> + Send {
+        async move {
+            let state = self.tree_state(tenant).await?;
+            let tiles = self.read_tiles(tenant, keys).await?;
+            Ok((state, tiles))
+        }
+    }
 
     /// The recorded checkpoint with the largest size, if any.
     fn latest_checkpoint(
@@ -242,7 +259,8 @@ pub trait MerkleStore: AuditStore {
     ) -> impl Future<Output = Result<SignedCheckpoint>> + Send;
 }
 
-/// Reads the tiles that a proof computation on the tree of `size` leaves needs, in one query.
+/// Reads the tree state and the tiles that a proof computation on the tree of `size` leaves
+/// needs, in one query, refusing a size larger than the stored tree.
 pub(crate) async fn load_tiles<S, F, T>(store: &S, tenant: &TenantId, size: u64, plan: F) -> Result<TileSet>
 where
     S: MerkleStore + ?Sized,
@@ -251,22 +269,18 @@ where
     let planner = tiles::TilePlanner::new(size);
     plan(&planner)?;
     let keys = planner.into_keys();
+    let (state, tiles) = store.read_tree(tenant, &keys).await?;
+    if size > state.size {
+        return Err(crate::merkle::ProofError::TreeTooSmall { size, available: state.size }.into());
+    }
     let mut set = TileSet::new(size);
-    for (key, bytes) in store.read_tiles(tenant, &keys).await? {
+    for (key, bytes) in tiles {
         set.insert(key, &bytes).map_err(|error| match error {
             Error::CorruptTree { reason, .. } => Error::CorruptTree { tenant: tenant.to_string(), reason },
             other => other,
         })?;
     }
     Ok(set)
-}
-
-async fn checked_size<S: MerkleStore + ?Sized>(store: &S, tenant: &TenantId, size: u64) -> Result<()> {
-    let state = store.tree_state(tenant).await?;
-    if size > state.size {
-        return Err(crate::merkle::ProofError::TreeTooSmall { size, available: state.size }.into());
-    }
-    Ok(())
 }
 
 /// The root of `tenant`'s stored tree at `size` leaves, from a few stored tiles.
@@ -280,7 +294,6 @@ pub async fn root_at<S: MerkleStore + ?Sized>(
     tenant: &TenantId,
     size: u64,
 ) -> Result<Sha256Digest> {
-    checked_size(store, tenant, size).await?;
     let set = load_tiles(store, tenant, size, |planner| crate::merkle::root_at(planner, size)).await?;
     Ok(crate::merkle::root_at(&set, size)?)
 }
@@ -299,7 +312,6 @@ pub async fn inclusion_proof<S: MerkleStore + ?Sized>(
     if index >= size {
         return Err(crate::merkle::ProofError::IndexOutOfRange { index, size }.into());
     }
-    checked_size(store, tenant, size).await?;
     let set = load_tiles(store, tenant, size, |planner| crate::merkle::inclusion_proof(planner, index, size))
         .await?;
     Ok(InclusionProof::generate(&set, index, size)?)
@@ -319,7 +331,6 @@ pub async fn consistency_proof<S: MerkleStore + ?Sized>(
     if old_size > new_size {
         return Err(crate::merkle::ProofError::SizesOutOfOrder { old: old_size, new: new_size }.into());
     }
-    checked_size(store, tenant, new_size).await?;
     let set = load_tiles(store, tenant, new_size, |planner| {
         crate::merkle::consistency_proof(planner, old_size, new_size)
     })

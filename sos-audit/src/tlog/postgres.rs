@@ -7,7 +7,8 @@ use sqlx::Row as _;
 use sqlx::postgres::{PgConnection, PgRow};
 
 use super::{
-    MerkleStore, SignedCheckpoint, TileBuilder, TileKey, TreeState, corrupt_tree, edge_tiles, push_entries,
+    MerkleStore, SignedCheckpoint, StoredTiles, TileBuilder, TileKey, TreeState, corrupt_tree, edge_tiles,
+    push_entries,
 };
 use crate::PgAuditChain;
 use crate::error::{Error, Result, storage};
@@ -37,11 +38,7 @@ async fn read_state(conn: &mut PgConnection, tenant: &TenantId) -> Result<TreeSt
     }
 }
 
-async fn read_tiles_on(
-    conn: &mut PgConnection,
-    tenant: &TenantId,
-    keys: &[TileKey],
-) -> Result<Vec<(TileKey, Vec<u8>)>> {
+async fn read_tiles_on(conn: &mut PgConnection, tenant: &TenantId, keys: &[TileKey]) -> Result<StoredTiles> {
     if keys.is_empty() {
         return Ok(Vec::new());
     }
@@ -71,6 +68,50 @@ async fn read_tiles_on(
             Ok((key, hashes))
         })
         .collect()
+}
+
+/// The tree state and the tiles among `keys`, in one query: the head row comes back as a row of
+/// level -1 (its `idx` the size, its `hashes` the last entry hash).
+async fn read_tree_on(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    keys: &[TileKey],
+) -> Result<(TreeState, StoredTiles)> {
+    let levels: Vec<i16> = keys.iter().map(|key| i16::from(key.level)).collect();
+    let indexes: Vec<i64> = keys.iter().map(|key| to_i64(key.index)).collect();
+    let rows = sqlx::query(
+        "SELECT -1::smallint AS level, size AS idx, last_entry_hash AS hashes FROM audit_tree_heads WHERE tenant = $1
+         UNION ALL
+         SELECT level, idx, hashes FROM audit_tree_tiles
+         WHERE tenant = $1 AND (level, idx) IN (SELECT * FROM UNNEST($2::smallint[], $3::bigint[]))",
+    )
+    .bind(tenant.as_str())
+    .bind(levels)
+    .bind(indexes)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(storage)?;
+    let bad = |reason| Error::CorruptTree { tenant: tenant.to_string(), reason };
+    let mut state = TreeState { size: 0, last_entry_hash: Sha256Digest::ZERO };
+    let mut tiles = Vec::with_capacity(keys.len());
+    for row in &rows {
+        let level: i16 = row.try_get("level").map_err(storage)?;
+        let index: i64 = row.try_get("idx").map_err(storage)?;
+        let hashes: Vec<u8> = row.try_get("hashes").map_err(storage)?;
+        if level < 0 {
+            let size = u64::try_from(index).map_err(|_| bad("negative tree size"))?;
+            let hash = <[u8; 32]>::try_from(hashes.as_slice())
+                .map_err(|_| bad("last entry hash is not 32 bytes"))?;
+            state = TreeState { size, last_entry_hash: Sha256Digest::from_bytes(hash) };
+            continue;
+        }
+        let key = TileKey {
+            level: u8::try_from(level).map_err(|_| bad("a tile key is out of range"))?,
+            index: u64::try_from(index).map_err(|_| bad("a tile key is out of range"))?,
+        };
+        tiles.push((key, hashes));
+    }
+    Ok((state, tiles))
 }
 
 fn checkpoint_from_row(tenant: &TenantId, row: &PgRow) -> Result<SignedCheckpoint> {
@@ -167,9 +208,14 @@ impl MerkleStore for PgAuditChain {
         read_state(&mut conn, tenant).await
     }
 
-    async fn read_tiles(&self, tenant: &TenantId, keys: &[TileKey]) -> Result<Vec<(TileKey, Vec<u8>)>> {
+    async fn read_tiles(&self, tenant: &TenantId, keys: &[TileKey]) -> Result<StoredTiles> {
         let mut conn = self.pool().acquire().await.map_err(storage)?;
         read_tiles_on(&mut conn, tenant, keys).await
+    }
+
+    async fn read_tree(&self, tenant: &TenantId, keys: &[TileKey]) -> Result<(TreeState, StoredTiles)> {
+        let mut conn = self.pool().acquire().await.map_err(storage)?;
+        read_tree_on(&mut conn, tenant, keys).await
     }
 
     async fn latest_checkpoint(&self, tenant: &TenantId) -> Result<Option<SignedCheckpoint>> {

@@ -7,7 +7,8 @@ use sqlx::Row as _;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 
 use super::{
-    MerkleStore, SignedCheckpoint, TileBuilder, TileKey, TreeState, corrupt_tree, edge_tiles, push_entries,
+    MerkleStore, SignedCheckpoint, StoredTiles, TileBuilder, TileKey, TreeState, corrupt_tree, edge_tiles,
+    push_entries,
 };
 use crate::SqliteAuditChain;
 use crate::error::{Error, Result, storage};
@@ -41,7 +42,7 @@ async fn read_tiles_on(
     conn: &mut SqliteConnection,
     tenant: &TenantId,
     keys: &[TileKey],
-) -> Result<Vec<(TileKey, Vec<u8>)>> {
+) -> Result<StoredTiles> {
     if keys.is_empty() {
         return Ok(Vec::new());
     }
@@ -71,6 +72,50 @@ async fn read_tiles_on(
             Ok((key, hashes))
         })
         .collect()
+}
+
+/// The tree state and the tiles among `keys`, in one query: the head row comes back as a row of
+/// level -1 (its `idx` the size, its `hashes` the last entry hash).
+async fn read_tree_on(
+    conn: &mut SqliteConnection,
+    tenant: &TenantId,
+    keys: &[TileKey],
+) -> Result<(TreeState, StoredTiles)> {
+    let wanted = serde_json::to_string(&keys.iter().map(|key| (key.level, key.index)).collect::<Vec<_>>())
+        .map_err(storage)?;
+    let rows = sqlx::query(
+        "SELECT -1 AS level, size AS idx, last_entry_hash AS hashes FROM audit_tree_heads WHERE tenant = ?1
+         UNION ALL
+         SELECT level, idx, hashes FROM audit_tree_tiles
+         WHERE tenant = ?1 AND (level, idx) IN (
+             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?2))",
+    )
+    .bind(tenant.as_str())
+    .bind(wanted)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(storage)?;
+    let bad = |reason| Error::CorruptTree { tenant: tenant.to_string(), reason };
+    let mut state = TreeState { size: 0, last_entry_hash: Sha256Digest::ZERO };
+    let mut tiles = Vec::with_capacity(keys.len());
+    for row in &rows {
+        let level: i64 = row.try_get("level").map_err(storage)?;
+        let index: i64 = row.try_get("idx").map_err(storage)?;
+        let hashes: Vec<u8> = row.try_get("hashes").map_err(storage)?;
+        if level < 0 {
+            let size = u64::try_from(index).map_err(|_| bad("negative tree size"))?;
+            let hash = <[u8; 32]>::try_from(hashes.as_slice())
+                .map_err(|_| bad("last entry hash is not 32 bytes"))?;
+            state = TreeState { size, last_entry_hash: Sha256Digest::from_bytes(hash) };
+            continue;
+        }
+        let key = TileKey {
+            level: u8::try_from(level).map_err(|_| bad("a tile key is out of range"))?,
+            index: u64::try_from(index).map_err(|_| bad("a tile key is out of range"))?,
+        };
+        tiles.push((key, hashes));
+    }
+    Ok((state, tiles))
 }
 
 fn checkpoint_from_row(tenant: &TenantId, row: &SqliteRow) -> Result<SignedCheckpoint> {
@@ -152,9 +197,14 @@ impl MerkleStore for SqliteAuditChain {
         read_state(&mut conn, tenant).await
     }
 
-    async fn read_tiles(&self, tenant: &TenantId, keys: &[TileKey]) -> Result<Vec<(TileKey, Vec<u8>)>> {
+    async fn read_tiles(&self, tenant: &TenantId, keys: &[TileKey]) -> Result<StoredTiles> {
         let mut conn = self.pool().acquire().await.map_err(storage)?;
         read_tiles_on(&mut conn, tenant, keys).await
+    }
+
+    async fn read_tree(&self, tenant: &TenantId, keys: &[TileKey]) -> Result<(TreeState, StoredTiles)> {
+        let mut conn = self.pool().acquire().await.map_err(storage)?;
+        read_tree_on(&mut conn, tenant, keys).await
     }
 
     async fn latest_checkpoint(&self, tenant: &TenantId) -> Result<Option<SignedCheckpoint>> {

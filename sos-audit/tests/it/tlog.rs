@@ -172,6 +172,13 @@ pub(crate) async fn proofs_for_the_wrong_entry_or_size_are_refused<S: MerkleStor
     foreign.tenant = tenant("globex");
     let refused = foreign.verify(&verifier).expect_err("another tenant's origin");
     assert!(matches!(refused, Error::Note(sos_audit::note::NoteError::WrongOrigin { .. })), "{refused:?}");
+    for cut in [1, 20, good.checkpoint.len() / 2, good.checkpoint.len() - 1] {
+        let mut truncated_note = good.clone();
+        truncated_note.checkpoint.truncate(good.checkpoint.len() - cut);
+        let refused = truncated_note.verify(&verifier).expect_err("a truncated note");
+        assert!(matches!(refused, Error::Note(_)), "cut {cut}: {refused:?}");
+    }
+
     let mut forged = good.clone();
     forged.checkpoint = forged.checkpoint.replacen("\n6\n", "\n7\n", 1);
     let refused = forged.verify(&verifier).expect_err("edited checkpoint");
