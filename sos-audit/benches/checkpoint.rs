@@ -181,6 +181,12 @@ fn main() {
     assert_eq!(runtime.block_on(tlog::root_at(&postgres, &big, BIG_TREE)).expect("root"), root);
     bench_proofs(&mut criterion, &runtime, "SQLite", &sqlite);
     bench_proofs(&mut criterion, &runtime, "PostgreSQL", &postgres);
+    // The floor of any PostgreSQL-backed proof: one round trip to the server.
+    let mut group = criterion.benchmark_group("inclusion proof, 10M-entry tenant");
+    group.bench_function("PostgreSQL round trip, SELECT 1 (floor)", |bench| {
+        bench.iter(|| runtime.block_on(sqlx::query("SELECT 1").execute(pg_database.pool())).expect("select"));
+    });
+    group.finish();
 
     let proven = 4_321_987u64;
     let proof = runtime.block_on(tlog::inclusion_proof(&sqlite, &big, proven, BIG_TREE)).expect("proof");
