@@ -46,7 +46,7 @@ async fn read_tiles_on(conn: &mut PgConnection, tenant: &TenantId, keys: &[TileK
     let indexes: Vec<i64> = keys.iter().map(|key| to_i64(key.index)).collect();
     let rows = sqlx::query(
         "SELECT level, idx, hashes FROM audit_tree_tiles
-         WHERE tenant = $1 AND (level, idx) IN (SELECT * FROM UNNEST($2::smallint[], $3::bigint[]))",
+         WHERE tenant = $1 AND level = ANY($2::smallint[]) AND idx = ANY($3::bigint[])",
     )
     .bind(tenant.as_str())
     .bind(levels)
@@ -67,6 +67,8 @@ async fn read_tiles_on(conn: &mut PgConnection, tenant: &TenantId, keys: &[TileK
             };
             Ok((key, hashes))
         })
+        // The query matched every (level, idx) combination of the two arrays; keep the keys asked.
+        .filter(|tile| tile.as_ref().map_or(true, |(key, _)| keys.contains(key)))
         .collect()
 }
 
@@ -83,7 +85,7 @@ async fn read_tree_on(
         "SELECT -1::smallint AS level, size AS idx, last_entry_hash AS hashes FROM audit_tree_heads WHERE tenant = $1
          UNION ALL
          SELECT level, idx, hashes FROM audit_tree_tiles
-         WHERE tenant = $1 AND (level, idx) IN (SELECT * FROM UNNEST($2::smallint[], $3::bigint[]))",
+         WHERE tenant = $1 AND level = ANY($2::smallint[]) AND idx = ANY($3::bigint[])",
     )
     .bind(tenant.as_str())
     .bind(levels)
@@ -109,7 +111,10 @@ async fn read_tree_on(
             level: u8::try_from(level).map_err(|_| bad("a tile key is out of range"))?,
             index: u64::try_from(index).map_err(|_| bad("a tile key is out of range"))?,
         };
-        tiles.push((key, hashes));
+        // The query matched every (level, idx) combination of the two arrays; keep the keys asked.
+        if keys.contains(&key) {
+            tiles.push((key, hashes));
+        }
     }
     Ok((state, tiles))
 }
