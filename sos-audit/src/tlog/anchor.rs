@@ -71,21 +71,6 @@ pub trait AnchorSink: Send + Sync + fmt::Debug {
     fn write<'a>(&'a self, anchor: &'a Anchor) -> BoxFuture<'a, Result<AnchorReceipt>>;
 }
 
-/// Obtains a timestamp token for a signed checkpoint note before it is anchored, such as an
-/// RFC 3161 `TimeStampResp` from a timestamp authority (adapt the crate's RFC 3161 client to this
-/// trait). The [`Checkpointer`](super::Checkpointer) attaches the token to every [`Anchor`]; a
-/// failure stops the checkpoint before anything is anchored or recorded.
-///
-/// Object-safe, hence the boxed future.
-pub trait CheckpointTimestamper: Send + Sync + fmt::Debug {
-    /// A DER-encoded token over `note` (the exact bytes of the signed note).
-    ///
-    /// # Errors
-    ///
-    /// Whatever the authority's client reports.
-    fn timestamp<'a>(&'a self, note: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>>>;
-}
-
 /// Writes each checkpoint to `<dir>/<tenant>/<size, 20 digits>.checkpoint` (and its timestamp
 /// token to `….tsr`): created new (never truncating), fsynced with its directory, and left
 /// read-only. An existing file is never overwritten.

@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use sos_core::{Clock, Sha256Digest, SystemClock, TenantId};
 
-use super::{
-    Anchor, AnchorSink, CheckpointTimestamper, MerkleStore, SignedCheckpoint, origin_for, sync_tree,
-};
+use super::{Anchor, AnchorSink, MerkleStore, SignedCheckpoint, origin_for, sync_tree};
 use crate::error::{Error, Result};
 use crate::note::{Checkpoint, NoteSigner, NoteVerifier};
 
@@ -116,7 +114,6 @@ pub struct Checkpointer<S> {
     policy: CheckpointPolicy,
     clock: Arc<dyn Clock>,
     anchors: Vec<Arc<dyn AnchorSink>>,
-    timestamper: Option<Arc<dyn CheckpointTimestamper>>,
     /// What this process signed last per tenant: survives a database administrator deleting
     /// checkpoint rows for as long as the process runs.
     signed: Mutex<HashMap<TenantId, (u64, Sha256Digest)>>,
@@ -146,7 +143,6 @@ impl<S: MerkleStore> Checkpointer<S> {
             policy: CheckpointPolicy::default(),
             clock: Arc::new(SystemClock),
             anchors: Vec::new(),
-            timestamper: None,
             signed: Mutex::new(HashMap::new()),
             running: tokio::sync::Mutex::new(()),
         }
@@ -167,13 +163,6 @@ impl<S: MerkleStore> Checkpointer<S> {
     /// Also writes every checkpoint to `sink` before recording it.
     pub fn with_anchor(mut self, sink: Arc<dyn AnchorSink>) -> Self {
         self.anchors.push(sink);
-        self
-    }
-
-    /// Asks `timestamper` (an RFC 3161 authority) for a token over each new checkpoint note and
-    /// anchors it beside the note.
-    pub fn with_timestamper(mut self, timestamper: Arc<dyn CheckpointTimestamper>) -> Self {
-        self.timestamper = Some(timestamper);
         self
     }
 
@@ -285,10 +274,7 @@ impl<S: MerkleStore> Checkpointer<S> {
             note,
             signed_us: self.clock.now().timestamp_micros(),
         };
-        let mut anchor = Anchor::new(&signed);
-        if let Some(timestamper) = &self.timestamper {
-            anchor = anchor.with_timestamp_token(timestamper.timestamp(signed.note.as_bytes()).await?);
-        }
+        let anchor = Anchor::new(&signed);
         for sink in &self.anchors {
             sink.write(&anchor).await?;
         }

@@ -40,7 +40,7 @@ use sos_core::{Sha256Digest, TenantId};
 pub use anchor::PgAnchorSink;
 #[cfg(feature = "sqlite")]
 pub use anchor::SqliteAnchorSink;
-pub use anchor::{Anchor, AnchorReceipt, AnchorSink, CheckpointTimestamper, FsAnchorSink};
+pub use anchor::{Anchor, AnchorReceipt, AnchorSink, FsAnchorSink};
 pub use checkpointer::{CheckpointPolicy, Checkpointer};
 pub use keys::{generate_signer_file, load_signer, load_verifier};
 pub use tiles::{

@@ -575,33 +575,6 @@ fn proof_file_example_from_docs() {
     assert_eq!(sos_audit::merkle::root_at(&tiles, 3).expect("root"), checkpoint.root);
 }
 
-/// Stands in for an RFC 3161 authority: the token binds the note by its SHA-256, so the test can
-/// check that the token anchored beside a checkpoint is the one made for that note.
-#[derive(Debug)]
-struct DigestTimestamper;
-
-impl tlog::CheckpointTimestamper for DigestTimestamper {
-    fn timestamp<'a>(&'a self, note: &'a [u8]) -> futures::future::BoxFuture<'a, sos_audit::Result<Vec<u8>>> {
-        Box::pin(async move { Ok(sos_core::Sha256Digest::of(note).as_bytes().to_vec()) })
-    }
-}
-
-#[tokio::test]
-async fn timestamp_tokens_are_anchored_beside_their_checkpoint() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let sink = FsAnchorSink::new(dir.path());
-    let store = MemoryAuditStore::new();
-    append_n(&store, "acme", 0, 3).await;
-    let checkpointer = Checkpointer::new(store.clone(), signer())
-        .with_anchor(Arc::new(sink.clone()))
-        .with_timestamper(Arc::new(DigestTimestamper));
-    let signed = checkpointer.checkpoint_now(&tenant("acme")).await.expect("checkpoint");
-    let path = sink.path_of(&tenant("acme"), 3);
-    assert_eq!(std::fs::read_to_string(&path).expect("note"), signed.note);
-    let token = std::fs::read(path.with_extension("tsr")).expect("token");
-    assert_eq!(token, sos_core::Sha256Digest::of(signed.note.as_bytes()).as_bytes().to_vec());
-}
-
 /// The background loop signs due tenants on its own and stops when told to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_signs_in_the_background_until_shutdown() {
