@@ -2195,3 +2195,373 @@ async fn replay_same_github_and_shopify_replayed_under_fresh_delivery_id() {
     assert_eq!(EventId::of_body(b"").as_str().len(), "sha256:".len() + 64);
     assert_eq!(EventId::new(EventId::of_body(b"\xff\x00").as_str()).unwrap(), EventId::of_body(b"\xff\x00"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The fast paths added for speed: the one-statement claim, read-first and the processed-event
+// memory, the one-round-trip commit, the per-tenant purge, database-clock leases, the extractor
+// ---------------------------------------------------------------------------------------------
+
+/// A transactional delivery whose handler writes its effect, says it started, waits to be
+/// released, then succeeds or fails as told.
+async fn pg_held_delivery(
+    guard: WebhookGuard<PgStore>,
+    event: EventKey,
+    body: &'static [u8],
+    started: tokio::sync::oneshot::Sender<()>,
+    release: tokio::sync::oneshot::Receiver<bool>,
+) -> Result<Outcome<()>, RunError<sqlx::Error>> {
+    let parts = (
+        event.tenant().as_str().to_owned(),
+        event.provider().as_str().to_owned(),
+        event.event_id().as_str().to_owned(),
+    );
+    guard
+        .transactional(&event, body, |tx| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO adv_effects (tenant, provider, event_id, worker, body) VALUES ($1, $2, $3, 'held', '')")
+                    .bind(parts.0)
+                    .bind(parts.1)
+                    .bind(parts.2)
+                    .execute(&mut **tx)
+                    .await?;
+                let _ = started.send(());
+                if release.await.unwrap_or(false) { Ok(()) } else { Err(sqlx::Error::RowNotFound) }
+            })
+        })
+        .await
+}
+
+/// toctou-dedupe against every duplicate fast path at once (the one-statement claim's
+/// committed-record branch, read-first, and the processed-event memory of two replicas): while
+/// the first delivery's handler runs, and after it rolls back, no delivery is ever answered
+/// `AlreadyProcessed` or `BodyMismatch`; only a commit makes the event processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn toctou_dedupe_pg_fast_paths_never_answer_processed_for_in_flight_or_rolled_back_claim() {
+    let database = pg_db().await;
+    let store = PgStore::new(database.pool().clone());
+    let replica_a = WebhookGuard::new(store.clone(), SystemClock)
+        .with_config(GuardConfig::default().with_read_first(true).with_processed_cache(64));
+    let replica_b = WebhookGuard::new(store.clone(), SystemClock)
+        .with_config(GuardConfig::default().with_processed_cache(64));
+    for succeed in [false, true] {
+        let event = key("acme", "stripe", &format!("evt_fast_path_{succeed}"));
+        let (started_sender, started) = tokio::sync::oneshot::channel();
+        let (release, release_receiver) = tokio::sync::oneshot::channel();
+        let first = tokio::spawn(pg_held_delivery(
+            replica_a.clone(),
+            event.clone(),
+            b"{}",
+            started_sender,
+            release_receiver,
+        ));
+        started.await.unwrap();
+        for round in 0..20 {
+            for guard in [&replica_a, &replica_b] {
+                for body in [&b"{}"[..], b"{\"forged\":1}"] {
+                    let answer = pg_deliver(guard, &event, body, &format!("dup{round}")).await.unwrap();
+                    assert_eq!(
+                        answer,
+                        Outcome::RetryInFlight,
+                        "mid-handler (succeed={succeed}, round {round})"
+                    );
+                }
+            }
+        }
+        release.send(succeed).unwrap();
+        let first = first.await.unwrap();
+        if succeed {
+            assert_eq!(first.unwrap(), Outcome::Processed(()));
+        } else {
+            assert!(matches!(first, Err(RunError::Handler(_))), "{first:?}");
+            assert_eq!(pg_records(database.pool()).await, 0, "a rolled-back claim leaves no mark");
+            assert_eq!(pg_effects(database.pool(), &event).await, 0);
+            // The rolled-back event is new again for both replicas (no memory kept it).
+            assert_eq!(
+                pg_deliver(&replica_b, &event, b"{}", "after-rollback").await.unwrap(),
+                Outcome::Processed(())
+            );
+        }
+        assert_eq!(pg_effects(database.pool(), &event).await, 1);
+        for guard in [&replica_a, &replica_b] {
+            for _ in 0..2 {
+                // Twice: once from the store (or the committing replica's memory), then from memory.
+                assert_eq!(
+                    pg_deliver(guard, &event, b"{}", "late").await.unwrap(),
+                    Outcome::AlreadyProcessed
+                );
+                assert_eq!(
+                    pg_deliver(guard, &event, b"{\"forged\":1}", "late").await.unwrap(),
+                    Outcome::BodyMismatch
+                );
+            }
+        }
+        assert_eq!(pg_effects(database.pool(), &event).await, 1);
+    }
+}
+
+/// A handler that returns `Ok` but whose writes fail at `COMMIT` (a deferred constraint): the
+/// one-round-trip check-and-commit reports a guard error, leaves no processed mark, and the
+/// processed-event memory does not remember it, so the next delivery processes the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_failure_pg_deferred_constraint_failing_at_commit_leaves_no_mark() {
+    let database = pg_db().await;
+    sqlx::raw_sql(
+        "CREATE TABLE adv_parent (id INT PRIMARY KEY); \
+         CREATE TABLE adv_child (id INT PRIMARY KEY, parent INT NOT NULL REFERENCES adv_parent (id) DEFERRABLE INITIALLY DEFERRED)",
+    )
+    .execute(database.pool())
+    .await
+    .unwrap();
+    let guard = WebhookGuard::new(PgStore::new(database.pool().clone()), SystemClock)
+        .with_config(GuardConfig::default().with_processed_cache(16).with_read_first(true));
+    let event = key("acme", "stripe", "evt_deferred");
+    for attempt in 0..3 {
+        let answer = guard
+            .transactional(&event, b"{}", |tx| {
+                Box::pin(async move {
+                    sqlx::query("INSERT INTO adv_child (id, parent) VALUES ($1, 404)")
+                        .bind(attempt)
+                        .execute(&mut **tx)
+                        .await?;
+                    Ok::<_, sqlx::Error>(())
+                })
+            })
+            .await;
+        assert!(matches!(answer, Err(RunError::Guard(_))), "attempt {attempt}: {answer:?}");
+        assert_eq!(pg_records(database.pool()).await, 0, "no processed mark survives a failed COMMIT");
+    }
+    let children: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM adv_child").fetch_one(database.pool()).await.unwrap();
+    assert_eq!(children, 0);
+    // The connection that failed its COMMIT is usable, and the event is still new.
+    assert_eq!(pg_deliver(&guard, &event, b"{}", "fixed").await.unwrap(), Outcome::Processed(()));
+    assert_eq!(pg_deliver(&guard, &event, b"{}", "dup").await.unwrap(), Outcome::AlreadyProcessed);
+    assert_eq!(pg_effects(database.pool(), &event).await, 1);
+}
+
+/// Tenant boundaries of the new parts: the processed-event memory is keyed by the whole
+/// (tenant, provider, event id), and `purge_tenant` deletes only that tenant's old processed
+/// records: never another tenant's (not even one whose name starts with it), never an
+/// in-flight transactional claim (committed later with an old timestamp) or two-phase claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tenant_boundary_pg_processed_memory_and_purge_tenant_spare_other_tenants_and_in_flight() {
+    let database = pg_db().await;
+    let store = PgStore::new(database.pool().clone());
+    let cached = WebhookGuard::new(store.clone(), SystemClock)
+        .with_config(GuardConfig::default().with_processed_cache(64));
+    let keys = boundary_keys();
+    assert_eq!(pg_deliver(&cached, &keys[0], b"{}", "first").await.unwrap(), Outcome::Processed(()));
+    for other in &keys[1..] {
+        assert_eq!(
+            pg_deliver(&cached, other, b"{\"other\":1}", "w").await.unwrap(),
+            Outcome::Processed(()),
+            "{other:?}"
+        );
+    }
+    for event in &keys {
+        assert_eq!(pg_effects(database.pool(), event).await, 1, "{event:?}");
+    }
+    sqlx::query("DELETE FROM sos_webhook_events").execute(database.pool()).await.unwrap();
+
+    let clock = clock();
+    let guard = WebhookGuard::new(store.clone(), clock.clone());
+    let old = |tenant: &str| key(tenant, "stripe", "evt_old");
+    for tenant in ["acme", "globex", "acme-stripe", "acmes"] {
+        assert_eq!(pg_deliver(&guard, &old(tenant), b"{}", "old").await.unwrap(), Outcome::Processed(()));
+    }
+    // In flight for tenant acme: a transactional claim stamped now (it will be old at purge
+    // time), and a two-phase claim.
+    let in_flight = key("acme", "stripe", "evt_in_flight");
+    let (started_sender, started) = tokio::sync::oneshot::channel();
+    let (release, release_receiver) = tokio::sync::oneshot::channel();
+    let held = tokio::spawn(pg_held_delivery(
+        guard.clone(),
+        in_flight.clone(),
+        b"{}",
+        started_sender,
+        release_receiver,
+    ));
+    started.await.unwrap();
+    let two_phase_key = key("acme", "stripe", "evt_two_phase");
+    let ClaimAnswer::Claimed(claim) = store
+        .claim(&request(&two_phase_key, b"{}", start(), Duration::from_secs(30 * 24 * 3600)))
+        .await
+        .unwrap()
+    else {
+        panic!("the two-phase claim was refused");
+    };
+    clock.advance(chrono::Duration::days(8));
+    assert_eq!(
+        guard.purge_tenant(&"acme".parse().unwrap()).await.unwrap(),
+        1,
+        "only acme's old processed record"
+    );
+    release.send(true).unwrap();
+    assert_eq!(
+        held.await.unwrap().unwrap(),
+        Outcome::Processed(()),
+        "the in-flight claim commits after the purge"
+    );
+    store.complete(&claim, start()).await.unwrap();
+    for tenant in ["globex", "acme-stripe", "acmes"] {
+        assert_eq!(
+            pg_deliver(&guard, &old(tenant), b"{}", "dup").await.unwrap(),
+            Outcome::AlreadyProcessed,
+            "{tenant}"
+        );
+    }
+    assert_eq!(pg_deliver(&guard, &in_flight, b"{}", "dup").await.unwrap(), Outcome::AlreadyProcessed);
+    assert_eq!(pg_effects(database.pool(), &in_flight).await, 1);
+    // Purging a tenant with no records, or a name that only prefixes others, deletes nothing.
+    assert_eq!(guard.purge_tenant(&"acm".parse().unwrap()).await.unwrap(), 0);
+    assert_eq!(pg_records(database.pool()).await, 5);
+}
+
+/// lease-clock-skew on PostgreSQL with the database clock, raced: workers whose clocks run days
+/// ahead cannot take over a live lease; after it expires by the database's clock, workers whose
+/// clocks run days behind still take it over, exactly one of them; the first worker's late
+/// completion is refused (`LeaseLost`) and the record is processed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lease_clock_skew_pg_database_clock_takeover_race_exactly_one() {
+    let database = pg_db().await;
+    let store = PgStore::new(database.pool().clone()).with_database_clock(true);
+    let event = key("acme", "stripe", "evt_lease");
+    let lease = Duration::from_millis(600);
+    let ClaimAnswer::Claimed(first) = store.claim(&request(&event, b"{}", start(), lease)).await.unwrap()
+    else {
+        panic!("the first claim was refused");
+    };
+    let race = |skew: chrono::Duration| {
+        let mut tasks = Vec::new();
+        for _ in 0..12 {
+            let (store, event) = (store.clone(), event.clone());
+            tasks.push(tokio::spawn(async move {
+                store.claim(&request(&event, b"{}", start() + skew, lease)).await.unwrap()
+            }));
+        }
+        tasks
+    };
+    for task in race(chrono::Duration::days(3)) {
+        assert_eq!(
+            task.await.unwrap(),
+            ClaimAnswer::Duplicate(sos_webhooks::Duplicate::RetryInFlight),
+            "ahead, live lease"
+        );
+    }
+    tokio::time::sleep(lease + Duration::from_millis(300)).await;
+    let mut takeovers = Vec::new();
+    for task in race(-chrono::Duration::days(3)) {
+        match task.await.unwrap() {
+            ClaimAnswer::Claimed(claim) => takeovers.push(claim),
+            ClaimAnswer::Duplicate(duplicate) => {
+                assert_eq!(duplicate, sos_webhooks::Duplicate::RetryInFlight)
+            }
+        }
+    }
+    assert_eq!(takeovers.len(), 1, "exactly one takeover after the database-clock lease: {takeovers:?}");
+    assert_eq!(takeovers[0].attempt(), 2);
+    assert!(
+        matches!(store.complete(&first, start()).await, Err(Error::LeaseLost)),
+        "the stale worker lost its lease"
+    );
+    store.complete(&takeovers[0], start() - chrono::Duration::days(3)).await.unwrap();
+    for skew in [-3, 0, 3] {
+        let answer = store
+            .claim(&request(&event, b"{}", start() + chrono::Duration::days(skew), lease))
+            .await
+            .unwrap();
+        assert_eq!(answer, ClaimAnswer::Duplicate(sos_webhooks::Duplicate::AlreadyProcessed));
+    }
+}
+
+/// The axum extractor behind a real HTTP/1.1 server (hyper), fed raw bytes over TCP: a chunked
+/// body without Content-Length that passes the limit, a single chunk that declares 1 GiB and
+/// sends only a little past the limit (refused while the sender still holds the connection
+/// open), and a Content-Length shorter than what is sent (the body is the framed bytes only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signature_bypass_extractor_over_tcp_chunked_and_lying_content_length() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    async fn hook(delivery: sos_webhooks::WebhookRequest<1024>) -> String {
+        format!("len={}", delivery.body.len())
+    }
+    let app = axum::Router::new().route("/hook", axum::routing::post(hook));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    /// Sends `head` and `body` and returns the first response's status line and text, read
+    /// while the connection stays open (the sender never finishes a declared body).
+    async fn exchange(address: std::net::SocketAddr, head: &str, body: &[u8]) -> String {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // The server may answer and stop reading before the whole body is written.
+        let _ = stream.write_all(body).await;
+        let mut response = Vec::new();
+        let mut buffer = [0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        response.extend_from_slice(&buffer[..n]);
+                        let text = String::from_utf8_lossy(&response);
+                        if let Some((headers, rest)) = text.split_once("\r\n\r\n") {
+                            let length = headers
+                                .lines()
+                                .find_map(|line| {
+                                    line.to_ascii_lowercase()
+                                        .strip_prefix("content-length: ")
+                                        .map(str::to_owned)
+                                })
+                                .and_then(|value| value.trim().parse::<usize>().ok());
+                            if length.is_some_and(|length| rest.len() >= length) {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "no answer within 10 s: {}", String::from_utf8_lossy(&response));
+        String::from_utf8_lossy(&response).into_owned()
+    }
+
+    let chunk = |data: &[u8]| {
+        [format!("{:x}\r\n", data.len()).into_bytes(), data.to_vec(), b"\r\n".to_vec()].concat()
+    };
+    let chunked = "POST /hook HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+
+    // Within the limit, chunked, no Content-Length: accepted whole.
+    let small = [chunk(&[b'a'; 600]), chunk(&[b'b'; 424]), b"0\r\n\r\n".to_vec()].concat();
+    let answer = exchange(address, chunked, &small).await;
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("len=1024"), "{answer}");
+
+    // Past the limit in small chunks, no Content-Length: 413.
+    let big = [chunk(&[b'a'; 600]), chunk(&[b'b'; 425]), b"0\r\n\r\n".to_vec()].concat();
+    let answer = exchange(address, chunked, &big).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    // One chunk declaring 1 GiB; 4 KiB sent and the connection held open: 413 without waiting.
+    let mut endless = b"40000000\r\n".to_vec();
+    endless.extend_from_slice(&[b'c'; 4096]);
+    let answer = exchange(address, chunked, &endless).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    // Content-Length says 10 over the limit's worth of bytes: only the 10 framed bytes are the body.
+    let answer =
+        exchange(address, "POST /hook HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n", &[b'd'; 4096])
+            .await;
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("len=10"), "{answer}");
+
+    // Content-Length over the limit but the bytes that arrive cross it: 413 while streaming.
+    let answer = exchange(
+        address,
+        "POST /hook HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000000\r\n\r\n",
+        &[b'e'; 4096],
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    server.abort();
+}
