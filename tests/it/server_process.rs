@@ -192,6 +192,8 @@ const LOAD_TENANT: &str = "crashco";
 const LOAD_SECRET: &str = "whsec_sigkill_mid_load";
 const LOAD_EVENTS: usize = 60;
 const LOAD_SENDERS: usize = 4;
+/// The pause before each sender's next delivery: 60 events over 4 senders take at least 0.6 s.
+const SENDER_PACE: Duration = Duration::from_millis(40);
 
 /// What the provider saw for one event.
 #[derive(Debug, Clone)]
@@ -247,6 +249,10 @@ async fn interrupted_mid_load_and_restart(
         senders.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
             loop {
+                // Paced like a provider's delivery queue, so the load outlasts the three
+                // interruptions however fast the server answers: some deliveries must meet a
+                // stopped server, or the test would prove nothing about restarts.
+                tokio::time::sleep(SENDER_PACE).await;
                 let Some((event_id, deal_id)) = queue.lock().unwrap().pop() else { return };
                 let body = provider::stripe_payment(&event_id, &deal_id);
                 let (answer, attempts) = provider::deliver_stripe_until_acknowledged(
