@@ -2572,3 +2572,44 @@ async fn signature_bypass_extractor_over_tcp_chunked_and_lying_content_length() 
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     server.abort();
 }
+
+/// lease-clock-skew with the database clock in a session whose time zone has daylight saving
+/// time: a lease is elapsed time. (`timestamptz + interval '30 days'` adds calendar days in the
+/// session's zone, 23 or 25 hours across a change, so a lease written with a days part ends an
+/// hour early or late.) Leases of 30, 60, … 360 days: at least one of them spans exactly one
+/// change, whatever the date the test runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_clock_skew_pg_database_clock_lease_is_elapsed_time_whatever_the_session_time_zone() {
+    use sqlx::Executor as _;
+
+    let database = pg_db().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .after_connect(|connection, _| {
+            Box::pin(async move {
+                connection.execute("SET TIME ZONE 'Europe/Berlin'").await?;
+                Ok(())
+            })
+        })
+        .connect(database.url())
+        .await
+        .unwrap();
+    let zone: String = sqlx::query_scalar("SHOW TIME ZONE").fetch_one(&pool).await.unwrap();
+    assert_eq!(zone, "Europe/Berlin");
+    let store = PgStore::new(pool.clone()).with_database_clock(true);
+    for months in 1..=12_i64 {
+        let event = key("acme", "stripe", &format!("evt_dst_{months}"));
+        let lease = Duration::from_secs(30 * 86_400 * months.unsigned_abs());
+        let answer = store.claim(&request(&event, b"{}", start(), lease)).await.unwrap();
+        assert!(matches!(answer, ClaimAnswer::Claimed(_)), "{answer:?}");
+        let seconds: f64 = sqlx::query_scalar(
+            "SELECT (extract(epoch FROM lease_until) - extract(epoch FROM updated_at))::float8 \
+             FROM sos_webhook_events WHERE event_id = $1",
+        )
+        .bind(event.event_id().as_str())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(seconds, lease.as_secs_f64(), "a {months}×30-day lease in Europe/Berlin");
+    }
+}

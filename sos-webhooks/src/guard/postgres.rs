@@ -221,18 +221,16 @@ impl ClaimStore for PgStore {
     }
 }
 
-/// `later - earlier` as a PostgreSQL interval of whole days and microseconds, never negative.
-/// (sqlx's own encoding of a `chrono::Duration` goes through nanoseconds and refuses spans
-/// over about 292 years, which a "never expires" lease is.)
+/// `later - earlier` as a PostgreSQL interval of microseconds only, never negative.
+///
+/// No days part: `timestamptz + interval '1 day'` adds a calendar day in the session's time
+/// zone (23 or 25 hours across a daylight-saving change), while a microseconds part is elapsed
+/// time in every zone. An `i64` of microseconds spans about 292,000 years, so a "never expires"
+/// lease (saturated at year 9999) fits. (sqlx's own encoding of a `chrono::Duration` goes
+/// through nanoseconds and refuses spans over about 292 years.)
 fn micros_between(earlier: DateTime<Utc>, later: DateTime<Utc>) -> PgInterval {
-    const DAY: i64 = 86_400_000_000;
     let span = later.signed_duration_since(earlier).max(chrono::Duration::zero());
-    let micros = span.num_microseconds().unwrap_or(i64::MAX);
-    PgInterval {
-        months: 0,
-        days: i32::try_from(micros / DAY).unwrap_or(i32::MAX),
-        microseconds: micros % DAY,
-    }
+    PgInterval { months: 0, days: 0, microseconds: span.num_microseconds().unwrap_or(i64::MAX) }
 }
 
 /// The claim of transactional mode, in one statement. `existing` reads the committed record
