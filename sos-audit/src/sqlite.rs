@@ -219,12 +219,14 @@ impl SqliteAuditChain {
         let tenant = stored.tenant.as_str();
         let seq = i64::try_from(stored.seq).map_err(|_| chain_full(tenant))?;
         // One round trip to SQLite's worker thread for both statements; they share the numbered
-        // parameters and the same condition, so they write both rows or neither.
+        // parameters. The head moves first, and the entry is inserted only if that move just
+        // happened (`changes() = 1`), so they write both rows or neither. The trigger
+        // `audit_entries_linked` (migration 0100000004) requires the head to point at a new entry.
         let done = sqlx::query(
-            "INSERT INTO audit_entries (tenant, seq, time_us, actor, action, subject, payload, prev_hash, hash)
+            "UPDATE audit_heads SET seq = ?2, hash = ?9 WHERE tenant = ?1 AND seq = ?2 - 1 AND hash = ?8;
+             INSERT INTO audit_entries (tenant, seq, time_us, actor, action, subject, payload, prev_hash, hash)
              SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 FROM audit_heads
-             WHERE tenant = ?1 AND seq = ?2 - 1 AND hash = ?8;
-             UPDATE audit_heads SET seq = ?2, hash = ?9 WHERE tenant = ?1 AND seq = ?2 - 1 AND hash = ?8",
+             WHERE tenant = ?1 AND seq = ?2 AND hash = ?9 AND changes() = 1",
         )
         .bind(tenant)
         .bind(seq)

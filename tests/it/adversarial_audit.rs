@@ -946,6 +946,177 @@ async fn chain_seq_stale_read_verify_during_appends_no_false_alarm() {
     drop((pg, sqlite));
 }
 
+/// The statements a process that bypasses the store (the application role may INSERT) would use
+/// to slip an unlinked entry into `acme`'s chain of 3 entries whose hashes are `hashes`: each is
+/// (label, seq, prev_hash, whether it also moves the head onto the entry in the same statement).
+fn unlinked_inserts(hashes: &[Sha256Digest]) -> Vec<(&'static str, i64, Sha256Digest, bool)> {
+    let forged = Sha256Digest::of(b"forged");
+    vec![
+        ("next seq, wrong prev_hash", 4, Sha256Digest::ZERO, false),
+        ("next seq, wrong prev_hash, head moved", 4, forged, true),
+        ("next seq, right prev_hash, head not moved", 4, hashes[2], false),
+        ("skipped seq", 6, hashes[2], true),
+        ("fork of entry 2 (seq repeated)", 3, hashes[1], true),
+        ("first entry of a tenant with a non-zero prev_hash", 1, forged, true),
+    ]
+}
+
+/// Named shape `chain-seq-stale-read`, at the database: an INSERT by the application role that
+/// does not go through the store cannot put a forked, repeated or skipped entry, or one with a
+/// wrong prev_hash, into a chain; the store's next append still links to the real head.
+#[tokio::test]
+async fn chain_seq_stale_read_direct_unlinked_insert_refused_pg() {
+    let (database, chain) = pg_setup().await;
+    let mut hashes = Vec::new();
+    for index in 0..3 {
+        hashes.push(chain.append(entry("acme", index)).await.unwrap().hash);
+    }
+    for (label, seq, prev_hash, move_head) in unlinked_inserts(&hashes) {
+        let tenant_name = if seq == 1 { "globex" } else { "acme" };
+        if seq == 1 {
+            sqlx::query("INSERT INTO audit_heads VALUES ('globex', 0, $1) ON CONFLICT DO NOTHING")
+                .bind(Sha256Digest::ZERO.as_bytes().as_slice())
+                .execute(database.pool())
+                .await
+                .unwrap();
+        }
+        let own_hash = Sha256Digest::of(label.as_bytes());
+        let insert =
+            "INSERT INTO audit_entries VALUES ($1, $2, 0, 'mallory', 'grant', 'admin', '{}', $3, $4)";
+        let statement = if move_head {
+            format!("WITH head AS (UPDATE audit_heads SET seq = $2, hash = $4 WHERE tenant = $1) {insert}")
+        } else {
+            insert.to_owned()
+        };
+        let outcome = sqlx::query(&statement)
+            .bind(tenant_name)
+            .bind(seq)
+            .bind(prev_hash.as_bytes().as_slice())
+            .bind(own_hash.as_bytes().as_slice())
+            .execute(database.pool())
+            .await;
+        let error = outcome.expect_err(label);
+        assert!(
+            error.to_string().contains("not linked") || error.to_string().contains("duplicate"),
+            "{label}: {error}"
+        );
+    }
+    let fourth = chain.append(entry("acme", 3)).await.expect("append after the refused inserts");
+    assert_eq!((fourth.seq, fourth.prev_hash), (4, hashes[2]));
+    let verdict = verify_store(&chain, &tenant("acme"), None, |_| {}).await.unwrap();
+    assert!(matches!(verdict, Verdict::Intact(ref verified) if verified.entries == 4), "{verdict:?}");
+}
+
+/// [`chain_seq_stale_read_direct_unlinked_insert_refused_pg`] on SQLite (the head row is moved by
+/// a second statement there, so "head moved" is an UPDATE before the INSERT).
+#[tokio::test]
+async fn chain_seq_stale_read_direct_unlinked_insert_refused_sqlite() {
+    let (database, chain) = sqlite_setup().await;
+    let mut hashes = Vec::new();
+    for index in 0..3 {
+        hashes.push(chain.append(entry("acme", index)).await.unwrap().hash);
+    }
+    for (label, seq, prev_hash, move_head) in unlinked_inserts(&hashes) {
+        let tenant_name = if seq == 1 { "globex" } else { "acme" };
+        let own_hash = Sha256Digest::of(label.as_bytes());
+        let mut tx = database.pool().begin().await.unwrap();
+        if seq == 1 {
+            sqlx::query("INSERT OR IGNORE INTO audit_heads VALUES ('globex', 0, zeroblob(32))")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        let outcome = sqlx::query(
+            "INSERT INTO audit_entries VALUES (?1, ?2, 0, 'mallory', 'grant', 'admin', '{}', ?3, ?4)",
+        )
+        .bind(tenant_name)
+        .bind(seq)
+        .bind(prev_hash.as_bytes().as_slice())
+        .bind(own_hash.as_bytes().as_slice())
+        .execute(&mut *tx)
+        .await;
+        let error = outcome.expect_err(label);
+        assert!(
+            error.to_string().contains("not linked") || error.to_string().contains("replaced"),
+            "{label}: {error}"
+        );
+        if move_head {
+            // Moving the head first does not help either: the entry must extend the head.
+            sqlx::query("UPDATE audit_heads SET seq = ?2, hash = ?3 WHERE tenant = ?1")
+                .bind(tenant_name)
+                .bind(seq)
+                .bind(own_hash.as_bytes().as_slice())
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            let outcome = sqlx::query(
+                "INSERT INTO audit_entries VALUES (?1, ?2, 0, 'mallory', 'grant', 'admin', '{}', ?3, ?4)",
+            )
+            .bind(tenant_name)
+            .bind(seq)
+            .bind(prev_hash.as_bytes().as_slice())
+            .bind(own_hash.as_bytes().as_slice())
+            .execute(&mut *tx)
+            .await;
+            assert!(outcome.is_err(), "{label} (head moved first) was accepted");
+        }
+        tx.rollback().await.unwrap();
+    }
+    let fourth = chain.append(entry("acme", 3)).await.expect("append after the refused inserts");
+    assert_eq!((fourth.seq, fourth.prev_hash), (4, hashes[2]));
+    let verdict = verify_store(&chain, &tenant("acme"), None, |_| {}).await.unwrap();
+    assert!(matches!(verdict, Verdict::Intact(ref verified) if verified.entries == 4), "{verdict:?}");
+}
+
+/// Two stores over one pool (two processes' head caches) append to two tenants in an interleaved
+/// order: every append links to the real head of its own tenant, never to another tenant's
+/// remembered head nor to a head the other store has since moved past.
+async fn cached_heads_stay_per_tenant<S: AuditStore>(stores: &[S; 2]) {
+    let plan = [
+        (0, "acme"),
+        (0, "globex"),
+        (1, "acme"),
+        (0, "acme"),
+        (1, "globex"),
+        (1, "globex"),
+        (0, "globex"),
+        (1, "acme"),
+        (0, "acme"),
+        (0, "globex"),
+    ];
+    let mut last: std::collections::HashMap<&str, AuditEntry> = std::collections::HashMap::new();
+    for (step, &(which, name)) in plan.iter().enumerate() {
+        let stored = stores[which].append(entry(name, step as u64)).await.expect("append");
+        let (seq, prev) = last.get(name).map_or((1, Sha256Digest::ZERO), |entry| (entry.seq + 1, entry.hash));
+        assert_eq!((stored.seq, stored.prev_hash), (seq, prev), "step {step}: store {which}, tenant {name}");
+        last.insert(name, stored);
+    }
+    for name in ["acme", "globex"] {
+        let verdict = verify_store(&stores[0], &tenant(name), None, |_| {}).await.unwrap();
+        assert!(verdict.is_intact(), "{name}: {verdict:?}");
+    }
+}
+
+#[tokio::test]
+async fn chain_seq_stale_read_cached_heads_stay_per_tenant_pg() {
+    let (database, _chain) = pg_setup().await;
+    cached_heads_stay_per_tenant(&[
+        PgAuditChain::new(database.pool().clone()),
+        PgAuditChain::new(database.pool().clone()),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn chain_seq_stale_read_cached_heads_stay_per_tenant_sqlite() {
+    let (database, _chain) = sqlite_setup().await;
+    cached_heads_stay_per_tenant(&[
+        SqliteAuditChain::new(database.pool().clone()),
+        SqliteAuditChain::new(database.pool().clone()),
+    ])
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // write-once
 // ---------------------------------------------------------------------------------------------
