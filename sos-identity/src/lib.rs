@@ -107,7 +107,8 @@ pub use registry::{PostgresRegistry, postgres_migrator};
 pub use registry::{SqliteRegistry, sqlite_migrator};
 pub use route::{
     AppliedRule, Candidate, ExplainedCandidate, Explanation, KindEvidenceProfile, LoadPolicy,
-    MAX_SIGNAL_COMPONENT, ResonanceRouter, Routed, RouterConfig, ScoreMode, SignalProfile, SignalVector,
+    MAX_SIGNAL_COMPONENT, PARALLEL_MIN_AGENTS, ResonanceRouter, Routed, RouterConfig, ScoreMode,
+    SignalProfile, SignalVector,
 };
 pub use traits::{Aesthetics, Behaviour, CommunicationStyle, Geometry, Texture, Traits};
 pub use vector::{AgentName, AgentRole, DIMENSIONS, Field, IdentityVector, MAX_FIELD_LEN, VERSION_TAG};

@@ -255,3 +255,56 @@ fn completing_work_frees_capacity() {
     router.complete(&routed.agent).expect("present");
     assert_eq!(router.load(&routed.agent), Some(0));
 }
+
+/// A scan split over threads returns exactly what the single-threaded scan returns, in both
+/// modes, for top-1 and top-k, and routes identically (the chunks' lists are merged by the same
+/// ranking, ties included).
+#[test]
+fn parallel_scan_matches_the_single_threaded_scan() {
+    let agents = sos_identity::PARALLEL_MIN_AGENTS + 1_000;
+    for mode in [ScoreMode::Float, ScoreMode::Exact] {
+        let single = router(agents, RouterConfig::default().with_mode(mode));
+        for threads in [2, 3] {
+            let split = router(agents, RouterConfig::default().with_mode(mode).with_threads(threads));
+            for index in 0..8 {
+                let (signal, id) = random_signal(index);
+                let id = *id.as_uuid().as_bytes();
+                for k in [1, 10, 40] {
+                    assert_eq!(split.top_k(&signal, id, k), single.top_k(&signal, id, k), "{mode:?} k {k}");
+                }
+            }
+        }
+    }
+    assert!(matches!(
+        ResonanceRouter::new(RouterConfig::default().with_threads(0)),
+        Err(Error::InvalidConfig { .. })
+    ));
+}
+
+/// When every agent of the first walk (the best 32) is at capacity, bounded load still picks the
+/// best-ranked agent with room and counts the full agents it skipped, exactly as walking the
+/// whole ranking would.
+#[test]
+fn bounded_load_beyond_the_first_walk_takes_the_best_agent_with_room() {
+    for mode in [ScoreMode::Float, ScoreMode::Exact] {
+        let agents = 200;
+        let mut router = router(agents, RouterConfig::default().with_mode(mode).with_sticky(false));
+        let (signal, id) = random_signal(7);
+        let ranking = router.top_k(&signal, *id.as_uuid().as_bytes(), agents);
+        // Fill the 40 best agents: with 200 agents and ε = 0.25, capacity stays 1 while the
+        // total load is below 160 / 1.25.
+        for (index, candidate) in ranking.iter().take(40).enumerate() {
+            let other = SignalVector::from_identity(
+                &IdentityVector::derive(candidate.agent.as_str(), "worker").expect("valid"),
+            );
+            let routed = router
+                .route_vector(&other, SignalId::from_uuid(uuid_from(1_000 + index)), "")
+                .expect("routed");
+            assert_eq!(routed.agent, candidate.agent, "a signal like the agent itself goes to it");
+        }
+        let routed = router.route_vector(&signal, id, "").expect("routed");
+        assert_eq!(routed.capacity, 1);
+        assert_eq!(routed.agent, ranking[40].agent, "{mode:?}: the best agent with room");
+        assert_eq!(routed.rule, AppliedRule::Overflow { skipped: 40 }, "{mode:?}");
+    }
+}
