@@ -6,6 +6,7 @@
 mod adversarial_audit;
 mod adversarial_identity;
 mod adversarial_server;
+mod adversarial_tlog;
 mod adversarial_webhooks;
 mod schemathesis;
 mod server;

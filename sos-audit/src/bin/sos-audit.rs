@@ -260,7 +260,7 @@ fn open_checkpoints(paths: &[PathBuf], key: &str) -> anyhow::Result<(TenantId, V
     let mut tenant: Option<TenantId> = None;
     let mut checkpoints = Vec::new();
     for path in paths {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = read_limited(path, sos_audit::note::MAX_NOTE_BYTES)?;
         let note = sos_audit::note::open_note(&bytes, std::slice::from_ref(&verifier))
             .with_context(|| format!("checkpoint {} is not signed by the log's key", path.display()))?;
         let checkpoint = Checkpoint::parse(&note.text)
@@ -373,6 +373,39 @@ async fn checkpoint<S: tlog::MerkleStore>(
     Ok(all_signed)
 }
 
+/// Reads at most `limit` bytes of `path`: a larger file (or an endless one such as `/dev/zero`)
+/// is refused instead of read into memory.
+fn read_limited(path: &std::path::Path, limit: usize) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut bytes = Vec::new();
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    file.take(cap).read_to_end(&mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() > limit {
+        bail!("{} is larger than {limit} bytes: it is not what this command reads", path.display());
+    }
+    Ok(bytes)
+}
+
+/// Reads the first line of `path`, at most [`sos_audit::MAX_LINE_LEN`] bytes of it.
+fn read_first_line(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::{BufRead as _, Read as _};
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let cap = u64::try_from(sos_audit::MAX_LINE_LEN).unwrap_or(u64::MAX).saturating_add(1);
+    let mut line = Vec::new();
+    BufReader::new(file.take(cap))
+        .read_until(b'\n', &mut line)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if line.len() > sos_audit::MAX_LINE_LEN {
+        bail!(
+            "the first line of {} is longer than {} bytes: it is not an entry",
+            path.display(),
+            sos_audit::MAX_LINE_LEN
+        );
+    }
+    Ok(line)
+}
+
 fn verify_proof(
     proof_path: &std::path::Path,
     key: &str,
@@ -380,12 +413,11 @@ fn verify_proof(
     entry_path: Option<&std::path::Path>,
 ) -> anyhow::Result<bool> {
     let verifier = tlog::load_verifier(key)?;
-    let bytes = std::fs::read(proof_path).with_context(|| format!("cannot read {}", proof_path.display()))?;
+    let bytes = read_limited(proof_path, tlog::MAX_PROOF_JSON_BYTES)?;
     let proof = tlog::EntryProof::from_json(&bytes)
         .with_context(|| format!("{} is not a proof", proof_path.display()))?;
     if let Some(entry_path) = entry_path {
-        let line =
-            std::fs::read(entry_path).with_context(|| format!("cannot read {}", entry_path.display()))?;
+        let line = read_first_line(entry_path)?;
         let first = line.split(|&byte| byte == b'\n').next().unwrap_or_default();
         let entry = sos_audit::parse_jsonl_line(first, 1)?;
         if entry.compute_hash()? != entry.hash {
@@ -411,7 +443,7 @@ fn verify_proof(
     }
     let outcome = match checkpoint_path {
         Some(path) => {
-            let note = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let note = read_limited(path, sos_audit::note::MAX_NOTE_BYTES)?;
             let origin = tlog::origin_for(verifier.name(), &proof.tenant);
             Checkpoint::open(&note, &verifier, &origin)
                 .map_err(sos_audit::Error::from)

@@ -152,7 +152,15 @@ impl AnchorSink for FsAnchorSink {
                 }
                 let already = write_once(&path, &note)?;
                 if let Some(token) = token {
-                    write_once(&path.with_extension("tsr"), &token)?;
+                    match write_once(&path.with_extension("tsr"), &token) {
+                        // The very same note is held with the token of an earlier attempt (a
+                        // retry, or a second checkpointer): timestamp tokens differ on every
+                        // request, so the first one is kept and this is no conflict.
+                        Err(error) if already && error.kind() == std::io::ErrorKind::AlreadyExists => {}
+                        other => {
+                            other?;
+                        }
+                    }
                 }
                 Ok(already)
             })

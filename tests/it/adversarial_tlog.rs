@@ -1,0 +1,535 @@
+//! Adversarial tests against `sos-audit`'s Merkle checkpoint layer (`sos_audit::tlog`, `merkle`,
+//! `note`): split views, forks, checkpoints larger than the log, tenant boundaries, malformed
+//! proofs and notes, anchor sinks and the CLI given garbage.
+//!
+//! Each test is named after the attack and asserts the safe behaviour: a failing test is a
+//! finding. Database-level attacks use raw SQL on real PostgreSQL or SQLite test databases.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_boxed::BoxFuture;
+use sos_audit::merkle::{InclusionProof, ProofError};
+use sos_audit::note::{Checkpoint, NoteError, NoteSigner};
+use sos_audit::tlog::{
+    self, Anchor, AnchorSink, CheckpointFinding, CheckpointTimestamper, Checkpointer, EntryProof,
+    FsAnchorSink, MerkleStore, SignedCheckpoint,
+};
+use sos_audit::{AuditStore, Error, MemoryAuditStore, NewEntry, PgAuditChain, SqliteAuditChain};
+use sos_core::{Sha256Digest, TenantId};
+use sos_testkit::{PgTestDatabase, SqliteTestDatabase};
+
+mod futures_boxed {
+    pub(super) type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+}
+
+const LOG: &str = "example.com/sos-audit";
+
+fn tenant(name: &str) -> TenantId {
+    TenantId::new(name).expect("valid test tenant")
+}
+
+fn signer() -> NoteSigner {
+    NoteSigner::generate(LOG).expect("valid key name")
+}
+
+async fn append_n<S: AuditStore>(store: &S, tenant_name: &str, from: u64, count: u64) {
+    for index in from..from + count {
+        let entry = NewEntry::new(
+            tenant(tenant_name),
+            "agent:adversary",
+            "deal.update",
+            format!("deal/{index}"),
+            &serde_json::json!({ "index": index }),
+        )
+        .expect("valid entry");
+        store.append(entry).await.expect("append");
+    }
+}
+
+/// A timestamp authority whose every token differs (as real RFC 3161 tokens do: serial number,
+/// time), counting its calls.
+#[derive(Debug, Default)]
+struct FreshTokens(AtomicU64);
+
+impl CheckpointTimestamper for FreshTokens {
+    fn timestamp<'a>(&'a self, note: &'a [u8]) -> BoxFuture<'a, sos_audit::Result<Vec<u8>>> {
+        let serial = self.0.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            let mut token = Sha256Digest::of(note).as_bytes().to_vec();
+            token.extend_from_slice(&serial.to_be_bytes());
+            Ok(token)
+        })
+    }
+}
+
+fn signed(tenant_name: &str, size: u64, root: Sha256Digest, key: &NoteSigner) -> SignedCheckpoint {
+    let checkpoint = Checkpoint {
+        origin: tlog::origin_for(key.name(), &tenant(tenant_name)),
+        size,
+        root,
+        extensions: Vec::new(),
+    };
+    let note = checkpoint.sign(key).expect("sign");
+    SignedCheckpoint { tenant: tenant(tenant_name), checkpoint, note, signed_us: 0 }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Anchors
+// ---------------------------------------------------------------------------------------------
+
+/// Finding (fixed): a second write of the same note with a fresh timestamp token (a retry after a
+/// failed record, or a second checkpointer process on the same anchor directory) was refused by
+/// the filesystem sink with `AnchorConflict`, i.e. reported as a split view.
+#[tokio::test]
+async fn fs_anchor_same_note_with_a_fresh_timestamp_token_is_not_a_split_view() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sink = FsAnchorSink::new(dir.path());
+    let store = MemoryAuditStore::new();
+    append_n(&store, "acme", 0, 3).await;
+    let key = signer();
+    let authority = FreshTokens::default();
+    let checkpoint = {
+        let root = tlog::root_at(
+            &store,
+            &tenant("acme"),
+            tlog::sync_tree(&store, &tenant("acme")).await.expect("sync").size,
+        )
+        .await
+        .expect("root");
+        signed("acme", 3, root, &key)
+    };
+    let first = Anchor::new(&checkpoint)
+        .with_timestamp_token(authority.timestamp(checkpoint.note.as_bytes()).await.expect("token"));
+    let second = Anchor::new(&checkpoint)
+        .with_timestamp_token(authority.timestamp(checkpoint.note.as_bytes()).await.expect("token"));
+    assert_ne!(first.timestamp_token, second.timestamp_token);
+    assert!(!sink.write(&first).await.expect("first write").already_present);
+    let retry = sink.write(&second).await.expect("the same note is not a conflict");
+    assert!(retry.already_present);
+    let path = sink.path_of(&tenant("acme"), 3);
+    assert_eq!(
+        std::fs::read(path.with_extension("tsr")).expect("token"),
+        first.timestamp_token.clone().expect("token"),
+        "the first token is kept"
+    );
+    // A different note for the size is still a conflict, token or not.
+    let forged = signed("acme", 3, Sha256Digest::of(b"another root"), &key);
+    let refused = sink.write(&Anchor::new(&forged)).await.expect_err("split view at the anchor");
+    assert!(matches!(refused, Error::AnchorConflict { size: 3, .. }), "{refused:?}");
+}
+
+/// Two checkpointer processes (same key, same anchor directory, each with its own timestamp
+/// authority client) race on one PostgreSQL log: neither reports a split view.
+#[tokio::test]
+async fn concurrent_checkpointers_with_timestamps_share_an_fs_anchor_postgres() {
+    let database = PgTestDatabase::with_pool_size(&[&sos_audit::postgres_migrator()], 16).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = signer().to_key_string();
+    let store = PgAuditChain::new(database.pool().clone());
+    append_n(&store, "acme", 0, 5).await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let checkpointer = Checkpointer::new(store.clone(), NoteSigner::from_key_string(&key).expect("key"))
+            .with_anchor(Arc::new(FsAnchorSink::new(dir.path())))
+            .with_timestamper(Arc::new(FreshTokens::default()));
+        tasks.push(tokio::spawn(async move { checkpointer.checkpoint_now(&tenant("acme")).await }));
+    }
+    let mut roots = Vec::new();
+    for task in tasks {
+        let signed = task.await.expect("join").expect("no split view among agreeing checkpointers");
+        roots.push((signed.size(), signed.root()));
+    }
+    roots.dedup();
+    assert_eq!(roots.len(), 1, "one head: {roots:?}");
+}
+
+/// A symlink planted where the next anchor file goes is never written through.
+#[cfg(unix)]
+#[tokio::test]
+async fn fs_anchor_does_not_write_through_a_planted_symlink() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"precious").expect("victim");
+    let sink = FsAnchorSink::new(dir.path().join("anchors"));
+    let checkpoint = signed("acme", 7, Sha256Digest::of(b"root"), &signer());
+    let path = sink.path_of(&tenant("acme"), 7);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
+    std::os::unix::fs::symlink(&victim, &path).expect("plant symlink");
+    let refused = sink.write(&Anchor::new(&checkpoint)).await.expect_err("the slot is taken");
+    assert!(matches!(refused, Error::AnchorConflict { size: 7, .. }), "{refused:?}");
+    assert_eq!(std::fs::read(&victim).expect("victim"), b"precious", "nothing written through the link");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Split views, forks, checkpoints larger than the log
+// ---------------------------------------------------------------------------------------------
+
+/// Many checkpointers (separate pools, as separate processes would have) sign while entries are
+/// appended: every recorded checkpoint is consistent with every other and with the chain.
+#[tokio::test]
+async fn concurrent_checkpointers_and_appenders_never_split_the_view_postgres() {
+    let database = PgTestDatabase::with_pool_size(&[&sos_audit::postgres_migrator()], 24).await;
+    let key = signer().to_key_string();
+    let verifier = NoteSigner::from_key_string(&key).expect("key").verifier();
+    let appender = PgAuditChain::new(database.pool().clone());
+    let writer = tokio::spawn(async move {
+        for index in 0..60 {
+            append_n(&appender, "acme", index, 1).await;
+            tokio::task::yield_now().await;
+        }
+    });
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let checkpointer = Checkpointer::new(
+            PgAuditChain::new(database.pool().clone()),
+            NoteSigner::from_key_string(&key).expect("key"),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut heads = Vec::new();
+            for _ in 0..15 {
+                heads.push(checkpointer.checkpoint_now(&tenant("acme")).await.expect("checkpoint"));
+            }
+            heads
+        }));
+    }
+    writer.await.expect("writer");
+    let mut heads = Vec::new();
+    for task in tasks {
+        heads.extend(task.await.expect("join"));
+    }
+    let store = PgAuditChain::new(database.pool().clone());
+    let last = Checkpointer::new(store.clone(), NoteSigner::from_key_string(&key).expect("key"))
+        .checkpoint_now(&tenant("acme"))
+        .await
+        .expect("final checkpoint");
+    assert_eq!(last.size(), 60);
+    let origin = tlog::origin_for(LOG, &tenant("acme"));
+    let opened: Vec<Checkpoint> = heads
+        .iter()
+        .chain(std::iter::once(&last))
+        .map(|head| Checkpoint::open(head.note.as_bytes(), &verifier, &origin).expect("signed"))
+        .collect();
+    let findings = tlog::verify_checkpoints(&store, &tenant("acme"), &opened).await.expect("verify");
+    assert!(findings.is_empty(), "{findings:?}");
+    for head in &heads {
+        if head.size() == 0 {
+            continue;
+        }
+        let proof = tlog::consistency_proof(&store, &tenant("acme"), head.size(), 60).await.expect("proof");
+        proof.verify(&head.root(), &last.root()).expect("every head extends to the last");
+    }
+}
+
+/// A genuinely signed checkpoint larger than the stored log (a tail cut off, or a row copied in
+/// from elsewhere): the checkpointer refuses to sign, and proving against it is a typed error.
+#[tokio::test]
+async fn checkpoint_larger_than_the_log_is_refused_sqlite() {
+    let database = SqliteTestDatabase::new(&[&sos_audit::sqlite_migrator()]).await;
+    let store = SqliteAuditChain::new(database.pool().clone());
+    let key = signer().to_key_string();
+    let load = || NoteSigner::from_key_string(&key).expect("key");
+    append_n(&store, "acme", 0, 5).await;
+    store
+        .record_checkpoint(&signed("acme", 1_000, Sha256Digest::of(b"future"), &load()))
+        .await
+        .expect("plant");
+    let refused =
+        Checkpointer::new(store.clone(), load()).checkpoint_now(&tenant("acme")).await.expect_err("fork");
+    assert!(matches!(refused, Error::Forked { checkpoint_size: 1_000, .. }), "{refused:?}");
+    let refused = tlog::prove(&store, &tenant("acme"), 3, None).await.expect_err("tree too small");
+    assert!(matches!(refused, Error::Proof(ProofError::TreeTooSmall { size: 1_000, .. })), "{refused:?}");
+    // The largest size there is.
+    store
+        .record_checkpoint(&signed("acme", u64::MAX, Sha256Digest::of(b"max"), &load()))
+        .await
+        .expect("plant");
+    let refused =
+        Checkpointer::new(store.clone(), load()).checkpoint_now(&tenant("acme")).await.expect_err("fork");
+    assert!(matches!(refused, Error::Forked { .. }), "{refused:?}");
+}
+
+/// Another tenant's genuine checkpoint recorded under this tenant (a copied row) is refused: the
+/// origin names the tenant.
+#[tokio::test]
+async fn another_tenants_checkpoint_recorded_here_is_refused() {
+    let store = MemoryAuditStore::new();
+    let key = signer().to_key_string();
+    let load = || NoteSigner::from_key_string(&key).expect("key");
+    append_n(&store, "acme", 0, 4).await;
+    append_n(&store, "globex", 0, 6).await;
+    let acme = Checkpointer::new(store.clone(), load()).checkpoint_now(&tenant("acme")).await.expect("acme");
+    let mut copied = acme.clone();
+    copied.tenant = tenant("globex");
+    store.record_checkpoint(&copied).await.expect("plant");
+    let refused = Checkpointer::new(store.clone(), load())
+        .checkpoint_now(&tenant("globex"))
+        .await
+        .expect_err("foreign");
+    assert!(matches!(refused, Error::Note(NoteError::WrongOrigin { .. })), "{refused:?}");
+    // And a proof built on it does not verify for globex.
+    let proof = tlog::prove(&store, &tenant("globex"), 1, None).await.expect("prove without key");
+    let refused = proof.verify(&load().verifier()).expect_err("foreign checkpoint");
+    assert!(matches!(refused, Error::Note(NoteError::WrongOrigin { .. })), "{refused:?}");
+}
+
+/// A DBA rewrites a tile of the part of the tree that is stored but not signed yet. The
+/// checkpointer has no signed head that covers it, so only the chain can tell; whatever it signs,
+/// an auditor recomputing from the chain must report it.
+#[tokio::test]
+async fn rewritten_unsigned_tile_is_caught_by_the_chain_postgres() {
+    let database = PgTestDatabase::new(&[&sos_audit::postgres_migrator()]).await;
+    let store = PgAuditChain::new(database.pool().clone());
+    let key = signer();
+    let verifier = key.verifier();
+    let checkpointer = Checkpointer::new(store.clone(), key);
+    append_n(&store, "acme", 0, 10).await;
+    checkpointer.checkpoint_now(&tenant("acme")).await.expect("checkpoint 10");
+    append_n(&store, "acme", 10, 5).await;
+    tlog::sync_tree(&store, &tenant("acme")).await.expect("extend to 15");
+    let mut tile: Vec<u8> = sqlx::query_scalar(
+        "SELECT hashes FROM audit_tree_tiles WHERE tenant = 'acme' AND level = 0 AND idx = 0",
+    )
+    .fetch_one(database.pool())
+    .await
+    .expect("tile");
+    tile[12 * 32..13 * 32].fill(7);
+    sqlx::query("UPDATE audit_tree_tiles SET hashes = $1 WHERE tenant = 'acme' AND level = 0 AND idx = 0")
+        .bind(tile)
+        .execute(database.pool())
+        .await
+        .expect("rewrite tile");
+    let origin = tlog::origin_for(LOG, &tenant("acme"));
+    match checkpointer.checkpoint_now(&tenant("acme")).await {
+        Ok(signed) => {
+            let opened = Checkpoint::open(signed.note.as_bytes(), &verifier, &origin).expect("signed");
+            let findings =
+                tlog::verify_checkpoints(&store, &tenant("acme"), &[opened]).await.expect("verify");
+            assert!(
+                matches!(findings.as_slice(), [CheckpointFinding::Forked { .. }]),
+                "the chain disagrees with the signed root: {findings:?}"
+            );
+        }
+        Err(error) => assert!(matches!(error, Error::CorruptTree { .. } | Error::Forked { .. }), "{error:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Proofs and notes
+// ---------------------------------------------------------------------------------------------
+
+async fn proven() -> (EntryProof, NoteSigner) {
+    let store = MemoryAuditStore::new();
+    append_n(&store, "acme", 0, 7).await;
+    let key = signer();
+    let checkpointer =
+        Checkpointer::new(store.clone(), NoteSigner::from_key_string(&key.to_key_string()).expect("key"));
+    let proof = checkpointer.prove(&tenant("acme"), 5).await.expect("prove");
+    proof.verify(&key.verifier()).expect("genuine proof verifies");
+    (proof, key)
+}
+
+/// Proofs altered to name another index, another size, index == size, size 0 or huge sizes are
+/// refused with typed errors and never panic.
+#[tokio::test]
+async fn proofs_for_the_wrong_index_or_size_are_refused() {
+    let (proof, key) = proven().await;
+    let verifier = key.verifier();
+    let shapes: Vec<(&str, Box<dyn Fn(&mut EntryProof)>)> = vec![
+        ("seq 0", Box::new(|p| p.seq = 0)),
+        ("other seq", Box::new(|p| p.seq = 4)),
+        ("other index", Box::new(|p| p.proof.index = 3)),
+        ("index == size", Box::new(|p| p.proof.index = p.proof.size)),
+        (
+            "seq past size",
+            Box::new(|p| {
+                p.seq = p.proof.size + 1;
+                p.proof.index = p.proof.size;
+            }),
+        ),
+        ("size 0", Box::new(|p| p.proof.size = 0)),
+        ("size u64::MAX", Box::new(|p| p.proof.size = u64::MAX)),
+        (
+            "index and size u64::MAX",
+            Box::new(|p| {
+                p.seq = u64::MAX;
+                p.proof.index = u64::MAX - 1;
+                p.proof.size = u64::MAX;
+            }),
+        ),
+        ("extra hash", Box::new(|p| p.proof.hashes.push(Sha256Digest::ZERO))),
+        (
+            "missing hash",
+            Box::new(|p| {
+                p.proof.hashes.pop();
+            }),
+        ),
+        ("other entry hash", Box::new(|p| p.entry_hash = Sha256Digest::of(b"forged"))),
+        ("other tenant", Box::new(|p| p.tenant = tenant("globex"))),
+    ];
+    for (name, alter) in shapes {
+        let mut forged = proof.clone();
+        alter(&mut forged);
+        assert!(forged.verify(&verifier).is_err(), "{name} must not verify");
+        let json = serde_json::to_vec(&forged).expect("json");
+        if let Ok(parsed) = EntryProof::from_json(&json) {
+            assert!(parsed.verify(&verifier).is_err(), "{name} must not verify after a JSON round trip");
+        }
+    }
+    // Bare proofs at the extremes are typed errors.
+    for (index, size) in [(0, 0), (u64::MAX, u64::MAX), (u64::MAX - 1, u64::MAX), (0, u64::MAX)] {
+        let bare = InclusionProof { index, size, hashes: vec![Sha256Digest::ZERO; 64] };
+        assert!(bare.verify(&Sha256Digest::ZERO, &Sha256Digest::ZERO).is_err(), "({index}, {size})");
+    }
+    for (old, new) in [(0, u64::MAX), (u64::MAX, u64::MAX - 1), (u64::MAX - 1, u64::MAX), (1, u64::MAX)] {
+        let outcome = sos_audit::merkle::verify_consistency(
+            old,
+            new,
+            &Sha256Digest::ZERO,
+            &Sha256Digest::of(b"x"),
+            &[Sha256Digest::ZERO; 65],
+        );
+        assert!(outcome.is_err(), "({old}, {new})");
+    }
+}
+
+/// The checkpoint inside a proof, altered: truncated, wrong origin, extra or unknown signature
+/// lines, a signature line by the right key name with another key id, a re-signed body by
+/// another key of the same name.
+#[tokio::test]
+async fn forged_checkpoint_notes_inside_proofs_are_refused() {
+    let (proof, key) = proven().await;
+    let verifier = key.verifier();
+    let note = proof.checkpoint.clone();
+    let (body, signatures) = note.split_once("\n\n").expect("note");
+    let body = format!("{body}\n");
+    let impostor = signer();
+    let forged_notes = vec![
+        ("truncated", note[..note.len() / 2].to_owned()),
+        ("no signature", body.clone() + "\n"),
+        ("missing final newline", note.trim_end_matches('\n').to_owned()),
+        ("impostor key, same name", Checkpoint::parse(&body).expect("body").sign(&impostor).expect("sign")),
+        (
+            "wrong origin",
+            Checkpoint { origin: format!("{LOG}/globex"), ..Checkpoint::parse(&body).expect("body") }
+                .sign(&impostor)
+                .expect("sign"),
+        ),
+        (
+            "larger size under the genuine signature",
+            format!("{}\n\n{signatures}", body.replacen("\n7\n", "\n8\n", 1).trim_end_matches('\n')),
+        ),
+        ("garbage signature line", format!("{note}\u{2014} {LOG} AAAA\n")),
+        ("NUL in body", note.replacen('\n', "\0\n", 1)),
+    ];
+    for (name, forged_note) in forged_notes {
+        let forged = EntryProof { checkpoint: forged_note, ..proof.clone() };
+        assert!(forged.verify(&verifier).is_err(), "{name} must not verify");
+    }
+    // Cosignatures by unknown keys are allowed and do not weaken the check.
+    let cosigned = format!(
+        "{note}{}",
+        sos_audit::note::sign_note(&body, &NoteSigner::generate("witness.example").expect("key"))
+            .expect("sign")
+            .split_once("\n\n")
+            .expect("note")
+            .1
+    );
+    let cosigned_proof = EntryProof { checkpoint: cosigned, ..proof.clone() };
+    cosigned_proof.verify(&verifier).expect("a cosigned checkpoint still verifies");
+}
+
+// ---------------------------------------------------------------------------------------------
+// CLI
+// ---------------------------------------------------------------------------------------------
+
+fn cli_path() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("debug/sos-audit");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p sos-audit --all-features --bin sos-audit` first",
+        path.display()
+    );
+    path
+}
+
+fn sos_audit(args: &[&str]) -> Output {
+    let mut child = Command::new(cli_path())
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the sos-audit binary runs");
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > Duration::from_secs(20) {
+            child.kill().expect("kill");
+            panic!("sos-audit {args:?} did not finish within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// `verify-proof` and `verify --checkpoint` given garbage, an endless file, or another tenant's
+/// proof: a clean failure exit, no panic, no unbounded read.
+#[tokio::test]
+async fn cli_verify_proof_refuses_garbage_and_endless_files() {
+    let (proof, key) = proven().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key_text = key.verifier().to_key_string();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).expect("write");
+        path.display().to_string()
+    };
+    let good = write("good.json", &serde_json::to_vec(&proof).expect("json"));
+    let output = sos_audit(&["verify-proof", "--proof", &good, "--verifier-key", &key_text]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let other_tenant = write(
+        "other.json",
+        &serde_json::to_vec(&EntryProof { tenant: tenant("globex"), ..proof.clone() }).expect("json"),
+    );
+    let garbage = write("garbage.json", &[0xff, 0x00, b'{', b'"']);
+    let empty = write("empty.json", b"");
+    let deep = write("deep.json", "[".repeat(100_000).as_bytes());
+    let note = write("note", proof.checkpoint.as_bytes());
+    for path in [&other_tenant, &garbage, &empty, &deep, &"/dev/zero".to_owned()] {
+        let output = sos_audit(&["verify-proof", "--proof", path, "--verifier-key", &key_text]);
+        assert!(!output.status.success(), "{path} must fail");
+        assert!(!String::from_utf8_lossy(&output.stderr).contains("panicked"), "{path}");
+    }
+    for (checkpoint, entry) in
+        [("/dev/zero", None), (garbage.as_str(), None), (note.as_str(), Some("/dev/zero"))]
+    {
+        let mut args =
+            vec!["verify-proof", "--proof", &good, "--verifier-key", &key_text, "--checkpoint", checkpoint];
+        if let Some(entry) = entry {
+            args.extend(["--entry", entry]);
+        }
+        let output = sos_audit(&args);
+        assert!(!output.status.success(), "{checkpoint} {entry:?} must fail");
+        assert!(!String::from_utf8_lossy(&output.stderr).contains("panicked"));
+    }
+    let chain = write("chain.jsonl", b"");
+    for checkpoint in ["/dev/zero", garbage.as_str()] {
+        let output =
+            sos_audit(&["verify", "--file", &chain, "--checkpoint", checkpoint, "--verifier-key", &key_text]);
+        assert!(!output.status.success(), "{checkpoint} must fail");
+        assert!(!String::from_utf8_lossy(&output.stderr).contains("panicked"));
+    }
+    // A verifier key that is garbage, or an endless file.
+    for bad_key in ["garbage", "/dev/zero"] {
+        let output = sos_audit(&["verify-proof", "--proof", &good, "--verifier-key", bad_key]);
+        assert!(!output.status.success(), "{bad_key} must fail");
+        assert!(!String::from_utf8_lossy(&output.stderr).contains("panicked"));
+    }
+}
