@@ -277,8 +277,10 @@ async fn another_tenants_checkpoint_recorded_here_is_refused() {
 }
 
 /// A DBA rewrites a tile of the part of the tree that is stored but not signed yet. The
-/// checkpointer has no signed head that covers it, so only the chain can tell; whatever it signs,
-/// an auditor recomputing from the chain must report it.
+/// checkpointer has no signed head that covers it, so only the chain can tell. Open finding: the
+/// checkpointer today signs the rewritten root (it does not re-derive new leaves from the chain);
+/// an auditor recomputing from the chain (`verify --checkpoint`) reports it as a fork, which is
+/// what this test holds. Should the checkpointer learn to refuse, the `Err` arm takes over.
 #[tokio::test]
 async fn rewritten_unsigned_tile_is_caught_by_the_chain_postgres() {
     let database = PgTestDatabase::new(&[&sos_audit::postgres_migrator()]).await;
@@ -338,7 +340,8 @@ async fn proven() -> (EntryProof, NoteSigner) {
 async fn proofs_for_the_wrong_index_or_size_are_refused() {
     let (proof, key) = proven().await;
     let verifier = key.verifier();
-    let shapes: Vec<(&str, Box<dyn Fn(&mut EntryProof)>)> = vec![
+    type Alteration = Box<dyn Fn(&mut EntryProof)>;
+    let shapes: Vec<(&str, Alteration)> = vec![
         ("seq 0", Box::new(|p| p.seq = 0)),
         ("other seq", Box::new(|p| p.seq = 4)),
         ("other index", Box::new(|p| p.proof.index = 3)),
