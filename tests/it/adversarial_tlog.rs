@@ -536,3 +536,30 @@ async fn cli_verify_proof_refuses_garbage_and_endless_files() {
         assert!(!String::from_utf8_lossy(&output.stderr).contains("panicked"));
     }
 }
+
+/// Finding (fixed): a checkpoint row far larger than the stored tree (a DBA plants one; its note
+/// need not even be signed, the store only parses it) made `export_tiles` (`sos-audit tiles`) lay
+/// out every tile of that size in memory before reading any: 2^40 leaves exhausted memory.
+#[tokio::test]
+async fn export_tiles_refuses_a_checkpoint_larger_than_the_tree() {
+    let store = MemoryAuditStore::new();
+    append_n(&store, "acme", 0, 3).await;
+    Checkpointer::new(store.clone(), signer()).checkpoint_now(&tenant("acme")).await.expect("checkpoint");
+    store
+        .record_checkpoint(&signed("acme", 1 << 40, Sha256Digest::of(b"huge"), &signer()))
+        .await
+        .expect("plant");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        tlog::export_tiles(&store, &tenant("acme"), dir.path()),
+    )
+    .await
+    .expect("refused promptly")
+    .expect_err("larger than the tree");
+    assert!(
+        matches!(refused, Error::Proof(ProofError::TreeTooSmall { size: 1_099_511_627_776, available: 3 })),
+        "{refused:?}"
+    );
+    assert!(!dir.path().join("checkpoint").exists(), "nothing published");
+}

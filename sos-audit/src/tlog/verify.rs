@@ -258,7 +258,8 @@ async fn write_file(path: PathBuf, bytes: Vec<u8>) -> Result<()> {
 /// # Errors
 ///
 /// [`Error::NotCheckpointed`] when the tenant has no checkpoint, [`Error::CorruptTree`] when a
-/// tile is missing, [`Error::Storage`], [`Error::Io`].
+/// tile is missing, [`ProofError::TreeTooSmall`](crate::merkle::ProofError::TreeTooSmall) when
+/// the checkpoint is larger than the stored tree, [`Error::Storage`], [`Error::Io`].
 pub async fn export_tiles<S: MerkleStore>(
     store: &S,
     tenant: &TenantId,
@@ -270,6 +271,9 @@ pub async fn export_tiles<S: MerkleStore>(
         checkpoint_size: None,
     })?;
     let size = checkpoint.size();
+    // A recorded checkpoint larger than the stored tree (a planted row, or a tail cut off) is
+    // refused before the tile layout of its size is laid out in memory.
+    super::checked_size(store, tenant, size).await?;
     let layout = tiles_for_size(size);
     for chunk in layout.chunks(512) {
         let keys: Vec<TileKey> = chunk.iter().map(|(key, _)| *key).collect();
