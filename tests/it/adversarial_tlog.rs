@@ -15,8 +15,8 @@ use futures_boxed::BoxFuture;
 use sos_audit::merkle::{InclusionProof, ProofError};
 use sos_audit::note::{Checkpoint, NoteError, NoteSigner};
 use sos_audit::tlog::{
-    self, Anchor, AnchorSink, CheckpointFinding, CheckpointTimestamper, Checkpointer, EntryProof,
-    FsAnchorSink, MerkleStore, SignedCheckpoint,
+    self, Anchor, AnchorReceipt, AnchorSink, CheckpointFinding, Checkpointer, EntryProof, FsAnchorSink,
+    MerkleStore, SignedCheckpoint,
 };
 use sos_audit::{AuditStore, Error, MemoryAuditStore, NewEntry, PgAuditChain, SqliteAuditChain};
 use sos_core::{Sha256Digest, TenantId};
@@ -55,13 +55,28 @@ async fn append_n<S: AuditStore>(store: &S, tenant_name: &str, from: u64, count:
 #[derive(Debug, Default)]
 struct FreshTokens(AtomicU64);
 
-impl CheckpointTimestamper for FreshTokens {
-    fn timestamp<'a>(&'a self, note: &'a [u8]) -> BoxFuture<'a, sos_audit::Result<Vec<u8>>> {
+impl FreshTokens {
+    fn timestamp(&self, note: &[u8]) -> Vec<u8> {
         let serial = self.0.fetch_add(1, Ordering::SeqCst);
+        let mut token = Sha256Digest::of(note).as_bytes().to_vec();
+        token.extend_from_slice(&serial.to_be_bytes());
+        token
+    }
+}
+
+/// A sink that attaches a fresh token to each anchor and hands it to a filesystem sink, as any
+/// timestamping wrapper does.
+#[derive(Debug)]
+struct TokenedFsSink {
+    tokens: FreshTokens,
+    inner: FsAnchorSink,
+}
+
+impl AnchorSink for TokenedFsSink {
+    fn write<'a>(&'a self, anchor: &'a Anchor) -> BoxFuture<'a, sos_audit::Result<AnchorReceipt>> {
         Box::pin(async move {
-            let mut token = Sha256Digest::of(note).as_bytes().to_vec();
-            token.extend_from_slice(&serial.to_be_bytes());
-            Ok(token)
+            let tokened = anchor.clone().with_timestamp_token(self.tokens.timestamp(anchor.note.as_bytes()));
+            self.inner.write(&tokened).await
         })
     }
 }
@@ -102,10 +117,10 @@ async fn fs_anchor_same_note_with_a_fresh_timestamp_token_is_not_a_split_view() 
         .expect("root");
         signed("acme", 3, root, &key)
     };
-    let first = Anchor::new(&checkpoint)
-        .with_timestamp_token(authority.timestamp(checkpoint.note.as_bytes()).await.expect("token"));
-    let second = Anchor::new(&checkpoint)
-        .with_timestamp_token(authority.timestamp(checkpoint.note.as_bytes()).await.expect("token"));
+    let first =
+        Anchor::new(&checkpoint).with_timestamp_token(authority.timestamp(checkpoint.note.as_bytes()));
+    let second =
+        Anchor::new(&checkpoint).with_timestamp_token(authority.timestamp(checkpoint.note.as_bytes()));
     assert_ne!(first.timestamp_token, second.timestamp_token);
     assert!(!sink.write(&first).await.expect("first write").already_present);
     let retry = sink.write(&second).await.expect("the same note is not a conflict");
@@ -134,8 +149,10 @@ async fn concurrent_checkpointers_with_timestamps_share_an_fs_anchor_postgres() 
     let mut tasks = Vec::new();
     for _ in 0..4 {
         let checkpointer = Checkpointer::new(store.clone(), NoteSigner::from_key_string(&key).expect("key"))
-            .with_anchor(Arc::new(FsAnchorSink::new(dir.path())))
-            .with_timestamper(Arc::new(FreshTokens::default()));
+            .with_anchor(Arc::new(TokenedFsSink {
+                tokens: FreshTokens::default(),
+                inner: FsAnchorSink::new(dir.path()),
+            }));
         tasks.push(tokio::spawn(async move { checkpointer.checkpoint_now(&tenant("acme")).await }));
     }
     let mut roots = Vec::new();

@@ -216,13 +216,17 @@ impl<S: MerkleStore> Checkpointer<S> {
     /// [`Error::Note`] when a recorded checkpoint does not verify with this key, [`Error::Storage`].
     pub async fn checkpoint_now(&self, tenant: &TenantId) -> Result<SignedCheckpoint> {
         let _running = self.running.lock().await;
+        // The latest recorded checkpoint is read before the tree is extended: another
+        // checkpointer records a size only after extending the shared tree to it, so the tree
+        // extended afterwards is never smaller unless its tail really was cut off (read the other
+        // way round, a concurrent checkpointer's newer head looked like a truncation).
+        let latest = self.store.latest_checkpoint(tenant).await?;
         let size = sync_tree(&self.store, tenant).await?.size;
         let origin = self.origin(tenant);
 
         // The heads this tree must extend: what this process signed last, and the latest
         // recorded checkpoint.
         let remembered = self.signed.lock().unwrap_or_else(PoisonError::into_inner).get(tenant).copied();
-        let latest = self.store.latest_checkpoint(tenant).await?;
         let mut signed_heads: Vec<(u64, Sha256Digest)> = remembered.into_iter().collect();
         if let Some(latest) = &latest {
             let ours = remembered == Some((latest.size(), latest.root()));
