@@ -540,3 +540,119 @@ async fn sigterm_mid_load_and_restart_on_postgres_answers_every_committed_webhoo
     )
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Three processes checkpointing and proving while they write
+// ---------------------------------------------------------------------------------------------
+
+/// Three replicas on one PostgreSQL database take writes for one tenant while auditors ask each
+/// of them for checkpoints and inclusion proofs: every answer is a 2xx or a retryable 503 (no
+/// replica mistakes another's newer checkpoint for a fork), every proof verifies with the
+/// published verifier key, and every checkpoint a replica serves extends the earlier ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_processes_checkpoint_and_prove_while_writing() {
+    let dir = scratch_dir();
+    provision_signing_key(dir.path());
+    let database = sos_testkit::PgTestDatabase::new(&[]).await;
+    let servers = ServerProcess::start_together(
+        dir.path(),
+        (0..3)
+            .map(|index| (format!("replica-{index}"), ServerArgs::postgres(dir.path(), database.url())))
+            .collect(),
+    )
+    .await;
+    let verifier =
+        sos_audit::tlog::load_verifier(&dir.path().join("checkpoint.key.pub").display().to_string())
+            .expect("the replicas wrote the verifier key");
+    let urls: Vec<String> = servers.iter().map(ServerProcess::url).collect();
+    let client = reqwest::Client::new();
+    provider::create_tenant(&client, &urls[0], "acme").await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    let mut writers = Vec::new();
+    for writer in 0..6 {
+        let urls = urls.clone();
+        writers.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut failures = Vec::new();
+            let mut index = 0;
+            while std::time::Instant::now() < deadline {
+                let base = &urls[(writer + index) % urls.len()];
+                let id = format!("d-{writer}-{index}");
+                let body = provider::deal_body("acme", &id, "proposal");
+                let answer =
+                    provider::send(client.put(format!("{base}/v1/tenants/acme/deals/{id}")).json(&body))
+                        .await
+                        .unwrap();
+                if !(200..300).contains(&answer.status)
+                    && !(answer.status == 503 && answer.retry_after.is_some())
+                {
+                    failures.push(format!("PUT {id} on {base}: {answer:?}"));
+                }
+                index += 1;
+            }
+            failures
+        }));
+    }
+    let mut auditors = Vec::new();
+    for auditor in 0..9 {
+        let (urls, verifier) = (urls.clone(), verifier.clone());
+        auditors.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut failures = Vec::new();
+            let mut sizes: Vec<u64> = Vec::new();
+            let mut round = 0;
+            while std::time::Instant::now() < deadline {
+                let base = &urls[(auditor + round) % urls.len()];
+                round += 1;
+                let answer = provider::send(client.get(format!("{base}/v1/tenants/acme/audit/checkpoint")))
+                    .await
+                    .unwrap();
+                if answer.status == 503 && answer.retry_after.is_some() {
+                    continue;
+                }
+                if answer.status != 200 {
+                    failures.push(format!("checkpoint on {base}: {answer:?}"));
+                    continue;
+                }
+                let size = answer.json()["size"].as_u64().unwrap_or(0);
+                sizes.push(size);
+                let seq = 1 + (round as u64 * 7) % size.max(1);
+                let answer = provider::send(client.get(format!("{base}/v1/tenants/acme/audit/proofs/{seq}")))
+                    .await
+                    .unwrap();
+                if answer.status == 503 && answer.retry_after.is_some() {
+                    continue;
+                }
+                match sos_audit::tlog::EntryProof::from_json(answer.body.as_bytes()) {
+                    Ok(proof) if answer.status == 200 => {
+                        if let Err(error) = proof.verify(&verifier) {
+                            failures.push(format!("proof of {seq} on {base} does not verify: {error}"));
+                        }
+                    }
+                    _ => failures.push(format!("proof of {seq} on {base}: {answer:?}")),
+                }
+            }
+            (failures, sizes)
+        }));
+    }
+    let mut failures = Vec::new();
+    for writer in writers {
+        failures.extend(writer.await.unwrap());
+    }
+    for auditor in auditors {
+        let (found, sizes) = auditor.await.unwrap();
+        failures.extend(found);
+        assert!(!sizes.is_empty(), "the auditor got checkpoints");
+        eprintln!("auditor: {} checkpoints, sizes {:?}..{:?}", sizes.len(), sizes.first(), sizes.last());
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    tables::Tables::Postgres(database.pool().clone()).assert_chain_intact("acme").await;
+    for server in &servers {
+        assert!(
+            !server.log().contains("a person must look"),
+            "no replica reported a broken log:\n{}",
+            server.log()
+        );
+    }
+}

@@ -71,11 +71,12 @@ impl CheckpointPolicy {
 /// The log's name is the signing key's name, and tenant `T`'s checkpoints carry the origin
 /// `<key name>/T` ([`origin_for`]). Before signing, the checkpointer:
 ///
-/// 1. extends the stored tree from the chain ([`sync_tree`]), which refuses entries that do not
-///    chain on;
-/// 2. checks the new head against the latest recorded checkpoint: its signature must verify, the
-///    tree must not be smaller, and a consistency proof from the stored tiles must connect the
-///    two roots ([`Error::Forked`] otherwise);
+/// 1. reads the latest recorded checkpoint, then extends the stored tree from the chain
+///    ([`sync_tree`]), which refuses entries that do not chain on (in this order, so that a
+///    checkpoint another process records meanwhile is never mistaken for a cut-off tail);
+/// 2. checks the new head against that checkpoint: its signature must verify, the tree must not
+///    be smaller, and a consistency proof from the stored tiles must connect the two roots
+///    ([`Error::Forked`] otherwise);
 /// 3. refuses a second root for a size already signed, whether recorded in the store or signed
 ///    earlier by this process ([`Error::SplitView`]);
 /// 4. signs, writes the note to every [`AnchorSink`] (a write-once sink refuses a different note
@@ -225,7 +226,7 @@ impl<S: MerkleStore> Checkpointer<S> {
         let origin = self.origin(tenant);
 
         // The heads this tree must extend: what this process signed last, and the latest
-        // recorded checkpoint.
+        // recorded checkpoint as read above.
         let remembered = self.signed.lock().unwrap_or_else(PoisonError::into_inner).get(tenant).copied();
         let mut signed_heads: Vec<(u64, Sha256Digest)> = remembered.into_iter().collect();
         if let Some(latest) = &latest {

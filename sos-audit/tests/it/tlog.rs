@@ -335,6 +335,156 @@ pub(crate) async fn concurrent_checkpointers_agree<S: MerkleStore + Clone + 'sta
     assert_eq!(store.tree_state(&acme).await.expect("state").size, 40);
 }
 
+/// A store that runs one piece of "another replica's" work right after the next
+/// [`MerkleStore::extend_tree`] call returns: the moment a checkpointer has synced its tree but not
+/// yet read the latest recorded checkpoint (the interleaving of finding F4).
+#[derive(Clone)]
+struct InterleavedStore<S> {
+    inner: S,
+    after_extend: Arc<std::sync::Mutex<Option<futures::future::BoxFuture<'static, ()>>>>,
+}
+
+impl<S: MerkleStore> InterleavedStore<S> {
+    async fn run_the_other_replica(&self) {
+        let pending = self.after_extend.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(other) = pending {
+            other.await;
+        }
+    }
+}
+
+impl<S: MerkleStore> AuditStore for InterleavedStore<S> {
+    async fn append(&self, entry: sos_audit::NewEntry) -> sos_audit::Result<sos_audit::AuditEntry> {
+        self.inner.append(entry).await
+    }
+
+    async fn head(&self, tenant: &sos_core::TenantId) -> sos_audit::Result<Option<sos_audit::ChainHead>> {
+        self.inner.head(tenant).await
+    }
+
+    async fn read_page(
+        &self,
+        tenant: &sos_core::TenantId,
+        after_seq: u64,
+        limit: u32,
+    ) -> sos_audit::Result<Vec<sos_audit::AuditEntry>> {
+        self.inner.read_page(tenant, after_seq, limit).await
+    }
+
+    async fn tenants(&self) -> sos_audit::Result<Vec<sos_core::TenantId>> {
+        self.inner.tenants().await
+    }
+}
+
+impl<S: MerkleStore> MerkleStore for InterleavedStore<S> {
+    async fn extend_tree(
+        &self,
+        tenant: &sos_core::TenantId,
+        max_entries: u32,
+    ) -> sos_audit::Result<tlog::TreeState> {
+        let state = self.inner.extend_tree(tenant, max_entries).await;
+        self.run_the_other_replica().await;
+        state
+    }
+
+    async fn tree_state(&self, tenant: &sos_core::TenantId) -> sos_audit::Result<tlog::TreeState> {
+        self.inner.tree_state(tenant).await
+    }
+
+    async fn read_tiles(
+        &self,
+        tenant: &sos_core::TenantId,
+        keys: &[tlog::TileKey],
+    ) -> sos_audit::Result<tlog::StoredTiles> {
+        self.inner.read_tiles(tenant, keys).await
+    }
+
+    async fn read_tree(
+        &self,
+        tenant: &sos_core::TenantId,
+        keys: &[tlog::TileKey],
+    ) -> sos_audit::Result<(tlog::TreeState, tlog::StoredTiles)> {
+        self.inner.read_tree(tenant, keys).await
+    }
+
+    async fn latest_checkpoint(
+        &self,
+        tenant: &sos_core::TenantId,
+    ) -> sos_audit::Result<Option<tlog::SignedCheckpoint>> {
+        self.inner.latest_checkpoint(tenant).await
+    }
+
+    async fn checkpoint_at(
+        &self,
+        tenant: &sos_core::TenantId,
+        size: u64,
+    ) -> sos_audit::Result<Option<tlog::SignedCheckpoint>> {
+        self.inner.checkpoint_at(tenant, size).await
+    }
+
+    async fn record_checkpoint(
+        &self,
+        checkpoint: &tlog::SignedCheckpoint,
+    ) -> sos_audit::Result<tlog::SignedCheckpoint> {
+        self.inner.record_checkpoint(checkpoint).await
+    }
+}
+
+/// Finding F4: two replicas (two checkpointers, one key) over one database. Replica A syncs its
+/// tree to 83 entries; before it reads the latest recorded checkpoint, replica B appends 5
+/// entries and records a checkpoint of size 88. A must not take B's newer checkpoint for a cut-off
+/// tail; it signs 83, and its next checkpoint extends both. A real truncation is still refused.
+pub(crate) async fn a_replicas_newer_checkpoint_is_not_a_cut_tail<S: MerkleStore + Clone + 'static>(
+    store: S,
+) {
+    let acme = tenant("acme");
+    let key = signer().to_key_string();
+    let load = || NoteSigner::from_key_string(&key).expect("key");
+    append_n(&store, "acme", 0, 83).await;
+
+    let replica_b = Arc::new(Checkpointer::new(store.clone(), load()));
+    let interleaved = InterleavedStore { inner: store.clone(), after_extend: Arc::default() };
+    let replica_a = Checkpointer::new(interleaved.clone(), load());
+    let (other_store, other, tenant_b) = (store.clone(), Arc::clone(&replica_b), acme.clone());
+    *interleaved.after_extend.lock().expect("lock") = Some(Box::pin(async move {
+        append_n(&other_store, "acme", 83, 5).await;
+        let signed = other.checkpoint_now(&tenant_b).await.expect("replica B checkpoints");
+        assert_eq!(signed.size(), 88);
+    }));
+
+    let signed = replica_a.checkpoint_now(&acme).await.expect("a newer checkpoint of a replica is no fork");
+    assert!(interleaved.after_extend.lock().expect("lock").is_none(), "replica B ran in between");
+    assert!(signed.size() == 83 || signed.size() == 88, "{}", signed.size());
+    let latest = replica_a.latest(&acme).await.expect("latest").expect("recorded");
+    assert_eq!(latest.size(), 88, "the latest recorded checkpoint is replica B's");
+
+    // Both replicas go on extending each other's checkpoints.
+    append_n(&store, "acme", 88, 2).await;
+    assert_eq!(replica_a.checkpoint_now(&acme).await.expect("A extends 83 and 88").size(), 90);
+    append_n(&store, "acme", 90, 1).await;
+    assert_eq!(replica_b.checkpoint_now(&acme).await.expect("B extends 90").size(), 91);
+    let reference = reference_tree(&store, "acme").await;
+    for size in [83, 88, 90, 91] {
+        if let Some(recorded) = store.checkpoint_at(&acme, size).await.expect("read") {
+            assert_eq!(recorded.root(), reference.root_at_size(size), "size {size}");
+        }
+    }
+
+    // A recorded checkpoint the chain really does not reach is still a cut-off tail.
+    let beyond = Checkpoint {
+        origin: "example.com/sos-audit/acme".to_owned(),
+        size: 95,
+        root: reference.root(),
+        extensions: Vec::new(),
+    };
+    let note = beyond.sign(&load()).expect("sign");
+    let forged = tlog::SignedCheckpoint { tenant: acme.clone(), checkpoint: beyond, note, signed_us: 0 };
+    store.record_checkpoint(&forged).await.expect("record");
+    let fresh = Checkpointer::new(store.clone(), load());
+    let refused = fresh.checkpoint_now(&acme).await.expect_err("truncation");
+    assert!(matches!(refused, Error::Forked { checkpoint_size: 95, .. }), "{refused:?}");
+}
+
 pub(crate) async fn anchors_are_write_once(sink: Arc<dyn AnchorSink>) {
     let signer = signer();
     let acme = tenant("acme");
@@ -421,6 +571,12 @@ macro_rules! tlog_suite {
             async fn concurrent_checkpointers_agree() {
                 let (store, _guard) = $make(clock()).await;
                 super::concurrent_checkpointers_agree(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_replicas_newer_checkpoint_is_not_a_cut_tail() {
+                let (store, _guard) = $make(clock()).await;
+                super::a_replicas_newer_checkpoint_is_not_a_cut_tail(store).await;
             }
         }
     };
