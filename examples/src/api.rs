@@ -68,6 +68,19 @@ fn path_error(rejection: PathRejection) -> ApiError {
     ApiError::bad_request("bad_path", rejection.body_text())
 }
 
+/// Refuses a record or signal id of the path that no stored row can have: one with a control
+/// character (NUL, newline, …). PostgreSQL refuses NUL in text, so such an id must be answered
+/// before it reaches a query, and alike on both backends.
+fn checked_id(id: &str) -> Result<&str, ApiError> {
+    if id.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "bad_path",
+            "the id in the path holds a control character (NUL, newline, …); ids are printable text",
+        ));
+    }
+    Ok(id)
+}
+
 fn parse_tenant(text: &str) -> Result<TenantId, ApiError> {
     text.parse().map_err(|error: sos_core::Error| ApiError::bad_request("invalid_tenant", error.to_string()))
 }
@@ -241,6 +254,7 @@ async fn put_record(
     kind: RecordKind,
     body: &[u8],
 ) -> Result<(StatusCode, Json<RecordView>), ApiError> {
+    let id = checked_id(id)?;
     let tenant = known_tenant(app, tenant).await?;
     let object = json_object(body)?;
     let value = with_keys(object, &tenant, Some(id))?;
@@ -276,6 +290,7 @@ async fn get_record(
     id: &str,
     kind: RecordKind,
 ) -> Result<Json<RecordView>, ApiError> {
+    let id = checked_id(id)?;
     let tenant = known_tenant(app, tenant).await?;
     match state::read_record(&app.database, &tenant, kind, id).await? {
         Some(stored) => Ok(Json(RecordView {
@@ -557,6 +572,7 @@ async fn get_signal(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<SignalView>, ApiError> {
     let Path((tenant, id)) = path.map_err(path_error)?;
+    checked_id(&id)?;
     let tenant = known_tenant(&app, &tenant).await?;
     signals::get(&app, &tenant, &id)
         .await?
@@ -575,6 +591,7 @@ async fn post_feedback(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<FeedbackAnswer>, ApiError> {
     let Path((tenant, id)) = path.map_err(path_error)?;
+    checked_id(&id)?;
     let tenant = known_tenant(&app, &tenant).await?;
     let request: FeedbackRequest = serde_json::from_slice(&body?)
         .map_err(|error| ApiError::bad_request("bad_json", format!("the feedback: {error}")))?;

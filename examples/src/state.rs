@@ -261,7 +261,8 @@ pub(crate) async fn messages_since(
 
 /// Marks a deal won inside `conn`'s transaction (a payment arrived for it), audited as
 /// `deal.won`. Returns the audit entry's sequence number, or `None` when there is no such deal
-/// (nothing is written then).
+/// or it is already `closed-won` (nothing is written then: one payment arrives as several
+/// provider events, and the deal is won once).
 pub(crate) async fn mark_deal_won(
     conn: &mut Conn<'_>,
     chain: &Chain,
@@ -281,6 +282,9 @@ pub(crate) async fn mark_deal_won(
         return Ok(None);
     };
     let mut deal: Deal = serde_json::from_str(&body).map_err(ApiError::internal)?;
+    if deal.stage == sos_ruliads::crm::Stage::ClosedWon {
+        return Ok(None);
+    }
     let previous = deal.stage.as_str().to_owned();
     deal.stage = sos_ruliads::crm::Stage::ClosedWon;
     deal.stage_entered_at = Some(now);

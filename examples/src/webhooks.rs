@@ -87,7 +87,8 @@ pub struct InboundEvent {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Change {
-    /// A payment for a deal: the deal is won (when it exists in the tenant).
+    /// A payment for a deal: the deal is won (when it exists in the tenant and is not won
+    /// already).
     DealPaid {
         /// The deal id from `data.object.metadata.deal_id`.
         deal_id: String,
@@ -134,6 +135,10 @@ impl InboundEvent {
                     .to_owned();
                 let deal_id = parsed.pointer("/data/object/metadata/deal_id").and_then(Value::as_str);
                 let change = match deal_id {
+                    // An id with a control character (NUL, …) names no deal (PostgreSQL cannot
+                    // even hold it in text): the payment is only recorded, like one for an
+                    // unknown deal, so a signed event is never refused on every retry.
+                    Some(deal_id) if deal_id.chars().any(char::is_control) => Change::Nothing,
                     Some(deal_id) if PAID.contains(&kind.as_str()) => {
                         Change::DealPaid { deal_id: deal_id.to_owned() }
                     }
@@ -301,7 +306,8 @@ async fn apply(
             let evidence = json!({ "event": event.id, "type": event.kind });
             match state::mark_deal_won(conn, chain, &event.tenant, deal_id, now, &actor, evidence).await? {
                 Some(seq) => Ok(("deal_won", seq)),
-                // A payment for a deal this tenant does not have changes nothing.
+                // A payment for a deal this tenant does not have, or for one already won (one
+                // payment arrives as several events), changes nothing.
                 None => record_only(conn, chain, event, &actor).await,
             }
         }

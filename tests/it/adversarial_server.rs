@@ -618,6 +618,11 @@ async fn hostile_path_segments_never_get_a_5xx_on_sqlite() {
     hostile_path_segments(&Target::start_on(false).await).await;
 }
 
+#[tokio::test]
+async fn hostile_path_segments_never_get_a_5xx_on_postgres() {
+    hostile_path_segments(&Target::start_on(true).await).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Races (toctou-dedupe, chain-seq-stale-read) over HTTP
 // ---------------------------------------------------------------------------------------------
@@ -814,6 +819,49 @@ async fn hostile_writes(target: &Target) {
 #[tokio::test]
 async fn hostile_writes_never_get_a_5xx_on_sqlite() {
     hostile_writes(&Target::start_on(false).await).await;
+}
+
+#[tokio::test]
+async fn hostile_writes_never_get_a_5xx_on_postgres() {
+    hostile_writes(&Target::start_on(true).await).await;
+}
+
+/// Named shape `replay-same` at the level of meaning: one real Stripe payment arrives as several
+/// events with distinct ids (`payment_intent.succeeded`, `charge.succeeded`, and
+/// `checkout.session.completed` behind a Checkout), all naming the same deal. The deal is won
+/// once: one `deal.won` entry, one write of the row; the later events are recorded, and the
+/// stage's entry time is not moved by them.
+#[tokio::test]
+async fn replay_same_one_payment_as_several_stripe_events_wins_the_deal_once() {
+    let target = Target::start().await;
+    put_deal(&target.client, &target.server.url(), "acme", "d-paid").await;
+    let (_, version_before) = target.tables.deal("acme", "d-paid").await.unwrap();
+    let mut won_at = None;
+    for (event_id, kind) in [
+        ("evt_pi", "payment_intent.succeeded"),
+        ("evt_ch", "charge.succeeded"),
+        ("evt_cs", "checkout.session.completed"),
+    ] {
+        let body = json!({
+            "id": event_id, "object": "event", "type": kind,
+            "data": { "object": { "payment_intent": "pi_1", "metadata": { "deal_id": "d-paid" } } },
+        })
+        .to_string()
+        .into_bytes();
+        let answer = target.stripe("acme", ACME_STRIPE, unix_now(), &body).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let deal = target.get("/v1/tenants/acme/deals/d-paid").await.json();
+        let entered = deal["record"]["stage_entered_at"].clone();
+        assert_eq!(deal["record"]["stage"], "closed-won");
+        assert_eq!(*won_at.get_or_insert(entered.clone()), entered, "{kind} moved the stage's entry time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(target.tables.audit_entries_with_action("acme", "deal.won").await, 1, "the deal was won once");
+    assert_eq!(
+        target.tables.deal("acme", "d-paid").await.unwrap().1,
+        version_before + 1,
+        "one write of the row"
+    );
 }
 
 /// A `--demo` server on SQLite with the quick start's contact delivered, evaluated once: the
