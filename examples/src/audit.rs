@@ -184,6 +184,31 @@ impl Chain {
     }
 }
 
+/// Refuses to start with a signing key that did not sign the checkpoints the database already
+/// holds (the key file was lost and a new one generated, or another key was given): every
+/// checkpoint and proof would then fail at run time. The newest recorded checkpoint must verify
+/// with `signer`'s verifier key.
+pub(crate) async fn check_signing_key(
+    database: &Database,
+    signer: &NoteSigner,
+    key_path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let notes = database
+        .text_rows("SELECT note FROM audit_checkpoints ORDER BY signed_us DESC, size DESC LIMIT 1", &[])
+        .await?;
+    let Some(note) = notes.first() else { return Ok(()) };
+    if let Err(error) = sos_audit::note::open_note(note.as_bytes(), &[signer.verifier()]) {
+        anyhow::bail!(
+            "the database holds checkpoints that the signing key {path} did not sign ({error}); the key \
+             file was lost or replaced (a missing key is generated anew). Restore the original signing \
+             key at {path} (replacing any key generated since), or move the recorded checkpoints aside \
+             (the audit_checkpoints table) to start a new series of checkpoints with this key",
+            path = key_path.display()
+        );
+    }
+    Ok(())
+}
+
 /// The checkpointer of the server's chain: it signs C2SP checkpoints of each tenant's tree (kept
 /// as tiles in the database) and proves entries against them.
 #[derive(Debug, Clone)]

@@ -46,7 +46,8 @@ pub struct Config {
     pub packs: PathBuf,
 
     /// The checkpoint signing key file; generated on first run (with a warning) when absent. Its
-    /// verifier key is written beside it as `<file>.pub`.
+    /// verifier key is written beside it as `<file>.pub`. The server refuses to start when the
+    /// database holds checkpoints this key did not sign (restore the key, or move them aside).
     #[arg(long, env = "SOS_SIGNING_KEY", default_value = "sos-data/checkpoint.key")]
     pub signing_key: PathBuf,
 

@@ -127,6 +127,15 @@ impl From<sos_audit::Error> for ApiError {
                 "concurrent_change",
                 "the record changed while this request was written; read it again and retry",
             ),
+            sos_audit::Error::Note(sos_audit::note::NoteError::UnknownSigner { .. }) => {
+                tracing::error!(%error, "a recorded checkpoint is not signed by this server's key");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "key_mismatch",
+                    "the recorded checkpoints were signed by another key than this server's; the \
+                     operator must restore the signing key (or move the recorded checkpoints aside)",
+                )
+            }
             sos_audit::Error::Storage(source) | sos_audit::Error::HostWrite(source) => {
                 match source.downcast::<sqlx::Error>() {
                     Ok(sqlx_error) => Self::from(*sqlx_error),

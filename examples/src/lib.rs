@@ -132,6 +132,7 @@ impl App {
         for (tenant, url) in settings.tenant_slack_webhook_urls.iter() {
             tenant_channels.insert(tenant.clone(), Arc::new(SlackChannel::new(url.clone())?));
         }
+        audit::check_signing_key(&database, &settings.signer, &settings.config.signing_key).await?;
         let chain = audit::Chain::new(&database, Arc::clone(&clock));
         let app = Self {
             checkpoints: audit::Checkpoints::new(&chain, &settings.signer, Arc::clone(&clock))?,
