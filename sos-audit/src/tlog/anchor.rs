@@ -177,6 +177,19 @@ impl AnchorSink for FsAnchorSink {
     }
 }
 
+/// The answer of a table sink after its `INSERT … ON CONFLICT DO NOTHING`: `held` is `None` when
+/// the row was inserted, else the note already held for that size. The same note is a retry; a
+/// different one is a split view and is refused.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn table_receipt(anchor: &Anchor, held: Option<&str>) -> Result<AnchorReceipt> {
+    let location = format!("audit_anchors ({}, {})", anchor.tenant, anchor.size);
+    match held {
+        None => Ok(AnchorReceipt { location, already_present: false }),
+        Some(held) if held == anchor.note => Ok(AnchorReceipt { location, already_present: true }),
+        Some(_) => Err(Error::AnchorConflict { location, size: anchor.size }),
+    }
+}
+
 #[cfg(feature = "postgres")]
 pub use pg::PgAnchorSink;
 
@@ -186,7 +199,7 @@ mod pg {
     use sqlx::postgres::PgPool;
 
     use super::{Anchor, AnchorReceipt, AnchorSink};
-    use crate::error::{Error, Result, storage};
+    use crate::error::{Result, storage};
 
     /// Writes each checkpoint once to the write-once table `audit_anchors` (PostgreSQL; rows
     /// cannot be updated or deleted). Use a database other than the log's own for independence.
@@ -205,7 +218,7 @@ mod pg {
     impl AnchorSink for PgAnchorSink {
         fn write<'a>(&'a self, anchor: &'a Anchor) -> BoxFuture<'a, Result<AnchorReceipt>> {
             Box::pin(async move {
-                let size = i64::try_from(anchor.size).unwrap_or(i64::MAX);
+                let size = crate::tlog::db_size(anchor.size);
                 let inserted = sqlx::query(
                     "INSERT INTO audit_anchors (tenant, size, root, note, timestamp_token, anchored_us)
                      VALUES ($1, $2, $3, $4, $5, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint)
@@ -220,9 +233,8 @@ mod pg {
                 .await
                 .map_err(storage)?
                 .rows_affected();
-                let location = format!("audit_anchors ({}, {})", anchor.tenant, anchor.size);
                 if inserted == 1 {
-                    return Ok(AnchorReceipt { location, already_present: false });
+                    return super::table_receipt(anchor, None);
                 }
                 let held: String =
                     sqlx::query_scalar("SELECT note FROM audit_anchors WHERE tenant = $1 AND size = $2")
@@ -231,11 +243,7 @@ mod pg {
                         .fetch_one(&self.pool)
                         .await
                         .map_err(storage)?;
-                if held == anchor.note {
-                    Ok(AnchorReceipt { location, already_present: true })
-                } else {
-                    Err(Error::AnchorConflict { location, size: anchor.size })
-                }
+                super::table_receipt(anchor, Some(&held))
             })
         }
     }
@@ -250,7 +258,7 @@ mod lite {
     use sqlx::sqlite::SqlitePool;
 
     use super::{Anchor, AnchorReceipt, AnchorSink};
-    use crate::error::{Error, Result, storage};
+    use crate::error::{Result, storage};
 
     /// Writes each checkpoint once to the write-once table `audit_anchors` (SQLite; rows cannot be
     /// updated or deleted). Use a database file other than the log's own for independence.
@@ -269,7 +277,7 @@ mod lite {
     impl AnchorSink for SqliteAnchorSink {
         fn write<'a>(&'a self, anchor: &'a Anchor) -> BoxFuture<'a, Result<AnchorReceipt>> {
             Box::pin(async move {
-                let size = i64::try_from(anchor.size).unwrap_or(i64::MAX);
+                let size = crate::tlog::db_size(anchor.size);
                 let inserted = sqlx::query(
                     "INSERT INTO audit_anchors (tenant, size, root, note, timestamp_token, anchored_us)
                      VALUES (?1, ?2, ?3, ?4, ?5, CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER))
@@ -284,9 +292,8 @@ mod lite {
                 .await
                 .map_err(storage)?
                 .rows_affected();
-                let location = format!("audit_anchors ({}, {})", anchor.tenant, anchor.size);
                 if inserted == 1 {
-                    return Ok(AnchorReceipt { location, already_present: false });
+                    return super::table_receipt(anchor, None);
                 }
                 let held: String =
                     sqlx::query_scalar("SELECT note FROM audit_anchors WHERE tenant = ?1 AND size = ?2")
@@ -295,11 +302,7 @@ mod lite {
                         .fetch_one(&self.pool)
                         .await
                         .map_err(storage)?;
-                if held == anchor.note {
-                    Ok(AnchorReceipt { location, already_present: true })
-                } else {
-                    Err(Error::AnchorConflict { location, size: anchor.size })
-                }
+                super::table_receipt(anchor, Some(&held))
             })
         }
     }

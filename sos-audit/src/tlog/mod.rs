@@ -440,6 +440,22 @@ pub(crate) use tiles::edge_tiles;
 
 pub(crate) use memory::MemoryTlog;
 
+/// A tree size as the databases' signed 64-bit integer. Sizes beyond `i64::MAX` saturate: no
+/// log reaches them, and a saturated bound still selects every stored row.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn db_size(size: u64) -> i64 {
+    i64::try_from(size).unwrap_or(i64::MAX)
+}
+
+/// Reads a tree head row's columns, refusing what no extender writes.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn state_from_parts(tenant: &TenantId, size: i64, last_entry_hash: &[u8]) -> Result<TreeState> {
+    let bad = |reason| Error::CorruptTree { tenant: tenant.to_string(), reason };
+    let size = u64::try_from(size).map_err(|_| bad("negative tree size"))?;
+    let hash = <[u8; 32]>::try_from(last_entry_hash).map_err(|_| bad("last entry hash is not 32 bytes"))?;
+    Ok(TreeState { size, last_entry_hash: Sha256Digest::from_bytes(hash) })
+}
+
 /// Reads a recorded checkpoint's body (its signature is checked by whoever relies on it).
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) fn checkpoint_from_parts(

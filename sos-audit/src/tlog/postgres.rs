@@ -7,23 +7,16 @@ use sqlx::Row as _;
 use sqlx::postgres::{PgConnection, PgRow};
 
 use super::{
-    MerkleStore, SignedCheckpoint, StoredTiles, TileBuilder, TileKey, TreeState, corrupt_tree, edge_tiles,
-    push_entries,
+    MerkleStore, SignedCheckpoint, StoredTiles, TileBuilder, TileKey, TreeState, corrupt_tree, db_size,
+    edge_tiles, push_entries,
 };
 use crate::PgAuditChain;
 use crate::error::{Error, Result, storage};
 
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
 fn state_from_row(tenant: &TenantId, row: &PgRow) -> Result<TreeState> {
     let size: i64 = row.try_get("size").map_err(storage)?;
     let hash: Vec<u8> = row.try_get("last_entry_hash").map_err(storage)?;
-    let bad = |reason| Error::CorruptTree { tenant: tenant.to_string(), reason };
-    let size = u64::try_from(size).map_err(|_| bad("negative tree size"))?;
-    let hash = <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| bad("last entry hash is not 32 bytes"))?;
-    Ok(TreeState { size, last_entry_hash: Sha256Digest::from_bytes(hash) })
+    super::state_from_parts(tenant, size, &hash)
 }
 
 async fn read_state(conn: &mut PgConnection, tenant: &TenantId) -> Result<TreeState> {
@@ -43,7 +36,7 @@ async fn read_tiles_on(conn: &mut PgConnection, tenant: &TenantId, keys: &[TileK
         return Ok(Vec::new());
     }
     let levels: Vec<i16> = keys.iter().map(|key| i16::from(key.level)).collect();
-    let indexes: Vec<i64> = keys.iter().map(|key| to_i64(key.index)).collect();
+    let indexes: Vec<i64> = keys.iter().map(|key| db_size(key.index)).collect();
     let rows = sqlx::query(
         "SELECT level, idx, hashes FROM audit_tree_tiles
          WHERE tenant = $1 AND level = ANY($2::smallint[]) AND idx = ANY($3::bigint[])",
@@ -80,7 +73,7 @@ async fn read_tree_on(
     keys: &[TileKey],
 ) -> Result<(TreeState, StoredTiles)> {
     let levels: Vec<i16> = keys.iter().map(|key| i16::from(key.level)).collect();
-    let indexes: Vec<i64> = keys.iter().map(|key| to_i64(key.index)).collect();
+    let indexes: Vec<i64> = keys.iter().map(|key| db_size(key.index)).collect();
     let rows = sqlx::query(
         "SELECT -1::smallint AS level, size AS idx, last_entry_hash AS hashes FROM audit_tree_heads WHERE tenant = $1
          UNION ALL
@@ -150,7 +143,7 @@ impl MerkleStore for PgAuditChain {
              FROM audit_entries WHERE tenant = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .bind(tenant.as_str())
-        .bind(to_i64(current.size))
+        .bind(db_size(current.size))
         .bind(i64::from(max_entries))
         .fetch_all(&mut *tx)
         .await
@@ -183,7 +176,7 @@ impl MerkleStore for PgAuditChain {
         push_entries(tenant, &mut state, &mut builder, &entries)?;
         let changed = builder.take_changed();
         let levels: Vec<i16> = changed.iter().map(|(key, _)| i16::from(key.level)).collect();
-        let indexes: Vec<i64> = changed.iter().map(|(key, _)| to_i64(key.index)).collect();
+        let indexes: Vec<i64> = changed.iter().map(|(key, _)| db_size(key.index)).collect();
         let hashes: Vec<Vec<u8>> = changed.into_iter().map(|(_, bytes)| bytes).collect();
         sqlx::query(
             "INSERT INTO audit_tree_tiles (tenant, level, idx, hashes)
@@ -199,7 +192,7 @@ impl MerkleStore for PgAuditChain {
         .map_err(storage)?;
         sqlx::query("UPDATE audit_tree_heads SET size = $2, last_entry_hash = $3 WHERE tenant = $1")
             .bind(tenant.as_str())
-            .bind(to_i64(state.size))
+            .bind(db_size(state.size))
             .bind(state.last_entry_hash.as_bytes().as_slice())
             .execute(&mut *tx)
             .await
@@ -238,7 +231,7 @@ impl MerkleStore for PgAuditChain {
         let row =
             sqlx::query("SELECT note, signed_us FROM audit_checkpoints WHERE tenant = $1 AND size = $2")
                 .bind(tenant.as_str())
-                .bind(to_i64(size))
+                .bind(db_size(size))
                 .fetch_optional(self.pool())
                 .await
                 .map_err(storage)?;
@@ -251,7 +244,7 @@ impl MerkleStore for PgAuditChain {
              ON CONFLICT (tenant, size) DO NOTHING RETURNING note, signed_us",
         )
         .bind(checkpoint.tenant.as_str())
-        .bind(to_i64(checkpoint.size()))
+        .bind(db_size(checkpoint.size()))
         .bind(checkpoint.root().as_bytes().as_slice())
         .bind(&checkpoint.note)
         .bind(checkpoint.signed_us)

@@ -7,23 +7,16 @@ use sqlx::Row as _;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 
 use super::{
-    MerkleStore, SignedCheckpoint, StoredTiles, TileBuilder, TileKey, TreeState, corrupt_tree, edge_tiles,
-    push_entries,
+    MerkleStore, SignedCheckpoint, StoredTiles, TileBuilder, TileKey, TreeState, corrupt_tree, db_size,
+    edge_tiles, push_entries,
 };
 use crate::SqliteAuditChain;
 use crate::error::{Error, Result, storage};
 
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
 fn state_from_row(tenant: &TenantId, row: &SqliteRow) -> Result<TreeState> {
     let size: i64 = row.try_get("size").map_err(storage)?;
     let hash: Vec<u8> = row.try_get("last_entry_hash").map_err(storage)?;
-    let bad = |reason| Error::CorruptTree { tenant: tenant.to_string(), reason };
-    let size = u64::try_from(size).map_err(|_| bad("negative tree size"))?;
-    let hash = <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| bad("last entry hash is not 32 bytes"))?;
-    Ok(TreeState { size, last_entry_hash: Sha256Digest::from_bytes(hash) })
+    super::state_from_parts(tenant, size, &hash)
 }
 
 async fn read_state(conn: &mut SqliteConnection, tenant: &TenantId) -> Result<TreeState> {
@@ -134,7 +127,7 @@ impl MerkleStore for SqliteAuditChain {
              FROM audit_entries WHERE tenant = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )
         .bind(tenant.as_str())
-        .bind(to_i64(current.size))
+        .bind(db_size(current.size))
         .bind(i64::from(max_entries))
         .fetch_all(&mut *tx)
         .await
@@ -172,7 +165,7 @@ impl MerkleStore for SqliteAuditChain {
             )
             .bind(tenant.as_str())
             .bind(i64::from(key.level))
-            .bind(to_i64(key.index))
+            .bind(db_size(key.index))
             .bind(bytes)
             .execute(&mut *tx)
             .await
@@ -183,7 +176,7 @@ impl MerkleStore for SqliteAuditChain {
              ON CONFLICT (tenant) DO UPDATE SET size = excluded.size, last_entry_hash = excluded.last_entry_hash",
         )
         .bind(tenant.as_str())
-        .bind(to_i64(state.size))
+        .bind(db_size(state.size))
         .bind(state.last_entry_hash.as_bytes().as_slice())
         .execute(&mut *tx)
         .await
@@ -222,7 +215,7 @@ impl MerkleStore for SqliteAuditChain {
         let row =
             sqlx::query("SELECT note, signed_us FROM audit_checkpoints WHERE tenant = ?1 AND size = ?2")
                 .bind(tenant.as_str())
-                .bind(to_i64(size))
+                .bind(db_size(size))
                 .fetch_optional(self.pool())
                 .await
                 .map_err(storage)?;
@@ -235,7 +228,7 @@ impl MerkleStore for SqliteAuditChain {
              ON CONFLICT (tenant, size) DO NOTHING RETURNING note, signed_us",
         )
         .bind(checkpoint.tenant.as_str())
-        .bind(to_i64(checkpoint.size()))
+        .bind(db_size(checkpoint.size()))
         .bind(checkpoint.root().as_bytes().as_slice())
         .bind(&checkpoint.note)
         .bind(checkpoint.signed_us)
