@@ -3,11 +3,12 @@
 use axum::extract::{FromRequest, Request};
 
 use crate::error::Error;
-use crate::signature::{DEFAULT_BODY_LIMIT, read_body_limited};
+use crate::signature::{DEFAULT_BODY_LIMIT, check_declared_length, read_body_limited};
 
 /// A webhook delivery as signature verification needs it: the headers and the raw body bytes,
 /// read while they stream in and refused as soon as they pass `LIMIT` bytes (default 1 MiB),
-/// whatever `Content-Length` says.
+/// whatever `Content-Length` says. A `Content-Length` above `LIMIT` is refused before any of the
+/// body is read (a smaller one is not trusted: the limit is still enforced on the bytes).
 ///
 /// The rejection is [`Error::BodyTooLarge`] (HTTP 413) or [`Error::BodyRead`] (HTTP 500, so the provider retries),
 /// which answer with the crate's JSON body. Use it as an axum handler's last argument, then
@@ -50,6 +51,7 @@ impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for WebhookRequest<LIMIT
 
     async fn from_request(request: Request, _state: &S) -> Result<Self, Self::Rejection> {
         let (parts, body) = request.into_parts();
+        check_declared_length(&parts.headers, LIMIT)?;
         let body = read_body_limited(body.into_data_stream(), LIMIT).await?;
         Ok(Self { headers: parts.headers, body })
     }

@@ -31,7 +31,7 @@ mod stripe;
 #[cfg(test)]
 mod tests;
 
-pub use body::{DEFAULT_BODY_LIMIT, read_body_limited};
+pub use body::{DEFAULT_BODY_LIMIT, check_declared_length, read_body_limited};
 pub use github::{GithubVerifier, parse_github_signature, sign_github};
 pub use shopify::{ShopifyVerifier, parse_shopify_hmac, sign_shopify};
 pub use slack::{SlackVerifier, parse_slack_signature, sign_slack};

@@ -50,3 +50,26 @@ async fn extractor_reports_a_failed_body_stream_as_retryable() {
 fn bytes_of(len: usize) -> Vec<u8> {
     vec![b'x'; len]
 }
+
+/// Review item: a declared `Content-Length` over the limit is answered 413 before a single
+/// byte of the body is read (the body here panics if it is ever polled).
+#[tokio::test]
+async fn extractor_refuses_an_oversized_content_length_before_reading() {
+    for declared in ["1025", "18446744073709551615", "99999999999999999999999"] {
+        let untouchable =
+            futures::stream::poll_fn(|_| -> std::task::Poll<Option<Result<Vec<u8>, std::io::Error>>> {
+                panic!("the body was read although Content-Length was over the limit")
+            });
+        let request = http::Request::post("/")
+            .header("content-length", declared)
+            .body(Body::from_stream(untouchable))
+            .unwrap();
+        let refused = WebhookRequest::<1024>::from_request(request, &()).await;
+        assert!(matches!(refused, Err(Error::BodyTooLarge { limit: 1024 })), "{declared}: {refused:?}");
+        assert_eq!(refused.unwrap_err().into_response().status().as_u16(), 413);
+    }
+    // A declared length at the limit is read (and still held to the limit).
+    let at_limit =
+        http::Request::post("/").header("content-length", "1024").body(Body::from(vec![7u8; 1024])).unwrap();
+    assert_eq!(WebhookRequest::<1024>::from_request(at_limit, &()).await.unwrap().body.len(), 1024);
+}
