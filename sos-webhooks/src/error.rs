@@ -90,6 +90,16 @@ pub enum Error {
     )]
     TransactionAborted,
 
+    /// A transactional delivery met an unfinished two-phase record of the same event
+    /// (`processing` or `failed`). Transactional mode cannot take over a two-phase lease or
+    /// re-claim a two-phase failure, and answering from that record would skip the event, so
+    /// the delivery is refused; nothing was written. Deliver each event through one mode.
+    #[error(
+        "the event has an unfinished two-phase record (processing or failed); transactional mode \
+         refuses it so that it is not skipped: deliver this event through two_phase"
+    )]
+    ModeMismatch,
+
     /// A configuration value is out of range.
     #[error("invalid configuration: {reason}")]
     InvalidConfig {

@@ -164,6 +164,8 @@ fn request<'a>(key: &'a EventKey, body: &[u8], now: DateTime<Utc>, lease: Durati
         now,
         lease_until: now + chrono::Duration::from_std(lease).unwrap(),
         failed_reclaimable_before: now - chrono::Duration::seconds(30),
+        lease,
+        failed_retry_after: Duration::from_secs(30),
     }
 }
 
@@ -2611,5 +2613,126 @@ async fn lease_clock_skew_pg_database_clock_lease_is_elapsed_time_whatever_the_s
         .await
         .unwrap();
         assert_eq!(seconds, lease.as_secs_f64(), "a {months}×30-day lease in Europe/Berlin");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// injection: the transactional claim on PostgreSQL is one simple-query message (it shares a
+// round trip with BEGIN, so it cannot use bind parameters); event ids built to break a SQL
+// literal under either standard_conforming_strings setting must be stored and deduplicated
+// exactly, and must not reach the SQL as text.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injection_hostile_event_ids_in_the_pg_transactional_claim() {
+    let database = pg_db().await;
+    let hostile = [
+        "'",
+        "''",
+        "\\",
+        "\\'; DELETE FROM sos_webhook_events; --",
+        "'); SELECT pg_sleep(10); --",
+        "E'\\x27'",
+        "$$; DROP TABLE adv_effects; $$",
+        "$fn$ RAISE $fn$",
+        "\u{ff07}\u{2019}\u{02bc} lookalike quotes",
+        "\u{5c}\u{a5}\u{20a9} backslash and yen/won signs",
+        "naïve 漢字 🦀 \u{200b}\u{feff}",
+    ];
+    for standard_conforming in ["on", "off"] {
+        // A pool whose sessions read literals the old way too: hex digits mean the same in both.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    use sqlx::Executor as _;
+                    connection
+                        .execute(&*format!("SET standard_conforming_strings = {standard_conforming}"))
+                        .await
+                        .map(|_| ())
+                })
+            })
+            .connect(database.url())
+            .await
+            .unwrap();
+        let guard = WebhookGuard::new(PgStore::new(pool), SystemClock);
+        for id in hostile {
+            let id = format!("{id}|scs={standard_conforming}");
+            let event = key("acme", "stripe", &id);
+            assert_eq!(pg_deliver(&guard, &event, b"{}", "w").await.unwrap(), Outcome::Processed(()), "{id}");
+            assert_eq!(
+                pg_deliver(&guard, &event, b"{}", "w").await.unwrap(),
+                Outcome::AlreadyProcessed,
+                "{id}"
+            );
+            assert_eq!(
+                pg_deliver(&guard, &event, b"{\"x\":1}", "w").await.unwrap(),
+                Outcome::BodyMismatch,
+                "{id}"
+            );
+            assert_eq!(pg_effects(database.pool(), &event).await, 1, "{id}");
+        }
+    }
+    assert_eq!(pg_records(database.pool()).await, 2 * hostile.len() as i64, "one record per id, none lost");
+    let stored: Vec<String> = sqlx::query_scalar("SELECT event_id FROM sos_webhook_events ORDER BY event_id")
+        .fetch_all(database.pool())
+        .await
+        .unwrap();
+    let mut expected: Vec<String> = ["on", "off"]
+        .iter()
+        .flat_map(|scs| hostile.iter().map(move |id| format!("{id}|scs={scs}")))
+        .collect();
+    expected.sort();
+    let mut stored_sorted = stored.clone();
+    stored_sorted.sort();
+    assert_eq!(stored_sorted, expected, "every id stored byte for byte");
+    // NUL cannot be stored in PostgreSQL text: refused with a typed error before the database.
+    assert!(matches!(
+        EventKey::new("acme".parse().unwrap(), "stripe", "a\0b"),
+        Err(Error::InvalidKey { .. })
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// cancellation: a transactional delivery dropped at any await point (a client hanging up, a
+// timeout) must never leave a pooled connection inside its transaction, where the next user of
+// the connection would commit a bare claim — an event marked processed whose handler never
+// committed its effect.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_pg_transactional_dropped_anywhere_never_commits_a_bare_claim() {
+    let database = pg_db().await;
+    // A small pool, so that cancelled deliveries' connections are reused at once.
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(database.url()).await.unwrap();
+    let guard = WebhookGuard::new(PgStore::new(pool), SystemClock);
+    let mut cancelled = 0;
+    for round in 0..300u64 {
+        let event = key("acme", "stripe", &format!("evt_cancel_{round}"));
+        // Deadlines from 0 to ~3 ms cut the delivery at every stage of its round trips.
+        let deadline = Duration::from_micros((round * 37) % 3000);
+        if tokio::time::timeout(deadline, pg_deliver(&guard, &event, b"{}", "cut")).await.is_err() {
+            cancelled += 1;
+        }
+        // Other deliveries reuse the pooled connections right away.
+        let other = key("acme", "stripe", &format!("evt_after_{round}"));
+        assert_eq!(pg_deliver(&guard, &other, b"{}", "next").await.unwrap(), Outcome::Processed(()));
+    }
+    assert!(cancelled > 0, "some deliveries must have been cut");
+    // Every processed record has its effect: no claim committed without its handler.
+    let bare: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sos_webhook_events e WHERE NOT EXISTS \
+         (SELECT 1 FROM adv_effects a WHERE a.event_id = e.event_id)",
+    )
+    .fetch_one(database.pool())
+    .await
+    .unwrap();
+    assert_eq!(bare, 0, "claims committed without their handler's effect");
+    // And every cut event is still deliverable exactly once.
+    for round in 0..300u64 {
+        let event = key("acme", "stripe", &format!("evt_cancel_{round}"));
+        let outcome = pg_deliver(&guard, &event, b"{}", "retry").await.unwrap();
+        assert!(matches!(outcome, Outcome::Processed(()) | Outcome::AlreadyProcessed), "{outcome:?}");
+        assert_eq!(pg_effects(database.pool(), &event).await, 1);
     }
 }

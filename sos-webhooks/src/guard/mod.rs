@@ -394,6 +394,11 @@ pub struct ClaimRequest<'a> {
     pub lease_until: DateTime<Utc>,
     /// A failed record last touched at or before this instant may be re-claimed.
     pub failed_reclaimable_before: DateTime<Utc>,
+    /// The configured lease, for stores that time leases by their own clock.
+    pub lease: Duration,
+    /// The configured delay before a failure is re-claimable, for stores that time it by their
+    /// own clock.
+    pub failed_retry_after: Duration,
 }
 
 /// A two-phase claim held by this worker.
@@ -497,6 +502,26 @@ pub(crate) fn answer_from(state: &str, stored_hash: &[u8], body_hash: &Sha256Dig
     }
 }
 
+/// Answers a *transactional* delivery from an existing record. Transactional mode only ever
+/// commits `processed` records; a `processing` or `failed` one was written by two-phase mode,
+/// whose lease takeover and failure re-claim transactional mode cannot do, so answering
+/// "retry" or "failed" from it would skip the event for good: refuse it instead.
+///
+/// # Errors
+///
+/// [`Error::ModeMismatch`] for an unfinished two-phase record with the same body.
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
+pub(crate) fn transactional_answer(
+    state: &str,
+    stored_hash: &[u8],
+    body_hash: &Sha256Digest,
+) -> Result<Duplicate> {
+    match answer_from(state, stored_hash, body_hash) {
+        answer @ (Duplicate::AlreadyProcessed | Duplicate::BodyMismatch) => Ok(answer),
+        _ => Err(Error::ModeMismatch),
+    }
+}
+
 /// Failure reasons are stored for operators: control characters (NUL cannot be stored in
 /// PostgreSQL text) become U+FFFD, and the text is cut to at most 500 bytes.
 pub(crate) fn clean_reason(reason: &str) -> String {
@@ -513,11 +538,11 @@ pub(crate) fn clean_reason(reason: &str) -> String {
 }
 
 /// Far enough for any lease or horizon, and inside every backend's time range.
-fn far_future() -> DateTime<Utc> {
+pub(crate) fn far_future() -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-fn far_past() -> DateTime<Utc> {
+pub(crate) fn far_past() -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp(-62_135_596_800, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
@@ -635,6 +660,8 @@ impl<S: ClaimStore> WebhookGuard<S> {
             now,
             lease_until: add(now, self.config.lease),
             failed_reclaimable_before: sub(now, self.config.failed_retry_after),
+            lease: self.config.lease,
+            failed_retry_after: self.config.failed_retry_after,
         };
         let claim = match self.store.claim(&request).await? {
             ClaimAnswer::Claimed(claim) => claim,

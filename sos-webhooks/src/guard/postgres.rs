@@ -2,13 +2,15 @@
 //! two-phase mode.
 
 use std::fmt;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use sos_core::{Sha256Digest, TenantId};
 use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgPool, types::PgInterval};
-use sqlx::{Executor as _, Postgres, Row as _, Transaction};
+use sqlx::{Connection as _, Executor as _, Postgres, Row as _, Transaction};
 
 use super::{
     Claim, ClaimAnswer, ClaimRequest, ClaimStore, Duplicate, EventKey, Outcome, RunError, WebhookGuard,
@@ -29,12 +31,12 @@ pub fn postgres_migrator() -> Migrator {
 ///
 /// Write it as `|tx| Box::pin(async move { … })`.
 pub trait PgHandler<T, E>:
-    for<'t> FnOnce(&'t mut Transaction<'static, Postgres>) -> BoxFuture<'t, Result<T, E>>
+    for<'t, 'c> FnOnce(&'t mut Transaction<'c, Postgres>) -> BoxFuture<'t, Result<T, E>>
 {
 }
 
 impl<T, E, F> PgHandler<T, E> for F where
-    F: for<'t> FnOnce(&'t mut Transaction<'static, Postgres>) -> BoxFuture<'t, Result<T, E>>
+    F: for<'t, 'c> FnOnce(&'t mut Transaction<'c, Postgres>) -> BoxFuture<'t, Result<T, E>>
 {
 }
 
@@ -93,12 +95,8 @@ impl PgStore {
         &self.pool
     }
 
-    async fn existing<'e, X>(
-        &self,
-        executor: X,
-        key: &EventKey,
-        body_hash: &Sha256Digest,
-    ) -> Result<Option<Duplicate>>
+    /// The committed record of `key`: its state and body hash.
+    async fn record<'e, X>(&self, executor: X, key: &EventKey) -> Result<Option<(String, Vec<u8>)>>
     where
         X: sqlx::Executor<'e, Database = Postgres>,
     {
@@ -110,14 +108,10 @@ impl PgStore {
         .bind(key.event_id().as_str())
         .fetch_optional(executor)
         .await?;
-        Ok(match row {
-            Some(row) => {
-                let state: String = row.try_get(0)?;
-                let hash: Vec<u8> = row.try_get(1)?;
-                Some(answer_from(&state, &hash, body_hash))
-            }
-            None => None,
-        })
+        match row {
+            Some(row) => Ok(Some((row.try_get(0)?, row.try_get(1)?))),
+            None => Ok(None),
+        }
     }
 
     async fn finish(
@@ -153,9 +147,10 @@ impl ClaimStore for PgStore {
         // One arbitrated write: insert, or take over an expired lease or a re-claimable failure
         // with the same body. The row lock of ON CONFLICT DO UPDATE serializes racing claims.
         // With the database's clock the three instants are bound as NULL and computed from
-        // statement_timestamp() and the guard's durations ($9 the lease, $10 the failure delay).
-        let lease = micros_between(request.now, request.lease_until);
-        let failed_delay = micros_between(request.failed_reclaimable_before, request.now);
+        // statement_timestamp() and the configured durations ($9 the lease, $10 the failure
+        // delay), never from the guard's clock.
+        let lease = interval(request.lease);
+        let failed_delay = interval(request.failed_retry_after);
         let claimed = sqlx::query(
             "INSERT INTO sos_webhook_events AS e \
                (tenant, provider, event_id, body_hash, state, claim_token, attempts, lease_until, last_error, first_seen_at, updated_at) \
@@ -187,7 +182,8 @@ impl ClaimStore for PgStore {
         }
         // The record exists and is not claimable; a record purged in between is answered
         // "retry", which is always safe.
-        let answer = self.existing(&self.pool, key, &request.body_hash).await?;
+        let answer = self.record(&self.pool, key).await?;
+        let answer = answer.map(|(state, hash)| answer_from(&state, &hash, &request.body_hash));
         Ok(ClaimAnswer::Duplicate(answer.unwrap_or(Duplicate::RetryInFlight)))
     }
 
@@ -221,83 +217,115 @@ impl ClaimStore for PgStore {
     }
 }
 
-/// `later - earlier` as a PostgreSQL interval of microseconds only, never negative.
+/// A configured duration as a PostgreSQL interval of microseconds only, at most 1,000 years.
 ///
 /// No days part: `timestamptz + interval '1 day'` adds a calendar day in the session's time
 /// zone (23 or 25 hours across a daylight-saving change), while a microseconds part is elapsed
-/// time in every zone. An `i64` of microseconds spans about 292,000 years, so a "never expires"
-/// lease (saturated at year 9999) fits. (sqlx's own encoding of a `chrono::Duration` goes
-/// through nanoseconds and refuses spans over about 292 years.)
-fn micros_between(earlier: DateTime<Utc>, later: DateTime<Utc>) -> PgInterval {
-    let span = later.signed_duration_since(earlier).max(chrono::Duration::zero());
-    PgInterval { months: 0, days: 0, microseconds: span.num_microseconds().unwrap_or(i64::MAX) }
+/// time in every zone. The cap keeps `statement_timestamp() ± interval` inside PostgreSQL's
+/// time range (4713 BC to 294276 AD) for any configured duration: a 1,000-year lease never
+/// expires and a 1,000-year delay never passes, as the configured ones would not.
+fn interval(duration: Duration) -> PgInterval {
+    const MAX_MICROS: u128 = 1_000 * 366 * 24 * 3600 * 1_000_000;
+    let micros = duration.as_micros().min(MAX_MICROS);
+    PgInterval { months: 0, days: 0, microseconds: i64::try_from(micros).unwrap_or(i64::MAX) }
 }
 
-/// The claim of transactional mode, in one statement. `existing` reads the committed record
-/// (the statement's snapshot never shows the row this statement inserts); only when there is
-/// none does the insert ask for the key's advisory lock (a `CASE` fixes that order), so a
-/// duplicate of a committed event takes no lock and its rollback may be deferred. A record
-/// committed after the snapshot reads as absent, and the insert's arbitration on the unique
-/// key then inserts nothing: answered "retry", which is always safe. The claim returns the
-/// new row's `ctid` for the check before `COMMIT`.
-const TRANSACTIONAL_CLAIM: &str = "\
-WITH existing AS MATERIALIZED ( \
-  SELECT state, body_hash FROM sos_webhook_events WHERE tenant = $1 AND provider = $2 AND event_id = $3), \
-claimed AS ( \
-  INSERT INTO sos_webhook_events \
-    (tenant, provider, event_id, body_hash, state, claim_token, attempts, lease_until, last_error, first_seen_at, updated_at) \
-  SELECT $1, $2, $3, $4, 'processed', $5, 1, $6, NULL, $6, $6 \
-  WHERE CASE WHEN EXISTS (SELECT 1 FROM existing) THEN false ELSE pg_try_advisory_xact_lock($7) END \
-  ON CONFLICT (tenant, provider, event_id) DO NOTHING \
-  RETURNING ctid::text AS tid) \
-SELECT (SELECT tid FROM claimed), (SELECT state FROM existing), (SELECT body_hash FROM existing)";
-
-/// A row's `ctid` as PostgreSQL prints it, `(block,offset)`, parsed so that only digits are
-/// ever written back into SQL.
-fn parse_tid(text: &str) -> Option<(u32, u16)> {
-    let inner = text.strip_prefix('(')?.strip_suffix(')')?;
-    let (block, offset) = inner.split_once(',')?;
-    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
-    if !digits(block) || !digits(offset) {
-        return None;
+/// Lowercase hex of `bytes`, as the only form in which caller data enters the SQL text of the
+/// transactional claim (decoded by the server with `decode(…, 'hex')`).
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
     }
-    Some((block.parse().ok()?, offset.parse().ok()?))
+    out
 }
 
-/// The statement that ends a claimed transaction, sent as one simple query (one round trip).
+/// A text argument written as hex digits: `convert_from(decode('…', 'hex'), 'UTF8')`.
+fn text_arg(text: &str) -> String {
+    format!("convert_from(decode('{}', 'hex'), 'UTF8')", hex(text.as_bytes()))
+}
+
+/// `BEGIN` and the claim as one simple-query message, so that opening the transaction and
+/// claiming cost one round trip (the extended protocol's bind parameters cannot share a
+/// message with `BEGIN`).
 ///
-/// The `SELECT` fails if a statement inside the handler failed (PostgreSQL aborted the
-/// transaction, and its `COMMIT` would silently roll back) or if the claim row is gone or
-/// rewritten (division by zero); then neither `COMMIT` nor `BEGIN` runs. Otherwise `COMMIT`
-/// commits, and `BEGIN` opens an empty transaction for sqlx's own bookkeeping: dropping the
-/// `Transaction` queues its `ROLLBACK`, which the pool sends with the ping it makes when the
-/// connection is returned, so it costs no round trip of its own. The literals are digits and
-/// the guard's own hex token, never caller text.
-fn commit_sql(tid: (u32, u16), token: &str) -> String {
+/// No caller text is ever written into SQL: the key's parts and the body hash travel as hex
+/// digits that the server decodes (`decode(…, 'hex')` reads nothing but `0-9a-f`, whatever
+/// `standard_conforming_strings` or the client encoding say), and so does the guard's token;
+/// the instant is formatted from numbers, the lock id is an integer. The test
+/// `claim_sql_holds_only_hex_and_digits` checks the shape for hostile ids.
+fn claim_sql(key: &EventKey, body_hash: &Sha256Digest, token: &str, now: DateTime<Utc>) -> String {
+    let now = now.clamp(super::far_past(), super::far_future());
     format!(
-        "SELECT 1 / count(*)::int FROM sos_webhook_events WHERE ctid = '({},{})'::tid AND claim_token = '{token}'; COMMIT; BEGIN",
-        tid.0, tid.1
+        "BEGIN; SELECT sos_webhooks_claim_v1({}, {}, {}, decode('{}', 'hex'), '{}', '{}'::timestamptz, {})",
+        text_arg(key.tenant().as_str()),
+        text_arg(key.provider().as_str()),
+        text_arg(key.event_id().as_str()),
+        hex(body_hash.as_bytes()),
+        hex(token.as_bytes()),
+        now.format("%Y-%m-%dT%H:%M:%S%.6f+00"),
+        key.lock_id(),
     )
 }
 
-/// Whether a database error says the transaction was already aborted (25P02) or the claim
-/// check found no row (22012, the check's division by zero).
-fn is_aborted_claim(error: &sqlx::Error) -> bool {
-    let sqlx::Error::Database(database) = error else {
-        return false;
-    };
-    matches!(database.code().as_deref(), Some("25P02" | "22012"))
+/// The message that ends a claimed transaction, in one round trip: the check (the transaction
+/// is alive and its claim row stands, see the migration), `COMMIT`, and a `BEGIN` that opens
+/// an empty transaction for sqlx's bookkeeping: dropping the `Transaction` queues its
+/// `ROLLBACK`, which the pool sends with the ping it makes when the connection is returned (a
+/// `ROLLBACK` without a transaction would log a warning on every delivery).
+fn commit_sql(token: &str) -> String {
+    format!("SELECT sos_webhooks_check_v1('{}'); COMMIT; BEGIN", hex(token.as_bytes()))
+}
+
+/// A pooled connection that is closed instead of returned to the pool if it is dropped while
+/// armed. sqlx does not count a transaction until its `BEGIN` message has completed, so a
+/// future dropped during the claim message (or before the `ROLLBACK` of a refused claim) would
+/// return a connection whose server session is still inside that transaction, holding an
+/// uncommitted claim that the next user of the connection could commit without the handler.
+struct ArmedConnection {
+    connection: PoolConnection<Postgres>,
+    armed: bool,
+}
+
+impl Drop for ArmedConnection {
+    fn drop(&mut self) {
+        if self.armed {
+            self.connection.close_on_drop();
+        }
+    }
+}
+
+/// The SQLSTATE of a database error, if it is one.
+fn sqlstate(error: &sqlx::Error) -> Option<String> {
+    match error {
+        sqlx::Error::Database(database) => database.code().map(|code| code.into_owned()),
+        _ => None,
+    }
+}
+
+/// What the claim's SQLSTATE answers, when it is one of the claim's own (see the migration).
+fn claim_answer(code: &str) -> Option<Result<Duplicate>> {
+    Some(match code {
+        "SWP01" => Ok(Duplicate::AlreadyProcessed),
+        "SWB01" => Ok(Duplicate::BodyMismatch),
+        "SWI01" => Ok(Duplicate::RetryInFlight),
+        "SWM01" => Err(Error::ModeMismatch),
+        _ => return None,
+    })
 }
 
 impl WebhookGuard<PgStore> {
     /// Runs `handler` exactly once per event, in transactional mode.
     ///
-    /// The guard opens a transaction and, in one statement, reads the committed record and,
-    /// when there is none, takes a non-blocking advisory lock on the key (a duplicate arriving
-    /// while a handler runs is answered [`Outcome::RetryInFlight`] at once, however long the
-    /// handler takes) and claims the event with one
-    /// `INSERT … ON CONFLICT DO NOTHING RETURNING` already marked processed. It runs the handler
-    /// with the same transaction, then checks the claim and commits in one round trip. The
+    /// The guard sends `BEGIN` and the claim in one round trip. The claim (the function
+    /// `sos_webhooks_claim_v1`) takes a non-blocking advisory lock on the key (a duplicate
+    /// arriving while a handler runs is answered [`Outcome::RetryInFlight`] at once, however
+    /// long the handler takes) and claims the event with one
+    /// `INSERT … ON CONFLICT DO NOTHING RETURNING`, already marked processed; only when that
+    /// inserted nothing does it read the committed record to answer. The handler runs with the
+    /// same transaction, then the guard checks the claim and commits in one round trip. The
     /// mark is invisible to others until the commit, so the handler's writes and the mark
     /// commit together. A handler error, a crash or a dropped future rolls everything back and
     /// leaves nothing to clean up.
@@ -305,8 +333,9 @@ impl WebhookGuard<PgStore> {
     /// # Errors
     ///
     /// [`RunError::Handler`] with the handler's error (the transaction was rolled back);
-    /// [`RunError::Guard`] when the database fails, or [`Error::TransactionAborted`] when a
-    /// statement inside the handler failed and the handler did not return its error.
+    /// [`RunError::Guard`] when the database fails, [`Error::TransactionAborted`] when a
+    /// statement inside the handler failed and the handler did not return its error, or
+    /// [`Error::ModeMismatch`] when the event has an unfinished two-phase record.
     pub async fn transactional<T, E, F>(
         &self,
         key: &EventKey,
@@ -322,65 +351,63 @@ impl WebhookGuard<PgStore> {
         }
         if self.config().read_first() {
             // Answers committed duplicates without a transaction; decides nothing on its own.
-            if let Some(answer) = self.store().existing(&self.store().pool, key, &body_hash).await?
-                && answer != Duplicate::RetryInFlight
-            {
+            if let Some((state, hash)) = self.store().record(&self.store().pool, key).await? {
+                let answer = super::transactional_answer(&state, &hash, &body_hash)?;
                 self.remember(key, &body_hash, answer);
                 return Ok(answer.into());
             }
         }
-        let now = self.now();
         let token = new_token();
-        let mut transaction = self.store().pool.begin().await.map_err(Error::from)?;
-        let row = sqlx::query(TRANSACTIONAL_CLAIM)
-            .bind(key.tenant().as_str())
-            .bind(key.provider().as_str())
-            .bind(key.event_id().as_str())
-            .bind(body_hash.as_bytes().as_slice())
-            .bind(&token)
-            .bind(now)
-            .bind(key.lock_id())
-            .fetch_one(&mut *transaction)
-            .await
-            .map_err(Error::from)?;
-        let tid: Option<String> = row.try_get(0).map_err(Error::from)?;
-        let Some(tid) = tid else {
-            let state: Option<String> = row.try_get(1).map_err(Error::from)?;
-            let hash: Option<Vec<u8>> = row.try_get(2).map_err(Error::from)?;
-            let answer = match (state, hash) {
-                (Some(state), Some(hash)) => {
-                    // A committed record: no lock was asked for, so the rollback can ride on
-                    // the pool's release ping instead of taking a round trip of its own.
-                    drop(transaction);
-                    answer_from(&state, &hash, &body_hash)
-                }
-                _ => {
-                    // The lock is held by a delivery in flight, or a record committed after
-                    // this statement's snapshot (and this transaction may hold the lock):
-                    // end the transaction now.
-                    transaction.rollback().await.map_err(Error::from)?;
-                    Duplicate::RetryInFlight
-                }
-            };
-            self.remember(key, &body_hash, answer);
-            return Ok(answer.into());
+        let mut held = ArmedConnection {
+            connection: self.store().pool.acquire().await.map_err(Error::from)?,
+            armed: true,
         };
-        let tid =
-            parse_tid(&tid).ok_or_else(|| Error::Storage("PostgreSQL returned an unreadable ctid".into()))?;
+        let ArmedConnection { connection, armed } = &mut held;
+        let error = match connection.begin_with(claim_sql(key, &body_hash, &token, self.now())).await {
+            Ok(transaction) => {
+                // sqlx now counts the transaction: dropping it queues its ROLLBACK.
+                *armed = false;
+                return self.run_claimed(transaction, key, &body_hash, &token, handler).await;
+            }
+            Err(error) => error,
+        };
+        // sqlx leaves the transaction of a failed BEGIN message open (and aborted) on the server:
+        // end it here, or close the connection rather than pool it that way.
+        if connection.execute(sqlx::raw_sql("ROLLBACK")).await.is_ok() {
+            *armed = false;
+        }
+        let answer = sqlstate(&error).as_deref().and_then(claim_answer);
+        let answer = answer.unwrap_or_else(|| Err(Error::from(error)))?;
+        self.remember(key, &body_hash, answer);
+        Ok(answer.into())
+    }
+
+    /// Runs the handler in the claimed transaction, then checks the claim and commits.
+    async fn run_claimed<T, E, F>(
+        &self,
+        mut transaction: Transaction<'_, Postgres>,
+        key: &EventKey,
+        body_hash: &Sha256Digest,
+        token: &str,
+        handler: F,
+    ) -> Result<Outcome<T>, RunError<E>>
+    where
+        F: PgHandler<T, E>,
+    {
         match handler(&mut transaction).await {
-            Ok(value) => match transaction.execute(sqlx::raw_sql(&commit_sql(tid, &token))).await {
+            Ok(value) => match transaction.execute(sqlx::raw_sql(&commit_sql(token))).await {
                 Ok(_) => {
-                    // Committed; `transaction` now holds the empty transaction the statement
+                    // Committed; `transaction` now holds the empty transaction the message
                     // opened, whose ROLLBACK is queued on drop and sent with the release ping.
                     drop(transaction);
-                    self.remember(key, &body_hash, Duplicate::AlreadyProcessed);
+                    self.remember(key, body_hash, Duplicate::AlreadyProcessed);
                     Ok(Outcome::Processed(value))
                 }
                 Err(error) => {
                     // Either the check failed (the transaction is still open and aborted) or
                     // COMMIT failed (it is over). Roll back now either way.
                     let _ = transaction.rollback().await;
-                    if is_aborted_claim(&error) {
+                    if matches!(sqlstate(&error).as_deref(), Some("25P02" | "SWG01")) {
                         Err(Error::TransactionAborted.into())
                     } else {
                         Err(Error::from(error).into())
@@ -397,28 +424,39 @@ impl WebhookGuard<PgStore> {
 
 #[cfg(test)]
 mod tests {
-    use super::{commit_sql, parse_tid};
+    use chrono::TimeZone as _;
+    use sos_core::Sha256Digest;
+
+    use super::{EventKey, claim_sql, commit_sql};
 
     #[test]
-    fn tid_parser_accepts_only_digits() {
-        assert_eq!(parse_tid("(0,1)"), Some((0, 1)));
-        assert_eq!(parse_tid("(4294967295,65535)"), Some((u32::MAX, u16::MAX)));
-        for bad in [
-            "",
-            "()",
-            "(1)",
-            "(1,)",
-            "(,1)",
-            "(1,2",
-            "1,2)",
-            "(1,2)'",
-            "(1, 2)",
-            "(-1,2)",
-            "(1,65536)",
-            "(1,2);--",
-        ] {
-            assert_eq!(parse_tid(bad), None, "{bad}");
+    fn claim_sql_holds_only_hex_and_digits() {
+        let tenant = "acme".parse().unwrap();
+        let hostile = "evt_'); DROP TABLE sos_webhook_events; -- \\' $$ $fn$ \u{2028}é😀";
+        let key = EventKey::new(tenant, "stripe", hostile).unwrap();
+        let now = chrono::Utc.with_ymd_and_hms(2026, 11, 23, 13, 0, 0).unwrap();
+        let sql = claim_sql(&key, &Sha256Digest::of(b"{}"), "0123abcd", now);
+        // Every quoted literal is hex digits, or the instant made of digits and separators.
+        let literals: Vec<&str> = sql.split('\'').skip(1).step_by(2).collect();
+        assert_eq!(sql.matches('\'').count() % 2, 0, "{sql}");
+        for literal in &literals {
+            let allowed = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c) || "-:.T+".contains(c);
+            assert!(
+                literal.chars().all(allowed) || *literal == "hex" || *literal == "UTF8",
+                "{literal} in {sql}"
+            );
         }
-        assert!(commit_sql((3, 4), "abc").contains("ctid = '(3,4)'::tid AND claim_token = 'abc'"));
+        assert!(!sql.contains("DROP") && !sql.contains('\\') && !sql.contains('$'), "{sql}");
+        assert_eq!(sql.matches(';').count(), 1, "only BEGIN's own separator: {sql}");
+        assert!(commit_sql("0123abcd").starts_with("SELECT sos_webhooks_check_v1('3031323361626364')"));
+    }
+
+    #[test]
+    fn out_of_range_instants_are_clamped_to_what_postgres_reads() {
+        let key = EventKey::new("acme".parse().unwrap(), "stripe", "evt_1").unwrap();
+        let sql = claim_sql(&key, &Sha256Digest::of(b"{}"), "ab", chrono::DateTime::<chrono::Utc>::MAX_UTC);
+        assert!(sql.contains("'9999-12-31T23:59:59.000000+00'::timestamptz"), "{sql}");
+        let sql = claim_sql(&key, &Sha256Digest::of(b"{}"), "ab", chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        assert!(sql.contains("'0001-01-01T00:00:00.000000+00'::timestamptz"), "{sql}");
     }
 }

@@ -13,7 +13,7 @@ use sqlx::{Acquire as _, Row as _, Sqlite, Transaction};
 
 use super::{
     Claim, ClaimAnswer, ClaimRequest, ClaimStore, Duplicate, EventKey, Outcome, RunError, WebhookGuard,
-    answer_from, new_token,
+    answer_from, new_token, transactional_answer,
 };
 use crate::error::{Error, Result};
 
@@ -89,11 +89,8 @@ impl SqliteStore {
         &self.pool
     }
 
-    async fn existing<'e, X>(
-        executor: X,
-        key: &EventKey,
-        body_hash: &Sha256Digest,
-    ) -> Result<Option<Duplicate>>
+    /// The committed record of `key`: its state and body hash.
+    async fn record<'e, X>(executor: X, key: &EventKey) -> Result<Option<(String, Vec<u8>)>>
     where
         X: sqlx::Executor<'e, Database = Sqlite>,
     {
@@ -105,14 +102,10 @@ impl SqliteStore {
         .bind(key.event_id().as_str())
         .fetch_optional(executor)
         .await?;
-        Ok(match row {
-            Some(row) => {
-                let state: String = row.try_get(0)?;
-                let hash: Vec<u8> = row.try_get(1)?;
-                Some(answer_from(&state, &hash, body_hash))
-            }
-            None => None,
-        })
+        match row {
+            Some(row) => Ok(Some((row.try_get(0)?, row.try_get(1)?))),
+            None => Ok(None),
+        }
     }
 
     async fn finish(
@@ -170,7 +163,8 @@ impl ClaimStore for SqliteStore {
             let attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
             return Ok(ClaimAnswer::Claimed(Claim::with_token(key, token, attempts)));
         }
-        let answer = Self::existing(&self.pool, key, &request.body_hash).await?;
+        let answer = Self::record(&self.pool, key).await?;
+        let answer = answer.map(|(state, hash)| answer_from(&state, &hash, &request.body_hash));
         Ok(ClaimAnswer::Duplicate(answer.unwrap_or(Duplicate::RetryInFlight)))
     }
 
@@ -233,9 +227,9 @@ impl WebhookGuard<SqliteStore> {
         }
         // Fast path: a committed record answers without the write lock. It decides nothing on
         // its own; only the insert below claims.
-        if let Some(answer) = SqliteStore::existing(pool, key, &body_hash).await?
-            && answer != Duplicate::RetryInFlight
-        {
+        // An unfinished two-phase record is refused (`Error::ModeMismatch`), never answered.
+        if let Some((state, hash)) = SqliteStore::record(pool, key).await? {
+            let answer = transactional_answer(&state, &hash, &body_hash)?;
             self.remember(key, &body_hash, answer);
             return Ok(answer.into());
         }
@@ -283,9 +277,14 @@ impl WebhookGuard<SqliteStore> {
             Err(error) => return Err(Error::from(error).into()),
         };
         if claimed.is_none() {
-            let answer = SqliteStore::existing(&mut *transaction, key, &body_hash).await?;
+            let record = SqliteStore::record(&mut *transaction, key).await?;
             transaction.rollback().await.map_err(Error::from)?;
-            return Ok(answer.unwrap_or(Duplicate::RetryInFlight).into());
+            let answer = match record {
+                Some((state, hash)) => transactional_answer(&state, &hash, &body_hash)?,
+                None => Duplicate::RetryInFlight,
+            };
+            self.remember(key, &body_hash, answer);
+            return Ok(answer.into());
         }
         match handler(&mut transaction).await {
             Ok(value) => match transaction.commit().await {

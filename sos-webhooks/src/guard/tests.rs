@@ -70,6 +70,8 @@ fn memory_lease_takeover_and_failure_policy() {
             now,
             lease_until: add(now, Duration::from_secs(10)),
             failed_reclaimable_before: sub(now, Duration::from_secs(30)),
+            lease: Duration::from_secs(10),
+            failed_retry_after: Duration::from_secs(30),
         };
         // A worker claims and "dies" (never completes).
         let ClaimAnswer::Claimed(first) = guard.store().claim(&request(clock.now())).await.unwrap() else {

@@ -509,3 +509,169 @@ async fn pg_two_phase_database_clock_huge_durations_saturate_safely() {
     let outcome = far_ahead.two_phase(&failing, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
     assert_eq!(outcome, Outcome::PriorAttemptFailed);
 }
+
+/// Database-clock mode times a lease by the database alone: a guard whose clock sits one
+/// second before year 10000 (where "now + lease" saturates) still writes a lease of the
+/// configured length from the database's now, and a failure delay counted back from the
+/// database's now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_two_phase_database_clock_lease_ignores_the_guard_clock() {
+    use chrono::TimeZone as _;
+    let database = database().await;
+    let config = sos_webhooks::GuardConfig::default().with_lease(Duration::from_secs(60)).unwrap();
+    let store = PgStore::new(database.pool().clone()).with_database_clock(true);
+    let end_of_time = chrono::Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap();
+    let guard = Arc::new(
+        WebhookGuard::new(store.clone(), sos_core::ManualClock::new(end_of_time)).with_config(config),
+    );
+    let event = key("acme", "evt_db_lease");
+    let (release, holder) = hold_claim(Arc::clone(&guard), &event).await;
+    let lease_secs: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM lease_until - updated_at)::float8 FROM sos_webhook_events WHERE event_id = $1",
+    )
+    .bind("evt_db_lease")
+    .fetch_one(database.pool())
+    .await
+    .unwrap();
+    assert!((lease_secs - 60.0).abs() < 1e-3, "lease of {lease_secs} s, configured 60 s");
+    let until_now: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM lease_until - now())::float8 FROM sos_webhook_events WHERE event_id = $1",
+    )
+    .bind("evt_db_lease")
+    .fetch_one(database.pool())
+    .await
+    .unwrap();
+    assert!(until_now > 50.0 && until_now <= 60.0, "lease ends {until_now} s after the database's now");
+    release.send(()).unwrap();
+    assert_eq!(holder.await.unwrap().unwrap(), Outcome::Processed(()));
+
+    // The failure delay: a guard at the start of year 1 (where "now - delay" saturates) fails
+    // an event; with a 1 s delay the database re-claims it after 1 s of its own time.
+    let start_of_time = chrono::Utc.with_ymd_and_hms(1, 1, 1, 0, 0, 0).unwrap();
+    let config = config.with_failed_retry_after(Duration::from_secs(1));
+    let early = WebhookGuard::new(store, sos_core::ManualClock::new(start_of_time)).with_config(config);
+    let failing = key("acme", "evt_db_delay");
+    let result = early.two_phase(&failing, b"{}", |_| async { Err::<(), _>("down".to_owned()) }).await;
+    assert!(matches!(result, Err(RunError::Handler(_))));
+    let outcome = early.two_phase(&failing, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
+    assert_eq!(outcome, Outcome::PriorAttemptFailed, "the database's 1 s has not passed");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let outcome = early.two_phase(&failing, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
+    assert_eq!(outcome, Outcome::Processed(()), "re-claimed after the database's 1 s");
+}
+
+/// Mixing modes on one key (review item): a transactional delivery that meets an unfinished
+/// two-phase record (in flight, crashed, or failed) is refused with `Error::ModeMismatch`
+/// instead of answering "retry" or "failed" for ever, and writes nothing; a two-phase delivery
+/// of an event processed transactionally is answered `AlreadyProcessed`, and vice versa.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_mixed_modes_never_skip_an_event() {
+    let database = database().await;
+    let config = sos_webhooks::GuardConfig::default().with_failed_retry_after(Duration::ZERO);
+    let guard =
+        Arc::new(WebhookGuard::new(PgStore::new(database.pool().clone()), SystemClock).with_config(config));
+    let mismatch = |result: Result<Outcome<()>, RunError<sqlx::Error>>| {
+        matches!(result, Err(RunError::Guard(sos_webhooks::Error::ModeMismatch)))
+    };
+
+    // A two-phase claim in flight.
+    let live = key("acme", "evt_mixed_live");
+    let (release, holder) = hold_claim(Arc::clone(&guard), &live).await;
+    assert!(mismatch(deliver(&guard, &live, b"{}", "tx").await));
+    release.send(()).unwrap();
+    assert_eq!(holder.await.unwrap().unwrap(), Outcome::Processed(()));
+    // Processed in two-phase mode: transactional answers AlreadyProcessed (and BodyMismatch).
+    assert_eq!(deliver(&guard, &live, b"{}", "tx").await.unwrap(), Outcome::AlreadyProcessed);
+    assert_eq!(deliver(&guard, &live, b"{\"x\":1}", "tx").await.unwrap(), Outcome::BodyMismatch);
+
+    // A two-phase failure: refused in transactional mode, re-claimed in two-phase mode.
+    let failed = key("acme", "evt_mixed_failed");
+    let result = guard.two_phase(&failed, b"{}", |_| async { Err::<(), _>("down".to_owned()) }).await;
+    assert!(matches!(result, Err(RunError::Handler(_))));
+    assert!(mismatch(deliver(&guard, &failed, b"{}", "tx").await));
+    let read_first = WebhookGuard::new(PgStore::new(database.pool().clone()), SystemClock)
+        .with_config(config.with_read_first(true));
+    assert!(mismatch(deliver(&read_first, &failed, b"{}", "tx").await), "read-first path too");
+    assert_eq!(effects(database.pool(), "evt_mixed_failed").await, 0);
+    let outcome = guard.two_phase(&failed, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
+    assert_eq!(outcome, Outcome::Processed(()));
+
+    // Processed transactionally: a two-phase delivery answers AlreadyProcessed.
+    let transactional = key("acme", "evt_mixed_tx");
+    assert_eq!(deliver(&guard, &transactional, b"{}", "tx").await.unwrap(), Outcome::Processed(()));
+    let outcome = guard.two_phase(&transactional, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
+    assert_eq!(outcome, Outcome::AlreadyProcessed);
+    assert_eq!(effects(database.pool(), "evt_mixed_tx").await, 1);
+}
+
+/// Event ids that would break a hand-built SQL literal are stored exactly and dedupe exactly
+/// (the transactional claim carries them as hex digits, never as SQL text).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_hostile_event_ids_round_trip_exactly() {
+    let database = database().await;
+    for read_first in [false, true] {
+        let config = sos_webhooks::GuardConfig::default().with_read_first(read_first);
+        let guard = WebhookGuard::new(PgStore::new(database.pool().clone()), SystemClock).with_config(config);
+        for (index, id) in [
+            "it's",
+            "''; DROP TABLE sos_webhook_events; --",
+            "back\\slash\\'",
+            "\\x00",
+            "$$ $fn$ dollar",
+            "E'\\\\'",
+            "é\u{301} 😀 \u{202e}rtl \u{2028}",
+            "%s %d {} ?1 $1",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let id = format!("{id}#{index}#{read_first}");
+            let event = EventKey::new("acme".parse().unwrap(), "stripe", &id).unwrap();
+            assert_eq!(deliver(&guard, &event, b"{}", "w").await.unwrap(), Outcome::Processed(()), "{id}");
+            assert_eq!(deliver(&guard, &event, b"{}", "w").await.unwrap(), Outcome::AlreadyProcessed, "{id}");
+            let stored: String = sqlx::query_scalar(
+                "SELECT event_id FROM sos_webhook_events WHERE tenant = 'acme' AND provider = 'stripe' AND event_id = $1",
+            )
+            .bind(&id)
+            .fetch_one(database.pool())
+            .await
+            .unwrap();
+            assert_eq!(stored, id);
+            assert_eq!(effects(database.pool(), &id).await, 1, "{id}");
+        }
+    }
+    // NUL never reaches the database: a typed error first.
+    assert!(EventKey::new("acme".parse().unwrap(), "stripe", "a\u{0}b").is_err());
+}
+
+/// The database refuses empty key parts whoever writes them (migration 0200000002), and the
+/// guard refuses them before the database with a typed error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_empty_key_parts_are_refused_by_the_database_too() {
+    let database = database().await;
+    for (tenant, provider, event) in [("", "stripe", "evt"), ("acme", "", "evt"), ("acme", "stripe", "")] {
+        let result = sqlx::query(
+            "INSERT INTO sos_webhook_events (tenant, provider, event_id, body_hash, state, claim_token, attempts, \
+             lease_until, first_seen_at, updated_at) VALUES ($1, $2, $3, $4, 'processed', 't', 1, now(), now(), now())",
+        )
+        .bind(tenant)
+        .bind(provider)
+        .bind(event)
+        .bind(&[0u8; 32][..])
+        .execute(database.pool())
+        .await;
+        let Err(sqlx::Error::Database(error)) = result else {
+            panic!("an empty key part was stored: {result:?}")
+        };
+        assert_eq!(error.code().as_deref(), Some("23514"), "a CHECK violation");
+    }
+    assert!(matches!(
+        EventKey::new("acme".parse().unwrap(), "", "evt"),
+        Err(sos_webhooks::Error::InvalidKey { field: "provider", .. })
+    ));
+    assert!(matches!(
+        EventKey::new("acme".parse().unwrap(), "stripe", ""),
+        Err(sos_webhooks::Error::InvalidKey { field: "event id", .. })
+    ));
+    assert!("".parse::<sos_core::TenantId>().is_err());
+}

@@ -208,3 +208,74 @@ async fn sqlite_cancelled_claim_leaves_no_short_busy_timeout_in_the_pool() {
         assert_eq!(timeout, 5000, "a pooled connection kept the guard's short busy timeout");
     }
 }
+
+/// Mixing modes on one key (review item), as on PostgreSQL: a transactional delivery meeting an
+/// unfinished two-phase record (in flight or failed) is refused with `Error::ModeMismatch` and
+/// writes nothing; processed records answer across modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_mixed_modes_never_skip_an_event() {
+    let database = database().await;
+    let config = sos_webhooks::GuardConfig::default()
+        .with_failed_retry_after(Duration::ZERO)
+        .with_lease(Duration::from_secs(3600))
+        .unwrap();
+    let guard = WebhookGuard::new(SqliteStore::new(database.pool().clone()), SystemClock).with_config(config);
+    let mismatch = |result: Result<Outcome<()>, RunError<sqlx::Error>>| {
+        matches!(result, Err(RunError::Guard(sos_webhooks::Error::ModeMismatch)))
+    };
+
+    // A two-phase claim in flight (its handler runs while the transactional delivery arrives).
+    let live = key("acme", "evt_mixed_live");
+    let outcome = guard
+        .two_phase(&live, b"{}", |_| async {
+            assert!(mismatch(deliver(&guard, &live, b"{}", "tx").await));
+            Ok::<_, String>(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Processed(()));
+    assert_eq!(deliver(&guard, &live, b"{}", "tx").await.unwrap(), Outcome::AlreadyProcessed);
+    assert_eq!(deliver(&guard, &live, b"{\"x\":1}", "tx").await.unwrap(), Outcome::BodyMismatch);
+
+    let failed = key("acme", "evt_mixed_failed");
+    let result = guard.two_phase(&failed, b"{}", |_| async { Err::<(), _>("down".to_owned()) }).await;
+    assert!(matches!(result, Err(RunError::Handler(_))));
+    assert!(mismatch(deliver(&guard, &failed, b"{}", "tx").await));
+    assert_eq!(effects(database.pool(), "evt_mixed_failed").await, 0);
+    let outcome = guard.two_phase(&failed, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
+    assert_eq!(outcome, Outcome::Processed(()));
+
+    let transactional = key("acme", "evt_mixed_tx");
+    assert_eq!(deliver(&guard, &transactional, b"{}", "tx").await.unwrap(), Outcome::Processed(()));
+    let outcome = guard.two_phase(&transactional, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
+    assert_eq!(outcome, Outcome::AlreadyProcessed);
+    assert_eq!(effects(database.pool(), "evt_mixed_tx").await, 1);
+}
+
+/// The rebuilt table (migration 0200000002) refuses empty key parts, and keeps its other
+/// constraints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_empty_key_parts_are_refused_by_the_database_too() {
+    let database = database().await;
+    let insert = |tenant: &'static str, provider: &'static str, event: &'static str, hash: Vec<u8>| {
+        sqlx::query(
+            "INSERT INTO sos_webhook_events (tenant, provider, event_id, body_hash, state, claim_token, attempts, \
+             lease_until, first_seen_at, updated_at) VALUES (?1, ?2, ?3, ?4, 'processed', 't', 1, 0, 0, 0)",
+        )
+        .bind(tenant)
+        .bind(provider)
+        .bind(event)
+        .bind(hash)
+        .execute(database.pool())
+    };
+    for (tenant, provider, event) in [("", "stripe", "evt"), ("acme", "", "evt"), ("acme", "stripe", "")] {
+        let result = insert(tenant, provider, event, vec![0; 32]).await;
+        let Err(sqlx::Error::Database(error)) = result else {
+            panic!("an empty key part was stored: {result:?}")
+        };
+        assert!(error.message().contains("CHECK constraint failed"), "{}", error.message());
+    }
+    assert!(insert("acme", "stripe", "evt", vec![0; 31]).await.is_err(), "the hash length check remains");
+    insert("acme", "stripe", "evt", vec![0; 32]).await.unwrap();
+    assert!(insert("acme", "stripe", "evt", vec![0; 32]).await.is_err(), "the key remains unique");
+}
