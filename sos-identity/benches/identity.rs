@@ -121,7 +121,20 @@ fn routing(c: &mut Criterion) {
             b.iter(|| float.bandwidth_probe())
         });
         let runs = if agents >= 1_000_000 { 15 } else { 31 };
-        let bytes = agents.div_ceil(8) * 8 * 64;
+        // Blocks of 8 agents: 8 × 16 `i16` halves and 8 `f32` inverse norms, 288 bytes.
+        let bytes = agents.div_ceil(8) * 288;
+        // The previous layout's bytes (16 pre-normalised `f32` per agent), summed the same way,
+        // to show what halving the bytes bought.
+        let floats = vec![1.0f32; agents.div_ceil(8) * 8 * 16];
+        let float_sum = || {
+            let mut lanes = [0.0f32; 8];
+            for chunk in black_box(&floats).chunks_exact(8) {
+                for (lane, value) in lanes.iter_mut().zip(chunk) {
+                    *lane += *value;
+                }
+            }
+            black_box(lanes.iter().sum::<f32>());
+        };
         // The same scan split over both cores (RouterConfig::threads), from 100k agents up.
         let parallel =
             (agents >= 100_000).then(|| router_with_config(agents, RouterConfig::default().with_threads(2)));
@@ -145,6 +158,13 @@ fn routing(c: &mut Criterion) {
                 },
                 probe,
             );
+            let (f32_again, wide_sum) = paired_medians(
+                runs,
+                || {
+                    black_box(float.top_k(black_box(&signal), id, k));
+                },
+                float_sum,
+            );
             let parallel_text = parallel.as_ref().map_or(String::new(), |parallel| {
                 let (time, sum) = paired_medians(
                     runs,
@@ -162,14 +182,20 @@ fn routing(c: &mut Criterion) {
             });
             println!(
                 "summary route {agents} agents top-{k}: f32 {:.3} ms vs plain sum over the same {:.1} MB {:.3} ms \
-                 ({:.2} GB/s): {:.2}× the sum (goal ≥ 0.8; limit 4 ms at 1M); exact {:.3} ms ({:.2}× its paired sum){parallel_text}",
+                 ({:.2} GB/s): {:.2}× the sum (goal ≥ 0.8; limit 4 ms at 1M); exact {:.3} ms ({:.2}× its paired sum); \
+                 f32 again {:.3} ms vs a plain sum over {:.1} MB of f32 (the old layout) {:.3} ms ({:.2} GB/s): {:.2}×{parallel_text}",
                 f32_time.as_secs_f64() * 1e3,
                 bytes as f64 / 1e6,
                 sum.as_secs_f64() * 1e3,
                 bytes as f64 / sum.as_secs_f64() / 1e9,
                 sum.as_secs_f64() / f32_time.as_secs_f64(),
                 exact_time.as_secs_f64() * 1e3,
-                exact_sum.as_secs_f64() / exact_time.as_secs_f64()
+                exact_sum.as_secs_f64() / exact_time.as_secs_f64(),
+                f32_again.as_secs_f64() * 1e3,
+                (floats.len() * 4) as f64 / 1e6,
+                wide_sum.as_secs_f64() * 1e3,
+                (floats.len() * 4) as f64 / wide_sum.as_secs_f64() / 1e9,
+                wide_sum.as_secs_f64() / f32_again.as_secs_f64()
             );
         }
     }

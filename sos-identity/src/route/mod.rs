@@ -12,8 +12,46 @@ use crate::vector::{AgentName, DIMENSIONS, IdentityVector};
 
 /// Agents per block of the struct-of-arrays layout.
 const LANES: usize = 8;
-/// Floats per block: 16 dimensions × 8 agents, dimension-major.
-const BLOCK: usize = DIMENSIONS * LANES;
+
+/// One block of the struct-of-arrays layout: 8 agents' `r` views stored exactly as 16-bit
+/// halves `h = (r − 1) / 2 = u − 32768` (so `r = 2h + 1`), dimension-major so that one block
+/// scores 8 agents with straight-line multiply-adds, and their `1 / |r|` for the float scores.
+/// 36 bytes per agent: half the bytes of pre-normalised `f32` plus one `f32` norm.
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    halves: [[i16; LANES]; DIMENSIONS],
+    inverse_norms: [f32; LANES],
+}
+
+impl Block {
+    /// Padding lanes score exactly 0 (their inverse norm is 0) and are never candidates.
+    const EMPTY: Self = Self { halves: [[0; LANES]; DIMENSIONS], inverse_norms: [0.0; LANES] };
+}
+
+/// A bound on `|float score − cosine|` for every agent and signal: `2^-18`, that is 64 units
+/// of `f32` round-off `u = 2^-24`.
+///
+/// Why it holds (the float score is `(c + Σ_d h_d·w_d) · fl(1/|r|)`, summed left to right in
+/// `f32` with `c` first, where `ŝ'_d = fl32(s_d / |s|)`, `w_d = 2ŝ'_d` and `c = fl32(Σ_d ŝ'_d)`):
+///
+/// - `ŝ'_d` is `ŝ_d = s_d/|s|` within `1.01u` relatively (the `f64` steps add `2^-52`; `|s_d|`
+///   is `0` or at least `2^-22·|s|`, far from subnormals); `w_d` doubles exactly; the `f64` sum
+///   behind `c` is exact (16 `f32` values spanning at most 46 bits), so `|c − Σŝ'_d| ≤ 4.01u`.
+/// - `c + Σ h_d·w_d = Σ (2h_d + 1)·ŝ'_d = Σ r_d·ŝ'_d` up to `c`'s rounding, and that differs
+///   from `T = Σ r_d·ŝ_d = cosine·|r|` by at most `1.01u·Σ|r_d ŝ_d| ≤ 1.01u·|r|`.
+/// - 17 terms summed in `f32` with one rounded product each: error at most
+///   `γ_17·(|c| + Σ|h_d w_d|)` (Higham, eq. 3.5), `γ_17 = 17u/(1 − 17u)`, and since
+///   `2|h_d| + 1 ≤ |r_d| + 2`, that sum is at most `(1 + 1.01u)·(|r| + 2·Σ|ŝ_d|) ≤ 1.02·(|r| + 8)`.
+/// - `fl(1/|r|)` is within `1.01u` relatively and the last product adds `u`; `|cosine| ≤ 1`.
+///
+/// Altogether `|score − cosine| ≤ 2.02u + (4.01u + 8·17.01u)/|r| + 1.01u + 17.01u·1.02`, and
+/// with `|r| ≥ 4` (16 odd components) that is below `56u`. The exact scan keeps every agent
+/// whose float score is at least the k-th best float score minus twice this bound (one more `u`
+/// covers the rounding of that subtraction), so it never drops an agent of the exact top k.
+/// Rust never contracts `a·b + c` into a fused multiply-add on its own, and vectorised lanes
+/// round like scalar code, so the bound holds on every CPU; `float_score_error_bound_holds`
+/// checks it on random and extreme vectors.
+const FLOAT_SCORE_ERROR: f32 = 1.0 / 262_144.0;
 
 /// The largest magnitude of a [`SignalVector`] component.
 pub const MAX_SIGNAL_COMPONENT: i32 = 1 << 20;
@@ -59,16 +97,24 @@ impl SignalVector {
         self.0.iter().map(|value| i64::from(*value) * i64::from(*value)).sum()
     }
 
-    fn normalised(&self) -> [f32; DIMENSIONS] {
-        normalise(&self.0)
+    /// The weights a block is scored with: `w_d = 2·fl32(s_d/|s|)` and `c = fl32(Σ_d fl32(s_d/|s|))`,
+    /// so that `c + Σ_d h_d·w_d = Σ_d r_d·s_d/|s|` for `r = 2h + 1`.
+    fn weights(&self) -> Weights {
+        // `SignalVector::new` refuses the zero vector, so the norm is never zero.
+        let norm = (self.norm_squared() as f64).sqrt();
+        let unit = self.0.map(|value| (f64::from(value) / norm) as f32);
+        Weights {
+            doubled: unit.map(|value| 2.0 * value),
+            constant: unit.iter().map(|value| f64::from(*value)).sum::<f64>() as f32,
+        }
     }
 }
 
-fn normalise(components: &[i32; DIMENSIONS]) -> [f32; DIMENSIONS] {
-    let norm = components.iter().map(|value| f64::from(*value) * f64::from(*value)).sum::<f64>().sqrt();
-    // Identity `r` components are odd, so an agent's norm is never zero; a signal vector is
-    // checked to be non-zero by `SignalVector::new`.
-    components.map(|value| (f64::from(value) / norm) as f32)
+/// A signal prepared for the float scan (see [`SignalVector::weights`]).
+#[derive(Debug, Clone, Copy)]
+struct Weights {
+    doubled: [f32; DIMENSIONS],
+    constant: f32,
 }
 
 /// Maps a signal into the identity space. Hosts implement it to say what their signals are about.
@@ -148,11 +194,14 @@ fn canonical_json(value: &serde_json::Value, out: &mut String) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[non_exhaustive]
 pub enum ScoreMode {
-    /// Pre-normalised `f32` dot products over the blocked layout: fastest.
+    /// `f32` cosines computed from the 16-bit blocked layout, ranked as floats: the fastest.
+    /// Within `2^-18` of the true cosine, so it can disagree with [`ScoreMode::Exact`] only
+    /// between agents whose cosines are closer than that.
     #[default]
     Float,
     /// `i64` dot products of the `r` views, cosines compared by cross-multiplication in `i128`:
-    /// the same winner on every CPU and compiler, bit for bit.
+    /// the same winner on every CPU and compiler, bit for bit. The same float scan first skips
+    /// every agent that provably cannot reach the top k, so it costs little more than `Float`.
     Exact,
 }
 
@@ -302,8 +351,9 @@ pub struct Explanation {
 /// Routes signals to agents by cosine similarity of identity vectors, with bounded load,
 /// stickiness by subject and deterministic tie-breaking.
 ///
-/// Agents sit in blocks of 8 × 16 pre-normalised `f32` (dimension-major, so one block scores 8
-/// agents with straight-line multiply-adds), beside their exact `r` views for the integer mode.
+/// Agents sit in blocks of 8 × 16 exact 16-bit `r` halves and 8 `f32` inverse norms
+/// (dimension-major, so one block scores 8 agents with straight-line multiply-adds): 36 bytes
+/// per agent, which both modes scan.
 ///
 /// ```
 /// use sos_identity::{AgentName, IdentityVector, ResonanceRouter, RouterConfig, SignalVector};
@@ -322,8 +372,7 @@ pub struct ResonanceRouter {
     config: RouterConfig,
     names: Vec<AgentName>,
     index: HashMap<AgentName, usize>,
-    blocks: Vec<[f32; BLOCK]>,
-    exact: Vec<[i32; DIMENSIONS]>,
+    blocks: Vec<Block>,
     norms: Vec<i64>,
     loads: Vec<u64>,
     total_load: u64,
@@ -397,7 +446,6 @@ impl ResonanceRouter {
             names: Vec::new(),
             index: HashMap::new(),
             blocks: Vec::new(),
-            exact: Vec::new(),
             norms: Vec::new(),
             loads: Vec::new(),
             total_load: 0,
@@ -432,23 +480,47 @@ impl ResonanceRouter {
         let slot = self.names.len();
         let r = vector.r();
         if slot.is_multiple_of(LANES) {
-            self.blocks.push([0.0; BLOCK]);
+            self.blocks.push(Block::EMPTY);
         }
-        self.write_slot(slot, &r);
-        self.exact.push(r);
-        self.norms.push(r.iter().map(|value| i64::from(*value) * i64::from(*value)).sum());
+        let norm: i64 = r.iter().map(|value| i64::from(*value) * i64::from(*value)).sum();
+        let block = &mut self.blocks[slot / LANES];
+        for (dimension, u) in vector.u().iter().enumerate() {
+            // `h = u − 32768` in two's complement: the same bits as `u` with the top bit flipped.
+            block.halves[dimension][slot % LANES] = (u ^ 0x8000) as i16;
+        }
+        // 16 odd components: the norm is at least 4, never zero.
+        block.inverse_norms[slot % LANES] = (1.0 / (norm as f64).sqrt()) as f32;
+        self.norms.push(norm);
         self.loads.push(0);
         self.index.insert(name.clone(), slot);
         self.names.push(name);
         Ok(())
     }
 
-    fn write_slot(&mut self, slot: usize, r: &[i32; DIMENSIONS]) {
-        let unit = normalise(r);
-        let block = &mut self.blocks[slot / LANES];
-        for (dimension, value) in unit.iter().enumerate() {
-            block[dimension * LANES + slot % LANES] = *value;
+    /// Copies the lane of `from` into the lane of `to` (`from`'s lane is then cleared).
+    fn move_lane(&mut self, from: usize, to: usize) {
+        let source = self.blocks[from / LANES];
+        let target = &mut self.blocks[to / LANES];
+        for dimension in 0..DIMENSIONS {
+            target.halves[dimension][to % LANES] = source.halves[dimension][from % LANES];
         }
+        target.inverse_norms[to % LANES] = source.inverse_norms[from % LANES];
+    }
+
+    /// The exact `r` view of the agent in `slot`, recovered from its 16-bit halves.
+    fn r_of(&self, slot: usize) -> [i32; DIMENSIONS] {
+        let block = &self.blocks[slot / LANES];
+        std::array::from_fn(|dimension| 2 * i32::from(block.halves[dimension][slot % LANES]) + 1)
+    }
+
+    /// The exact score of the agent in `slot`.
+    fn exact_score(&self, slot: usize, signal: &SignalVector) -> Score {
+        Score::Exact { dot: exact_dot(&self.r_of(slot), signal), norm: self.norms[slot] }
+    }
+
+    /// The float score of the agent in `slot`.
+    fn float_score(&self, slot: usize, weights: &Weights) -> f32 {
+        block_scores(&self.blocks[slot / LANES], weights)[slot % LANES]
     }
 
     /// Removes an agent (its load leaves with it). The last agent moves into its slot.
@@ -463,23 +535,21 @@ impl ResonanceRouter {
         let last = self.names.len() - 1;
         self.total_load -= self.loads[slot];
         if slot != last {
-            let moved = self.exact[last];
-            self.write_slot(slot, &moved);
-            self.exact[slot] = moved;
+            self.move_lane(last, slot);
             self.norms[slot] = self.norms[last];
             self.loads[slot] = self.loads[last];
             self.names.swap(slot, last);
             self.index.insert(self.names[slot].clone(), slot);
         }
         self.names.pop();
-        self.exact.pop();
         self.norms.pop();
         self.loads.pop();
         // Clear the vacated lane so the padding of the last block stays zero.
         let block = &mut self.blocks[last / LANES];
-        for dimension in 0..DIMENSIONS {
-            block[dimension * LANES + last % LANES] = 0.0;
+        for row in &mut block.halves {
+            row[last % LANES] = 0;
         }
+        block.inverse_norms[last % LANES] = 0.0;
         if last.is_multiple_of(LANES) {
             self.blocks.pop();
         }
@@ -537,47 +607,50 @@ impl ResonanceRouter {
 
     /// The best `k` of the agents in blocks `blocks`, best first: one pass, keeping only a
     /// sorted list of `k` (no sort of all scores).
+    ///
+    /// Both modes run the same float scan over the 16-bit blocks. The float mode ranks by the
+    /// float scores; the exact mode ranks by exact scores, and uses the float scores only to skip
+    /// agents that cannot reach its top k (see [`FLOAT_SCORE_ERROR`]).
     fn scan(
         &self,
         signal: &SignalVector,
-        unit: &[f32; DIMENSIONS],
+        weights: &Weights,
         id: &[u8; 16],
         k: usize,
         blocks: std::ops::Range<usize>,
     ) -> Vec<(Score, usize)> {
         let mut best: Vec<(Score, usize)> = Vec::with_capacity(k + 1);
-        match self.config.mode {
-            ScoreMode::Float => {
-                // The k-th best score so far; a plain local, so the hot loop is multiply-adds, a
-                // maximum and one comparison per block of 8.
-                let mut threshold = f32::NEG_INFINITY;
-                for block_index in blocks {
-                    let scores = block_scores(&self.blocks[block_index], unit);
-                    let block_best = scores.iter().fold(f32::NEG_INFINITY, |max, score| max.max(*score));
-                    if block_best < threshold {
-                        continue;
-                    }
-                    let base = block_index * LANES;
-                    let lanes = LANES.min(self.names.len() - base);
-                    for (lane, score) in scores.iter().take(lanes).enumerate() {
-                        if *score < threshold {
-                            continue;
-                        }
-                        self.consider(id, k, (Score::Float(*score), base + lane), &mut best);
-                        if best.len() == k
-                            && let Some((Score::Float(worst), _)) = best.last()
-                        {
-                            threshold = *worst;
-                        }
-                    }
-                }
+        let exact = self.config.mode == ScoreMode::Exact;
+        // No agent whose float score is below this can enter the top k; a plain local, so the
+        // hot loop is multiply-adds, a maximum and one comparison per block of 8.
+        let mut threshold = f32::NEG_INFINITY;
+        for block_index in blocks {
+            let scores = block_scores(&self.blocks[block_index], weights);
+            let block_best = scores.iter().fold(f32::NEG_INFINITY, |max, score| max.max(*score));
+            if block_best < threshold {
+                continue;
             }
-            ScoreMode::Exact => {
-                let slots = blocks.start * LANES..(blocks.end * LANES).min(self.names.len());
-                for slot in slots {
-                    let score =
-                        Score::Exact { dot: exact_dot(&self.exact[slot], signal), norm: self.norms[slot] };
-                    self.consider(id, k, (score, slot), &mut best);
+            let base = block_index * LANES;
+            let lanes = LANES.min(self.names.len() - base);
+            for (lane, score) in scores.iter().take(lanes).enumerate() {
+                if *score < threshold {
+                    continue;
+                }
+                let slot = base + lane;
+                let candidate = if exact { self.exact_score(slot, signal) } else { Score::Float(*score) };
+                self.consider(id, k, (candidate, slot), &mut best);
+                if best.len() == k
+                    && let Some((worst, worst_slot)) = best.last()
+                {
+                    threshold = match worst {
+                        Score::Float(worst) => *worst,
+                        // The worst held agent's exact cosine is at least its float score minus
+                        // the bound; a candidate's float score can exceed its own cosine by the
+                        // bound too.
+                        Score::Exact { .. } => {
+                            self.float_score(*worst_slot, weights) - (2.0 * FLOAT_SCORE_ERROR + f32::EPSILON)
+                        }
+                    };
                 }
             }
         }
@@ -591,18 +664,18 @@ impl ResonanceRouter {
         if k == 0 {
             return Vec::new();
         }
-        let unit = signal.normalised();
+        let weights = signal.weights();
         let threads = self.config.threads;
         if threads <= 1 || self.names.len() < PARALLEL_MIN_AGENTS {
-            return self.scan(signal, &unit, id, k, 0..self.blocks.len());
+            return self.scan(signal, &weights, id, k, 0..self.blocks.len());
         }
         let per_thread = self.blocks.len().div_ceil(threads);
         let lists: Vec<Vec<(Score, usize)>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads)
                 .map(|chunk| {
                     let blocks = chunk * per_thread..((chunk + 1) * per_thread).min(self.blocks.len());
-                    let unit = &unit;
-                    scope.spawn(move || self.scan(signal, unit, id, k, blocks))
+                    let weights = &weights;
+                    scope.spawn(move || self.scan(signal, weights, id, k, blocks))
                 })
                 .collect();
             // A scan only does arithmetic on owned data and cannot panic; were one to, the
@@ -623,15 +696,10 @@ impl ResonanceRouter {
     /// slow path of bounded load, when every agent of the first walk is full. Two passes over
     /// the agents, no ranking of all of them.
     fn best_with_room(&self, signal: &SignalVector, id: &[u8; 16], capacity: u64) -> Option<(usize, usize)> {
-        let unit = signal.normalised();
+        let weights = signal.weights();
         let score = |slot: usize| match self.config.mode {
-            ScoreMode::Float => {
-                let scores = block_scores(&self.blocks[slot / LANES], &unit);
-                Score::Float(scores[slot % LANES])
-            }
-            ScoreMode::Exact => {
-                Score::Exact { dot: exact_dot(&self.exact[slot], signal), norm: self.norms[slot] }
-            }
+            ScoreMode::Float => Score::Float(self.float_score(slot, &weights)),
+            ScoreMode::Exact => self.exact_score(slot, signal),
         };
         let mut chosen: Option<(Score, usize)> = None;
         for slot in (0..self.names.len()).filter(|slot| self.loads[*slot] < capacity) {
@@ -649,7 +717,7 @@ impl ResonanceRouter {
     }
 
     fn cosine(&self, slot: usize, signal: &SignalVector) -> f64 {
-        let dot = exact_dot(&self.exact[slot], signal) as f64;
+        let dot = exact_dot(&self.r_of(slot), signal) as f64;
         dot / ((self.norms[slot] as f64).sqrt() * (signal.norm_squared() as f64).sqrt())
     }
 
@@ -768,7 +836,7 @@ impl ResonanceRouter {
             .into_iter()
             .map(|(_, slot)| {
                 let agent_norm = (self.norms[slot] as f64).sqrt();
-                let r = &self.exact[slot];
+                let r = self.r_of(slot);
                 let contributions: [f64; DIMENSIONS] = std::array::from_fn(|d| {
                     f64::from(r[d]) * f64::from(vector.0[d]) / (agent_norm * signal_norm)
                 });
@@ -785,30 +853,39 @@ impl ResonanceRouter {
         Ok(Explanation { candidates, decision })
     }
 
-    /// Sum of every float of the agent array: the memory-bandwidth bound a full scan is
+    /// A plain sum over every byte a scan reads (the 16-bit halves, summed with wrapping
+    /// `i16` adds, and the `f32` inverse norms): the memory-bandwidth bound a full scan is
     /// measured against in the benchmarks.
-    pub fn bandwidth_probe(&self) -> f32 {
-        let mut lanes = [0.0f32; LANES];
+    pub fn bandwidth_probe(&self) -> f64 {
+        let mut halves = [0i16; LANES];
+        let mut norms = [0.0f32; LANES];
         for block in &self.blocks {
-            for chunk in block.chunks_exact(LANES) {
-                for (lane, value) in chunk.iter().enumerate() {
-                    lanes[lane] += *value;
+            for row in &block.halves {
+                for (sum, value) in halves.iter_mut().zip(row) {
+                    *sum = sum.wrapping_add(*value);
                 }
             }
+            for (sum, value) in norms.iter_mut().zip(&block.inverse_norms) {
+                *sum += *value;
+            }
         }
-        lanes.iter().sum()
+        halves.iter().map(|value| f64::from(*value)).sum::<f64>()
+            + norms.iter().map(|value| f64::from(*value)).sum::<f64>()
     }
 }
 
-/// The 8 dot products of one block with a unit signal.
+/// The float scores of one block's 8 agents: `(c + Σ_d h_d·w_d) / |r|`, each lane summed in
+/// dimension order (the order [`FLOAT_SCORE_ERROR`] assumes).
 #[inline]
-fn block_scores(block: &[f32; BLOCK], unit: &[f32; DIMENSIONS]) -> [f32; LANES] {
-    let mut sums = [0.0f32; LANES];
-    for (dimension, value) in unit.iter().enumerate() {
-        let row = &block[dimension * LANES..dimension * LANES + LANES];
-        for lane in 0..LANES {
-            sums[lane] += row[lane] * value;
+fn block_scores(block: &Block, weights: &Weights) -> [f32; LANES] {
+    let mut sums = [weights.constant; LANES];
+    for (row, weight) in block.halves.iter().zip(&weights.doubled) {
+        for (sum, half) in sums.iter_mut().zip(row) {
+            *sum += f32::from(*half) * weight;
         }
+    }
+    for (sum, inverse_norm) in sums.iter_mut().zip(&block.inverse_norms) {
+        *sum *= inverse_norm;
     }
     sums
 }
