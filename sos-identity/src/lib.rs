@@ -60,8 +60,9 @@
 //!
 //! # Performance
 //!
-//! Deriving a vector costs one SHA-256 of about 40 bytes. Routing one signal scans 64 bytes
-//! per agent in the float mode; see `BENCHMARKS.md` for figures beside the memory-bandwidth bound.
+//! Deriving a vector costs one SHA-256 of about 40 bytes. Routing one signal scans 36 bytes
+//! per agent (16-bit `r` halves and an `f32` inverse norm) in both modes; see `BENCHMARKS.md`
+//! for figures beside the memory-bandwidth bound.
 //!
 //! # Untrusted input
 //!
