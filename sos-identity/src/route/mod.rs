@@ -867,8 +867,8 @@ impl ResonanceRouter {
                     sums[lane] = sums[lane].wrapping_add(row[lane]);
                 }
             }
-            for lane in 0..LANES {
-                norms[lane] += block.inverse_norms[lane];
+            for (sum, value) in norms.iter_mut().zip(&block.inverse_norms) {
+                *sum += *value;
             }
         }
         halves.iter().flatten().map(|value| f64::from(*value)).sum::<f64>()
