@@ -80,10 +80,10 @@
 //!
 //! # Performance
 //!
-//! In transactional mode on PostgreSQL a new event costs the round trips of a plain
-//! `BEGIN; INSERT; COMMIT`: the claim rides on `BEGIN` and the check that the handler left the
-//! transaction whole rides on `COMMIT` (the key travels as hex digits, never as SQL text); a
-//! duplicate costs the claim message and a `ROLLBACK`, with no disk flush (on SQLite one read).
+//! In transactional mode a new event costs the handler's own transaction plus one statement
+//! (the claim; on PostgreSQL the check that the handler left the transaction whole rides on
+//! the `COMMIT`); a duplicate costs no disk flush (on PostgreSQL `BEGIN` and the claim
+//! statement, the `ROLLBACK` riding on the pool's release ping; on SQLite one read).
 //! [`GuardConfig::with_processed_cache`] answers duplicates of events this guard saw processed
 //! from memory, race-free because `processed` is final. Signature verification keys each
 //! secret's HMAC once at construction and allocates nothing per call. Figures are in

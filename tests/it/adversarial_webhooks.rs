@@ -2617,10 +2617,9 @@ async fn lease_clock_skew_pg_database_clock_lease_is_elapsed_time_whatever_the_s
 }
 
 // ---------------------------------------------------------------------------------------------
-// injection: the transactional claim on PostgreSQL is one simple-query message (it shares a
-// round trip with BEGIN, so it cannot use bind parameters); event ids built to break a SQL
-// literal under either standard_conforming_strings setting must be stored and deduplicated
-// exactly, and must not reach the SQL as text.
+// injection: event ids built to break a SQL literal under either standard_conforming_strings
+// setting must be stored and deduplicated exactly by the PostgreSQL transactional claim (a
+// PL/pgSQL function; its arguments are bind parameters and its SQL is fixed).
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,9 +8,8 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use sos_core::{Sha256Digest, TenantId};
 use sqlx::migrate::Migrator;
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgPool, types::PgInterval};
-use sqlx::{Connection as _, Executor as _, Postgres, Row as _, Transaction};
+use sqlx::{Executor as _, Postgres, Row as _, Transaction};
 
 use super::{
     Claim, ClaimAnswer, ClaimRequest, ClaimStore, Duplicate, EventKey, Outcome, RunError, WebhookGuard,
@@ -230,71 +229,24 @@ fn interval(duration: Duration) -> PgInterval {
     PgInterval { months: 0, days: 0, microseconds: i64::try_from(micros).unwrap_or(i64::MAX) }
 }
 
-/// Lowercase hex of `bytes`, as the only form in which caller data enters the SQL text of the
-/// transactional claim (decoded by the server with `decode(…, 'hex')`).
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
-    }
-    out
-}
-
-/// A text argument written as hex digits: `convert_from(decode('…', 'hex'), 'UTF8')`.
-fn text_arg(text: &str) -> String {
-    format!("convert_from(decode('{}', 'hex'), 'UTF8')", hex(text.as_bytes()))
-}
-
-/// `BEGIN` and the claim as one simple-query message, so that opening the transaction and
-/// claiming cost one round trip (the extended protocol's bind parameters cannot share a
-/// message with `BEGIN`).
-///
-/// No caller text is ever written into SQL: the key's parts and the body hash travel as hex
-/// digits that the server decodes (`decode(…, 'hex')` reads nothing but `0-9a-f`, whatever
-/// `standard_conforming_strings` or the client encoding say), and so does the guard's token;
-/// the instant is formatted from numbers, the lock id is an integer. The test
-/// `claim_sql_holds_only_hex_and_digits` checks the shape for hostile ids.
-fn claim_sql(key: &EventKey, body_hash: &Sha256Digest, token: &str, now: DateTime<Utc>) -> String {
-    let now = now.clamp(super::far_past(), super::far_future());
-    format!(
-        "BEGIN; SELECT sos_webhooks_claim_v1({}, {}, {}, decode('{}', 'hex'), '{}', '{}'::timestamptz, {})",
-        text_arg(key.tenant().as_str()),
-        text_arg(key.provider().as_str()),
-        text_arg(key.event_id().as_str()),
-        hex(body_hash.as_bytes()),
-        hex(token.as_bytes()),
-        now.format("%Y-%m-%dT%H:%M:%S%.6f+00"),
-        key.lock_id(),
-    )
-}
+/// The transactional claim (migration `0200000003`), with bind parameters: the advisory lock,
+/// one `INSERT … ON CONFLICT DO NOTHING`, and only when nothing was inserted a read of the
+/// committed record. It answers with a row, never with an error (an error per duplicate
+/// would fill the server's log).
+const TRANSACTIONAL_CLAIM: &str =
+    "SELECT claimed, state, body_hash FROM sos_webhooks_claim_v2($1, $2, $3, $4, $5, $6, $7)";
 
 /// The message that ends a claimed transaction, in one round trip: the check (the transaction
-/// is alive and its claim row stands, see the migration), `COMMIT`, and a `BEGIN` that opens
-/// an empty transaction for sqlx's bookkeeping: dropping the `Transaction` queues its
+/// is alive and its claim row stands, see migration `0200000002`), `COMMIT`, and a `BEGIN` that
+/// opens an empty transaction for sqlx's bookkeeping: dropping the `Transaction` queues its
 /// `ROLLBACK`, which the pool sends with the ping it makes when the connection is returned (a
-/// `ROLLBACK` without a transaction would log a warning on every delivery).
-fn commit_sql(token: &str) -> String {
-    format!("SELECT sos_webhooks_check_v1('{}'); COMMIT; BEGIN", hex(token.as_bytes()))
-}
-
-/// A pooled connection that is closed instead of returned to the pool if it is dropped while
-/// armed. sqlx does not count a transaction until its `BEGIN` message has completed, so a
-/// future dropped during the claim message (or before the `ROLLBACK` of a refused claim) would
-/// return a connection whose server session is still inside that transaction, holding an
-/// uncommitted claim that the next user of the connection could commit without the handler.
-struct ArmedConnection {
-    connection: PoolConnection<Postgres>,
-    armed: bool,
-}
-
-impl Drop for ArmedConnection {
-    fn drop(&mut self) {
-        if self.armed {
-            self.connection.close_on_drop();
-        }
+/// `ROLLBACK` without a transaction would log a warning on every delivery). The only literal
+/// is the guard's own token (`new_token`: 32 lowercase hex digits); anything else is refused.
+fn commit_sql(token: &str) -> Result<String> {
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::Storage("the claim token is not hex digits".into()));
     }
+    Ok(format!("SELECT sos_webhooks_check_v1('{token}'); COMMIT; BEGIN"))
 }
 
 /// The SQLSTATE of a database error, if it is one.
@@ -305,22 +257,11 @@ fn sqlstate(error: &sqlx::Error) -> Option<String> {
     }
 }
 
-/// What the claim's SQLSTATE answers, when it is one of the claim's own (see the migration).
-fn claim_answer(code: &str) -> Option<Result<Duplicate>> {
-    Some(match code {
-        "SWP01" => Ok(Duplicate::AlreadyProcessed),
-        "SWB01" => Ok(Duplicate::BodyMismatch),
-        "SWI01" => Ok(Duplicate::RetryInFlight),
-        "SWM01" => Err(Error::ModeMismatch),
-        _ => return None,
-    })
-}
-
 impl WebhookGuard<PgStore> {
     /// Runs `handler` exactly once per event, in transactional mode.
     ///
-    /// The guard sends `BEGIN` and the claim in one round trip. The claim (the function
-    /// `sos_webhooks_claim_v1`) takes a non-blocking advisory lock on the key (a duplicate
+    /// The guard opens a transaction and claims the event with one statement (the function
+    /// `sos_webhooks_claim_v2`, bind parameters): it takes a non-blocking advisory lock on the key (a duplicate
     /// arriving while a handler runs is answered [`Outcome::RetryInFlight`] at once, however
     /// long the handler takes) and claims the event with one
     /// `INSERT … ON CONFLICT DO NOTHING RETURNING`, already marked processed; only when that
@@ -358,26 +299,32 @@ impl WebhookGuard<PgStore> {
             }
         }
         let token = new_token();
-        let mut held = ArmedConnection {
-            connection: self.store().pool.acquire().await.map_err(Error::from)?,
-            armed: true,
-        };
-        let ArmedConnection { connection, armed } = &mut held;
-        let error = match connection.begin_with(claim_sql(key, &body_hash, &token, self.now())).await {
-            Ok(transaction) => {
-                // sqlx now counts the transaction: dropping it queues its ROLLBACK.
-                *armed = false;
-                return self.run_claimed(transaction, key, &body_hash, &token, handler).await;
-            }
-            Err(error) => error,
-        };
-        // sqlx leaves the transaction of a failed BEGIN message open (and aborted) on the server:
-        // end it here, or close the connection rather than pool it that way.
-        if connection.execute(sqlx::raw_sql("ROLLBACK")).await.is_ok() {
-            *armed = false;
+        let mut transaction = self.store().pool.begin().await.map_err(Error::from)?;
+        let row = sqlx::query(TRANSACTIONAL_CLAIM)
+            .bind(key.tenant().as_str())
+            .bind(key.provider().as_str())
+            .bind(key.event_id().as_str())
+            .bind(body_hash.as_bytes().as_slice())
+            .bind(&token)
+            .bind(self.now())
+            .bind(key.lock_id())
+            .fetch_one(&mut *transaction)
+            .await
+            .map_err(Error::from)?;
+        let claimed: bool = row.try_get(0).map_err(Error::from)?;
+        if claimed {
+            return self.run_claimed(transaction, key, &body_hash, &token, handler).await;
         }
-        let answer = sqlstate(&error).as_deref().and_then(claim_answer);
-        let answer = answer.unwrap_or_else(|| Err(Error::from(error)))?;
+        // Not claimed. Whatever lock this transaction holds guards nothing (a committed record
+        // answers every later delivery, and an uncommitted one holds its own lock), so the
+        // ROLLBACK rides on the pool's release ping instead of taking a round trip.
+        drop(transaction);
+        let state: Option<String> = row.try_get(1).map_err(Error::from)?;
+        let hash: Option<Vec<u8>> = row.try_get(2).map_err(Error::from)?;
+        let answer = match (state, hash) {
+            (Some(state), Some(hash)) => super::transactional_answer(&state, &hash, &body_hash)?,
+            _ => Duplicate::RetryInFlight,
+        };
         self.remember(key, &body_hash, answer);
         Ok(answer.into())
     }
@@ -395,7 +342,7 @@ impl WebhookGuard<PgStore> {
         F: PgHandler<T, E>,
     {
         match handler(&mut transaction).await {
-            Ok(value) => match transaction.execute(sqlx::raw_sql(&commit_sql(token))).await {
+            Ok(value) => match transaction.execute(sqlx::raw_sql(&commit_sql(token)?)).await {
                 Ok(_) => {
                     // Committed; `transaction` now holds the empty transaction the message
                     // opened, whose ROLLBACK is queued on drop and sent with the release ping.
@@ -424,39 +371,16 @@ impl WebhookGuard<PgStore> {
 
 #[cfg(test)]
 mod tests {
-    use chrono::TimeZone as _;
-    use sos_core::Sha256Digest;
-
-    use super::{EventKey, claim_sql, commit_sql};
+    use super::commit_sql;
 
     #[test]
-    fn claim_sql_holds_only_hex_and_digits() {
-        let tenant = "acme".parse().unwrap();
-        let hostile = "evt_'); DROP TABLE sos_webhook_events; -- \\' $$ $fn$ \u{2028}é😀";
-        let key = EventKey::new(tenant, "stripe", hostile).unwrap();
-        let now = chrono::Utc.with_ymd_and_hms(2026, 11, 23, 13, 0, 0).unwrap();
-        let sql = claim_sql(&key, &Sha256Digest::of(b"{}"), "0123abcd", now);
-        // Every quoted literal is hex digits, or the instant made of digits and separators.
-        let literals: Vec<&str> = sql.split('\'').skip(1).step_by(2).collect();
-        assert_eq!(sql.matches('\'').count() % 2, 0, "{sql}");
-        for literal in &literals {
-            let allowed = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c) || "-:.T+".contains(c);
-            assert!(
-                literal.chars().all(allowed) || *literal == "hex" || *literal == "UTF8",
-                "{literal} in {sql}"
-            );
+    fn commit_sql_holds_only_the_token_as_hex() {
+        assert_eq!(
+            commit_sql("0123abcd").unwrap(),
+            "SELECT sos_webhooks_check_v1('0123abcd'); COMMIT; BEGIN"
+        );
+        for bad in ["", "ab'; DROP TABLE x; --", "0123\\", "zz"] {
+            assert!(commit_sql(bad).is_err(), "{bad}");
         }
-        assert!(!sql.contains("DROP") && !sql.contains('\\') && !sql.contains('$'), "{sql}");
-        assert_eq!(sql.matches(';').count(), 1, "only BEGIN's own separator: {sql}");
-        assert!(commit_sql("0123abcd").starts_with("SELECT sos_webhooks_check_v1('3031323361626364')"));
-    }
-
-    #[test]
-    fn out_of_range_instants_are_clamped_to_what_postgres_reads() {
-        let key = EventKey::new("acme".parse().unwrap(), "stripe", "evt_1").unwrap();
-        let sql = claim_sql(&key, &Sha256Digest::of(b"{}"), "ab", chrono::DateTime::<chrono::Utc>::MAX_UTC);
-        assert!(sql.contains("'9999-12-31T23:59:59.000000+00'::timestamptz"), "{sql}");
-        let sql = claim_sql(&key, &Sha256Digest::of(b"{}"), "ab", chrono::DateTime::<chrono::Utc>::MIN_UTC);
-        assert!(sql.contains("'0001-01-01T00:00:00.000000+00'::timestamptz"), "{sql}");
     }
 }

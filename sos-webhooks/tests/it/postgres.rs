@@ -605,7 +605,7 @@ async fn pg_mixed_modes_never_skip_an_event() {
 }
 
 /// Event ids that would break a hand-built SQL literal are stored exactly and dedupe exactly
-/// (the transactional claim carries them as hex digits, never as SQL text).
+/// through the transactional claim function.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_hostile_event_ids_round_trip_exactly() {
     let database = database().await;
