@@ -5,7 +5,7 @@
 //! the generic pack on one core next to a hand-written loop doing the same checks (goal ≥ 0.8×),
 //! the whole batch on every core (goal < 1 s), and the trace overhead (goal ≤ 10 %); then the full
 //! gate per decision next to the bare rule. `RULIADS_ONLY=hand|off|on|gate` runs one part (for a
-//! profiler).
+//! profiler; `RULIADS_ROUNDS=n` times, default 5).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -414,10 +414,12 @@ fn gate(records: &[Record]) {
 
 fn main() {
     let records = deals();
-    // Profiling aid: `RULIADS_ONLY=gate|hand|off|on` runs one part (five times for the loops).
+    // Profiling aid: `RULIADS_ONLY=gate|hand|off|on` runs one part (`RULIADS_ROUNDS` times for
+    // the loops, default 5; 1 is enough under an instruction-counting profiler).
     if let Ok(part) = std::env::var("RULIADS_ONLY") {
         let engine = generic_engine(1);
-        for _ in 0..5 {
+        let rounds = std::env::var("RULIADS_ROUNDS").ok().and_then(|rounds| rounds.parse().ok()).unwrap_or(5);
+        for _ in 0..rounds {
             match part.as_str() {
                 "gate" => return gate(&records),
                 "hand" => drop(black_box(hand_loop(now(), &records))),

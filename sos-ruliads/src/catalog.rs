@@ -11,9 +11,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sos_core::Severity;
 
-use crate::crm::{Direction, Record};
+use crate::crm::{Direction, Record, Stage};
 use crate::error::{Error, Result};
-use crate::explain::{Draft, Evaluation, Explain, Predicate, time_text};
+use crate::explain::{Draft, Evaluation, Explain, Op, Predicate, Value, time_text};
 use crate::ruliad::{Class, Ruliad};
 
 /// The names of every ruliad in the catalog, sorted.
@@ -97,6 +97,16 @@ fn hours(count: u32) -> TimeDelta {
 
 const CLOSED: &[&str] = &["closed-won", "closed-lost"];
 
+/// `stage not in [closed-won, closed-lost]`; a stage name only known at run time is interned.
+#[inline]
+fn open_stage(why: &mut Explain, stage: &Stage) -> Predicate {
+    let observed = match stage.known_name() {
+        Some(name) => Value::Text(name),
+        None => why.text(stage.as_str()),
+    };
+    Predicate::custom("stage", observed, Op::NotIn, Value::Names(CLOSED), !stage.is_closed())
+}
+
 macro_rules! expect_record {
     ($record:expr, $variant:ident, $expected:literal, $why:ident) => {
         match $record {
@@ -111,7 +121,8 @@ macro_rules! expect_record {
 
 macro_rules! require {
     ($why:ident, $predicate:expr) => {
-        if !$why.check($predicate) {
+        let predicate = $predicate;
+        if !$why.check(predicate) {
             return $why.stop();
         }
     };
@@ -201,7 +212,7 @@ impl Ruliad<Record> for StaleDealNudge {
         let mut why = Explain::new();
         let deal = expect_record!(record, Deal, "deal", why);
         let last = present!(why, "last activity", deal.last_activity_at());
-        require!(why, Predicate::not_in("stage", deal.stage.to_cow(), CLOSED));
+        require!(why, open_stage(&mut why, &deal.stage));
         let limit = self.params.stage_days.for_stage(deal.stage.as_str(), self.params.stale_days);
         let idle_days = (now - last).num_days();
         require!(why, Predicate::gt("idle", TimeDelta::days(idle_days), days(limit)));
@@ -279,7 +290,7 @@ impl Ruliad<Record> for HotOpportunityFlag {
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
         let deal = expect_record!(record, Deal, "deal", why);
-        require!(why, Predicate::not_in("stage", deal.stage.to_cow(), CLOSED));
+        require!(why, open_stage(&mut why, &deal.stage));
         let value = present!(why, "value", deal.value_cents);
         require!(why, Predicate::ge("value_cents", value, self.params.min_value_cents));
         let probability = present!(why, "probability", deal.probability);
@@ -708,7 +719,7 @@ impl Ruliad<Record> for CloseDatePassed {
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
         let deal = expect_record!(record, Deal, "deal", why);
-        require!(why, Predicate::not_in("stage", deal.stage.to_cow(), CLOSED));
+        require!(why, open_stage(&mut why, &deal.stage));
         let expected = present!(why, "expected close", deal.expected_close_at);
         require!(why, Predicate::gt("past close date", now - expected, days(self.params.grace_days)));
         why.label("deal_id", deal.id.clone());
@@ -775,7 +786,7 @@ impl Ruliad<Record> for DealWithoutNextStep {
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
         let deal = expect_record!(record, Deal, "deal", why);
-        require!(why, Predicate::not_in("stage", deal.stage.to_cow(), CLOSED));
+        require!(why, open_stage(&mut why, &deal.stage));
         let created = present!(why, "created", deal.created_at);
         require!(why, Predicate::gt("age", now - created, days(self.params.min_age_days)));
         let planned = deal.next_step_at.is_some_and(|next| next >= now);
@@ -1027,7 +1038,7 @@ impl Ruliad<Record> for StuckInStage {
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
         let deal = expect_record!(record, Deal, "deal", why);
-        require!(why, Predicate::not_in("stage", deal.stage.to_cow(), CLOSED));
+        require!(why, open_stage(&mut why, &deal.stage));
         let entered = present!(why, "stage entered", deal.stage_entered_at);
         let limit = self.params.stage_days.for_stage(deal.stage.as_str(), self.params.days);
         require!(why, Predicate::gt("in stage", now - entered, days(limit)));

@@ -17,7 +17,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use sos_core::Signal;
 
-use crate::explain::{Evaluation, Explain, Op, Outcome, Predicate, Value};
+use crate::explain::{Evaluation, Explain, Explanation, Op, Outcome, Predicate, Value};
 use crate::ruliad::{Class, Entity, Ruliad};
 
 /// A yes/no check on an entity that records its predicates.
@@ -120,7 +120,13 @@ impl<E: ?Sized, C: Condition<E>> Condition<E> for Not<C> {
     fn check(&self, now: DateTime<Utc>, entity: &E, why: &mut Explain) -> bool {
         let mut inner = Explain::new();
         let held = self.0.check(now, entity, &mut inner);
-        let observed = inner.stop().explain();
+        // The inner line is only rendered when it is recorded: with the trace on, or as the guard.
+        let observed = if why.tracing() || held {
+            let line = inner.stop().explain();
+            why.text(&line)
+        } else {
+            Value::Text("held")
+        };
         why.check(Predicate::custom("not", observed, Op::Eq, Value::Bool(false), !held))
     }
 }
@@ -169,9 +175,9 @@ impl<E: ?Sized, C: Condition<E>, R: Ruliad<E>> Ruliad<E> for When<C, R> {
         if !held {
             return why.stop();
         }
-        let prefix = why.stop().into_parts().1;
+        let mut prefix = why.stop().into_parts().1;
         // `stop` appended a synthetic guard because nothing failed; drop it from the prefix.
-        let prefix = prefix.into_iter().filter(|predicate| predicate.held).collect();
+        prefix.retain(|predicate| predicate.held);
         self.ruliad.evaluate(now, entity).with_prefix(prefix)
     }
 }
@@ -211,20 +217,27 @@ impl<E: ?Sized> Ruliad<E> for FirstOf<E> {
         self.ruliads.iter().any(|ruliad| ruliad.applies_to(entity))
     }
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
-        let mut explanation = Vec::new();
-        let mut last_guard = Predicate::custom("first_of", "no ruliads", Op::Gt, Value::Int(0), false);
+        let mut explanation = Explanation::new();
+        let mut last_guard = None;
         for ruliad in &self.ruliads {
             let evaluation = ruliad.evaluate(now, entity);
             if evaluation.fired() {
                 return evaluation.with_prefix(explanation);
             }
-            let (outcome, mut predicates) = evaluation.into_parts();
-            if let Outcome::Stopped { guard } = outcome {
-                last_guard = guard;
+            let guard = evaluation.guard_index();
+            let start = explanation.len();
+            explanation.append(evaluation.explanation());
+            if let Some(guard) = guard {
+                last_guard = Some(start + guard);
             }
-            explanation.append(&mut predicates);
         }
-        Evaluation::new(Outcome::Stopped { guard: last_guard }, explanation)
+        match last_guard {
+            Some(index) => Evaluation::stopped_at(index, explanation),
+            None => Evaluation::stopped(
+                Predicate::custom("first_of", "no ruliads", Op::Gt, Value::Int(0), false),
+                explanation,
+            ),
+        }
     }
 }
 
@@ -262,12 +275,7 @@ impl<E: ?Sized, R: Ruliad<E>, F: Fn(Signal) -> Signal + Send + Sync> Ruliad<E> f
         self.ruliad.applies_to(entity)
     }
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
-        let (outcome, explanation) = self.ruliad.evaluate(now, entity).into_parts();
-        let outcome = match outcome {
-            Outcome::Fired(signal) => Outcome::Fired(Box::new((self.function)(*signal))),
-            stopped => stopped,
-        };
-        Evaluation::new(outcome, explanation)
+        self.ruliad.evaluate(now, entity).map_signal(&self.function)
     }
 }
 

@@ -63,6 +63,20 @@ impl Stage {
         }
     }
 
+    /// The name of a known stage, `None` for [`Stage::Other`].
+    #[inline]
+    pub fn known_name(&self) -> Option<&'static str> {
+        match self {
+            Self::Other(_) => None,
+            Self::Discovery => Some("discovery"),
+            Self::Qualification => Some("qualification"),
+            Self::Proposal => Some("proposal"),
+            Self::Negotiation => Some("negotiation"),
+            Self::ClosedWon => Some("closed-won"),
+            Self::ClosedLost => Some("closed-lost"),
+        }
+    }
+
     /// Whether the deal is finished (won or lost).
     #[inline]
     pub fn is_closed(&self) -> bool {

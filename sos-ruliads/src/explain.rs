@@ -1,43 +1,51 @@
 //! Explanations: the leaf predicates a ruliad checked, with the observed value against the threshold.
+//!
+//! A [`Predicate`] is a packed, `Copy` record: the check's name, the raw observed value and
+//! threshold ([`Value`]: numbers, times, `&'static str`s, or text interned in the evaluation's
+//! [`Explanation`]), the comparison and whether it held. Recording one is a few stores into a
+//! buffer reused from one evaluation to the next, with nothing to drop; the text people read
+//! ("idle 9 d > 7 d") is rendered only when asked for (a fired signal's `because`, or
+//! [`Evaluation::explain`]).
 
-use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde::ser::SerializeSeq;
 use sos_core::{Severity, Signal, SignalKind, TenantId};
 
 /// Per-thread evaluation state, in one thread-local so that starting an evaluation is one access.
 struct Local {
     trace: Cell<bool>,
-    /// An emptied explanation buffer, reused so that a traced evaluation in the engine's loop
-    /// does not allocate. One slot is enough: the engine hands the buffer back after each
-    /// evaluation; a nested evaluation (inside a combinator) simply starts a new one.
-    spare: Cell<Vec<Predicate>>,
+    /// An emptied explanation, reused so that an evaluation in the engine's loop does not
+    /// allocate. One slot is enough: the engine hands the buffer back after each evaluation; a
+    /// nested evaluation (inside a combinator) simply starts a new one.
+    spare: Cell<Explanation>,
 }
 
 thread_local! {
-    static LOCAL: Local = const { Local { trace: Cell::new(true), spare: Cell::new(Vec::new()) } };
+    static LOCAL: Local = const { Local { trace: Cell::new(true), spare: Cell::new(Explanation::new()) } };
 }
 
-/// Whether the trace is on, and a buffer to record into when it is.
+/// Whether the trace is on, and a reused buffer to record into.
 #[inline]
-fn start() -> (bool, Vec<Predicate>) {
+fn start() -> (bool, Explanation) {
     LOCAL.with(|local| {
-        let enabled = local.trace.get();
-        (enabled, if enabled { local.spare.take() } else { Vec::new() })
+        // With the trace off the buffer still records the guard, so it is reused as well.
+        (local.trace.get(), local.spare.take())
     })
 }
 
 /// Hands an explanation buffer back for reuse (used by the engine once it kept the signal).
+/// Clearing it is O(1): predicates are `Copy`, interned text is one `String`.
 #[inline]
-pub(crate) fn recycle(mut predicates: Vec<Predicate>) {
-    if predicates.capacity() == 0 {
+pub(crate) fn recycle(mut explanation: Explanation) {
+    if explanation.predicates.capacity() == 0 && explanation.texts.capacity() == 0 {
         return;
     }
-    predicates.clear();
-    LOCAL.with(|local| local.spare.set(predicates));
+    explanation.clear();
+    LOCAL.with(|local| local.spare.set(explanation));
 }
 
 /// Whether explanations are recorded on this thread (on by default).
@@ -62,9 +70,20 @@ pub fn with_trace<T>(enabled: bool, work: impl FnOnce() -> T) -> T {
     work()
 }
 
+/// Text interned in an [`Explanation`] (see [`Explain::text`]): where it lies in that
+/// explanation's text buffer. It means nothing outside the explanation it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TextId {
+    start: u32,
+    len: u32,
+}
+
 /// A value observed by a predicate, or the threshold it was compared against.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+///
+/// Every variant is plain data (`Copy`): text is either `&'static str` or interned in the
+/// evaluation's [`Explanation`] ([`Value::Interned`], from [`Explain::text`]), so recording a
+/// predicate never allocates and dropping one costs nothing.
+#[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub enum Value {
     /// The field was absent.
@@ -79,14 +98,13 @@ pub enum Value {
     Seconds(i64),
     /// A point in time.
     Time(DateTime<Utc>),
-    /// A word, such as a stage name.
-    Text(Cow<'static, str>),
-    /// A list of words.
-    List(Vec<Cow<'static, str>>),
-    /// A fixed list of words known at compile time (serialized like [`Value::List`]; read back
-    /// as a `List`).
-    #[serde(skip_deserializing, rename = "list")]
+    /// A word known at compile time, such as a stage name.
+    Text(&'static str),
+    /// A fixed list of words known at compile time.
     Names(&'static [&'static str]),
+    /// Text only known at run time (such as a host's own stage name), interned in the
+    /// evaluation's [`Explanation`] by [`Explain::text`]; shown through that explanation.
+    Interned(TextId),
 }
 
 impl From<bool> for Value {
@@ -128,13 +146,7 @@ impl From<DateTime<Utc>> for Value {
 impl From<&'static str> for Value {
     #[inline]
     fn from(value: &'static str) -> Self {
-        Self::Text(Cow::Borrowed(value))
-    }
-}
-impl From<String> for Value {
-    #[inline]
-    fn from(value: String) -> Self {
-        Self::Text(Cow::Owned(value))
+        Self::Text(value)
     }
 }
 impl<T: Into<Value>> From<Option<T>> for Value {
@@ -144,18 +156,40 @@ impl<T: Into<Value>> From<Option<T>> for Value {
     }
 }
 
+/// Shows the value; interned text needs its explanation and is shown as `<text>` without it
+/// (use [`Explanation::display`]).
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Missing => f.write_str("missing"),
-            Self::Bool(value) => write!(f, "{value}"),
-            Self::Int(value) => write!(f, "{value}"),
-            Self::Float(value) => write!(f, "{value}"),
-            Self::Seconds(seconds) => fmt_span(*seconds, f),
-            Self::Time(time) => f.write_str(&time_text(*time)),
-            Self::Text(text) => f.write_str(text),
-            Self::List(items) => write!(f, "[{}]", items.join(", ")),
-            Self::Names(items) => write!(f, "[{}]", items.join(", ")),
+        let mut text = String::with_capacity(24);
+        write_value(self, None, &mut text);
+        f.write_str(&text)
+    }
+}
+
+/// Appends `value` as people read it; `texts` resolves interned text.
+fn write_value(value: &Value, texts: Option<&Explanation>, out: &mut String) {
+    use std::fmt::Write as _;
+    match value {
+        Value::Missing => out.push_str("missing"),
+        Value::Bool(value) => out.push_str(if *value { "true" } else { "false" }),
+        Value::Int(value) => push_int(out, *value),
+        Value::Time(time) => push_time(out, *time),
+        Value::Seconds(seconds) => push_span(out, *seconds),
+        Value::Text(text) => out.push_str(text),
+        Value::Interned(id) => out.push_str(texts.and_then(|texts| texts.resolve(*id)).unwrap_or("<text>")),
+        Value::Names(items) => {
+            out.push('[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push_str(", ");
+                }
+                out.push_str(item);
+            }
+            out.push(']');
+        }
+        // Writing into a String cannot fail.
+        Value::Float(value) => {
+            let _ = write!(out, "{value}");
         }
     }
 }
@@ -164,36 +198,40 @@ impl fmt::Display for Value {
 /// which dominated explanation and label costs.
 pub(crate) fn push_time(out: &mut String, time: DateTime<Utc>) {
     use chrono::{Datelike, Timelike};
-    let year = time.year();
+    // One conversion to the calendar; `DateTime`'s own accessors convert again on every call.
+    let naive = time.naive_utc();
+    let year = naive.year();
     if !(0..=9999).contains(&year) {
         use std::fmt::Write as _;
         // Writing into a String cannot fail.
         let _ = write!(out, "{}", time.format("%Y-%m-%dT%H:%M:%SZ"));
         return;
     }
-    let digits = |out: &mut String, value: u32, width: usize| {
-        let mut buffer = [b'0'; 4];
+    let mut text = *b"0000-00-00T00:00:00Z";
+    let mut digits = |at: usize, width: usize, value: u32| {
         let mut rest = value;
-        for slot in buffer[..width].iter_mut().rev() {
+        for slot in text[at..at + width].iter_mut().rev() {
             *slot = b'0' + (rest % 10) as u8;
             rest /= 10;
         }
-        // ASCII digits are valid UTF-8.
-        out.push_str(std::str::from_utf8(&buffer[..width]).unwrap_or("?"));
     };
-    out.reserve(20);
-    digits(out, year.unsigned_abs(), 4);
-    out.push('-');
-    digits(out, time.month(), 2);
-    out.push('-');
-    digits(out, time.day(), 2);
-    out.push('T');
-    digits(out, time.hour(), 2);
-    out.push(':');
-    digits(out, time.minute(), 2);
-    out.push(':');
-    digits(out, time.second(), 2);
-    out.push('Z');
+    digits(0, 4, year.unsigned_abs());
+    digits(5, 2, naive.month());
+    digits(8, 2, naive.day());
+    digits(11, 2, naive.hour());
+    digits(14, 2, naive.minute());
+    digits(17, 2, naive.second());
+    // ASCII digits and separators are valid UTF-8.
+    out.push_str(std::str::from_utf8(&text).unwrap_or("?"));
+}
+
+/// Appends ASCII bytes one `char` at a time: cheaper than validating a few bytes as UTF-8.
+#[inline]
+fn push_ascii(out: &mut String, bytes: &[u8]) {
+    out.reserve(bytes.len());
+    for byte in bytes {
+        out.push(char::from(*byte));
+    }
 }
 
 /// `time` as `YYYY-MM-DDTHH:MM:SSZ` (see [`push_time`]); its first 10 bytes are the date.
@@ -201,38 +239,6 @@ pub(crate) fn time_text(time: DateTime<Utc>) -> String {
     let mut out = String::with_capacity(20);
     push_time(&mut out, time);
     out
-}
-
-impl Value {
-    /// Appends the value as [`fmt::Display`] shows it.
-    fn write_to(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        match self {
-            Self::Missing => out.push_str("missing"),
-            Self::Bool(value) => out.push_str(if *value { "true" } else { "false" }),
-            Self::Time(time) => push_time(out, *time),
-            Self::Int(value) => push_int(out, *value),
-            Self::Seconds(seconds) if seconds % 86_400 == 0 => {
-                push_int(out, seconds / 86_400);
-                out.push_str(" d");
-            }
-            Self::Text(text) => out.push_str(text),
-            Self::Names(items) => {
-                out.push('[');
-                for (index, item) in items.iter().enumerate() {
-                    if index > 0 {
-                        out.push_str(", ");
-                    }
-                    out.push_str(item);
-                }
-                out.push(']');
-            }
-            // Writing into a String cannot fail.
-            other => {
-                let _ = write!(out, "{other}");
-            }
-        }
-    }
 }
 
 /// Appends the decimal digits of `value`.
@@ -251,28 +257,49 @@ fn push_int(out: &mut String, value: i64) {
     if value < 0 {
         out.push('-');
     }
-    // ASCII digits are valid UTF-8.
-    out.push_str(std::str::from_utf8(&buffer[at..]).unwrap_or("?"));
+    push_ascii(out, &buffer[at..]);
 }
 
-fn fmt_span(seconds: i64, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+/// Appends a span in the largest whole unit: `9 d`, `1.5 d`, `5 h`, `90 min`, `59 s`.
+fn push_span(out: &mut String, seconds: i64) {
     const DAY: i64 = 86_400;
-    if seconds % DAY == 0 {
-        write!(f, "{} d", seconds / DAY)
+    let (count, unit) = if seconds % DAY == 0 {
+        (seconds / DAY, " d")
     } else if seconds.abs() >= DAY {
         // One decimal is enough for a person; the exact seconds stay in the structured value.
-        write!(f, "{:.1} d", seconds as f64 / DAY as f64)
+        // Rounded in integers (float formatting was a tenth of the traced run); an exact tie
+        // keeps `{:.1}`'s rounding of the binary value.
+        let tenths = i128::from(seconds) * 10;
+        let (whole, rest) = (tenths / i128::from(DAY), (tenths % i128::from(DAY)).abs());
+        if rest * 2 == i128::from(DAY) {
+            use std::fmt::Write as _;
+            // Writing into a String cannot fail.
+            let _ = write!(out, "{:.1} d", seconds as f64 / DAY as f64);
+            return;
+        }
+        let rounded = if rest * 2 > i128::from(DAY) { whole + whole.signum() } else { whole };
+        let rounded = i64::try_from(rounded).unwrap_or(i64::MAX);
+        if rounded < 0 {
+            out.push('-');
+        }
+        push_int(out, (rounded / 10).abs());
+        out.push('.');
+        push_int(out, (rounded % 10).abs());
+        out.push_str(" d");
+        return;
     } else if seconds % 3_600 == 0 {
-        write!(f, "{} h", seconds / 3_600)
+        (seconds / 3_600, " h")
     } else if seconds % 60 == 0 {
-        write!(f, "{} min", seconds / 60)
+        (seconds / 60, " min")
     } else {
-        write!(f, "{seconds} s")
-    }
+        (seconds, " s")
+    };
+    push_int(out, count);
+    out.push_str(unit);
 }
 
 /// How a predicate compared its observed value with its threshold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Op {
@@ -295,6 +322,20 @@ pub enum Op {
 }
 
 impl Op {
+    /// The symbol with a space on each side, as written between two values.
+    const fn padded(self) -> &'static str {
+        match self {
+            Self::Gt => " > ",
+            Self::Ge => " >= ",
+            Self::Lt => " < ",
+            Self::Le => " <= ",
+            Self::Eq => " = ",
+            Self::Ne => " != ",
+            Self::In => " in ",
+            Self::NotIn => " not in ",
+        }
+    }
+
     /// The symbol shown in explanations.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -311,10 +352,14 @@ impl Op {
 }
 
 /// One leaf check of a ruliad: `name observed op threshold`, and whether it held.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// A packed record (`Copy`, no heap): the values are kept raw and rendered only on demand. An
+/// [`Value::Interned`] value belongs to the [`Explanation`] it was recorded in; show such a
+/// predicate with [`Explanation::display`].
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Predicate {
     /// What was checked, such as `idle` or `stage`.
-    pub name: Cow<'static, str>,
+    pub name: &'static str,
     /// The value the ruliad observed.
     pub observed: Value,
     /// The comparison.
@@ -328,97 +373,75 @@ pub struct Predicate {
 impl Predicate {
     #[inline]
     fn new(
-        name: impl Into<Cow<'static, str>>,
+        name: &'static str,
         observed: impl Into<Value>,
         op: Op,
         threshold: impl Into<Value>,
         held: bool,
     ) -> Self {
-        Self { name: name.into(), observed: observed.into(), op, threshold: threshold.into(), held }
+        Self { name, observed: observed.into(), op, threshold: threshold.into(), held }
     }
 
     /// `observed > threshold`.
     #[inline]
-    pub fn gt<T: PartialOrd + Into<Value>>(
-        name: impl Into<Cow<'static, str>>,
-        observed: T,
-        threshold: T,
-    ) -> Self {
+    pub fn gt<T: PartialOrd + Into<Value>>(name: &'static str, observed: T, threshold: T) -> Self {
         let held = observed > threshold;
         Self::new(name, observed, Op::Gt, threshold, held)
     }
 
     /// `observed >= threshold`.
     #[inline]
-    pub fn ge<T: PartialOrd + Into<Value>>(
-        name: impl Into<Cow<'static, str>>,
-        observed: T,
-        threshold: T,
-    ) -> Self {
+    pub fn ge<T: PartialOrd + Into<Value>>(name: &'static str, observed: T, threshold: T) -> Self {
         let held = observed >= threshold;
         Self::new(name, observed, Op::Ge, threshold, held)
     }
 
     /// `observed < threshold`.
     #[inline]
-    pub fn lt<T: PartialOrd + Into<Value>>(
-        name: impl Into<Cow<'static, str>>,
-        observed: T,
-        threshold: T,
-    ) -> Self {
+    pub fn lt<T: PartialOrd + Into<Value>>(name: &'static str, observed: T, threshold: T) -> Self {
         let held = observed < threshold;
         Self::new(name, observed, Op::Lt, threshold, held)
     }
 
     /// `observed <= threshold`.
     #[inline]
-    pub fn le<T: PartialOrd + Into<Value>>(
-        name: impl Into<Cow<'static, str>>,
-        observed: T,
-        threshold: T,
-    ) -> Self {
+    pub fn le<T: PartialOrd + Into<Value>>(name: &'static str, observed: T, threshold: T) -> Self {
         let held = observed <= threshold;
         Self::new(name, observed, Op::Le, threshold, held)
     }
 
     /// `observed = expected`.
     #[inline]
-    pub fn eq<T: PartialEq + Into<Value>>(
-        name: impl Into<Cow<'static, str>>,
-        observed: T,
-        expected: T,
-    ) -> Self {
+    pub fn eq<T: PartialEq + Into<Value>>(name: &'static str, observed: T, expected: T) -> Self {
         let held = observed == expected;
         Self::new(name, observed, Op::Eq, expected, held)
     }
 
     /// A yes/no fact that must be true, such as `consent = true`.
     #[inline]
-    pub fn is_true(name: impl Into<Cow<'static, str>>, observed: bool) -> Self {
+    pub fn is_true(name: &'static str, observed: bool) -> Self {
         Self::new(name, observed, Op::Eq, true, observed)
     }
 
     /// A field that must be present; the observed value is shown when it is.
     #[inline]
-    pub fn present<T: Into<Value>>(name: impl Into<Cow<'static, str>>, observed: Option<T>) -> Self {
+    pub fn present<T: Into<Value>>(name: &'static str, observed: Option<T>) -> Self {
         let held = observed.is_some();
         Self::new(name, observed, Op::Ne, Value::Missing, held)
     }
 
-    /// `observed not in excluded`.
+    /// `observed not in excluded`. For text only known at run time, intern it with
+    /// [`Explain::text`] and use [`Predicate::custom`] with [`Op::NotIn`].
     #[inline]
-    pub fn not_in(
-        name: impl Into<Cow<'static, str>>,
-        observed: Cow<'static, str>,
-        excluded: &'static [&'static str],
-    ) -> Self {
-        let held = !excluded.contains(&observed.as_ref());
+    pub fn not_in(name: &'static str, observed: &'static str, excluded: &'static [&'static str]) -> Self {
+        let held = !excluded.contains(&observed);
         Self::new(name, Value::Text(observed), Op::NotIn, Value::Names(excluded), held)
     }
 
     /// A predicate with a free-form comparison, for combinators and host rules.
+    #[inline]
     pub fn custom(
-        name: impl Into<Cow<'static, str>>,
+        name: &'static str,
         observed: impl Into<Value>,
         op: Op,
         threshold: impl Into<Value>,
@@ -426,30 +449,256 @@ impl Predicate {
     ) -> Self {
         Self::new(name, observed, op, threshold, held)
     }
-}
 
-impl Predicate {
-    /// Appends `name observed op threshold[ (failed)]` to `out`, without the formatting
-    /// machinery for the common values (explanations are built for every fired signal).
-    fn write_to(&self, out: &mut String) {
-        out.push_str(&self.name);
+    /// Appends `name observed op threshold[ (failed)]` to `out`; `texts` resolves interned text.
+    fn write_to(&self, texts: Option<&Explanation>, out: &mut String) {
+        out.push_str(self.name);
         out.push(' ');
-        self.observed.write_to(out);
-        out.push(' ');
-        out.push_str(self.op.as_str());
-        out.push(' ');
-        self.threshold.write_to(out);
+        write_value(&self.observed, texts, out);
+        out.push_str(self.op.padded());
+        write_value(&self.threshold, texts, out);
         if !self.held {
             out.push_str(" (failed)");
         }
     }
+
+    /// Moves interned text references by `offset` (the predicate moved into a longer buffer).
+    #[inline]
+    pub(crate) fn shifted(mut self, offset: u32) -> Self {
+        for value in [&mut self.observed, &mut self.threshold] {
+            if let Value::Interned(id) = value {
+                id.start += offset;
+            }
+        }
+        self
+    }
 }
 
+/// Shows the predicate; interned text needs its explanation and is shown as `<text>` without it
+/// (use [`Explanation::display`]).
 impl fmt::Display for Predicate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut text = String::with_capacity(48);
-        self.write_to(&mut text);
+        self.write_to(None, &mut text);
         f.write_str(&text)
+    }
+}
+
+/// The predicates one evaluation checked, in order, with the text they interned.
+///
+/// Serializes as a JSON array of `{"name", "observed", "op", "threshold", "held"}` objects,
+/// values as `{"int": 9}`, `{"seconds": 777600}`, `{"time": "…"}`, `{"text": "…"}`,
+/// `{"list": […]}` or `"missing"` (interned text is written out). It is a record for people and
+/// logs and is not read back: predicate names are `&'static str`.
+#[derive(Debug, Clone, Default)]
+pub struct Explanation {
+    predicates: Vec<Predicate>,
+    /// Interned text ([`Value::Interned`] points into it).
+    texts: String,
+}
+
+impl Explanation {
+    /// An empty explanation (allocates nothing).
+    pub const fn new() -> Self {
+        Self { predicates: Vec::new(), texts: String::new() }
+    }
+
+    /// The number of predicates.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.predicates.len()
+    }
+
+    /// Whether no predicate was recorded.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.predicates.is_empty()
+    }
+
+    /// The predicates, in the order they were checked.
+    #[inline]
+    pub fn predicates(&self) -> &[Predicate] {
+        &self.predicates
+    }
+
+    /// The predicates, in the order they were checked.
+    pub fn iter(&self) -> std::slice::Iter<'_, Predicate> {
+        self.predicates.iter()
+    }
+
+    /// Appends a predicate; its interned text, if any, must come from this explanation.
+    #[inline]
+    pub fn push(&mut self, predicate: Predicate) {
+        self.predicates.push(predicate);
+    }
+
+    /// Interns `text` and returns the value that refers to it.
+    pub fn intern(&mut self, text: &str) -> Value {
+        let (Ok(start), Ok(len)) = (u32::try_from(self.texts.len()), u32::try_from(text.len())) else {
+            return Value::Text("<text over 4 GiB>");
+        };
+        if start.checked_add(len).is_none() {
+            return Value::Text("<text over 4 GiB>");
+        }
+        self.texts.push_str(text);
+        Value::Interned(TextId { start, len })
+    }
+
+    /// The text of a [`Value::Text`] or of a [`Value::Interned`] value from this explanation.
+    pub fn text(&self, value: &Value) -> Option<&str> {
+        match value {
+            Value::Text(text) => Some(text),
+            Value::Interned(id) => self.resolve(*id),
+            _ => None,
+        }
+    }
+
+    fn resolve(&self, id: TextId) -> Option<&str> {
+        let start = id.start as usize;
+        self.texts.get(start..start + id.len as usize)
+    }
+
+    /// Shows `predicate`, with its interned text resolved in this explanation.
+    pub fn display<'a>(&'a self, predicate: &'a Predicate) -> impl fmt::Display + 'a {
+        Shown { predicate, texts: self }
+    }
+
+    /// Appends every predicate, `; `-separated, to `out`.
+    fn write_line(&self, out: &mut String) {
+        for (index, predicate) in self.predicates.iter().enumerate() {
+            if index > 0 {
+                out.push_str("; ");
+            }
+            predicate.write_to(Some(self), out);
+        }
+    }
+
+    /// Appends `other` after this explanation's predicates (interned text moves along);
+    /// returns the offset its interned text moved by.
+    pub(crate) fn append(&mut self, other: &Explanation) -> u32 {
+        let offset = u32::try_from(self.texts.len()).unwrap_or(u32::MAX);
+        self.texts.push_str(&other.texts);
+        self.predicates.extend(other.predicates.iter().map(|predicate| predicate.shifted(offset)));
+        offset
+    }
+
+    /// Keeps only the predicates for which `keep` is true.
+    pub fn retain(&mut self, keep: impl FnMut(&Predicate) -> bool) {
+        self.predicates.retain(keep);
+    }
+
+    #[inline]
+    fn clear(&mut self) {
+        self.predicates.clear();
+        self.texts.clear();
+    }
+
+    /// Whether `a` (from `self`) and `b` (from `other`) say the same thing.
+    fn same(&self, a: &Predicate, other: &Explanation, b: &Predicate) -> bool {
+        let value = |left: &Value, right: &Value| match (left, right) {
+            (Value::Interned(_) | Value::Text(_), Value::Interned(_) | Value::Text(_)) => {
+                self.text(left) == other.text(right)
+            }
+            _ => left == right,
+        };
+        a.name == b.name
+            && a.op == b.op
+            && a.held == b.held
+            && value(&a.observed, &b.observed)
+            && value(&a.threshold, &b.threshold)
+    }
+}
+
+/// Two explanations are equal when their predicates say the same, text resolved.
+impl PartialEq for Explanation {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len()
+            && self.predicates.iter().zip(&other.predicates).all(|(a, b)| self.same(a, other, b))
+    }
+}
+
+/// The explanation as one line: `idle 9 d > 7 d; stage negotiation not in [closed-won, closed-lost]`.
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut line = String::with_capacity(40 * self.len());
+        self.write_line(&mut line);
+        f.write_str(&line)
+    }
+}
+
+impl<'a> IntoIterator for &'a Explanation {
+    type Item = &'a Predicate;
+    type IntoIter = std::slice::Iter<'a, Predicate>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.predicates.iter()
+    }
+}
+
+struct Shown<'a> {
+    predicate: &'a Predicate,
+    texts: &'a Explanation,
+}
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = String::with_capacity(48);
+        self.predicate.write_to(Some(self.texts), &mut text);
+        f.write_str(&text)
+    }
+}
+
+/// The JSON shape of one predicate (unchanged from the owned representation before packing).
+#[derive(Serialize)]
+struct PredicateJson<'a> {
+    name: &'a str,
+    observed: ValueJson<'a>,
+    op: Op,
+    threshold: ValueJson<'a>,
+    held: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum ValueJson<'a> {
+    Missing,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Seconds(i64),
+    Time(DateTime<Utc>),
+    Text(&'a str),
+    List(&'a [&'a str]),
+}
+
+impl Explanation {
+    fn json<'a>(&'a self, value: &'a Value) -> ValueJson<'a> {
+        match value {
+            Value::Missing => ValueJson::Missing,
+            Value::Bool(value) => ValueJson::Bool(*value),
+            Value::Int(value) => ValueJson::Int(*value),
+            Value::Float(value) => ValueJson::Float(*value),
+            Value::Seconds(value) => ValueJson::Seconds(*value),
+            Value::Time(value) => ValueJson::Time(*value),
+            Value::Text(text) => ValueJson::Text(text),
+            Value::Interned(id) => ValueJson::Text(self.resolve(*id).unwrap_or("<text>")),
+            Value::Names(items) => ValueJson::List(items),
+        }
+    }
+}
+
+impl Serialize for Explanation {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.len()))?;
+        for predicate in &self.predicates {
+            seq.serialize_element(&PredicateJson {
+                name: predicate.name,
+                observed: self.json(&predicate.observed),
+                op: predicate.op,
+                threshold: self.json(&predicate.threshold),
+                held: predicate.held,
+            })?;
+        }
+        seq.end()
     }
 }
 
@@ -497,13 +746,17 @@ impl Draft {
     }
 }
 
+/// No failed predicate yet.
+const NONE: u32 = u32::MAX;
+
 /// Records the predicates of one evaluation; see the crate docs for a ruliad that uses it.
 #[derive(Debug, Clone)]
 pub struct Explain {
-    predicates: Vec<Predicate>,
-    failed: Option<Predicate>,
+    explanation: Explanation,
     /// (name, value) in the order given; part of the cause digest in that order.
     labels: Vec<(String, String)>,
+    /// Where the last failed predicate (the guard) is in `explanation`, or [`NONE`].
+    failed: u32,
     enabled: bool,
 }
 
@@ -517,8 +770,14 @@ impl Explain {
     /// An empty explanation; records everything unless the trace is off (see [`with_trace`]).
     #[inline]
     pub fn new() -> Self {
-        let (enabled, predicates) = start();
-        Self { predicates, failed: None, labels: Vec::new(), enabled }
+        let (enabled, explanation) = start();
+        Self { explanation, labels: Vec::new(), failed: NONE, enabled }
+    }
+
+    /// Whether predicates that held are recorded (the trace is on).
+    #[inline]
+    pub fn tracing(&self) -> bool {
+        self.enabled
     }
 
     /// Records `predicate` and returns whether it held. A predicate that failed is always
@@ -526,14 +785,19 @@ impl Explain {
     #[inline]
     pub fn check(&mut self, predicate: Predicate) -> bool {
         let held = predicate.held;
-        if self.enabled {
-            self.predicates.push(predicate);
-        } else if !held {
-            // With the trace off the guard is kept aside, so a stopped evaluation allocates
-            // nothing for its explanation.
-            self.failed = Some(predicate);
+        if !held {
+            self.failed = u32::try_from(self.explanation.len()).unwrap_or(NONE);
+            self.explanation.push(predicate);
+        } else if self.enabled {
+            self.explanation.push(predicate);
         }
         held
+    }
+
+    /// Interns text only known at run time (such as a host's stage name) for a predicate of
+    /// this evaluation: `why.check(Predicate::custom("stage", why.text(name), Op::Eq, "won", held))`.
+    pub fn text(&mut self, text: &str) -> Value {
+        self.explanation.intern(text)
     }
 
     /// Adds a label (such as `deal_id`) to the signal's evidence; labels are used for grouping
@@ -543,21 +807,21 @@ impl Explain {
         self
     }
 
-    /// Stops the evaluation at the last failed predicate.
+    /// Stops the evaluation at the last failed predicate (a synthetic `condition = true`
+    /// guard when none failed).
     #[inline]
     pub fn stop(mut self) -> Evaluation {
-        if let Some(guard) = self.failed.take() {
-            return Evaluation::from_repr(Repr::Stopped(guard), self.predicates);
+        if self.failed == NONE {
+            self.failed = u32::try_from(self.explanation.len()).unwrap_or(NONE);
+            self.explanation.push(Predicate::is_true("condition", false));
         }
-        // The guard stays where it was recorded; the evaluation points at it instead of copying.
-        let index = match self.predicates.iter().rposition(|predicate| !predicate.held) {
-            Some(index) => index,
-            None => {
-                self.predicates.push(Predicate::is_true("condition", false));
-                self.predicates.len() - 1
-            }
-        };
-        Evaluation::from_repr(Repr::StoppedAt(index), self.predicates)
+        Evaluation { signal: None, guard: self.failed, explanation: self.explanation }
+    }
+
+    /// Stops the evaluation at `guard`, recorded as the last predicate.
+    fn fail(mut self, guard: Predicate) -> Evaluation {
+        self.check(guard);
+        self.stop()
     }
 
     /// Validates the draft and fires it, with the explanation and labels as evidence and a cause
@@ -565,10 +829,7 @@ impl Explain {
     pub fn fire(mut self, draft: Draft) -> Evaluation {
         let kind = match SignalKind::new(draft.kind) {
             Ok(kind) => kind,
-            Err(_) => {
-                self.predicates.push(Predicate::custom("kind", draft.kind, Op::Eq, "a slug", false));
-                return self.stop();
-            }
+            Err(_) => return self.fail(Predicate::custom("kind", draft.kind, Op::Eq, "a slug", false)),
         };
         let mut cause = sos_core::DomainHasher::new("sos-ruliads/cause/v1");
         let mut hashed =
@@ -583,8 +844,7 @@ impl Explain {
             hashed &= cause.str_field(&field).is_ok();
         }
         if !hashed {
-            self.predicates.push(Predicate::custom("labels", "too long", Op::Le, "4 GiB", false));
-            return self.stop();
+            return self.fail(Predicate::custom("labels", "too long", Op::Le, "4 GiB", false));
         }
         let mut labels = serde_json::Map::new();
         for (name, value) in std::mem::take(&mut self.labels) {
@@ -594,13 +854,8 @@ impl Explain {
         evidence.insert("labels".to_owned(), serde_json::Value::Object(labels));
         if self.enabled {
             // One line, as people read it: "idle 9 d > 7 d; stage negotiation not in [...]".
-            let mut because = String::with_capacity(40 * self.predicates.len());
-            for (index, predicate) in self.predicates.iter().enumerate() {
-                if index > 0 {
-                    because.push_str("; ");
-                }
-                predicate.write_to(&mut because);
-            }
+            let mut because = String::with_capacity(40 * self.explanation.len());
+            self.explanation.write_line(&mut because);
             evidence.insert("because".to_owned(), serde_json::Value::String(because));
         }
         let built = Signal::builder(draft.tenant, kind)
@@ -612,159 +867,157 @@ impl Explain {
             .evidence(serde_json::Value::Object(evidence))
             .build();
         match built {
-            Ok(signal) => Evaluation::from_repr(Repr::Fired(Box::new(signal)), self.predicates),
+            Ok(signal) => {
+                Evaluation { signal: Some(Box::new(signal)), guard: NONE, explanation: self.explanation }
+            }
             Err(error) => {
-                self.predicates.push(Predicate::custom("signal", error.to_string(), Op::Eq, "valid", false));
-                self.stop()
+                let observed = self.text(&error.to_string());
+                self.fail(Predicate::custom("signal", observed, Op::Eq, "valid", false))
             }
         }
     }
 }
 
-/// What an evaluation came to.
+/// What an evaluation came to, by value (see [`Evaluation::into_parts`]).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Outcome {
     /// The ruliad fired this signal.
     Fired(Box<Signal>),
-    /// The ruliad did not fire; this guard stopped it.
+    /// The ruliad did not fire; this guard stopped it (its interned text, if any, is in the
+    /// evaluation's [`Explanation`]).
     Stopped {
         /// The predicate that failed.
         guard: Predicate,
     },
 }
 
-/// What an evaluation came to, as stored: a stopped evaluation with the trace on points at its
-/// guard in the explanation rather than holding a copy (the engine never asks for it).
-#[derive(Debug, Clone, PartialEq)]
-enum Repr {
-    Fired(Box<Signal>),
-    Stopped(Predicate),
-    StoppedAt(usize),
-}
-
 /// The result of evaluating one ruliad against one entity: a signal or the guard that stopped
 /// it, with the predicates that were checked.
+///
+/// The guard is always part of the explanation, also with the trace off (then the explanation
+/// holds only the predicates that failed).
 #[derive(Debug, Clone)]
 pub struct Evaluation {
-    repr: Repr,
-    explanation: Vec<Predicate>,
-    /// [`Evaluation::outcome`], built on first use.
-    outcome: std::sync::OnceLock<Outcome>,
+    signal: Option<Box<Signal>>,
+    /// Where the guard is in `explanation` when it did not fire.
+    guard: u32,
+    explanation: Explanation,
 }
 
+/// Equal when they fired the same signal or stopped at the same guard, with the same
+/// explanation (interned text compared as text).
 impl PartialEq for Evaluation {
     fn eq(&self, other: &Self) -> bool {
-        self.signal() == other.signal()
-            && self.guard() == other.guard()
-            && self.explanation == other.explanation
+        let same_outcome = match (self.guard(), other.guard()) {
+            (Some(a), Some(b)) => self.explanation.same(a, &other.explanation, b),
+            (None, None) => self.signal == other.signal,
+            _ => false,
+        };
+        same_outcome && self.explanation == other.explanation
     }
 }
 
 impl Evaluation {
-    #[inline]
-    fn from_repr(repr: Repr, explanation: Vec<Predicate>) -> Self {
-        Self { repr, explanation, outcome: std::sync::OnceLock::new() }
+    /// An evaluation from its parts (for combinators and tests). A guard is recorded after
+    /// `explanation`; its interned text, if any, must come from `explanation`.
+    pub fn new(outcome: Outcome, mut explanation: Explanation) -> Self {
+        match outcome {
+            Outcome::Fired(signal) => Self { signal: Some(signal), guard: NONE, explanation },
+            Outcome::Stopped { guard } => {
+                let index = u32::try_from(explanation.len()).unwrap_or(NONE);
+                explanation.push(guard);
+                Self { signal: None, guard: index, explanation }
+            }
+        }
     }
 
-    /// An evaluation from its parts (for combinators and tests).
-    pub fn new(outcome: Outcome, explanation: Vec<Predicate>) -> Self {
-        let repr = match outcome {
-            Outcome::Fired(signal) => Repr::Fired(signal),
-            Outcome::Stopped { guard } => Repr::Stopped(guard),
-        };
-        Self::from_repr(repr, explanation)
+    /// A stopped evaluation whose guard is `guard`, recorded after `explanation`.
+    pub fn stopped(guard: Predicate, explanation: Explanation) -> Self {
+        Self::new(Outcome::Stopped { guard }, explanation)
     }
 
-    /// A stopped evaluation whose guard is `guard`, keeping `explanation` before it.
-    pub fn stopped(guard: Predicate, mut explanation: Vec<Predicate>) -> Self {
-        explanation.push(guard);
-        let index = explanation.len() - 1;
-        Self::from_repr(Repr::StoppedAt(index), explanation)
-    }
-
-    /// What it came to.
-    pub fn outcome(&self) -> &Outcome {
-        self.outcome.get_or_init(|| match &self.repr {
-            Repr::Fired(signal) => Outcome::Fired(signal.clone()),
-            Repr::Stopped(guard) => Outcome::Stopped { guard: guard.clone() },
-            Repr::StoppedAt(index) => Outcome::Stopped { guard: self.explanation[*index].clone() },
-        })
+    /// A stopped evaluation whose guard is the predicate at `index` of `explanation`.
+    pub(crate) fn stopped_at(index: usize, explanation: Explanation) -> Self {
+        Self { signal: None, guard: u32::try_from(index).unwrap_or(NONE), explanation }
     }
 
     /// The signal, when it fired.
     pub fn signal(&self) -> Option<&Signal> {
-        match &self.repr {
-            Repr::Fired(signal) => Some(signal),
-            Repr::Stopped(_) | Repr::StoppedAt(_) => None,
-        }
+        self.signal.as_deref()
     }
 
     /// The signal, when it fired, by value.
     pub fn into_signal(self) -> Option<Signal> {
-        match self.repr {
-            Repr::Fired(signal) => Some(*signal),
-            Repr::Stopped(_) | Repr::StoppedAt(_) => None,
-        }
+        self.signal.map(|signal| *signal)
     }
 
     /// The guard that stopped it, when it did not fire.
     pub fn guard(&self) -> Option<&Predicate> {
-        match &self.repr {
-            Repr::Fired(_) => None,
-            Repr::Stopped(guard) => Some(guard),
-            Repr::StoppedAt(index) => self.explanation.get(*index),
+        match self.signal {
+            Some(_) => None,
+            None => self.explanation.predicates.get(self.guard as usize),
         }
+    }
+
+    /// Where the guard is in the explanation, when it did not fire.
+    pub(crate) fn guard_index(&self) -> Option<usize> {
+        self.guard().map(|_| self.guard as usize)
     }
 
     /// Whether it fired.
     pub fn fired(&self) -> bool {
-        matches!(self.repr, Repr::Fired(_))
+        self.signal.is_some()
     }
 
     /// The predicates that were checked, in order.
-    pub fn explanation(&self) -> &[Predicate] {
+    pub fn explanation(&self) -> &Explanation {
         &self.explanation
     }
 
     /// The explanation as one line: `idle 9 d > 7 d; stage not in [closed-won, closed-lost]`.
     pub fn explain(&self) -> String {
-        let parts: Vec<String> = self.explanation.iter().map(ToString::to_string).collect();
-        parts.join("; ")
+        self.explanation.to_string()
     }
 
-    /// Puts `predicates` before this evaluation's own (used by combinators).
-    pub fn with_prefix(mut self, mut predicates: Vec<Predicate>) -> Self {
-        if let Repr::StoppedAt(index) = &mut self.repr {
-            *index += predicates.len();
+    /// Puts `prefix`'s predicates before this evaluation's own (used by combinators).
+    pub fn with_prefix(mut self, mut prefix: Explanation) -> Self {
+        if self.signal.is_none() {
+            self.guard = self.guard.saturating_add(u32::try_from(prefix.len()).unwrap_or(NONE));
         }
-        predicates.append(&mut self.explanation);
-        self.explanation = predicates;
+        prefix.append(&self.explanation);
+        recycle(std::mem::replace(&mut self.explanation, prefix));
         self
     }
 
-    /// Appends a predicate to the explanation (used by combinators).
+    /// Appends a predicate to the explanation (used by combinators); its interned text, if
+    /// any, must come from this evaluation's explanation.
     pub fn push(&mut self, predicate: Predicate) {
         self.explanation.push(predicate);
     }
 
-    /// Splits the evaluation into its parts.
-    pub fn into_parts(self) -> (Outcome, Vec<Predicate>) {
-        let outcome = match self.repr {
-            Repr::Fired(signal) => Outcome::Fired(signal),
-            Repr::Stopped(guard) => Outcome::Stopped { guard },
-            Repr::StoppedAt(index) => Outcome::Stopped { guard: self.explanation[index].clone() },
+    /// Applies `map` to the signal, when it fired.
+    pub fn map_signal(mut self, map: impl FnOnce(Signal) -> Signal) -> Self {
+        self.signal = self.signal.map(|signal| Box::new(map(*signal)));
+        self
+    }
+
+    /// Splits the evaluation into its parts; the guard is also the explanation's last failed
+    /// predicate.
+    pub fn into_parts(self) -> (Outcome, Explanation) {
+        let outcome = match self.signal {
+            Some(signal) => Outcome::Fired(signal),
+            None => {
+                let guard = self.explanation.predicates.get(self.guard as usize).copied();
+                Outcome::Stopped { guard: guard.unwrap_or(Predicate::is_true("condition", false)) }
+            }
         };
         (outcome, self.explanation)
     }
 
-    /// The signal, when it fired, and the explanation buffer, without building the guard (the
-    /// engine's hot path).
+    /// The signal, when it fired, and the explanation buffer (the engine's hot path).
     #[inline]
-    pub(crate) fn into_signal_and_buffer(self) -> (Option<Box<Signal>>, Vec<Predicate>) {
-        match self.repr {
-            Repr::Fired(signal) => (Some(signal), self.explanation),
-            Repr::Stopped(_) | Repr::StoppedAt(_) => (None, self.explanation),
-        }
+    pub(crate) fn into_signal_and_buffer(self) -> (Option<Box<Signal>>, Explanation) {
+        (self.signal, self.explanation)
     }
 }

@@ -251,7 +251,7 @@ fn run_case<E, R: Ruliad<E>>(ruliad: &R, case: &Case<E>) -> std::result::Result<
         }
     }
     if let Some(expected_guard) = &case.expect_guard {
-        let guard = evaluation.guard().map(|guard| guard.name.as_ref());
+        let guard = evaluation.guard().map(|guard| guard.name);
         if guard != Some(expected_guard.as_str()) {
             return Err(format!(
                 "expected guard {expected_guard:?}, got {guard:?}; explanation: {}",

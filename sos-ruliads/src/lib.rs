@@ -138,5 +138,7 @@ pub mod trust;
 mod tests;
 
 pub use error::{Error, Result};
-pub use explain::{Draft, Evaluation, Explain, Op, Outcome, Predicate, Value, trace_enabled, with_trace};
+pub use explain::{
+    Draft, Evaluation, Explain, Explanation, Op, Outcome, Predicate, TextId, Value, trace_enabled, with_trace,
+};
 pub use ruliad::{Class, Entity, Ruliad};

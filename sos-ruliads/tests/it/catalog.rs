@@ -87,6 +87,17 @@ fn stale_deal_nudge_explains_itself() {
     let closed = rule.evaluate(at(10, 9), &deal("d1", Stage::ClosedWon, Some(1)));
     assert_eq!(closed.guard().expect("stopped").name, "stage");
     assert!(closed.explain().ends_with("stage closed-won not in [closed-won, closed-lost] (failed)"));
+
+    // A host's own stage name is only known at run time: it is interned, and shown as written.
+    let custom = rule.evaluate(at(10, 9), &deal("d1", Stage::Other("contract {sent} %s".into()), Some(1)));
+    assert!(custom.fired());
+    assert!(
+        custom.explain().contains("; stage contract {sent} %s not in [closed-won, closed-lost]; "),
+        "{}",
+        custom.explain()
+    );
+    let json = serde_json::to_value(custom.explanation()).expect("serializes");
+    assert_eq!(json[1]["observed"], serde_json::json!({ "text": "contract {sent} %s" }));
 }
 
 #[test]

@@ -15,9 +15,7 @@ fn stale() -> Box<dyn Ruliad<Record>> {
 
 fn is_stage(stage: Stage) -> impl Fn(DateTime<Utc>, &Record) -> Predicate + Send + Sync {
     move |_, record| match record {
-        Record::Deal(deal) => {
-            Predicate::eq("stage", deal.stage.as_str().to_owned(), stage.as_str().to_owned())
-        }
+        Record::Deal(deal) => Predicate::eq("stage", deal.stage.known_name(), stage.known_name()),
         _ => Predicate::is_true("deal", false),
     }
 }

@@ -39,7 +39,7 @@ fn trace_off_keeps_the_guard_and_drops_the_held_predicates() {
     assert!(quiet[0].1.explanation().is_empty());
     assert_eq!(traced[0].1.signal().map(|s| s.id()), quiet[0].1.signal().map(|s| s.id()));
     assert!(quiet[0].1.signal().expect("fires").evidence().get("because").is_none());
-    assert_eq!(quiet[1].1.guard().map(|g| g.name.clone()), traced[1].1.guard().map(|g| g.name.clone()));
+    assert_eq!(quiet[1].1.guard().map(|g| g.name), traced[1].1.guard().map(|g| g.name));
     // Parallel workers inherit the caller's trace setting.
     let batch = vec![entity; 64];
     let fired = with_trace(false, || engine(2, 8).evaluate_batch(at(10, 9), &batch));
