@@ -217,11 +217,19 @@ impl AuditEntry {
         Ok(encoder.finish())
     }
 
-    /// Moves an entry that was built on a stale head to another place in its chain: new `seq`
-    /// and `prev_hash`, hash recomputed (a database store's retry after its head guess missed).
+    /// Moves an entry that was built on a stale head to another place in its chain: new `seq`,
+    /// `prev_hash` and time, hash recomputed (a database store's retry after its head guess
+    /// missed). The time is stamped again while the store holds the head, so that it is not
+    /// older than the entry that moved the head meanwhile.
     #[cfg(any(feature = "postgres", feature = "sqlite"))]
-    pub(crate) fn replace_at(&mut self, seq: u64, prev_hash: Sha256Digest) -> Result<()> {
+    pub(crate) fn replace_at(
+        &mut self,
+        seq: u64,
+        time: DateTime<Utc>,
+        prev_hash: Sha256Digest,
+    ) -> Result<()> {
         self.seq = seq;
+        self.time_us = time.timestamp_micros();
         self.prev_hash = prev_hash;
         self.hash = self.compute_hash()?;
         Ok(())

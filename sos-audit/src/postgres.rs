@@ -27,10 +27,12 @@ pub fn postgres_migrator() -> Migrator {
 /// which holds the row's lock until commit, so appenders to one tenant serialize and never fork
 /// the chain, while other tenants proceed. The statement names the head it extends (`WHERE seq =
 /// … AND hash = …`) and writes nothing when that head is no longer current; the store then locks
-/// the head row (`SELECT … FOR UPDATE`), reads it and writes again. The head it names is the last
-/// one this store appended for the tenant, so one process appending to a tenant needs a single
-/// round trip per append ([`AuditStore::append`] runs it in autocommit mode). The primary key
-/// `(tenant, seq)` is the backstop.
+/// the head row (`SELECT … FOR UPDATE`), reads it, stamps the entry's time again and writes
+/// again. The head it names is the last one this store appended for the tenant, so one process
+/// appending to a tenant needs a single round trip per append ([`AuditStore::append`] runs it in
+/// autocommit mode). The primary key `(tenant, seq)` is the backstop. Entry times are stamped
+/// under the row lock or on a head guess that turns out current, so on one clock they never
+/// decrease along a chain.
 #[derive(Debug, Clone)]
 pub struct PgAuditChain {
     pool: PgPool,
@@ -150,7 +152,7 @@ impl PgAuditChain {
     async fn write_locked(&self, conn: &mut PgConnection, stored: &mut AuditEntry, mark: Mark) -> Result<()> {
         let tenant = stored.tenant.as_str().to_owned();
         let (last_seq, prev_hash) = lock_head(conn, &tenant).await?;
-        stored.replace_at(next_seq(last_seq)?, prev_hash)?;
+        stored.replace_at(next_seq(last_seq)?, self.clock.now(), prev_hash)?;
         if self.write_if_head(conn, stored, mark).await? {
             Ok(())
         } else {

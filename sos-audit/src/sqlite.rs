@@ -29,10 +29,14 @@ pub fn sqlite_migrator() -> Migrator {
 /// from a stale head. The entry is built on the last head this store appended for the tenant
 /// and written only if that head is still current (`WHERE seq = … AND hash = …`); when it is not
 /// (another process appended, or a transaction rolled back), the store reads the head under the
-/// write lock and writes again. Start host transactions with [`SqliteAuditChain::begin`]
-/// (`BEGIN IMMEDIATE`): a deferred transaction that reads before it writes can fail with
-/// `SQLITE_BUSY` when another writer got in first. The primary key `(tenant, seq)` is the
-/// backstop.
+/// write lock, stamps the entry's time again and writes it there. Start host transactions with
+/// [`SqliteAuditChain::begin`] (`BEGIN IMMEDIATE`): a deferred transaction that reads before it
+/// writes can fail with `SQLITE_BUSY` when another writer got in first. The primary key
+/// `(tenant, seq)` is the backstop.
+///
+/// Entry times are stamped while the write lock is held, or on a head guess that turns out
+/// current (its entry committed before the guess was read), so on one clock they never decrease
+/// along a chain.
 #[derive(Debug, Clone)]
 pub struct SqliteAuditChain {
     pool: SqlitePool,
@@ -175,8 +179,8 @@ impl Drop for Veto {
 
 impl SqliteAuditChain {
     /// Builds `entry` on the tenant's cached head and writes it if that head is still current;
-    /// otherwise reads the head under the write lock and writes it there. `conn` must be in a
-    /// transaction.
+    /// otherwise reads the head under the write lock, stamps the time again and writes it there.
+    /// `conn` must be in a transaction.
     async fn place(&self, conn: &mut SqliteConnection, entry: NewEntry) -> Result<AuditEntry> {
         let guess = self.heads.get(entry.tenant().as_str());
         let (last_seq, prev_hash) = guess.unwrap_or((0, Sha256Digest::ZERO));
@@ -200,7 +204,7 @@ impl SqliteAuditChain {
         .map_err(storage)?;
         let (last_seq, prev_hash) = head_from_row(&tenant, &row)?;
         let next = last_seq.checked_add(1).ok_or_else(|| chain_full(&tenant))?;
-        stored.replace_at(next, prev_hash)?;
+        stored.replace_at(next, self.clock.now(), prev_hash)?;
         if self.write_if_head(conn, &stored).await? {
             Ok(stored)
         } else {

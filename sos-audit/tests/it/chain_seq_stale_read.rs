@@ -93,6 +93,15 @@ async fn two_processes_eight_tasks_one_gap_free_chain() {
             .await
             .expect("count");
     assert_eq!(distinct, TOTAL as i64);
+    // Times are stamped under the head lock (or on a guess that was current): never backwards.
+    let backwards: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_entries a JOIN audit_entries b
+         ON b.tenant = a.tenant AND b.seq = a.seq + 1 WHERE b.time_us < a.time_us",
+    )
+    .fetch_one(database.pool())
+    .await
+    .expect("times");
+    assert_eq!(backwards, 0, "an entry is older than its predecessor");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,10 +190,152 @@ async fn stale_head_guess_after_host_rollback_pg() {
 
 #[cfg(feature = "sqlite")]
 mod sqlite {
-    use sos_audit::{AuditStore, ExpectRows, SqliteAuditChain, verify_store};
+    use std::process::Command;
+
+    use sos_audit::{AuditStore, ExpectRows, SqliteAuditChain, Verdict, verify_store};
     use sos_testkit::SqliteTestDatabase;
 
+    use super::{COUNT_VAR, ROLE_VAR, URL_VAR};
     use crate::{entry, tenant};
+
+    const PROCESSES: usize = 2;
+    const TASKS: u64 = 4;
+
+    /// One process's share: `TASKS` tasks of audited writes on one SQLite file, every fourth one
+    /// failing its row check. Returns how many committed.
+    async fn audited_concurrently(path: &str, per_task: u64) -> u64 {
+        let pool = sos_testkit::sqlite_pool(std::path::Path::new(path), TASKS as u32).await;
+        let chain = SqliteAuditChain::new(pool);
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|task| {
+                let chain = chain.clone();
+                tokio::spawn(async move {
+                    let mut committed = 0;
+                    for index in 0..per_task {
+                        let expect = ExpectRows::Exactly(if index % 4 == 3 { 2 } else { 1 });
+                        let entry = entry("acme", task * 1_000_000 + index);
+                        let mut tx = chain.begin().await.expect("begin (busy timeout 5 s)");
+                        let result = chain
+                            .audited(&mut tx, entry, expect, |conn| {
+                                Box::pin(async move {
+                                    let done = sqlx::query("UPDATE counter SET n = n + 1 WHERE id = 1")
+                                        .execute(conn)
+                                        .await?;
+                                    Ok::<_, sqlx::Error>(done.rows_affected())
+                                })
+                            })
+                            .await;
+                        match result {
+                            Ok(_) => {
+                                tx.commit().await.expect("commit");
+                                committed += 1;
+                            }
+                            Err(sos_audit::Error::UnexpectedRows { actual: 1, .. }) if index % 4 == 3 => {
+                                // The careless host commits anyway: nothing of the write is left.
+                                tx.commit().await.expect("commit after a rolled-back savepoint");
+                            }
+                            Err(error) => panic!("audited write {index} of task {task}: {error:?}"),
+                        }
+                    }
+                    committed
+                })
+            })
+            .collect();
+        let mut committed = 0;
+        for task in tasks {
+            committed += task.await.expect("appender task");
+        }
+        committed
+    }
+
+    /// The child half of `processes_share_one_sqlite_file`; on its own it runs one process's share
+    /// on a fresh database and checks the chain.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn child_audited_appender_sqlite() {
+        if std::env::var(ROLE_VAR).as_deref() == Ok("audit-appender-sqlite") {
+            let path = std::env::var(URL_VAR).expect("the parent passes the database path");
+            let per_task: u64 = std::env::var(COUNT_VAR).expect("count").parse().expect("a count");
+            println!("COMMITTED {}", audited_concurrently(&path, per_task).await);
+            return;
+        }
+        let database = counter_database().await;
+        let committed = audited_concurrently(database.path().to_str().expect("utf-8 path"), 20).await;
+        assert_chain(&database, committed).await;
+    }
+
+    async fn counter_database() -> SqliteTestDatabase {
+        let database = SqliteTestDatabase::new(&[&sos_audit::sqlite_migrator()]).await;
+        sqlx::query("CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
+            .execute(database.pool())
+            .await
+            .expect("host table");
+        sqlx::query("INSERT INTO counter VALUES (1, 0)").execute(database.pool()).await.expect("seed");
+        database
+    }
+
+    /// One gap-free chain with one entry per committed write, verifying, with times that never
+    /// decrease along it.
+    async fn assert_chain(database: &SqliteTestDatabase, committed: u64) {
+        let chain = SqliteAuditChain::new(database.pool().clone());
+        let verdict = verify_store(&chain, &tenant("acme"), None, |_| {}).await.expect("verify");
+        match verdict {
+            Verdict::Intact(verified) => assert_eq!(verified.entries, committed),
+            other => panic!("forked, gapped or reused: {other:?}"),
+        }
+        let counter: i64 = sqlx::query_scalar("SELECT n FROM counter WHERE id = 1")
+            .fetch_one(database.pool())
+            .await
+            .expect("counter");
+        assert_eq!(counter, committed as i64, "one write per entry, no unaudited write");
+        let backwards: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM audit_entries a JOIN audit_entries b
+             ON b.tenant = a.tenant AND b.seq = a.seq + 1 WHERE b.time_us < a.time_us",
+        )
+        .fetch_one(database.pool())
+        .await
+        .expect("times");
+        assert_eq!(backwards, 0, "an entry is older than its predecessor");
+    }
+
+    /// Named shape `chain-seq-stale-read` on SQLite: two OS processes × four tasks of audited
+    /// writes (a quarter failing their row check) on one database file; entry times never go
+    /// backwards along the chain.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn processes_share_one_sqlite_file() {
+        let database = counter_database().await;
+        let executable = std::env::current_exe().expect("the test binary's path");
+        let per_task = 40u64;
+        let children: Vec<_> = (0..PROCESSES)
+            .map(|_| {
+                Command::new(&executable)
+                    .args([
+                        "--exact",
+                        "chain_seq_stale_read::sqlite::child_audited_appender_sqlite",
+                        "--nocapture",
+                    ])
+                    .env(ROLE_VAR, "audit-appender-sqlite")
+                    .env(URL_VAR, database.path())
+                    .env(COUNT_VAR, per_task.to_string())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("spawn a child appender")
+            })
+            .collect();
+        let mut committed = 0;
+        for child in children {
+            let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+                .await
+                .expect("join")
+                .expect("wait");
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            assert!(output.status.success(), "a child appender failed: {stdout}");
+            let line =
+                stdout.lines().find_map(|line| line.strip_prefix("COMMITTED ")).expect("the child's count");
+            committed += line.trim().parse::<u64>().expect("a count");
+        }
+        assert_eq!(committed, PROCESSES as u64 * TASKS * (per_task - per_task / 4));
+        assert_chain(&database, committed).await;
+    }
 
     #[tokio::test]
     async fn stale_head_guess_of_another_store_is_rechecked_sqlite() {
