@@ -2735,3 +2735,380 @@ async fn cancellation_pg_transactional_dropped_anywhere_never_commits_a_bare_cla
         assert_eq!(pg_effects(database.pool(), &event).await, 1);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// toctou-dedupe under REPEATABLE READ: a database whose default_transaction_isolation is
+// `repeatable read` (or `serializable`) turns a duplicate that meets a record committed after
+// its snapshot into SQLSTATE 40001 instead of an arbitrated answer. The guard must still answer
+// (AlreadyProcessed here), never a storage error, and never run the handler.
+// ---------------------------------------------------------------------------------------------
+
+/// Inserts a committed-later record of `event` on its own connection: the returned transaction
+/// holds the uncommitted row until the caller commits it.
+async fn pg_uncommitted_record(
+    pool: &sqlx::PgPool,
+    event: &EventKey,
+    body: &[u8],
+    state: &str,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut transaction = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO sos_webhook_events (tenant, provider, event_id, body_hash, state, claim_token, attempts, \
+         lease_until, first_seen_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, 'other', 1, now() + interval '1 hour', now(), now())",
+    )
+    .bind(event.tenant().as_str())
+    .bind(event.provider().as_str())
+    .bind(event.event_id().as_str())
+    .bind(Sha256Digest::of(body).as_bytes().as_slice())
+    .bind(state)
+    .execute(&mut *transaction)
+    .await
+    .unwrap();
+    transaction
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn toctou_dedupe_pg_repeatable_read_default_racing_commit_is_answered_not_an_error() {
+    let database = pg_db().await;
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{}\" SET default_transaction_isolation = 'repeatable read'",
+        database.name()
+    ))
+    .execute(database.pool())
+    .await
+    .unwrap();
+    // New sessions pick the database default up.
+    let pool =
+        sqlx::postgres::PgPoolOptions::new().max_connections(20).connect(database.url()).await.unwrap();
+    let isolation: String = sqlx::query_scalar("SHOW transaction_isolation").fetch_one(&pool).await.unwrap();
+    assert_eq!(isolation, "repeatable read");
+    let guard = Arc::new(WebhookGuard::new(PgStore::new(pool.clone()), SystemClock));
+
+    // Transactional: the claim takes the key's lock, then its insert waits on a record another
+    // writer commits after the claim's snapshot was taken.
+    let event = key("acme", "stripe", "evt_rr_tx");
+    let writer = pg_uncommitted_record(&pool, &event, b"{}", "processed").await;
+    let delivery = {
+        let (guard, event) = (Arc::clone(&guard), event.clone());
+        tokio::spawn(async move { pg_deliver(&guard, &event, b"{}", "rr").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    writer.commit().await.unwrap();
+    let outcome = delivery.await.unwrap();
+    assert!(matches!(outcome, Ok(Outcome::AlreadyProcessed)), "transactional: {outcome:?}");
+    assert_eq!(pg_effects(&pool, &event).await, 0, "the handler never ran");
+
+    // Two-phase: the same race on the claim's arbitrated write.
+    let event = key("acme", "stripe", "evt_rr_2p");
+    let writer = pg_uncommitted_record(&pool, &event, b"{}", "processed").await;
+    let delivery = {
+        let (guard, event) = (Arc::clone(&guard), event.clone());
+        tokio::spawn(async move { guard.two_phase(&event, b"{}", |_| async { Ok::<_, String>(()) }).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    writer.commit().await.unwrap();
+    let outcome = delivery.await.unwrap();
+    assert!(matches!(outcome, Ok(Outcome::AlreadyProcessed)), "two-phase: {outcome:?}");
+
+    // And a burst of 16 concurrent deliveries of one event in each mode: one processes, every
+    // other one is answered (no storage error), one effect.
+    for mode in ["tx", "2p"] {
+        let event = key("acme", "stripe", &format!("evt_rr_burst_{mode}"));
+        let barrier = Arc::new(tokio::sync::Barrier::new(16));
+        let mut tasks = Vec::new();
+        for worker in 0..16 {
+            let (guard, event, barrier, pool) =
+                (Arc::clone(&guard), event.clone(), Arc::clone(&barrier), pool.clone());
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                if mode == "tx" {
+                    pg_deliver(&guard, &event, b"{}", &format!("w{worker}")).await
+                } else {
+                    let id = event.event_id().as_str().to_owned();
+                    guard
+                        .two_phase(&event, b"{}", |_| async move {
+                            sqlx::query("INSERT INTO adv_effects VALUES ('acme', 'stripe', $1, 'w', '')")
+                                .bind(id)
+                                .execute(&pool)
+                                .await
+                                .map(|_| ())
+                        })
+                        .await
+                }
+            }));
+        }
+        let mut processed = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(Outcome::Processed(())) => processed += 1,
+                Ok(Outcome::AlreadyProcessed | Outcome::RetryInFlight) => {}
+                other => panic!("{mode}: {other:?}"),
+            }
+        }
+        assert!(processed <= 1, "{mode}: processed {processed} times");
+        if processed == 0 {
+            // Every delivery met one in flight; the retry processes it.
+            let outcome = pg_deliver(&guard, &event, b"{}", "retry").await.unwrap();
+            assert_eq!(outcome, Outcome::Processed(()), "{mode}");
+        }
+        assert_eq!(pg_effects(&pool, &event).await, 1, "{mode}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// cancellation and a killed backend, checked on the server: after a transactional delivery is
+// cut mid-handler (its future dropped) or its backend is terminated mid-handler, no session is
+// left inside a transaction, no advisory lock is held, and the next delivery processes exactly
+// once.
+// ---------------------------------------------------------------------------------------------
+
+async fn pg_server_state_is_clean(observer: &sqlx::PgPool) {
+    // The released connection's ROLLBACK is sent when the pool pings it: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (open, advisory): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                       AND pid <> pg_backend_pid() AND xact_start IS NOT NULL), \
+                    (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory')",
+        )
+        .fetch_one(observer)
+        .await
+        .unwrap();
+        if open == 0 && advisory == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} sessions in a transaction, {advisory} advisory locks held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_pg_transactional_cut_or_killed_mid_handler_leaves_the_server_clean() {
+    let database = pg_db().await;
+    let observer =
+        sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(database.url()).await.unwrap();
+    // One connection: the next delivery reuses the cut one.
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(database.url()).await.unwrap();
+    let guard = WebhookGuard::new(PgStore::new(pool.clone()), SystemClock);
+
+    // Cut after the handler's write, while it waits on something else.
+    let event = key("acme", "stripe", "evt_cut_mid_handler");
+    let cut = tokio::time::timeout(
+        Duration::from_millis(300),
+        guard.transactional(&event, b"{}", |tx| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO adv_effects VALUES ('acme', 'stripe', 'evt_cut_mid_handler', 'cut', '')",
+                )
+                .execute(&mut **tx)
+                .await?;
+                std::future::pending::<()>().await;
+                Ok::<_, sqlx::Error>(())
+            })
+        }),
+    )
+    .await;
+    assert!(cut.is_err(), "the delivery was cut");
+    pg_server_state_is_clean(&observer).await;
+    assert_eq!(pg_deliver(&guard, &event, b"{}", "next").await.unwrap(), Outcome::Processed(()));
+    assert_eq!(pg_effects(database.pool(), &event).await, 1);
+    pg_server_state_is_clean(&observer).await;
+
+    // Cut while a statement of the handler is running on the server.
+    let event = key("acme", "stripe", "evt_cut_mid_statement");
+    let cut = tokio::time::timeout(
+        Duration::from_millis(200),
+        guard.transactional(&event, b"{}", |tx| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO adv_effects VALUES ('acme', 'stripe', 'evt_cut_mid_statement', 'cut', '')",
+                )
+                .execute(&mut **tx)
+                .await?;
+                sqlx::query("SELECT pg_sleep(0.6)").execute(&mut **tx).await?;
+                Ok::<_, sqlx::Error>(())
+            })
+        }),
+    )
+    .await;
+    assert!(cut.is_err(), "the delivery was cut");
+    pg_server_state_is_clean(&observer).await;
+    assert_eq!(pg_deliver(&guard, &event, b"{}", "next").await.unwrap(), Outcome::Processed(()));
+    assert_eq!(pg_effects(database.pool(), &event).await, 1);
+
+    // The backend killed mid-handler; the handler swallows the failure and answers Ok.
+    let event = key("acme", "stripe", "evt_killed_mid_handler");
+    let killer = observer.clone();
+    let killed = guard
+        .transactional(&event, b"{}", move |tx| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO adv_effects VALUES ('acme', 'stripe', 'evt_killed_mid_handler', 'killed', '')")
+                    .execute(&mut **tx)
+                    .await?;
+                let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut **tx).await?;
+                let _: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+                    .bind(pid)
+                    .fetch_one(&killer)
+                    .await
+                    .unwrap();
+                let _ = sqlx::query("SELECT 1").execute(&mut **tx).await;
+                Ok::<_, sqlx::Error>(())
+            })
+        })
+        .await;
+    assert!(matches!(killed, Err(RunError::Guard(_))), "a killed backend is not processed: {killed:?}");
+    assert_eq!(pg_effects(database.pool(), &event).await, 0);
+    pg_server_state_is_clean(&observer).await;
+    assert_eq!(pg_deliver(&guard, &event, b"{}", "next").await.unwrap(), Outcome::Processed(()));
+    assert_eq!(pg_deliver(&guard, &event, b"{}", "again").await.unwrap(), Outcome::AlreadyProcessed);
+    assert_eq!(pg_effects(database.pool(), &event).await, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// mode mismatch after a two-phase lease expired (a crashed two-phase worker): transactional
+// mode refuses it on every path and database, two-phase takes it over, and afterwards both modes
+// answer from the processed record.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toctou_dedupe_mode_mismatch_after_an_expired_two_phase_lease_pg_and_sqlite() {
+    let mismatch = |result: &Result<Outcome<()>, RunError<sqlx::Error>>| {
+        matches!(result, Err(RunError::Guard(Error::ModeMismatch)))
+    };
+    let an_hour_ago = Utc::now() - chrono::Duration::hours(1);
+
+    let database = pg_db().await;
+    let store = PgStore::new(database.pool().clone());
+    let event = key("acme", "stripe", "evt_expired_lease");
+    let crashed = store.claim(&request(&event, b"{}", an_hour_ago, Duration::from_secs(1))).await.unwrap();
+    assert!(matches!(crashed, ClaimAnswer::Claimed(_)));
+    for read_first in [false, true] {
+        let guard = WebhookGuard::new(store.clone(), SystemClock)
+            .with_config(GuardConfig::default().with_read_first(read_first));
+        let result = pg_deliver(&guard, &event, b"{}", "tx").await;
+        assert!(mismatch(&result), "pg read_first={read_first}: {result:?}");
+        let result = pg_deliver(&guard, &event, b"{\"x\":1}", "tx").await;
+        assert!(matches!(result, Ok(Outcome::BodyMismatch)), "pg read_first={read_first}: {result:?}");
+    }
+    assert_eq!(pg_effects(database.pool(), &event).await, 0);
+    let guard = WebhookGuard::new(store, SystemClock);
+    let outcome = guard.two_phase(&event, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
+    assert_eq!(outcome, Outcome::Processed(()), "two-phase takes the expired lease over");
+    assert_eq!(pg_deliver(&guard, &event, b"{}", "tx").await.unwrap(), Outcome::AlreadyProcessed);
+
+    let database = sqlite_db().await;
+    let store = SqliteStore::new(database.pool().clone());
+    let crashed = store.claim(&request(&event, b"{}", an_hour_ago, Duration::from_secs(1))).await.unwrap();
+    assert!(matches!(crashed, ClaimAnswer::Claimed(_)));
+    let guard = WebhookGuard::new(store, SystemClock);
+    let result = sqlite_deliver(&guard, &event, b"{}", "tx").await;
+    assert!(mismatch(&result), "sqlite: {result:?}");
+    assert_eq!(sqlite_effects(database.pool(), &event).await, 0);
+    let outcome = guard.two_phase(&event, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
+    assert_eq!(outcome, Outcome::Processed(()), "two-phase takes the expired lease over");
+    assert_eq!(sqlite_deliver(&guard, &event, b"{}", "tx").await.unwrap(), Outcome::AlreadyProcessed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// migration upgrade path: 0200000002 applied to databases that already hold records from
+// 0200000001 (every state), keeping them answerable, and on SQLite keeping the table STRICT with
+// its key index.
+// ---------------------------------------------------------------------------------------------
+
+fn first_migration_only(migrator: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    let mut first = migrator;
+    let migrations: Vec<_> = first.migrations.iter().filter(|m| m.version == 200_000_001).cloned().collect();
+    assert_eq!(migrations.len(), 1);
+    first.migrations = std::borrow::Cow::Owned(migrations);
+    first
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_null_migration_0200000002_upgrades_databases_holding_records() {
+    let hash = Sha256Digest::of(b"{}");
+    // PostgreSQL.
+    let database = PgTestDatabase::new(&[&first_migration_only(postgres_migrator())]).await;
+    sqlx::query(EFFECTS).execute(database.pool()).await.unwrap();
+    for (event, state) in [
+        ("evt_old_processed", "processed"),
+        ("evt_old_processing", "processing"),
+        ("evt_old_failed", "failed"),
+    ] {
+        sqlx::query(
+            "INSERT INTO sos_webhook_events VALUES ('acme', 'stripe', $1, $2, $3, 't', 1, now() + interval '1 hour', NULL, now(), now())",
+        )
+        .bind(event)
+        .bind(hash.as_bytes().as_slice())
+        .bind(state)
+        .execute(database.pool())
+        .await
+        .unwrap();
+    }
+    postgres_migrator().run(database.pool()).await.unwrap();
+    let guard = WebhookGuard::new(PgStore::new(database.pool().clone()), SystemClock);
+    assert_eq!(
+        pg_deliver(&guard, &key("acme", "stripe", "evt_old_processed"), b"{}", "w").await.unwrap(),
+        Outcome::AlreadyProcessed
+    );
+    for event in ["evt_old_processing", "evt_old_failed"] {
+        let result = pg_deliver(&guard, &key("acme", "stripe", event), b"{}", "w").await;
+        assert!(matches!(result, Err(RunError::Guard(Error::ModeMismatch))), "{event}: {result:?}");
+    }
+    assert_eq!(
+        pg_deliver(&guard, &key("acme", "stripe", "evt_new"), b"{}", "w").await.unwrap(),
+        Outcome::Processed(())
+    );
+
+    // SQLite: the table is rebuilt; its rows, STRICT typing and key survive.
+    let database = SqliteTestDatabase::new(&[&first_migration_only(sqlite_migrator())]).await;
+    sqlx::query(EFFECTS).execute(database.pool()).await.unwrap();
+    for (event, state) in [
+        ("evt_old_processed", "processed"),
+        ("evt_old_processing", "processing"),
+        ("evt_old_failed", "failed"),
+    ] {
+        sqlx::query("INSERT INTO sos_webhook_events VALUES ('acme', 'stripe', ?1, ?2, ?3, 't', 1, 9000000000000000, NULL, 0, 0)")
+            .bind(event)
+            .bind(hash.as_bytes().as_slice())
+            .bind(state)
+            .execute(database.pool())
+            .await
+            .unwrap();
+    }
+    sqlite_migrator().run(database.pool()).await.unwrap();
+    let (strict, indexes): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT strict FROM pragma_table_list WHERE name = 'sos_webhook_events'), \
+                (SELECT count(*) FROM pragma_index_list('sos_webhook_events') WHERE origin = 'pk' AND \"unique\" = 1)",
+    )
+    .fetch_one(database.pool())
+    .await
+    .unwrap();
+    assert_eq!((strict, indexes), (1, 1), "STRICT and the unique key survive the rebuild");
+    let leftover: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE name LIKE '%_v2%'")
+        .fetch_one(database.pool())
+        .await
+        .unwrap();
+    assert_eq!(leftover, 0, "no trace of the rebuild's temporary name");
+    let wrong_type =
+        sqlx::query("UPDATE sos_webhook_events SET attempts = 'many' WHERE event_id = 'evt_old_processed'")
+            .execute(database.pool())
+            .await;
+    assert!(wrong_type.is_err(), "STRICT typing kept");
+    let guard = WebhookGuard::new(SqliteStore::new(database.pool().clone()), SystemClock);
+    assert_eq!(
+        sqlite_deliver(&guard, &key("acme", "stripe", "evt_old_processed"), b"{}", "w").await.unwrap(),
+        Outcome::AlreadyProcessed
+    );
+    for event in ["evt_old_processing", "evt_old_failed"] {
+        let result = sqlite_deliver(&guard, &key("acme", "stripe", event), b"{}", "w").await;
+        assert!(matches!(result, Err(RunError::Guard(Error::ModeMismatch))), "{event}: {result:?}");
+    }
+    assert_eq!(
+        sqlite_deliver(&guard, &key("acme", "stripe", "evt_new"), b"{}", "w").await.unwrap(),
+        Outcome::Processed(())
+    );
+}

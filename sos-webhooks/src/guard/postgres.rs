@@ -174,7 +174,16 @@ impl ClaimStore for PgStore {
         .bind(lease)
         .bind(failed_delay)
         .fetch_optional(&self.pool)
-        .await?;
+        .await;
+        let claimed = match claimed {
+            Ok(claimed) => claimed,
+            // Under REPEATABLE READ or SERIALIZABLE (a database's default_transaction_isolation),
+            // a record committed after the statement's snapshot fails the claim with 40001
+            // instead of being arbitrated. Nothing was written: answer from the committed
+            // record, read below with a fresh snapshot.
+            Err(error) if is_serialization_failure(&error) => None,
+            Err(error) => return Err(error.into()),
+        };
         if let Some(row) = claimed {
             let attempts: i32 = row.try_get(0)?;
             return Ok(ClaimAnswer::Claimed(Claim::with_token(key, token, attempts.unsigned_abs())));
@@ -257,6 +266,12 @@ fn sqlstate(error: &sqlx::Error) -> Option<String> {
     }
 }
 
+/// Whether a database error is a serialization failure (SQLSTATE 40001), which REPEATABLE READ
+/// and SERIALIZABLE raise where READ COMMITTED would wait and arbitrate.
+fn is_serialization_failure(error: &sqlx::Error) -> bool {
+    sqlstate(error).as_deref() == Some("40001")
+}
+
 impl WebhookGuard<PgStore> {
     /// Runs `handler` exactly once per event, in transactional mode.
     ///
@@ -309,8 +324,23 @@ impl WebhookGuard<PgStore> {
             .bind(self.now())
             .bind(key.lock_id())
             .fetch_one(&mut *transaction)
-            .await
-            .map_err(Error::from)?;
+            .await;
+        let row = match row {
+            Ok(row) => row,
+            // A record committed after the claim's snapshot (REPEATABLE READ or SERIALIZABLE by
+            // default): nothing was written, so answer from the committed record, read after the
+            // ROLLBACK with a fresh snapshot.
+            Err(error) if is_serialization_failure(&error) => {
+                transaction.rollback().await.map_err(Error::from)?;
+                let answer = match self.store().record(&self.store().pool, key).await? {
+                    Some((state, hash)) => super::transactional_answer(&state, &hash, &body_hash)?,
+                    None => Duplicate::RetryInFlight,
+                };
+                self.remember(key, &body_hash, answer);
+                return Ok(answer.into());
+            }
+            Err(error) => return Err(Error::from(error).into()),
+        };
         let claimed: bool = row.try_get(0).map_err(Error::from)?;
         if claimed {
             return self.run_claimed(transaction, key, &body_hash, &token, handler).await;
