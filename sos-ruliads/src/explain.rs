@@ -809,7 +809,9 @@ impl Explain {
 
     /// Stops the evaluation at the last failed predicate (a synthetic `condition = true`
     /// guard when none failed).
-    #[inline]
+    // Always inlined: as a call it moved the whole `Explain` through memory on every stopped
+    // evaluation (124 M instructions over the benchmark's million deals).
+    #[inline(always)]
     pub fn stop(mut self) -> Evaluation {
         if self.failed == NONE {
             self.failed = u32::try_from(self.explanation.len()).unwrap_or(NONE);
