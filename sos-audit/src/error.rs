@@ -157,6 +157,19 @@ pub enum Error {
         /// What was found.
         reason: String,
     },
+    /// The stored Merkle tree beyond the last signed checkpoint disagrees with what the chain's
+    /// entries yield (tiles or leaf hashes were rewritten in the database). Nothing was signed.
+    #[error(
+        "the stored Merkle tree of tenant {tenant:?} beyond its signed checkpoint of size {checkpoint_size} disagrees with the chain: {reason}; nothing was signed: the tree rows were rewritten, investigate the database before signing anything"
+    )]
+    RewrittenTree {
+        /// The tenant.
+        tenant: String,
+        /// The size of the signed checkpoint the tree was re-derived from.
+        checkpoint_size: u64,
+        /// What disagrees.
+        reason: String,
+    },
     /// An anchor already holds a different checkpoint of this size; it was not overwritten.
     #[error(
         "anchor {location} already holds a different checkpoint of size {size}; refusing to overwrite it"

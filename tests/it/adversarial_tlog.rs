@@ -15,8 +15,8 @@ use futures_boxed::BoxFuture;
 use sos_audit::merkle::{InclusionProof, ProofError};
 use sos_audit::note::{Checkpoint, NoteError, NoteSigner};
 use sos_audit::tlog::{
-    self, Anchor, AnchorReceipt, AnchorSink, CheckpointFinding, Checkpointer, EntryProof, FsAnchorSink,
-    MerkleStore, SignedCheckpoint,
+    self, Anchor, AnchorReceipt, AnchorSink, Checkpointer, EntryProof, FsAnchorSink, MerkleStore,
+    SignedCheckpoint,
 };
 use sos_audit::{AuditStore, Error, MemoryAuditStore, NewEntry, PgAuditChain, SqliteAuditChain};
 use sos_core::{Sha256Digest, TenantId};
@@ -78,6 +78,10 @@ impl AnchorSink for TokenedFsSink {
             let tokened = anchor.clone().with_timestamp_token(self.tokens.timestamp(anchor.note.as_bytes()));
             self.inner.write(&tokened).await
         })
+    }
+
+    fn latest<'a>(&'a self, tenant: &'a TenantId) -> BoxFuture<'a, sos_audit::Result<Option<Anchor>>> {
+        self.inner.latest(tenant)
     }
 }
 
@@ -293,47 +297,298 @@ async fn another_tenants_checkpoint_recorded_here_is_refused() {
     assert!(matches!(refused, Error::Note(NoteError::WrongOrigin { .. })), "{refused:?}");
 }
 
-/// A DBA rewrites a tile of the part of the tree that is stored but not signed yet. The
-/// checkpointer has no signed head that covers it, so only the chain can tell. Open finding: the
-/// checkpointer today signs the rewritten root (it does not re-derive new leaves from the chain);
-/// an auditor recomputing from the chain (`verify --checkpoint`) reports it as a fork, which is
-/// what this test holds. Should the checkpointer learn to refuse, the `Err` arm takes over.
-#[tokio::test]
-async fn rewritten_unsigned_tile_is_caught_by_the_chain_postgres() {
-    let database = PgTestDatabase::new(&[&sos_audit::postgres_migrator()]).await;
-    let store = PgAuditChain::new(database.pool().clone());
-    let key = signer();
-    let verifier = key.verifier();
-    let checkpointer = Checkpointer::new(store.clone(), key);
-    append_n(&store, "acme", 0, 10).await;
-    checkpointer.checkpoint_now(&tenant("acme")).await.expect("checkpoint 10");
-    append_n(&store, "acme", 10, 5).await;
-    tlog::sync_tree(&store, &tenant("acme")).await.expect("extend to 15");
-    let mut tile: Vec<u8> = sqlx::query_scalar(
-        "SELECT hashes FROM audit_tree_tiles WHERE tenant = 'acme' AND level = 0 AND idx = 0",
-    )
-    .fetch_one(database.pool())
-    .await
-    .expect("tile");
-    tile[12 * 32..13 * 32].fill(7);
-    sqlx::query("UPDATE audit_tree_tiles SET hashes = $1 WHERE tenant = 'acme' AND level = 0 AND idx = 0")
-        .bind(tile)
-        .execute(database.pool())
-        .await
-        .expect("rewrite tile");
-    let origin = tlog::origin_for(LOG, &tenant("acme"));
-    match checkpointer.checkpoint_now(&tenant("acme")).await {
-        Ok(signed) => {
-            let opened = Checkpoint::open(signed.note.as_bytes(), &verifier, &origin).expect("signed");
-            let findings =
-                tlog::verify_checkpoints(&store, &tenant("acme"), &[opened]).await.expect("verify");
-            assert!(
-                matches!(findings.as_slice(), [CheckpointFinding::Forked { .. }]),
-                "the chain disagrees with the signed root: {findings:?}"
-            );
+// ---------------------------------------------------------------------------------------------
+// Rewritten rows in the stored but not yet signed part of the tree
+// ---------------------------------------------------------------------------------------------
+
+/// Raw SQL access to a test database, as a database administrator has it (triggers dropped or
+/// disabled where the schema refuses the change).
+enum RawDb {
+    Postgres(Box<PgTestDatabase>),
+    Sqlite(SqliteTestDatabase),
+}
+
+impl RawDb {
+    async fn tile(&self, level: i64, index: i64) -> Vec<u8> {
+        let select = "SELECT hashes FROM audit_tree_tiles WHERE tenant = 'acme' AND level = $1 AND idx = $2";
+        match self {
+            Self::Postgres(database) => sqlx::query_scalar(select)
+                .bind(level as i16)
+                .bind(index)
+                .fetch_one(database.pool())
+                .await
+                .expect("tile"),
+            Self::Sqlite(database) => sqlx::query_scalar(&select.replace('$', "?"))
+                .bind(level)
+                .bind(index)
+                .fetch_one(database.pool())
+                .await
+                .expect("tile"),
         }
-        Err(error) => assert!(matches!(error, Error::CorruptTree { .. } | Error::Forked { .. }), "{error:?}"),
     }
+
+    async fn set_tile(&self, level: i64, index: i64, hashes: Vec<u8>) {
+        let update =
+            "UPDATE audit_tree_tiles SET hashes = $1 WHERE tenant = 'acme' AND level = $2 AND idx = $3";
+        let rows = match self {
+            Self::Postgres(database) => sqlx::query(update)
+                .bind(hashes)
+                .bind(level as i16)
+                .bind(index)
+                .execute(database.pool())
+                .await
+                .expect("rewrite tile")
+                .rows_affected(),
+            Self::Sqlite(database) => sqlx::query(&update.replace('$', "?"))
+                .bind(hashes)
+                .bind(level)
+                .bind(index)
+                .execute(database.pool())
+                .await
+                .expect("rewrite tile")
+                .rows_affected(),
+        };
+        assert_eq!(rows, 1, "the tile was rewritten");
+    }
+
+    /// Rewrites the payload (and, when given, the hash) of entry `seq`.
+    async fn rewrite_entry(&self, seq: i64, payload: &str, hash: Option<Sha256Digest>) {
+        match self {
+            Self::Postgres(database) => {
+                sqlx::query("ALTER TABLE audit_entries DISABLE TRIGGER USER")
+                    .execute(database.pool())
+                    .await
+                    .expect("disable the append-only triggers");
+                sqlx::query(
+                    "UPDATE audit_entries SET payload = $1, hash = COALESCE($2, hash) WHERE tenant = 'acme' AND seq = $3",
+                )
+                .bind(payload)
+                .bind(hash.map(|hash| hash.as_bytes().to_vec()))
+                .bind(seq)
+                .execute(database.pool())
+                .await
+                .expect("rewrite entry");
+            }
+            Self::Sqlite(database) => {
+                sqlx::query("DROP TRIGGER IF EXISTS audit_entries_no_update")
+                    .execute(database.pool())
+                    .await
+                    .expect("drop the append-only trigger");
+                sqlx::query(
+                    "UPDATE audit_entries SET payload = ?1, hash = COALESCE(?2, hash) WHERE tenant = 'acme' AND seq = ?3",
+                )
+                .bind(payload)
+                .bind(hash.map(|hash| hash.as_bytes().to_vec()))
+                .bind(seq)
+                .execute(database.pool())
+                .await
+                .expect("rewrite entry");
+            }
+        }
+    }
+}
+
+async fn postgres() -> (PgAuditChain, RawDb) {
+    let database = PgTestDatabase::new(&[&sos_audit::postgres_migrator()]).await;
+    (PgAuditChain::new(database.pool().clone()), RawDb::Postgres(Box::new(database)))
+}
+
+async fn sqlite() -> (SqliteAuditChain, RawDb) {
+    let database = SqliteTestDatabase::new(&[&sos_audit::sqlite_migrator()]).await;
+    (SqliteAuditChain::new(database.pool().clone()), RawDb::Sqlite(database))
+}
+
+/// Signs a checkpoint of 10 entries, appends up to `size` and extends the stored tree to it
+/// without signing: the tree's rows after entry 10 are covered by no signature.
+async fn signed_ten_stored_to<S: MerkleStore + Clone>(store: &S, key: &str, size: u64) -> Checkpointer<S> {
+    let checkpointer = Checkpointer::new(store.clone(), NoteSigner::from_key_string(key).expect("key"));
+    append_n(store, "acme", 0, 10).await;
+    assert_eq!(checkpointer.checkpoint_now(&tenant("acme")).await.expect("checkpoint").size(), 10);
+    append_n(store, "acme", 10, size - 10).await;
+    assert_eq!(tlog::sync_tree(store, &tenant("acme")).await.expect("extend").size, size);
+    checkpointer
+}
+
+/// After a refusal nothing new was signed, and an auditor recomputing from the chain agrees with
+/// the one checkpoint there is.
+async fn nothing_signed_after<S: MerkleStore>(checkpointer: &Checkpointer<S>) {
+    let latest = checkpointer.latest(&tenant("acme")).await.expect("latest").expect("recorded");
+    assert_eq!(latest.size(), 10, "nothing was signed after the refusal");
+}
+
+/// A DBA rewrites one leaf hash of the stored tree after the last signed checkpoint (leaf 12 of
+/// 15, in the partial level-0 tile). No signature covers it: the checkpointer re-derives the new
+/// leaves from the chain against the signed tree's edge and refuses.
+async fn rewritten_unsigned_leaf_hash_is_refused<S: MerkleStore + Clone>(store: S, raw: RawDb) {
+    let key = signer().to_key_string();
+    let checkpointer = signed_ten_stored_to(&store, &key, 15).await;
+    let mut tile = raw.tile(0, 0).await;
+    tile[12 * 32..13 * 32].fill(7);
+    raw.set_tile(0, 0, tile).await;
+    let refused = checkpointer.checkpoint_now(&tenant("acme")).await.expect_err("rewritten leaf");
+    assert!(matches!(refused, Error::RewrittenTree { checkpoint_size: 10, .. }), "{refused:?}");
+    assert!(refused.to_string().contains("tile/0/000.p/15"), "{refused}");
+    nothing_signed_after(&checkpointer).await;
+    // A fresh process (no memory of what it signed) refuses it too: it re-derives from the
+    // recorded checkpoint.
+    let fresh = Checkpointer::new(store.clone(), NoteSigner::from_key_string(&key).expect("key"));
+    let refused = fresh.checkpoint_now(&tenant("acme")).await.expect_err("rewritten leaf");
+    assert!(matches!(refused, Error::RewrittenTree { checkpoint_size: 10, .. }), "{refused:?}");
+}
+
+/// A DBA rewrites interior hashes of the unsigned part: the level-1 hash of a full level-0 tile
+/// (which the root is computed from), and separately a leaf of a full tile that no root reads
+/// (only proofs would). Both are refused.
+async fn rewritten_unsigned_interior_hash_is_refused<S: MerkleStore + Clone>(store: S, raw: RawDb) {
+    let checkpointer = signed_ten_stored_to(&store, &signer().to_key_string(), 600).await;
+    let original = raw.tile(1, 0).await;
+    assert_eq!(original.len(), 2 * 32, "tile 1/0 holds the roots of the two full leaf tiles");
+    let mut rewritten = original.clone();
+    rewritten[32..64].fill(9);
+    raw.set_tile(1, 0, rewritten).await;
+    let refused = checkpointer.checkpoint_now(&tenant("acme")).await.expect_err("rewritten interior hash");
+    assert!(matches!(refused, Error::RewrittenTree { checkpoint_size: 10, .. }), "{refused:?}");
+    assert!(refused.to_string().contains("tile/1/000.p/2"), "{refused}");
+    raw.set_tile(1, 0, original).await;
+
+    let mut leaves = raw.tile(0, 1).await;
+    leaves[40 * 32..41 * 32].fill(3);
+    raw.set_tile(0, 1, leaves).await;
+    let refused = checkpointer.checkpoint_now(&tenant("acme")).await.expect_err("rewritten full tile");
+    assert!(matches!(refused, Error::RewrittenTree { checkpoint_size: 10, .. }), "{refused:?}");
+    assert!(refused.to_string().contains("tile/0/001"), "{refused}");
+    nothing_signed_after(&checkpointer).await;
+}
+
+/// A DBA rewrites a chain entry after the last signed checkpoint, once without fixing its hash
+/// and once with its hash recomputed: the chain's own hash linkage fails at that entry or the
+/// next, and nothing is signed.
+async fn rewritten_unsigned_chain_entry_is_refused<S: MerkleStore + Clone>(store: S, raw: RawDb) {
+    let checkpointer = signed_ten_stored_to(&store, &signer().to_key_string(), 15).await;
+    let entry = store.read_page(&tenant("acme"), 11, 1).await.expect("read").remove(0);
+    assert_eq!(entry.seq, 12);
+    let forged_payload = r#"{"index":999}"#;
+    raw.rewrite_entry(12, forged_payload, None).await;
+    let refused = checkpointer.checkpoint_now(&tenant("acme")).await.expect_err("rewritten entry");
+    assert!(matches!(refused, Error::ChainBroken { seq: 12, .. }), "{refused:?}");
+
+    // With the entry's hash recomputed, the next entry no longer links to it.
+    let mut forged = entry.clone();
+    forged.payload = forged_payload.to_owned();
+    let forged_hash = forged.compute_hash().expect("hash");
+    raw.rewrite_entry(12, forged_payload, Some(forged_hash)).await;
+    let refused = checkpointer.checkpoint_now(&tenant("acme")).await.expect_err("broken link");
+    assert!(matches!(refused, Error::ChainBroken { seq: 13, .. }), "{refused:?}");
+    nothing_signed_after(&checkpointer).await;
+}
+
+#[tokio::test]
+async fn rewritten_unsigned_leaf_hash_is_refused_postgres() {
+    let (store, raw) = postgres().await;
+    rewritten_unsigned_leaf_hash_is_refused(store, raw).await;
+}
+
+#[tokio::test]
+async fn rewritten_unsigned_leaf_hash_is_refused_sqlite() {
+    let (store, raw) = sqlite().await;
+    rewritten_unsigned_leaf_hash_is_refused(store, raw).await;
+}
+
+#[tokio::test]
+async fn rewritten_unsigned_interior_hash_is_refused_postgres() {
+    let (store, raw) = postgres().await;
+    rewritten_unsigned_interior_hash_is_refused(store, raw).await;
+}
+
+#[tokio::test]
+async fn rewritten_unsigned_interior_hash_is_refused_sqlite() {
+    let (store, raw) = sqlite().await;
+    rewritten_unsigned_interior_hash_is_refused(store, raw).await;
+}
+
+#[tokio::test]
+async fn rewritten_unsigned_chain_entry_is_refused_postgres() {
+    let (store, raw) = postgres().await;
+    rewritten_unsigned_chain_entry_is_refused(store, raw).await;
+}
+
+#[tokio::test]
+async fn rewritten_unsigned_chain_entry_is_refused_sqlite() {
+    let (store, raw) = sqlite().await;
+    rewritten_unsigned_chain_entry_is_refused(store, raw).await;
+}
+
+/// The untampered case of the above on every backend, the memory store included (whose rows no
+/// administrator can reach): the re-derivation agrees with the stored tree across tile and level
+/// boundaries, from a signed head in the middle of a tile, and after a catch-up larger than one
+/// extension batch (`tlog::EXTEND_BATCH`).
+async fn rederived_tree_matches_the_stored_one<S: MerkleStore + Clone>(store: S, last: u64) {
+    let checkpointer = Checkpointer::new(store.clone(), signer());
+    let mut appended = 0;
+    for target in [1u64, 10, 256, 257, 600, last] {
+        append_n(&store, "acme", appended, target - appended).await;
+        appended = target;
+        assert_eq!(checkpointer.checkpoint_now(&tenant("acme")).await.expect("checkpoint").size(), target);
+    }
+}
+
+#[tokio::test]
+async fn rederived_tree_matches_the_stored_one_memory() {
+    // Past a level-2 tile boundary (65,536 leaves).
+    rederived_tree_matches_the_stored_one(MemoryAuditStore::new(), 65_536 + 300).await;
+}
+
+#[tokio::test]
+async fn rederived_tree_matches_the_stored_one_sqlite() {
+    let (store, _raw) = sqlite().await;
+    rederived_tree_matches_the_stored_one(store, 600 + u64::from(tlog::EXTEND_BATCH) + 50).await;
+}
+
+/// A fresh checkpointer process learns what its anchors hold. Its database administrator deletes
+/// the checkpoint rows and restarts it: it re-signs the same head (the same note, a retry at the
+/// anchor). Then the administrator also cuts the chain's tail (entries 6 to 10) and the stored
+/// tree: a fresh checkpointer that read only the database would sign the cut chain of 5 entries
+/// (shown at the end, without the anchor); one with its anchor refuses it as a cut-off tail.
+#[tokio::test]
+async fn fresh_checkpointer_learns_the_anchored_checkpoint_sqlite() {
+    let database = SqliteTestDatabase::new(&[&sos_audit::sqlite_migrator()]).await;
+    let store = SqliteAuditChain::new(database.pool().clone());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sink: Arc<dyn AnchorSink> = Arc::new(FsAnchorSink::new(dir.path()));
+    let key = signer().to_key_string();
+    let fresh = || {
+        Checkpointer::new(store.clone(), NoteSigner::from_key_string(&key).expect("key"))
+            .with_anchor(Arc::clone(&sink))
+    };
+    let acme = tenant("acme");
+    append_n(&store, "acme", 0, 10).await;
+    let signed = fresh().checkpoint_now(&acme).await.expect("checkpoint 10");
+    assert_eq!(signed.size(), 10);
+    let dba = |sql: &'static str| {
+        let pool = database.pool().clone();
+        async move { sqlx::query(sql).execute(&pool).await.expect(sql) }
+    };
+    dba("DROP TRIGGER audit_checkpoints_no_delete").await;
+    dba("DELETE FROM audit_checkpoints").await;
+    let again = fresh().checkpoint_now(&acme).await.expect("the anchored head, signed again");
+    assert_eq!(again.note, signed.note, "the same note: the anchor holds it already");
+
+    dba("DELETE FROM audit_checkpoints").await;
+    dba("DROP TRIGGER audit_entries_no_delete").await;
+    dba("DELETE FROM audit_entries WHERE seq > 5").await;
+    dba("DELETE FROM audit_tree_tiles").await;
+    dba("DELETE FROM audit_tree_heads").await;
+    let refused = fresh().checkpoint_now(&acme).await.expect_err("cut-off tail");
+    assert!(matches!(refused, Error::Forked { checkpoint_size: 10, .. }), "{refused:?}");
+    assert!(!FsAnchorSink::new(dir.path()).path_of(&acme, 5).exists(), "nothing was anchored");
+    assert_eq!(store.latest_checkpoint(&acme).await.expect("latest"), None, "nothing was recorded");
+
+    // Without its anchor, the same fresh process would have signed the cut chain.
+    let blind = Checkpointer::new(store.clone(), NoteSigner::from_key_string(&key).expect("key"));
+    assert_eq!(blind.checkpoint_now(&acme).await.expect("signs what the database shows").size(), 5);
+    // And the anchored process still refuses after that (the anchor is larger than the tree).
+    let refused = fresh().checkpoint_now(&acme).await.expect_err("cut-off tail");
+    assert!(matches!(refused, Error::Forked { checkpoint_size: 10, .. }), "{refused:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -361,6 +361,7 @@ async fn checkpoint<S: tlog::MerkleStore>(
             Err(
                 error @ (sos_audit::Error::SplitView { .. }
                 | sos_audit::Error::Forked { .. }
+                | sos_audit::Error::RewrittenTree { .. }
                 | sos_audit::Error::ChainBroken { .. }
                 | sos_audit::Error::AnchorConflict { .. }),
             ) => {

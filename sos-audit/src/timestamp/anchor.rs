@@ -85,4 +85,8 @@ where
             }
         })
     }
+
+    fn latest<'a>(&'a self, tenant: &'a sos_core::TenantId) -> BoxFuture<'a, Result<Option<Anchor>>> {
+        self.inner.latest(tenant)
+    }
 }

@@ -69,6 +69,37 @@ pub trait AnchorSink: Send + Sync + fmt::Debug {
     /// [`Error::AnchorConflict`] when another note is held for the same size; [`Error::Io`] or
     /// [`Error::Storage`] when the write fails.
     fn write<'a>(&'a self, anchor: &'a Anchor) -> BoxFuture<'a, Result<AnchorReceipt>>;
+
+    /// The anchor of `tenant` with the largest size, if any. A [`Checkpointer`](super::Checkpointer)
+    /// that has signed nothing for a tenant yet reads it and refuses to sign a tree that does not
+    /// extend it, so a restarted process cannot be led past what was anchored (the log's own
+    /// checkpoint rows are in the database an administrator can rewrite). A sink that cannot be
+    /// read back (a remote append-only service) answers `Ok(None)`; say so in its docs.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] or [`Error::Storage`] when the sink cannot be read, [`Error::Note`] when what
+    /// it holds is not a checkpoint.
+    fn latest<'a>(&'a self, tenant: &'a TenantId) -> BoxFuture<'a, Result<Option<Anchor>>>;
+}
+
+/// The largest note file an anchor directory may hold: real checkpoints are a few hundred bytes.
+const MAX_ANCHOR_NOTE_BYTES: u64 = 64 * 1024;
+
+/// The largest timestamp token file read back (as `timestamp::MAX_TOKEN_BYTES`).
+const MAX_ANCHOR_TOKEN_BYTES: u64 = 1 << 20;
+
+/// An anchor read back from a note (its root parsed from the note's body, which the checkpointer
+/// verifies before relying on it).
+fn anchor_from_note(
+    tenant: &TenantId,
+    size: u64,
+    note: String,
+    timestamp_token: Option<Vec<u8>>,
+) -> Result<Anchor> {
+    let body = note.rfind("\n\n").map_or(note.as_str(), |split| &note[..=split]);
+    let root = crate::note::Checkpoint::parse(body)?.root;
+    Ok(Anchor { tenant: tenant.clone(), size, root, note, timestamp_token })
 }
 
 /// Writes each checkpoint to `<dir>/<tenant>/<size, 20 digits>.checkpoint` (and its timestamp
@@ -89,6 +120,44 @@ impl FsAnchorSink {
     pub fn path_of(&self, tenant: &TenantId, size: u64) -> PathBuf {
         self.dir.join(tenant.as_str()).join(format!("{size:020}.checkpoint"))
     }
+}
+
+/// The file of the largest size in a tenant's anchor directory, if any (`<20 digits>.checkpoint`).
+fn largest_anchor_file(dir: &Path) -> std::io::Result<Option<(u64, PathBuf)>> {
+    let listing = match std::fs::read_dir(dir) {
+        Ok(listing) => listing,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let mut largest: Option<(u64, PathBuf)> = None;
+    for item in listing {
+        let item = item?;
+        let name = item.file_name();
+        let Some(stem) = name.to_str().and_then(|name| name.strip_suffix(".checkpoint")) else { continue };
+        if stem.len() != 20 || !stem.bytes().all(|byte| byte.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(size) = stem.parse::<u64>() else { continue };
+        if largest.as_ref().is_none_or(|(held, _)| size > *held) {
+            largest = Some((size, item.path()));
+        }
+    }
+    Ok(largest)
+}
+
+/// An anchor file read back: its size (from the file name), the note's bytes and the timestamp
+/// token's, when there is one.
+type HeldAnchorFile = (u64, Vec<u8>, Option<Vec<u8>>);
+
+/// Reads a file of at most `limit` bytes.
+fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the anchor file is too large"));
+    }
+    Ok(bytes)
 }
 
 /// Creates `path` with `bytes`, or reports whether an existing file holds the same bytes.
@@ -175,6 +244,33 @@ impl AnchorSink for FsAnchorSink {
             }
         })
     }
+
+    fn latest<'a>(&'a self, tenant: &'a TenantId) -> BoxFuture<'a, Result<Option<Anchor>>> {
+        let dir = self.dir.join(tenant.as_str());
+        Box::pin(async move {
+            let read = tokio::task::spawn_blocking(move || -> std::io::Result<Option<HeldAnchorFile>> {
+                let Some((size, path)) = largest_anchor_file(&dir)? else { return Ok(None) };
+                let note = read_limited(&path, MAX_ANCHOR_NOTE_BYTES)?;
+                let token = match read_limited(&path.with_extension("tsr"), MAX_ANCHOR_TOKEN_BYTES) {
+                    Ok(token) => Some(token),
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(error) => return Err(error),
+                };
+                Ok(Some((size, note, token)))
+            })
+            .await
+            .map_err(|join| Error::Io(std::io::Error::other(join)))?
+            .map_err(Error::Io)?;
+            let Some((size, note, token)) = read else { return Ok(None) };
+            let note = String::from_utf8(note).map_err(|_| {
+                Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "the anchor note is not UTF-8",
+                ))
+            })?;
+            anchor_from_note(tenant, size, note, token).map(Some)
+        })
+    }
 }
 
 /// The answer of a table sink after its `INSERT … ON CONFLICT DO NOTHING`: `held` is `None` when
@@ -190,6 +286,16 @@ fn table_receipt(anchor: &Anchor, held: Option<&str>) -> Result<AnchorReceipt> {
     }
 }
 
+/// An anchor read back from a table sink's row.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn anchor_row(tenant: &TenantId, size: i64, note: String, token: Option<Vec<u8>>) -> Result<Anchor> {
+    let size = u64::try_from(size).map_err(|_| Error::CorruptTree {
+        tenant: tenant.to_string(),
+        reason: "an anchor has a negative size",
+    })?;
+    anchor_from_note(tenant, size, note, token)
+}
+
 #[cfg(feature = "postgres")]
 pub use pg::PgAnchorSink;
 
@@ -197,6 +303,9 @@ pub use pg::PgAnchorSink;
 mod pg {
     use futures::future::BoxFuture;
     use sqlx::postgres::PgPool;
+
+    use sos_core::TenantId;
+    use sqlx::Row as _;
 
     use super::{Anchor, AnchorReceipt, AnchorSink};
     use crate::error::{Result, storage};
@@ -246,6 +355,24 @@ mod pg {
                 super::table_receipt(anchor, Some(&held))
             })
         }
+
+        fn latest<'a>(&'a self, tenant: &'a TenantId) -> BoxFuture<'a, Result<Option<Anchor>>> {
+            Box::pin(async move {
+                let row = sqlx::query(
+                    "SELECT size, note, timestamp_token FROM audit_anchors WHERE tenant = $1
+                     ORDER BY size DESC LIMIT 1",
+                )
+                .bind(tenant.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(storage)?;
+                let Some(row) = row else { return Ok(None) };
+                let size: i64 = row.try_get("size").map_err(storage)?;
+                let note: String = row.try_get("note").map_err(storage)?;
+                let token: Option<Vec<u8>> = row.try_get("timestamp_token").map_err(storage)?;
+                super::anchor_row(tenant, size, note, token).map(Some)
+            })
+        }
     }
 }
 
@@ -256,6 +383,9 @@ pub use lite::SqliteAnchorSink;
 mod lite {
     use futures::future::BoxFuture;
     use sqlx::sqlite::SqlitePool;
+
+    use sos_core::TenantId;
+    use sqlx::Row as _;
 
     use super::{Anchor, AnchorReceipt, AnchorSink};
     use crate::error::{Result, storage};
@@ -303,6 +433,24 @@ mod lite {
                         .await
                         .map_err(storage)?;
                 super::table_receipt(anchor, Some(&held))
+            })
+        }
+
+        fn latest<'a>(&'a self, tenant: &'a TenantId) -> BoxFuture<'a, Result<Option<Anchor>>> {
+            Box::pin(async move {
+                let row = sqlx::query(
+                    "SELECT size, note, timestamp_token FROM audit_anchors WHERE tenant = ?1
+                     ORDER BY size DESC LIMIT 1",
+                )
+                .bind(tenant.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(storage)?;
+                let Some(row) = row else { return Ok(None) };
+                let size: i64 = row.try_get("size").map_err(storage)?;
+                let note: String = row.try_get("note").map_err(storage)?;
+                let token: Option<Vec<u8>> = row.try_get("timestamp_token").map_err(storage)?;
+                super::anchor_row(tenant, size, note, token).map(Some)
             })
         }
     }

@@ -1,12 +1,16 @@
 //! The checkpointer: extends trees, refuses split views and forks, signs, anchors and records.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sos_core::{Clock, Sha256Digest, SystemClock, TenantId};
 
-use super::{Anchor, AnchorSink, MerkleStore, SignedCheckpoint, origin_for, sync_tree};
+use super::tiles::tiles_touched;
+use super::{
+    Anchor, AnchorSink, EXTEND_BATCH, MerkleStore, SignedCheckpoint, TileBuilder, TileKey, TileSet,
+    TreeState, edge_tiles, origin_for, push_entries, sync_tree,
+};
 use crate::error::{Error, Result};
 use crate::note::{Checkpoint, NoteSigner, NoteVerifier};
 
@@ -225,10 +229,14 @@ impl<S: MerkleStore> Checkpointer<S> {
         let size = sync_tree(&self.store, tenant).await?.size;
         let origin = self.origin(tenant);
 
-        // The heads this tree must extend: what this process signed last, and the latest
-        // recorded checkpoint as read above.
+        // The heads this tree must extend: what this process signed last (or, in a process that
+        // has signed nothing for this tenant yet, the latest checkpoint its anchors hold), and
+        // the latest recorded checkpoint as read above.
         let remembered = self.signed.lock().unwrap_or_else(PoisonError::into_inner).get(tenant).copied();
         let mut signed_heads: Vec<(u64, Sha256Digest)> = remembered.into_iter().collect();
+        if remembered.is_none() {
+            signed_heads.extend(self.anchored_heads(tenant, &origin).await?);
+        }
         if let Some(latest) = &latest {
             let ours = remembered == Some((latest.size(), latest.root()));
             if ours && latest.size() < size {
@@ -249,13 +257,30 @@ impl<S: MerkleStore> Checkpointer<S> {
                 });
             }
         }
-        // One read of the few tiles that the root and every consistency proof need.
+        // The largest signed head: the part of the tree after it is covered by no signature yet,
+        // so it is re-derived from the chain's entries below.
+        let base = signed_heads.iter().copied().max_by_key(|&(signed_size, _)| signed_size);
+        let (base_size, base_root) = base.unwrap_or((0, crate::merkle::empty_root()));
+        let first_batch_end = size.min(base_size.saturating_add(u64::from(EXTEND_BATCH)));
+        // One read of the few tiles that the root, every consistency proof and the re-derivation
+        // of the first batch of new entries need.
         let olds: Vec<u64> =
             signed_heads.iter().map(|&(signed_size, _)| signed_size).filter(|&old| old < size).collect();
         let tiles = super::load_tiles(&self.store, tenant, size, |planner| {
             crate::merkle::root_at(planner, size)?;
             for &old in &olds {
                 crate::merkle::consistency_proof(planner, old, size)?;
+            }
+            if base_size < size {
+                if base_size > 0 {
+                    crate::merkle::inclusion_proof(planner, base_size - 1, base_size)?;
+                }
+                for (key, _) in edge_tiles(base_size) {
+                    planner.want(key);
+                }
+                for key in tiles_touched(base_size, first_batch_end) {
+                    planner.want(key);
+                }
             }
             Ok(())
         })
@@ -264,14 +289,17 @@ impl<S: MerkleStore> Checkpointer<S> {
         for &(signed_size, signed_root) in &signed_heads {
             check_extends(&tiles, tenant, signed_size, signed_root, size, root)?;
         }
+        if base_size < size {
+            self.rederive(tenant, (base_size, base_root), size, &tiles, root).await?;
+        }
         if let Some(latest) = &latest
             && latest.size() == size
         {
             self.remember(tenant, size, root);
-            return Ok(latest.clone());
+            return self.newest(tenant, &origin, (size, root), latest.clone()).await;
         }
 
-        let checkpoint = Checkpoint { origin, size, root, extensions: Vec::new() };
+        let checkpoint = Checkpoint { origin: origin.clone(), size, root, extensions: Vec::new() };
         let note = checkpoint.sign(&self.signer)?;
         let signed = SignedCheckpoint {
             tenant: tenant.clone(),
@@ -295,7 +323,152 @@ impl<S: MerkleStore> Checkpointer<S> {
             });
         }
         self.remember(tenant, size, root);
-        Ok(recorded)
+        self.newest(tenant, &origin, (size, root), recorded).await
+    }
+
+    /// The latest checkpoint each anchor sink holds for `tenant`, opened with this checkpointer's
+    /// key: a process that has signed nothing yet learns what was anchored before it started, so
+    /// it never signs a tree that does not extend an anchored checkpoint (the database's
+    /// checkpoint rows alone can be deleted by its administrator).
+    async fn anchored_heads(&self, tenant: &TenantId, origin: &str) -> Result<Vec<(u64, Sha256Digest)>> {
+        let mut heads = Vec::new();
+        for sink in &self.anchors {
+            if let Some(anchor) = sink.latest(tenant).await? {
+                let opened = Checkpoint::open(anchor.note.as_bytes(), &self.verifier, origin)?;
+                heads.push((opened.size, opened.root));
+            }
+        }
+        Ok(heads)
+    }
+
+    /// Re-derives the part of the stored tree after the signed head `base` (up to `size`) from
+    /// the chain's entries, and refuses when the stored tiles disagree.
+    ///
+    /// The signed root covers the hashes at the right border of its tree (the edge tiles of
+    /// `base`) and its last leaf; the builder resumes from those hashes once they are shown to
+    /// give the signed root, each new entry must chain on from the last signed one (seq,
+    /// `prev_hash`, recomputed hash), and every tile the new leaves write must be what is stored.
+    /// Stored rows of the unsigned part that a database administrator rewrote are so never signed.
+    async fn rederive(
+        &self,
+        tenant: &TenantId,
+        (base_size, base_root): (u64, Sha256Digest),
+        size: u64,
+        tiles: &TileSet,
+        root: Sha256Digest,
+    ) -> Result<()> {
+        let forked =
+            |reason: String| Error::Forked { tenant: tenant.to_string(), checkpoint_size: base_size, reason };
+        let rewritten = |reason: String| Error::RewrittenTree {
+            tenant: tenant.to_string(),
+            checkpoint_size: base_size,
+            reason,
+        };
+        let mut edges = BTreeMap::new();
+        for (key, width) in edge_tiles(base_size) {
+            let hashes = tiles
+                .hashes(&key)
+                .and_then(|hashes| hashes.get(..usize::try_from(width).ok()?))
+                .ok_or_else(|| forked(format!("the stored tree lacks its edge tile {}", key.path(width))))?;
+            edges.insert(key, hashes.iter().flat_map(|hash| *hash.as_bytes()).collect::<Vec<u8>>());
+        }
+        let mut builder =
+            TileBuilder::resume(base_size, &edges).map_err(|bad| super::corrupt_tree(tenant, bad))?;
+        if builder.root() != base_root {
+            return Err(forked("the stored hashes of the signed tree no longer give its root".to_owned()));
+        }
+        let mut state = TreeState { size: base_size, last_entry_hash: Sha256Digest::ZERO };
+        let mut first_batch = true;
+        while state.size < size {
+            let wanted = u32::try_from(size - state.size).unwrap_or(EXTEND_BATCH).min(EXTEND_BATCH);
+            let mut entries = if first_batch && base_size > 0 {
+                // The last signed entry too: the new entries must chain on from it.
+                let mut entries = self.store.read_page(tenant, base_size - 1, wanted + 1).await?;
+                let last_signed = entries
+                    .first()
+                    .filter(|entry| entry.seq == base_size)
+                    .ok_or_else(|| forked(format!("entry {base_size} is missing from the chain")))?;
+                let proof = crate::merkle::InclusionProof::generate(tiles, base_size - 1, base_size)?;
+                proof.verify(&crate::merkle::leaf_hash(last_signed.hash.as_bytes()), &base_root).map_err(
+                    |_| forked(format!("entry {base_size} is not the last leaf the checkpoint signed")),
+                )?;
+                state.last_entry_hash = last_signed.hash;
+                entries.remove(0);
+                entries
+            } else {
+                self.store.read_page(tenant, state.size, wanted).await?
+            };
+            entries.truncate(usize::try_from(size - state.size).unwrap_or(usize::MAX));
+            if entries.is_empty() {
+                return Err(rewritten(format!(
+                    "the chain ends at entry {}, but the stored tree has {size} leaves",
+                    state.size
+                )));
+            }
+            push_entries(tenant, &mut state, &mut builder, &entries)?;
+            let derived = builder.take_changed();
+            let held: BTreeMap<TileKey, Vec<u8>> = if first_batch {
+                derived
+                    .iter()
+                    .filter_map(|(key, _)| {
+                        let hashes = tiles.hashes(key)?;
+                        Some((*key, hashes.iter().flat_map(|hash| *hash.as_bytes()).collect()))
+                    })
+                    .collect()
+            } else {
+                let keys: Vec<TileKey> = derived.iter().map(|(key, _)| *key).collect();
+                self.store.read_tiles(tenant, &keys).await?.into_iter().collect()
+            };
+            for (key, bytes) in &derived {
+                // A stored tile may be wider: the tree may have grown since it was read.
+                if !held.get(key).is_some_and(|stored| stored.starts_with(bytes)) {
+                    let width = (bytes.len() / 32) as u64;
+                    return Err(rewritten(format!(
+                        "stored tile {} differs from the hashes of entries {}..={}",
+                        key.path(width),
+                        state.size + 1 - entries.len() as u64,
+                        state.size
+                    )));
+                }
+            }
+            first_batch = false;
+        }
+        if builder.root() != root {
+            return Err(rewritten(format!("the stored root at size {size} is not the chain's")));
+        }
+        Ok(())
+    }
+
+    /// Hands out the largest recorded checkpoint once `ours` is recorded: a concurrent
+    /// checkpointer may have recorded a larger one meanwhile. The larger one is returned only if it
+    /// verifies with this key and extends `ours` (a consistency proof between the two roots).
+    async fn newest(
+        &self,
+        tenant: &TenantId,
+        origin: &str,
+        (size, root): (u64, Sha256Digest),
+        ours: SignedCheckpoint,
+    ) -> Result<SignedCheckpoint> {
+        let Some(newer) = self.store.latest_checkpoint(tenant).await? else { return Ok(ours) };
+        if newer.size() <= size {
+            return Ok(ours);
+        }
+        let opened = Checkpoint::open(newer.note.as_bytes(), &self.verifier, origin)?;
+        let tiles = super::load_tiles(&self.store, tenant, opened.size, |planner| {
+            crate::merkle::consistency_proof(planner, size, opened.size)
+        })
+        .await
+        .map_err(|error| match error {
+            Error::Proof(crate::merkle::ProofError::TreeTooSmall { available, .. }) => Error::Forked {
+                tenant: tenant.to_string(),
+                checkpoint_size: opened.size,
+                reason: format!("the tree has only {available} entries (its tail was cut off)"),
+            },
+            other => other,
+        })?;
+        check_extends(&tiles, tenant, size, root, opened.size, opened.root)?;
+        self.remember(tenant, opened.size, opened.root);
+        Ok(newer)
     }
 
     fn remember(&self, tenant: &TenantId, size: u64, root: Sha256Digest) {

@@ -122,6 +122,22 @@ pub(crate) fn edge_tiles(size: u64) -> Vec<(TileKey, u64)> {
         .collect()
 }
 
+/// Every tile that extending a tree from `from` to `to` leaves writes (full or partial), level by
+/// level: the tiles whose hashes a checkpointer re-derives from the chain.
+pub(crate) fn tiles_touched(from: u64, to: u64) -> Vec<TileKey> {
+    let mut keys = Vec::new();
+    for level in 0..=MAX_TILE_LEVEL {
+        let (before, after) = (level_count(from, level), level_count(to, level));
+        if after <= before {
+            break;
+        }
+        for index in before / TILE_WIDTH..=(after - 1) / TILE_WIDTH {
+            keys.push(TileKey { level, index });
+        }
+    }
+    keys
+}
+
 /// Why tile bytes were rejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BadTile(pub(crate) &'static str);
@@ -213,6 +229,11 @@ impl TileSet {
     pub fn size(&self) -> u64 {
         self.size
     }
+
+    /// The hashes of the tile at `key`, as inserted.
+    pub(crate) fn hashes(&self, key: &TileKey) -> Option<&[Sha256Digest]> {
+        self.tiles.get(key).map(Vec::as_slice)
+    }
 }
 
 impl SubtreeHashes for TileSet {
@@ -242,6 +263,11 @@ pub(crate) struct TilePlanner {
 impl TilePlanner {
     pub(crate) fn new(size: u64) -> Self {
         Self { size, keys: Default::default() }
+    }
+
+    /// Asks for one whole tile besides the subtrees planned.
+    pub(crate) fn want(&self, key: TileKey) {
+        self.keys.borrow_mut().insert(key);
     }
 
     pub(crate) fn into_keys(self) -> Vec<TileKey> {
@@ -314,6 +340,38 @@ impl TileBuilder {
     /// The number of leaves pushed (including those of a resumed tree).
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// The RFC 9162 root of the tree built so far: the right-edge tiles alone determine it (each
+    /// set bit of a level's edge width is one complete subtree of the tree's right border).
+    ///
+    /// ```
+    /// use sos_audit::merkle::MemoryTree;
+    /// use sos_audit::tlog::TileBuilder;
+    ///
+    /// let (mut builder, mut tree) = (TileBuilder::new(), MemoryTree::new());
+    /// for leaf in 0u32..70_000 {
+    ///     builder.push_leaf_data(&leaf.to_be_bytes());
+    ///     tree.push(&leaf.to_be_bytes());
+    /// }
+    /// assert_eq!(builder.root(), tree.root());
+    /// ```
+    pub fn root(&self) -> Sha256Digest {
+        // The border's complete subtrees from left (the highest tile level) to right.
+        let mut border = Vec::new();
+        for edge in self.edges.iter().rev() {
+            let mut start = 0usize;
+            for bit in (0..8).rev() {
+                let width = 1usize << bit;
+                if edge.len() & width != 0 {
+                    border.push(perfect_root(&edge[start..start + width]));
+                    start += width;
+                }
+            }
+        }
+        let mut subtrees = border.iter().rev();
+        let Some(last) = subtrees.next() else { return crate::merkle::empty_root() };
+        subtrees.fold(*last, |right, left| node_hash(left, &right))
     }
 
     /// Appends the leaf of `data` (hashed with [`leaf_hash`]).
