@@ -240,6 +240,24 @@ pub enum Error {
         /// What was wrong.
         reason: &'static str,
     },
+    /// The token's signed attributes hold no ESS `signingCertificate` or `signingCertificateV2`
+    /// (RFC 2634 / RFC 5035, required by RFC 3161 §2.4.2 and RFC 5816), so nothing binds the
+    /// signature to the TSA certificate.
+    #[cfg(feature = "tsa")]
+    #[error(
+        "the timestamp token has no ESS signingCertificate or signingCertificateV2 attribute, so its signature is not bound to the TSA certificate; the token is not RFC 3161 (use a TSA that includes it)"
+    )]
+    TimestampSigningCertificateMissing,
+    /// The token's ESS `signingCertificate(V2)` attribute names another certificate than the
+    /// caller's (another certificate of the same key, or an altered attribute).
+    #[cfg(feature = "tsa")]
+    #[error(
+        "the timestamp token's ESS signing-certificate attribute does not identify the configured TSA certificate: {reason}; pass the exact certificate the TSA signs with"
+    )]
+    TimestampSigningCertificateMismatch {
+        /// What does not match.
+        reason: &'static str,
+    },
     /// The token's signature does not verify with the TSA certificate's key.
     #[cfg(feature = "tsa")]
     #[error(

@@ -35,7 +35,13 @@
 //!    `message-digest` (= SHA-256 of the `TSTInfo` DER) ([`Error::TimestampAttributes`]);
 //! 6. the signature over the DER of the signed attributes verifies with the certificate's key:
 //!    RSA PKCS#1 v1.5 with SHA-256, or ECDSA P-256 with SHA-256 ([`Error::TimestampBadSignature`]);
-//! 7. the certificate carries the critical extended key usage `id-kp-timeStamping` and nothing
+//! 7. the signed attributes hold an ESS `signingCertificateV2` (RFC 5035; certificate hash
+//!    SHA-256, -384 or -512) or `signingCertificate` (RFC 2634; SHA-1), and the first certificate
+//!    each names is the caller's, by hash and by issuer and serial when given, so the signature
+//!    is bound to this certificate and not only to its key
+//!    ([`Error::TimestampSigningCertificateMissing`],
+//!    [`Error::TimestampSigningCertificateMismatch`]);
+//! 8. the certificate carries the critical extended key usage `id-kp-timeStamping` and nothing
 //!    else (checked when it is loaded) and was valid at the token's `genTime`
 //!    ([`Error::TsaCertificate`]).
 //!
@@ -114,6 +120,16 @@ const ID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840
 const ECDSA_WITH_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
 /// `secp256r1` / `prime256v1` (RFC 5480).
 const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+/// `id-aa-signingCertificate` signed attribute (RFC 2634 §5.4).
+const ID_AA_SIGNING_CERTIFICATE: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.2.12");
+/// `id-aa-signingCertificateV2` signed attribute (RFC 5035 §3).
+const ID_AA_SIGNING_CERTIFICATE_V2: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.2.47");
+/// `id-sha384` (RFC 5754).
+const ID_SHA_384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
+/// `id-sha512` (RFC 5754).
+const ID_SHA_512: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.3");
 /// `id-kp-timeStamping` (RFC 5280 §4.2.1.12).
 const ID_KP_TIME_STAMPING: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.8");
 
@@ -320,6 +336,47 @@ struct TstInfo {
     tsa: Option<GeneralName>,
     #[asn1(context_specific = "1", tag_mode = "IMPLICIT", optional = "true")]
     extensions: Option<Extensions>,
+}
+
+/// `IssuerSerial` (RFC 5035 §4).
+#[derive(Clone, Debug, Sequence)]
+struct IssuerSerial {
+    issuer: Vec<GeneralName>,
+    serial_number: x509_cert::serial_number::SerialNumber,
+}
+
+/// `ESSCertID` (RFC 2634 §5.4.1): the SHA-1 hash of a certificate.
+#[derive(Clone, Debug, Sequence)]
+struct EssCertId {
+    cert_hash: OctetString,
+    #[asn1(optional = "true")]
+    issuer_serial: Option<IssuerSerial>,
+}
+
+/// `SigningCertificate` (RFC 2634 §5.4).
+#[derive(Clone, Debug, Sequence)]
+struct SigningCertificate {
+    certs: Vec<EssCertId>,
+    #[asn1(optional = "true")]
+    policies: Option<x509_cert::ext::pkix::CertificatePolicies>,
+}
+
+/// `ESSCertIDv2` (RFC 5035 §4): a certificate hash by any algorithm (SHA-256 when absent).
+#[derive(Clone, Debug, Sequence)]
+struct EssCertIdV2 {
+    #[asn1(optional = "true")]
+    hash_algorithm: Option<spki::AlgorithmIdentifierOwned>,
+    cert_hash: OctetString,
+    #[asn1(optional = "true")]
+    issuer_serial: Option<IssuerSerial>,
+}
+
+/// `SigningCertificateV2` (RFC 5035 §3).
+#[derive(Clone, Debug, Sequence)]
+struct SigningCertificateV2 {
+    certs: Vec<EssCertIdV2>,
+    #[asn1(optional = "true")]
+    policies: Option<x509_cert::ext::pkix::CertificatePolicies>,
 }
 
 fn malformed(what: &'static str, reason: impl fmt::Display) -> Error {
@@ -740,6 +797,95 @@ fn single_attribute<'a>(
     }
 }
 
+/// Checks the ESS signing-certificate attributes (RFC 2634 `signingCertificate`, RFC 5035
+/// `signingCertificateV2`; RFC 3161 §2.4.2 and RFC 5816 require one): at least one is present,
+/// and each present names the caller's certificate first (RFC 5035 §3: the first certificate
+/// identified is the one that verifies the signature), by its hash and, when given, its issuer and
+/// serial number. This binds the signature to the certificate, not only to its key.
+fn check_signing_certificate(
+    attributes: &x509_cert::attr::Attributes,
+    certificate: &TsaCertificate,
+) -> Result<()> {
+    let mismatch = |reason| Error::TimestampSigningCertificateMismatch { reason };
+    let present = |oid| attributes.iter().any(|attribute| attribute.oid == oid);
+    let (version_1, version_2) = (present(ID_AA_SIGNING_CERTIFICATE), present(ID_AA_SIGNING_CERTIFICATE_V2));
+    if !version_1 && !version_2 {
+        return Err(Error::TimestampSigningCertificateMissing);
+    }
+    if version_1 {
+        let value = single_attribute(
+            attributes,
+            ID_AA_SIGNING_CERTIFICATE,
+            "the signingCertificate attribute is missing",
+            "the signingCertificate attribute is repeated or has several values",
+        )?;
+        let attribute: SigningCertificate = value.decode_as().map_err(|error| {
+            malformed("token", format_args!("its signingCertificate attribute does not parse ({error})"))
+        })?;
+        let first = attribute
+            .certs
+            .first()
+            .ok_or(mismatch("the signingCertificate attribute names no certificate"))?;
+        let hash: [u8; 20] = sha1::Sha1::digest(&certificate.der).into();
+        if first.cert_hash.as_bytes() != hash {
+            return Err(mismatch("the SHA-1 hash in signingCertificate is not the certificate's"));
+        }
+        check_issuer_serial(first.issuer_serial.as_ref(), certificate)?;
+    }
+    if version_2 {
+        let value = single_attribute(
+            attributes,
+            ID_AA_SIGNING_CERTIFICATE_V2,
+            "the signingCertificateV2 attribute is missing",
+            "the signingCertificateV2 attribute is repeated or has several values",
+        )?;
+        let attribute: SigningCertificateV2 = value.decode_as().map_err(|error| {
+            malformed("token", format_args!("its signingCertificateV2 attribute does not parse ({error})"))
+        })?;
+        let first = attribute
+            .certs
+            .first()
+            .ok_or(mismatch("the signingCertificateV2 attribute names no certificate"))?;
+        let algorithm = first.hash_algorithm.as_ref();
+        if algorithm.is_some_and(|algorithm| !algorithm.parameters.as_ref().is_none_or(Any::is_null)) {
+            return Err(malformed("token", "its signingCertificateV2 hash algorithm has parameters"));
+        }
+        let hash: Vec<u8> = match algorithm.map_or(ID_SHA_256, |algorithm| algorithm.oid) {
+            oid if oid == ID_SHA_256 => Sha256::digest(&certificate.der).to_vec(),
+            oid if oid == ID_SHA_384 => sha2::Sha384::digest(&certificate.der).to_vec(),
+            oid if oid == ID_SHA_512 => sha2::Sha512::digest(&certificate.der).to_vec(),
+            oid => {
+                return Err(Error::TimestampUnsupportedAlgorithm {
+                    what: "signing certificate hash algorithm",
+                    oid: oid.to_string(),
+                });
+            }
+        };
+        if first.cert_hash.as_bytes() != hash.as_slice() {
+            return Err(mismatch("the hash in signingCertificateV2 is not the certificate's"));
+        }
+        check_issuer_serial(first.issuer_serial.as_ref(), certificate)?;
+    }
+    Ok(())
+}
+
+/// An ESS `issuerSerial`, when given, must be the certificate's issuer (as a directory name) and
+/// serial number.
+fn check_issuer_serial(issuer_serial: Option<&IssuerSerial>, certificate: &TsaCertificate) -> Result<()> {
+    let Some(issuer_serial) = issuer_serial else { return Ok(()) };
+    let tbs = &certificate.certificate.tbs_certificate;
+    let issuer_named = issuer_serial
+        .issuer
+        .iter()
+        .any(|name| matches!(name, GeneralName::DirectoryName(issuer) if *issuer == tbs.issuer));
+    if !issuer_named || issuer_serial.serial_number != tbs.serial_number {
+        return Err(Error::TimestampSigningCertificateMismatch {
+            reason: "its issuerSerial is not the certificate's issuer and serial number",
+        });
+    }
+    Ok(())
+}
+
 fn verify_token(
     token_der: Vec<u8>,
     imprint: &[u8; 32],
@@ -848,6 +994,8 @@ fn verify_token(
         &signed_bytes,
         signer.signature.as_bytes(),
     )?;
+    // Only now that the attributes are known to be the TSA's: they must name its certificate.
+    check_signing_certificate(attributes, certificate)?;
 
     if gen_time < certificate.not_before || gen_time > certificate.not_after {
         return Err(certificate_error(format_args!(

@@ -34,11 +34,14 @@ struct Options {
     digests: &'static str,
     /// Digits of a second in `genTime` (0 to 6).
     precision: u8,
+    /// The hash of the ESS signing-certificate attribute: `sha1` makes OpenSSL emit
+    /// `signingCertificate` (RFC 2634), any other `signingCertificateV2` (RFC 5035).
+    ess_cert_id_alg: &'static str,
 }
 
 impl Options {
     fn key(key: Key) -> Self {
-        Self { key, digests: "sha256, sha384, sha512", precision: 0 }
+        Self { key, digests: "sha256, sha384, sha512", precision: 0, ess_cert_id_alg: "sha256" }
     }
 }
 
@@ -74,6 +77,7 @@ impl OpensslTsa {
         let directory = path.display();
         let precision = options.precision;
         let digests = options.digests;
+        let ess_cert_id_alg = options.ess_cert_id_alg;
         std::fs::write(
             path.join("tsa.cnf"),
             format!(
@@ -82,7 +86,7 @@ impl OpensslTsa {
                  signer_key = $dir/tsa.key\nsigner_digest = sha256\ndefault_policy = 1.2.3.4.1\n\
                  digests = {digests}\naccuracy = secs:1, millisecs:500\n\
                  clock_precision_digits = {precision}\nordering = no\ntsa_name = yes\n\
-                 ess_cert_id_chain = no\ness_cert_id_alg = sha256\n"
+                 ess_cert_id_chain = no\ness_cert_id_alg = {ess_cert_id_alg}\n"
             ),
         )
         .expect("write tsa.cnf");
@@ -96,6 +100,18 @@ impl OpensslTsa {
     /// Issues a certificate for `key_file` from this CA with extendedKeyUsage `usage` (none when
     /// empty) and serial `serial`, subject `CN=sos-audit test TSA`.
     fn issue(&self, key_file: &str, certificate_file: &str, usage: &str, serial: &str) -> PathBuf {
+        self.issue_for_days(key_file, certificate_file, usage, serial, "2")
+    }
+
+    /// As [`OpensslTsa::issue`], valid for `days` days.
+    fn issue_for_days(
+        &self,
+        key_file: &str,
+        certificate_file: &str,
+        usage: &str,
+        serial: &str,
+        days: &str,
+    ) -> PathBuf {
         let path = self.path();
         let request = format!("{certificate_file}.csr");
         openssl(
@@ -126,7 +142,7 @@ impl OpensslTsa {
                 "-set_serial",
                 serial,
                 "-days",
-                "2",
+                days,
                 "-extfile",
                 &extensions,
                 "-extensions",
@@ -136,6 +152,15 @@ impl OpensslTsa {
             ],
         );
         path.join(certificate_file)
+    }
+
+    /// Makes the TSA sign with `certificate_file` (of its key `tsa.key`) from now on.
+    fn sign_with(&self, certificate_file: &str) {
+        let config = self.path().join("tsa.cnf");
+        let text = std::fs::read_to_string(&config).expect("read tsa.cnf");
+        let text =
+            text.replace("signer_cert = $dir/tsa.crt", &format!("signer_cert = $dir/{certificate_file}"));
+        std::fs::write(config, text).expect("write tsa.cnf");
     }
 
     fn certificate(&self) -> TsaCertificate {
@@ -604,4 +629,116 @@ fn checkpoint_note_for_other_size(note: &str) -> String {
     let mut lines: Vec<String> = note.lines().map(str::to_owned).collect();
     lines[1] = format!("{}", lines[1].parse::<u64>().expect("a size") + 1);
     lines.join("\n") + "\n"
+}
+
+/// OpenSSL emits ESS `signingCertificate` (SHA-1 certificate hash, RFC 2634) with
+/// `ess_cert_id_alg = sha1` and `signingCertificateV2` (RFC 5035) with a SHA-2 hash: both bind the
+/// token to the pinned certificate and verify, fresh and stored. (SHA-256, the default, is what
+/// every other test here uses.)
+#[tokio::test]
+async fn openssl_signing_certificate_attributes_of_every_hash_verify() {
+    for ess_cert_id_alg in ["sha1", "sha384", "sha512"] {
+        let tsa = OpensslTsa::new(Options { ess_cert_id_alg, ..Options::key(Key::Rsa) });
+        let url = serve(Arc::clone(&tsa), Behaviour::Honest).await;
+        let note = signed_checkpoint(256);
+        let token = client(&url, tsa.certificate())
+            .timestamp(note.as_bytes())
+            .await
+            .unwrap_or_else(|error| panic!("{ess_cert_id_alg}: {error}"));
+        TimestampToken::verify(token.as_der(), note.as_bytes(), &tsa.certificate())
+            .unwrap_or_else(|error| panic!("{ess_cert_id_alg}: {error}"));
+        assert!(tsa.openssl_verifies(token.as_der(), note.as_bytes()), "{ess_cert_id_alg}");
+    }
+}
+
+/// The TSA signs with another certificate of the same key, the same issuer and the same serial
+/// number (a re-issued certificate with another validity): `sid` matches the pinned certificate
+/// and the signature verifies with its key, but the ESS signing-certificate attribute names the
+/// other certificate, in both its SHA-1 and its SHA-256 forms. Only that attribute tells them apart.
+#[tokio::test]
+async fn token_whose_signing_certificate_is_another_certificate_of_the_same_key_is_rejected() {
+    for ess_cert_id_alg in ["sha256", "sha1"] {
+        let tsa = OpensslTsa::new(Options { ess_cert_id_alg, ..Options::key(Key::Rsa) });
+        let reissued = load_certificate(&tsa.issue_for_days(
+            "tsa.key",
+            "tsa-reissued.crt",
+            "critical,timeStamping",
+            "1001",
+            "3",
+        ))
+        .expect("the re-issued certificate loads");
+        tsa.sign_with("tsa-reissued.crt");
+        let url = serve(Arc::clone(&tsa), Behaviour::Honest).await;
+        let note = signed_checkpoint(256);
+
+        let result = client(&url, tsa.certificate()).timestamp(note.as_bytes()).await;
+        assert!(
+            matches!(result, Err(Error::TimestampSigningCertificateMismatch { .. })),
+            "{ess_cert_id_alg}: {result:?}"
+        );
+        // Pinned to the certificate it really signs with, the same TSA is fine, and the stored
+        // token is refused for the other certificate.
+        let token = client(&url, reissued.clone()).timestamp(note.as_bytes()).await.expect("a token");
+        let result = TimestampToken::verify(token.as_der(), note.as_bytes(), &tsa.certificate());
+        assert!(
+            matches!(result, Err(Error::TimestampSigningCertificateMismatch { .. })),
+            "{ess_cert_id_alg}: {result:?}"
+        );
+    }
+}
+
+/// A token re-signed by the TSA's own key with `openssl cms -sign` over the very `TSTInfo` of a
+/// real token, with a `content-type` and a `message-digest` attribute but no ESS
+/// signing-certificate attribute: the signature verifies, the binding to the certificate is
+/// missing, and the token is refused.
+#[tokio::test]
+async fn token_without_a_signing_certificate_attribute_is_rejected() {
+    let tsa = OpensslTsa::new(Options::key(Key::Rsa));
+    let url = serve(Arc::clone(&tsa), Behaviour::Honest).await;
+    let note = signed_checkpoint(256);
+    let token = client(&url, tsa.certificate()).timestamp(note.as_bytes()).await.expect("a token");
+    let path = tsa.path();
+    std::fs::write(path.join("token.der"), token.as_der()).expect("write the token");
+    openssl(
+        path,
+        &[
+            "cms",
+            "-verify",
+            "-noverify",
+            "-inform",
+            "DER",
+            "-in",
+            "token.der",
+            "-binary",
+            "-out",
+            "tstinfo.der",
+        ],
+    );
+    openssl(
+        path,
+        &[
+            "cms",
+            "-sign",
+            "-binary",
+            "-nodetach",
+            "-in",
+            "tstinfo.der",
+            "-econtent_type",
+            "1.2.840.113549.1.9.16.1.4",
+            "-signer",
+            "tsa.crt",
+            "-inkey",
+            "tsa.key",
+            "-md",
+            "sha256",
+            "-nosmimecap",
+            "-outform",
+            "DER",
+            "-out",
+            "bare.der",
+        ],
+    );
+    let bare = std::fs::read(path.join("bare.der")).expect("read the re-signed token");
+    let result = TimestampToken::verify(&bare, note.as_bytes(), &tsa.certificate());
+    assert!(matches!(result, Err(Error::TimestampSigningCertificateMissing)), "{result:?}");
 }
