@@ -83,8 +83,17 @@ impl CheckpointPolicy {
 ///    ([`Error::Forked`] otherwise);
 /// 3. refuses a second root for a size already signed, whether recorded in the store or signed
 ///    earlier by this process ([`Error::SplitView`]);
-/// 4. signs, writes the note to every [`AnchorSink`] (a write-once sink refuses a different note
-///    for a size it holds), and records it in the store.
+/// 4. re-derives the part of the tree after the largest signed head from the chain's entries
+///    (against the signed tree's right-edge hashes, which the signature covers) and refuses when
+///    a stored tile disagrees ([`Error::RewrittenTree`], [`Error::ChainBroken`]): no signature
+///    covers those rows yet, and the database administrator can rewrite them;
+/// 5. signs, writes the note to every [`AnchorSink`] (a write-once sink refuses a different note
+///    for a size it holds), records it in the store, and returns the latest recorded checkpoint
+///    (its own, or a larger one a concurrent checkpointer recorded meanwhile).
+///
+/// The signed heads of step 2 are the latest recorded checkpoint, what this process signed last,
+/// and, until it has signed for a tenant, the latest checkpoint each anchor sink holds
+/// ([`AnchorSink::latest`]): a restarted process cannot be led past what was anchored.
 ///
 /// ```
 /// use sos_audit::{AuditStore, MemoryAuditStore, NewEntry};
