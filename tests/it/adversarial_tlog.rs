@@ -593,6 +593,203 @@ async fn fresh_checkpointer_learns_the_anchored_checkpoint_sqlite() {
     assert!(matches!(refused, Error::Forked { checkpoint_size: 10, .. }), "{refused:?}");
 }
 
+/// Finding (fixed): a checkpointer process that had signed for a tenant stopped reading its
+/// anchors, and relied on its memory and the checkpoint rows. A second process with the same key
+/// anchors a larger checkpoint (20); the database administrator deletes its row, rewrites the chain
+/// after what the first process remembers (10) and lets one more entry in: the first process
+/// signed and anchored size 21, a fork of the anchored 20 (a write-once sink only refuses another
+/// note of the same size). It now checks every anchor's latest checkpoint on every run.
+#[tokio::test]
+async fn fork_of_a_checkpoint_another_process_anchored_is_refused_postgres() {
+    let database = PgTestDatabase::new(&[&sos_audit::postgres_migrator()]).await;
+    let store = PgAuditChain::new(database.pool().clone());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = signer().to_key_string();
+    let process = || {
+        Checkpointer::new(store.clone(), NoteSigner::from_key_string(&key).expect("key"))
+            .with_anchor(Arc::new(FsAnchorSink::new(dir.path())))
+    };
+    let (first, second) = (process(), process());
+    let acme = tenant("acme");
+    append_n(&store, "acme", 0, 10).await;
+    assert_eq!(first.checkpoint_now(&acme).await.expect("checkpoint 10").size(), 10);
+    append_n(&store, "acme", 10, 10).await;
+    assert_eq!(second.checkpoint_now(&acme).await.expect("checkpoint 20").size(), 20);
+
+    for sql in [
+        "ALTER TABLE audit_checkpoints DISABLE TRIGGER USER",
+        "DELETE FROM audit_checkpoints WHERE size > 10",
+        "ALTER TABLE audit_entries DISABLE TRIGGER USER",
+        "DELETE FROM audit_entries WHERE seq > 10",
+        "UPDATE audit_heads SET seq = 10, hash = (SELECT hash FROM audit_entries WHERE tenant = 'acme' AND seq = 10)",
+        "DELETE FROM audit_tree_tiles",
+        "DELETE FROM audit_tree_heads",
+    ] {
+        sqlx::query(sql).execute(database.pool()).await.expect(sql);
+    }
+    // Eleven other entries after the signed 10: a chain that forks from the anchored 20.
+    append_n(&store, "acme", 100, 11).await;
+    let refused = first.checkpoint_now(&acme).await.expect_err("fork of the anchored checkpoint");
+    assert!(matches!(refused, Error::Forked { checkpoint_size: 20, .. }), "{refused:?}");
+    assert!(!FsAnchorSink::new(dir.path()).path_of(&acme, 21).exists(), "nothing was anchored");
+    assert_eq!(store.latest_checkpoint(&acme).await.expect("latest").map(|latest| latest.size()), Some(10));
+}
+
+/// A sink that, as a database administrator racing the checkpointer would, records a forged row
+/// (the same body, signed by another key) for the size being anchored, just before the
+/// checkpointer records its own.
+#[derive(Debug)]
+struct ForgeRowOnWrite {
+    store: PgAuditChain,
+}
+
+impl AnchorSink for ForgeRowOnWrite {
+    fn write<'a>(&'a self, anchor: &'a Anchor) -> BoxFuture<'a, sos_audit::Result<AnchorReceipt>> {
+        Box::pin(async move {
+            let forged = signed(anchor.tenant.as_str(), anchor.size, anchor.root, &signer());
+            self.store.record_checkpoint(&forged).await?;
+            Ok(AnchorReceipt { location: "forged".to_owned(), already_present: false })
+        })
+    }
+
+    fn latest<'a>(&'a self, _tenant: &'a TenantId) -> BoxFuture<'a, sos_audit::Result<Option<Anchor>>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// Finding (fixed): when a row of the same size was recorded between the checkpointer's read of
+/// the latest checkpoint and its own record, `checkpoint_now` handed that row out as the
+/// checkpoint after comparing its root alone, even when its signature was forged. The row's
+/// signature is now verified first.
+#[tokio::test]
+async fn forged_row_of_the_same_size_recorded_meanwhile_is_not_handed_out_postgres() {
+    let database = PgTestDatabase::new(&[&sos_audit::postgres_migrator()]).await;
+    let store = PgAuditChain::new(database.pool().clone());
+    let acme = tenant("acme");
+    append_n(&store, "acme", 0, 7).await;
+    let checkpointer = Checkpointer::new(store.clone(), signer())
+        .with_anchor(Arc::new(ForgeRowOnWrite { store: store.clone() }));
+    let outcome = checkpointer.checkpoint_now(&acme).await;
+    let origin = checkpointer.origin(&acme);
+    match outcome {
+        Err(Error::Note(_)) => {}
+        Ok(handed_out) => {
+            let opened = Checkpoint::open(handed_out.note.as_bytes(), checkpointer.verifier(), &origin);
+            panic!("a checkpoint was handed out whose signature is {opened:?}");
+        }
+        Err(other) => panic!("{other:?}"),
+    }
+}
+
+/// An anchor sink that, the first time it is asked for its latest anchor, lets a concurrent
+/// checkpointer process (same key, same anchor directory) append five entries and checkpoint them
+/// first: the interleaving where the other process anchors while this one is checkpointing.
+#[derive(Debug)]
+struct RacedFsSink {
+    inner: FsAnchorSink,
+    store: PgAuditChain,
+    key: String,
+    raced: std::sync::atomic::AtomicBool,
+}
+
+impl AnchorSink for RacedFsSink {
+    fn write<'a>(&'a self, anchor: &'a Anchor) -> BoxFuture<'a, sos_audit::Result<AnchorReceipt>> {
+        self.inner.write(anchor)
+    }
+
+    fn latest<'a>(&'a self, tenant: &'a TenantId) -> BoxFuture<'a, sos_audit::Result<Option<Anchor>>> {
+        Box::pin(async move {
+            if !self.raced.swap(true, Ordering::SeqCst) {
+                append_n(&self.store, tenant.as_str(), 1_000, 5).await;
+                let other = Checkpointer::new(
+                    self.store.clone(),
+                    NoteSigner::from_key_string(&self.key).expect("key"),
+                )
+                .with_anchor(Arc::new(self.inner.clone()));
+                other.checkpoint_now(tenant).await.expect("the other process checkpoints");
+            }
+            self.inner.latest(tenant).await
+        })
+    }
+}
+
+/// Finding (fixed): a fresh checkpointer read its anchors after extending the tree, so a concurrent
+/// process that extended the tree further and anchored in between looked like a cut-off tail
+/// (`Error::Forked`, "needs a person") although nothing was wrong. Anchors are now read before
+/// the tree is extended, like the latest recorded checkpoint.
+#[tokio::test]
+async fn anchor_written_by_a_concurrent_checkpointer_is_not_a_cut_off_tail_postgres() {
+    let database = PgTestDatabase::with_pool_size(&[&sos_audit::postgres_migrator()], 8).await;
+    let store = PgAuditChain::new(database.pool().clone());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = signer().to_key_string();
+    let acme = tenant("acme");
+    append_n(&store, "acme", 0, 10).await;
+    Checkpointer::new(store.clone(), NoteSigner::from_key_string(&key).expect("key"))
+        .with_anchor(Arc::new(FsAnchorSink::new(dir.path())))
+        .checkpoint_now(&acme)
+        .await
+        .expect("checkpoint 10");
+    append_n(&store, "acme", 10, 5).await;
+    let raced = Checkpointer::new(store.clone(), NoteSigner::from_key_string(&key).expect("key"))
+        .with_anchor(Arc::new(RacedFsSink {
+            inner: FsAnchorSink::new(dir.path()),
+            store: store.clone(),
+            key: key.clone(),
+            raced: Default::default(),
+        }));
+    let signed = raced.checkpoint_now(&acme).await.expect("no cut-off tail: the tree only grew");
+    assert_eq!(signed.size(), 20);
+}
+
+/// Finding (fixed): the periodic checkpointer (`tick`, `run`) judged a tenant due from the size of
+/// the latest checkpoint row alone, unverified. A chain whose tail was cut off below the latest
+/// checkpoint, or a forged row larger than the log, made the tenant never due: no checkpoint was
+/// attempted, so the refusal that needs a person was never reported, and the entries appended
+/// after it stayed unsigned for good. Such a tenant is now due, and `tick` reports the refusal.
+#[tokio::test]
+async fn checkpoint_row_larger_than_the_chain_does_not_silence_tick_sqlite() {
+    let database = SqliteTestDatabase::new(&[&sos_audit::sqlite_migrator()]).await;
+    let store = SqliteAuditChain::new(database.pool().clone());
+    let checkpointer = Checkpointer::new(store.clone(), signer());
+    append_n(&store, "acme", 0, 5).await;
+    // A forged row (another key) far beyond the chain.
+    store
+        .record_checkpoint(&signed("acme", 1_000, Sha256Digest::of(b"forged"), &signer()))
+        .await
+        .expect("plant");
+    let done = checkpointer.tick().await.expect("tick");
+    assert!(
+        matches!(done.as_slice(), [(tenant, Err(Error::Note(_)))] if tenant.as_str() == "acme"),
+        "the forged row is reported: {done:?}"
+    );
+
+    // A genuine checkpoint of 8 entries, then the chain's tail (and the tree) is cut back to 6.
+    let database = SqliteTestDatabase::new(&[&sos_audit::sqlite_migrator()]).await;
+    let store = SqliteAuditChain::new(database.pool().clone());
+    let key = signer().to_key_string();
+    append_n(&store, "acme", 0, 8).await;
+    Checkpointer::new(store.clone(), NoteSigner::from_key_string(&key).expect("key"))
+        .checkpoint_now(&tenant("acme"))
+        .await
+        .expect("checkpoint 8");
+    for sql in [
+        "DROP TRIGGER IF EXISTS audit_entries_no_delete",
+        "DELETE FROM audit_entries WHERE seq > 6",
+        "UPDATE audit_heads SET seq = 6, hash = (SELECT hash FROM audit_entries WHERE tenant = 'acme' AND seq = 6)",
+        "DELETE FROM audit_tree_tiles",
+        "DELETE FROM audit_tree_heads",
+    ] {
+        sqlx::query(sql).execute(database.pool()).await.expect(sql);
+    }
+    let restarted = Checkpointer::new(store.clone(), NoteSigner::from_key_string(&key).expect("key"));
+    let done = restarted.tick().await.expect("tick");
+    assert!(
+        matches!(done.as_slice(), [(_, Err(Error::Forked { checkpoint_size: 8, .. }))]),
+        "the cut-off tail is reported: {done:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Proofs and notes
 // ---------------------------------------------------------------------------------------------

@@ -71,8 +71,8 @@ pub trait AnchorSink: Send + Sync + fmt::Debug {
     fn write<'a>(&'a self, anchor: &'a Anchor) -> BoxFuture<'a, Result<AnchorReceipt>>;
 
     /// The anchor of `tenant` with the largest size, if any. A [`Checkpointer`](super::Checkpointer)
-    /// that has signed nothing for a tenant yet reads it and refuses to sign a tree that does not
-    /// extend it, so a restarted process cannot be led past what was anchored (the log's own
+    /// reads it before each checkpoint and refuses to sign a tree that does not extend it, so
+    /// neither a restarted process nor one overtaken by another can be led past what was anchored (the log's own
     /// checkpoint rows are in the database an administrator can rewrite). A sink that cannot be
     /// read back (a remote append-only service) answers `Ok(None)`; say so in its docs.
     ///

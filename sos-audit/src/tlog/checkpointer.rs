@@ -92,8 +92,9 @@ impl CheckpointPolicy {
 ///    (its own, or a larger one a concurrent checkpointer recorded meanwhile).
 ///
 /// The signed heads of step 2 are the latest recorded checkpoint, what this process signed last,
-/// and, until it has signed for a tenant, the latest checkpoint each anchor sink holds
-/// ([`AnchorSink::latest`]): a restarted process cannot be led past what was anchored.
+/// and the latest checkpoint each anchor sink holds ([`AnchorSink::latest`], read on every run):
+/// neither a restarted process nor one that another process with the same key overtook can be led
+/// past what was anchored.
 ///
 /// ```
 /// use sos_audit::{AuditStore, MemoryAuditStore, NewEntry};
@@ -235,17 +236,18 @@ impl<S: MerkleStore> Checkpointer<S> {
         // extended afterwards is never smaller unless its tail really was cut off (read the other
         // way round, a concurrent checkpointer's newer head looked like a truncation).
         let latest = self.store.latest_checkpoint(tenant).await?;
-        let size = sync_tree(&self.store, tenant).await?.size;
         let origin = self.origin(tenant);
+        // The anchors too, on every run (another process with this key may have anchored a
+        // larger checkpoint whose row was since deleted), and before the extension for the same
+        // reason as above.
+        let anchored = self.anchored_heads(tenant, &origin).await?;
+        let size = sync_tree(&self.store, tenant).await?.size;
 
-        // The heads this tree must extend: what this process signed last (or, in a process that
-        // has signed nothing for this tenant yet, the latest checkpoint its anchors hold), and
-        // the latest recorded checkpoint as read above.
+        // The heads this tree must extend: what this process signed last, the latest checkpoint
+        // each anchor holds, and the latest recorded checkpoint as read above.
         let remembered = self.signed.lock().unwrap_or_else(PoisonError::into_inner).get(tenant).copied();
         let mut signed_heads: Vec<(u64, Sha256Digest)> = remembered.into_iter().collect();
-        if remembered.is_none() {
-            signed_heads.extend(self.anchored_heads(tenant, &origin).await?);
-        }
+        signed_heads.extend(anchored);
         if let Some(latest) = &latest {
             let ours = remembered == Some((latest.size(), latest.root()));
             if ours && latest.size() < size {
@@ -323,6 +325,11 @@ impl<S: MerkleStore> Checkpointer<S> {
         // The latest checkpoint is the largest, so none of this size can be recorded yet unless a
         // concurrent checkpointer just recorded one: the store keeps the first and returns it.
         let recorded = self.store.record_checkpoint(&signed).await?;
+        if recorded.note != signed.note {
+            // Recorded meanwhile by someone else: trusted, and handed out, only once its
+            // signature verifies with our key (a forged row is no split view either).
+            Checkpoint::open(recorded.note.as_bytes(), &self.verifier, &origin)?;
+        }
         if recorded.root() != root {
             return Err(Error::SplitView {
                 tenant: tenant.to_string(),
@@ -336,9 +343,9 @@ impl<S: MerkleStore> Checkpointer<S> {
     }
 
     /// The latest checkpoint each anchor sink holds for `tenant`, opened with this checkpointer's
-    /// key: a process that has signed nothing yet learns what was anchored before it started, so
-    /// it never signs a tree that does not extend an anchored checkpoint (the database's
-    /// checkpoint rows alone can be deleted by its administrator).
+    /// key: a process learns what was anchored before it started or by another process, so it
+    /// never signs a tree that does not extend an anchored checkpoint (the database's checkpoint
+    /// rows alone can be deleted by its administrator).
     async fn anchored_heads(&self, tenant: &TenantId, origin: &str) -> Result<Vec<(u64, Sha256Digest)>> {
         let mut heads = Vec::new();
         for sink in &self.anchors {
@@ -493,7 +500,9 @@ impl<S: MerkleStore> Checkpointer<S> {
         let Some(head) = self.store.head(tenant).await? else { return Ok(false) };
         let signed = self.store.latest_checkpoint(tenant).await?.map_or(0, |latest| latest.size());
         if head.seq <= signed {
-            return Ok(false);
+            // A chain shorter than the latest row (a cut-off tail, or a forged row) is due, so
+            // that checkpoint_now reports it instead of the tenant going silent.
+            return Ok(head.seq < signed);
         }
         if head.seq - signed >= self.policy.every {
             return Ok(true);
