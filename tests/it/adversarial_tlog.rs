@@ -518,6 +518,78 @@ async fn rewritten_unsigned_chain_entry_is_refused_sqlite() {
     rewritten_unsigned_chain_entry_is_refused(store, raw).await;
 }
 
+/// At an exact multiple of 256: signed at 256 (its right edge is the level-1 tile alone), stored
+/// to 300. The level-1 hash of the signed full tile, a signed leaf on the path of the last signed
+/// leaf, and a leaf of the new partial tile are each rewritten in turn: each is refused and
+/// nothing is signed.
+async fn rewritten_tiles_at_a_full_tile_boundary_are_refused<S: MerkleStore + Clone>(store: S, raw: RawDb) {
+    let checkpointer = Checkpointer::new(store.clone(), signer());
+    append_n(&store, "acme", 0, 256).await;
+    assert_eq!(checkpointer.checkpoint_now(&tenant("acme")).await.expect("checkpoint").size(), 256);
+    append_n(&store, "acme", 256, 44).await;
+    assert_eq!(tlog::sync_tree(&store, &tenant("acme")).await.expect("extend").size, 300);
+    let signed_before = checkpointer.latest(&tenant("acme")).await.expect("latest");
+    for (level, index, hash) in [(1, 0, 0), (0, 0, 200), (0, 1, 20)] {
+        let original = raw.tile(level, index).await;
+        let mut rewritten = original.clone();
+        rewritten[hash * 32..(hash + 1) * 32].fill(5);
+        raw.set_tile(level, index, rewritten).await;
+        let refused = checkpointer.checkpoint_now(&tenant("acme")).await.expect_err("rewritten tile");
+        assert!(
+            matches!(
+                refused,
+                Error::Forked { checkpoint_size: 256, .. }
+                    | Error::RewrittenTree { checkpoint_size: 256, .. }
+            ),
+            "tile {level}/{index} hash {hash}: {refused:?}"
+        );
+        assert_eq!(
+            checkpointer.latest(&tenant("acme")).await.expect("latest"),
+            signed_before,
+            "nothing signed"
+        );
+        raw.set_tile(level, index, original).await;
+    }
+    assert_eq!(checkpointer.checkpoint_now(&tenant("acme")).await.expect("restored").size(), 300);
+}
+
+#[tokio::test]
+async fn rewritten_tiles_at_a_full_tile_boundary_are_refused_postgres() {
+    let (store, raw) = postgres().await;
+    rewritten_tiles_at_a_full_tile_boundary_are_refused(store, raw).await;
+}
+
+#[tokio::test]
+async fn rewritten_tiles_at_a_full_tile_boundary_are_refused_sqlite() {
+    let (store, raw) = sqlite().await;
+    rewritten_tiles_at_a_full_tile_boundary_are_refused(store, raw).await;
+}
+
+/// Another tenant's rewritten tree neither blocks nor leaks into this tenant's checkpoint, and is
+/// refused for that tenant (`tick` reports both).
+#[tokio::test]
+async fn another_tenants_rewritten_tree_is_refused_for_it_alone_sqlite() {
+    let (store, raw) = sqlite().await;
+    let checkpointer = Checkpointer::new(store.clone(), signer());
+    for name in ["acme", "globex"] {
+        append_n(&store, name, 0, 10).await;
+        checkpointer.checkpoint_now(&tenant(name)).await.expect("checkpoint");
+        append_n(&store, name, 10, 5).await;
+        tlog::sync_tree(&store, &tenant(name)).await.expect("extend");
+    }
+    let RawDb::Sqlite(database) = &raw else { unreachable!("a SQLite database") };
+    sqlx::query("UPDATE audit_tree_tiles SET hashes = zeroblob(480) WHERE tenant = 'globex' AND level = 0 AND idx = 0")
+        .execute(database.pool())
+        .await
+        .expect("rewrite globex's tile");
+    let refused = checkpointer.checkpoint_now(&tenant("globex")).await.expect_err("globex rewritten");
+    assert!(matches!(refused, Error::Forked { .. } | Error::RewrittenTree { .. }), "{refused:?}");
+    assert_eq!(checkpointer.checkpoint_now(&tenant("acme")).await.expect("acme is untouched").size(), 15);
+    let acme_tile = raw.tile(0, 0).await;
+    assert_eq!(acme_tile.len(), 15 * 32);
+    assert!(acme_tile.iter().any(|byte| *byte != 0), "acme's tile is its own");
+}
+
 /// The untampered case of the above on every backend, the memory store included (whose rows no
 /// administrator can reach): the re-derivation agrees with the stored tree across tile and level
 /// boundaries, from a signed head in the middle of a tile, and (memory) after a catch-up larger

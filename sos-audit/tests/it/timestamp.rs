@@ -742,3 +742,213 @@ async fn token_without_a_signing_certificate_attribute_is_rejected() {
     let result = TimestampToken::verify(&bare, note.as_bytes(), &tsa.certificate());
     assert!(matches!(result, Err(Error::TimestampSigningCertificateMissing)), "{result:?}");
 }
+
+/// ESS `ESSCertIDv2` (RFC 5035 §4), encoded here to forge attributes.
+#[derive(Clone, Debug, der::Sequence)]
+struct EssCertIdV2 {
+    #[asn1(optional = "true")]
+    hash_algorithm: Option<spki::AlgorithmIdentifierOwned>,
+    cert_hash: der::asn1::OctetString,
+    #[asn1(optional = "true")]
+    issuer_serial: Option<IssuerSerial>,
+}
+
+/// ESS `IssuerSerial` (RFC 5035 §4).
+#[derive(Clone, Debug, der::Sequence)]
+struct IssuerSerial {
+    issuer: Vec<x509_cert::ext::pkix::name::GeneralName>,
+    serial_number: x509_cert::serial_number::SerialNumber,
+}
+
+/// ESS `SigningCertificateV2` (RFC 5035 §3) or, with `EssCertId` hashes, `SigningCertificate`.
+#[derive(Clone, Debug, der::Sequence)]
+struct SigningCertificateV2 {
+    certs: Vec<EssCertIdV2>,
+}
+
+/// ESS `ESSCertID` (RFC 2634 §5.4.1).
+#[derive(Clone, Debug, der::Sequence)]
+struct EssCertId {
+    cert_hash: der::asn1::OctetString,
+}
+
+/// ESS `SigningCertificate` (RFC 2634 §5.4).
+#[derive(Clone, Debug, der::Sequence)]
+struct SigningCertificate {
+    certs: Vec<EssCertId>,
+}
+
+const SIGNING_CERTIFICATE: der::oid::ObjectIdentifier =
+    der::oid::ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.2.12");
+const SIGNING_CERTIFICATE_V2: der::oid::ObjectIdentifier =
+    der::oid::ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.2.47");
+
+fn attribute(oid: der::oid::ObjectIdentifier, values: Vec<der::Any>) -> x509_cert::attr::Attribute {
+    x509_cert::attr::Attribute {
+        oid,
+        values: der::asn1::SetOfVec::try_from(values).expect("distinct values"),
+    }
+}
+
+fn v2(cert_hash: &[u8], algorithm: Option<&str>, issuer_serial: Option<IssuerSerial>) -> der::Any {
+    let id = EssCertIdV2 {
+        hash_algorithm: algorithm.map(|oid| spki::AlgorithmIdentifierOwned {
+            oid: oid.parse().expect("an OID"),
+            parameters: None,
+        }),
+        cert_hash: der::asn1::OctetString::new(cert_hash).expect("a hash"),
+        issuer_serial,
+    };
+    der::Any::encode_from(&SigningCertificateV2 { certs: vec![id] }).expect("encode")
+}
+
+fn v1(cert_hash: &[u8]) -> der::Any {
+    let id = EssCertId { cert_hash: der::asn1::OctetString::new(cert_hash).expect("a hash") };
+    der::Any::encode_from(&SigningCertificate { certs: vec![id] }).expect("encode")
+}
+
+/// A real token of `tsa` whose ESS signing-certificate attributes are replaced by `ess`, and whose
+/// signed attributes are signed again with the TSA's own key (`openssl dgst -sign`, RSA PKCS#1
+/// v1.5 with SHA-256): the signature verifies, only the attributes say what they say.
+fn resigned(tsa: &OpensslTsa, token: &[u8], ess: Vec<x509_cert::attr::Attribute>) -> Vec<u8> {
+    use der::{Decode as _, Encode as _};
+    let info = cms::content_info::ContentInfo::from_der(token).expect("a token");
+    let mut signed: cms::signed_data::SignedData = info.content.decode_as().expect("SignedData");
+    let mut signers = signed.signer_infos.0.into_vec();
+    let signer = &mut signers[0];
+    let mut attributes: Vec<x509_cert::attr::Attribute> = signer
+        .signed_attrs
+        .take()
+        .expect("signed attributes")
+        .into_vec()
+        .into_iter()
+        .filter(|attribute| attribute.oid != SIGNING_CERTIFICATE && attribute.oid != SIGNING_CERTIFICATE_V2)
+        .collect();
+    attributes.extend(ess);
+    let attributes = der::asn1::SetOfVec::try_from(attributes).expect("distinct attributes");
+    let path = tsa.path();
+    std::fs::write(path.join("attributes.der"), attributes.to_der().expect("encode")).expect("write");
+    openssl(path, &["dgst", "-sha256", "-sign", "tsa.key", "-out", "attributes.sig", "attributes.der"]);
+    let signature = std::fs::read(path.join("attributes.sig")).expect("the signature");
+    signer.signature = der::asn1::OctetString::new(signature).expect("a signature");
+    signer.signed_attrs = Some(attributes);
+    signed.signer_infos = cms::signed_data::SignerInfos(der::asn1::SetOfVec::try_from(signers).expect("one"));
+    cms::content_info::ContentInfo {
+        content_type: info.content_type,
+        content: der::Any::encode_from(&signed).expect("encode"),
+    }
+    .to_der()
+    .expect("encode")
+}
+
+/// Forged ESS attributes in tokens the TSA's key really signed: each names the pinned certificate
+/// wrongly in one way, and each is refused; the correct forms (built the same way) verify, so the
+/// re-signing itself is sound.
+#[tokio::test]
+async fn forged_signing_certificate_attributes_are_rejected() {
+    use sha2::Digest as _;
+    let tsa = OpensslTsa::new(Options::key(Key::Rsa));
+    let url = serve(Arc::clone(&tsa), Behaviour::Honest).await;
+    let note = signed_checkpoint(256);
+    let token = client(&url, tsa.certificate()).timestamp(note.as_bytes()).await.expect("a token");
+    let certificate = tsa.certificate();
+    let sha256 = sha2::Sha256::digest(certificate.as_der()).to_vec();
+    let path = tsa.path();
+    std::fs::write(path.join("tsa.der"), certificate.as_der()).expect("write");
+    openssl(path, &["dgst", "-sha1", "-binary", "-out", "tsa.sha1", "tsa.der"]);
+    let sha1 = std::fs::read(path.join("tsa.sha1")).expect("the SHA-1 hash");
+    let mut wrong = sha256.clone();
+    wrong[31] ^= 1;
+    let mut wrong_sha1 = sha1.clone();
+    wrong_sha1[19] ^= 1;
+    let parsed = {
+        use der::Decode as _;
+        x509_cert::Certificate::from_der(certificate.as_der()).expect("a certificate")
+    };
+    let issuer =
+        vec![x509_cert::ext::pkix::name::GeneralName::DirectoryName(parsed.tbs_certificate.issuer.clone())];
+    let serial = |serial: &[u8]| x509_cert::serial_number::SerialNumber::new(serial).expect("a serial");
+    let issuer_serial = |serial_number| IssuerSerial { issuer: issuer.clone(), serial_number };
+
+    let verify = |ess: Vec<x509_cert::attr::Attribute>| {
+        TimestampToken::verify(&resigned(&tsa, token.as_der(), ess), note.as_bytes(), &certificate)
+    };
+    // The sound forms: V2 with issuerSerial, V1 and V2 together, V2 with SHA-256 named.
+    let real_serial = parsed.tbs_certificate.serial_number.clone();
+    for ess in [
+        vec![attribute(
+            SIGNING_CERTIFICATE_V2,
+            vec![v2(&sha256, None, Some(issuer_serial(real_serial.clone())))],
+        )],
+        vec![
+            attribute(SIGNING_CERTIFICATE, vec![v1(&sha1)]),
+            attribute(SIGNING_CERTIFICATE_V2, vec![v2(&sha256, None, None)]),
+        ],
+        vec![attribute(SIGNING_CERTIFICATE_V2, vec![v2(&sha256, Some("2.16.840.1.101.3.4.2.1"), None)])],
+    ] {
+        verify(ess).expect("a correct signing-certificate attribute verifies");
+    }
+
+    let mismatches = [
+        (
+            "V1 right, V2 wrong",
+            vec![
+                attribute(SIGNING_CERTIFICATE, vec![v1(&sha1)]),
+                attribute(SIGNING_CERTIFICATE_V2, vec![v2(&wrong, None, None)]),
+            ],
+        ),
+        (
+            "V1 wrong, V2 right",
+            vec![
+                attribute(SIGNING_CERTIFICATE, vec![v1(&wrong_sha1)]),
+                attribute(SIGNING_CERTIFICATE_V2, vec![v2(&sha256, None, None)]),
+            ],
+        ),
+        (
+            "another serial",
+            vec![attribute(
+                SIGNING_CERTIFICATE_V2,
+                vec![v2(&sha256, None, Some(issuer_serial(serial(&[0x10, 0x02]))))],
+            )],
+        ),
+        (
+            "no issuer name",
+            vec![attribute(
+                SIGNING_CERTIFICATE_V2,
+                vec![v2(
+                    &sha256,
+                    None,
+                    Some(IssuerSerial { issuer: Vec::new(), serial_number: real_serial.clone() }),
+                )],
+            )],
+        ),
+        (
+            "SHA-384 named over a SHA-256 hash",
+            vec![attribute(SIGNING_CERTIFICATE_V2, vec![v2(&sha256, Some("2.16.840.1.101.3.4.2.2"), None)])],
+        ),
+    ];
+    for (case, ess) in mismatches {
+        let result = verify(ess);
+        assert!(
+            matches!(result, Err(Error::TimestampSigningCertificateMismatch { .. })),
+            "{case}: {result:?}"
+        );
+    }
+    // A hash algorithm it does not know (SHA-224).
+    let result = verify(vec![attribute(
+        SIGNING_CERTIFICATE_V2,
+        vec![v2(&sha256[..28], Some("2.16.840.1.101.3.4.2.4"), None)],
+    )]);
+    assert!(matches!(result, Err(Error::TimestampUnsupportedAlgorithm { .. })), "{result:?}");
+    // The attribute twice, or one attribute with two values: the first naming another certificate.
+    let result = verify(vec![attribute(
+        SIGNING_CERTIFICATE_V2,
+        vec![v2(&sha256, None, None), v2(&wrong, None, None)],
+    )]);
+    assert!(matches!(result, Err(Error::TimestampAttributes { .. })), "{result:?}");
+    let result = verify(vec![
+        attribute(SIGNING_CERTIFICATE_V2, vec![v2(&wrong, None, None)]),
+        attribute(SIGNING_CERTIFICATE_V2, vec![v2(&sha256, None, None)]),
+    ]);
+    assert!(matches!(result, Err(Error::TimestampAttributes { .. })), "{result:?}");
+}
