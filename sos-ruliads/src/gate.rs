@@ -8,11 +8,15 @@
 //! 2. holds back causes notified within `repeat_interval` (`repeat`) and flapping entities
 //!    (`cooldown`);
 //! 3. **groups** the rest by (tenant, ruliad), delaying them until the group is due (`grouped`);
-//! 4. for each due group, **claims** every member's cause in the [`StateStore`], so that several
-//!    evaluators (in several processes) never send the same cause twice; a cause someone else
-//!    claimed is held back as `repeat`;
-//! 5. offers the group's one message to the **trust gate**, which releases it or keeps it with
+//! 4. **claims** the causes of every due group's members in the [`StateStore`], all of the
+//!    round's at once ([`StateStore::claim_causes`]: one statement on the database stores), so
+//!    that several evaluators (in several processes) never send the same cause twice; a cause
+//!    someone else claimed is held back as `repeat`;
+//! 5. offers each group's one message to the **trust gate**, which releases it or keeps it with
 //!    its reason (`trust` before the agent earned the right, `cooldown` when the budget is spent).
+//!
+//! The gate reuses its buffers from round to round and keeps a group of one signal inline, so a
+//! round that decides one signal allocates little beyond the signal itself.
 //!
 //! A host whose released signal starts a self-healing action asks [`Gate::start_trigger`], which
 //! records a refusal by the trigger ceiling as `ceiling` (or `repeat` for a replayed cause).
@@ -25,14 +29,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use sos_core::{Sha256Digest, Signal, SignalKind, TenantId};
 
 use crate::ceiling::{Admission, Attempt, TriggerCeiling};
 use crate::engine::Fired;
 use crate::error::Result;
-use crate::grouping::{Grouper, GroupingConfig, GroupingState, Notification, Suppressed};
+use crate::grouping::{Grouper, GroupingConfig, GroupingState, Members, Notification, Suppressed};
 use crate::ruliad::Class;
-use crate::store::StateStore;
+use crate::store::{CauseClaim, StateStore};
 use crate::trust::{Reason, TrustConfig, TrustGate, TrustState};
 
 /// What one round of the gate let through and held back.
@@ -75,6 +80,15 @@ pub struct Gate {
     trust: TrustGate,
     classes: BTreeMap<SignalKind, Class>,
     claimed_unsent: BTreeSet<(TenantId, Sha256Digest)>,
+    /// Buffers reused across rounds (empty between rounds).
+    buffers: Buffers,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Buffers {
+    signals: Vec<Signal>,
+    due: Vec<Notification>,
+    claimed: Vec<bool>,
 }
 
 impl Gate {
@@ -90,6 +104,7 @@ impl Gate {
             trust: TrustGate::plant(trust, planted_at)?,
             classes: BTreeMap::new(),
             claimed_unsent: BTreeSet::new(),
+            buffers: Buffers::default(),
         })
     }
 
@@ -104,6 +119,7 @@ impl Gate {
             trust: TrustGate::restore(trust, state.trust)?,
             classes: state.classes,
             claimed_unsent: state.claimed_unsent,
+            buffers: Buffers::default(),
         })
     }
 
@@ -139,19 +155,20 @@ impl Gate {
 
     /// Runs one round: `fired` are the signals active at `now` (all of them, also those already
     /// notified, so that inhibition and flapping see the whole picture). Causes are claimed in
-    /// `store`.
+    /// `store`, all of the round's due groups at once.
     ///
     /// # Errors
     ///
-    /// Whatever the store returns; the members of a group whose claim failed go back to their
-    /// group and are offered again in the next round.
+    /// Whatever the store returns. Then nothing of this round was released: every member of
+    /// every due group goes back to its group and is offered again in the next round (the
+    /// causes claimed before the failure are remembered as this gate's, not claimed again).
     pub async fn round<S: StateStore>(
         &mut self,
         store: &S,
         now: DateTime<Utc>,
         fired: Vec<Fired>,
     ) -> Result<Round> {
-        let mut signals = Vec::with_capacity(fired.len());
+        let mut signals = std::mem::take(&mut self.buffers.signals);
         for fired in fired {
             if self.classes.get(fired.signal.kind()) != Some(&fired.class) {
                 self.classes.insert(fired.signal.kind().clone(), fired.class);
@@ -159,19 +176,36 @@ impl Gate {
             signals.push(fired.signal);
         }
         let mut round = Round::default();
-        self.grouper.observe_into(now, signals, &mut round.suppressed);
-        let mut due = self.grouper.flush(now).into_iter();
-        while let Some(notification) = due.next() {
-            let notification = match self.claim(store, now, notification, &mut round).await {
-                Ok(Some(notification)) => notification,
-                Ok(None) => continue,
-                Err(error) => {
-                    // Nothing is lost: what was not yet offered waits for the next round.
-                    for rest in due {
-                        self.grouper.requeue(now, rest.into_members());
+        self.grouper.observe_into(now, &mut signals, &mut round.suppressed);
+        self.buffers.signals = signals;
+        let mut due = std::mem::take(&mut self.buffers.due);
+        self.grouper.flush_into(now, &mut due);
+        if due.is_empty() {
+            self.buffers.due = due;
+            return Ok(round);
+        }
+        let mut claimed = std::mem::take(&mut self.buffers.claimed);
+        if let Err(error) = self.claim(store, now, &due, &mut claimed).await {
+            // Nothing is lost: every due member waits for the next round; the causes claimed
+            // already are remembered as ours, so they are sent then without a second claim.
+            let mut flags = claimed.iter();
+            for notification in due.drain(..) {
+                let members = notification.into_members();
+                for member in &members {
+                    if flags.next() == Some(&true) {
+                        self.claimed_unsent.insert((member.tenant().clone(), *member.cause()));
                     }
-                    return Err(error);
                 }
+                self.grouper.requeue(now, members);
+            }
+            self.buffers.due = due;
+            self.buffers.claimed = claimed;
+            return Err(error);
+        }
+        let mut flags = claimed.iter().copied();
+        for notification in due.drain(..) {
+            let Some(notification) = self.keep_claimed(now, notification, &mut flags, &mut round) else {
+                continue;
             };
             let class = self.classes.get(notification.summary().kind()).copied().unwrap_or_default();
             match self.trust.admit(now, notification.summary().id(), class) {
@@ -189,62 +223,88 @@ impl Gate {
                 }
             }
         }
+        self.buffers.due = due;
+        self.buffers.claimed = claimed;
         Ok(round)
     }
 
-    /// Claims the causes of a due group's members; members whose cause was already claimed
-    /// (by another evaluator, or before a restart) are held back as `repeat`.
+    /// Claims the causes of every member of the `due` notifications, setting one flag per member
+    /// in order: `true` when the cause is this gate's to send. A cause this gate claimed in an
+    /// earlier, failed round is its own without a second claim.
     async fn claim<S: StateStore>(
         &mut self,
         store: &S,
         now: DateTime<Utc>,
+        due: &[Notification],
+        claimed: &mut Vec<bool>,
+    ) -> Result<()> {
+        let members = || due.iter().flat_map(Notification::members);
+        let ours = |gate: &Self, member: &Signal| {
+            !gate.claimed_unsent.is_empty()
+                && gate.claimed_unsent.contains(&(member.tenant().clone(), *member.cause()))
+        };
+        let claims: SmallVec<[CauseClaim<'_>; 4]> = members()
+            .filter(|member| !ours(self, member))
+            .map(|member| CauseClaim {
+                tenant: member.tenant(),
+                scope: member.kind().as_str(),
+                cause: member.cause(),
+            })
+            .collect();
+        if claims.len() == members().count() {
+            store.claim_causes(now, &claims, claimed).await
+        } else {
+            let mut outcomes = Vec::with_capacity(claims.len());
+            let result = store.claim_causes(now, &claims, &mut outcomes).await;
+            // Merge: our own causes are `true`, the others take their claim's outcome.
+            claimed.clear();
+            let mut outcomes = outcomes.iter().copied();
+            for member in members() {
+                let flag = if ours(self, member) {
+                    self.claimed_unsent.remove(&(member.tenant().clone(), *member.cause()));
+                    true
+                } else {
+                    outcomes.next().unwrap_or(false)
+                };
+                claimed.push(flag);
+            }
+            result
+        }
+    }
+
+    /// The notification without the members whose cause was claimed elsewhere (each recorded as
+    /// `repeat`); `None` when none is left. `flags` are the claim outcomes, one per member.
+    fn keep_claimed(
+        &mut self,
+        now: DateTime<Utc>,
         notification: Notification,
+        flags: &mut impl Iterator<Item = bool>,
         round: &mut Round,
-    ) -> Result<Option<Notification>> {
-        let (summary, all) = notification.into_parts();
-        let count = all.len();
-        let mut fresh = Vec::with_capacity(count);
-        let mut members = all.into_iter();
-        while let Some(member) = members.next() {
-            if !self.claimed_unsent.is_empty()
-                && self.claimed_unsent.remove(&(member.tenant().clone(), *member.cause()))
-            {
-                fresh.push(member);
+    ) -> Option<Notification> {
+        let (summary, mut members) = notification.into_parts();
+        let count = members.len();
+        let mut kept = Members::new();
+        for member in members.drain(..) {
+            if flags.next().unwrap_or(false) {
+                kept.push(member);
                 continue;
             }
-            match store.claim_cause(now, member.tenant(), member.kind().as_str(), member.cause()).await {
-                Ok(true) => fresh.push(member),
-                Ok(false) => {
-                    let detail =
-                        "already sent: this cause was claimed by another evaluator or an earlier run";
-                    round.suppressed.push(self.grouper.log(suppression(
-                        now,
-                        &member,
-                        Reason::Repeat,
-                        detail.to_owned(),
-                    )));
-                }
-                Err(error) => {
-                    // Every member waits for the next round; those claimed already are
-                    // remembered as ours, so they are sent then without a second claim.
-                    for claimed in &fresh {
-                        self.claimed_unsent.insert((claimed.tenant().clone(), *claimed.cause()));
-                    }
-                    let rest: Vec<Signal> =
-                        fresh.into_iter().chain(std::iter::once(member)).chain(members).collect();
-                    self.grouper.requeue(now, rest);
-                    return Err(error);
-                }
-            }
+            let detail = "already sent: this cause was claimed by another evaluator or an earlier run";
+            round.suppressed.push(self.grouper.log(suppression(
+                now,
+                &member,
+                Reason::Repeat,
+                detail.to_owned(),
+            )));
         }
-        if fresh.is_empty() {
-            return Ok(None);
+        if kept.is_empty() {
+            return None;
         }
-        if fresh.len() == count {
-            return Ok(Some(Notification::from_parts(summary, fresh)));
+        if kept.len() == count {
+            return Some(Notification::from_parts(summary, kept));
         }
         // Some members were already sent elsewhere: the message lists only the others.
-        Ok(Notification::of(now, fresh))
+        Notification::of(now, kept)
     }
 
     /// Asks `ceiling` to start the self-healing action that `signal` calls for; a refusal is

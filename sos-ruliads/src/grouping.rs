@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use sos_core::{Sha256Digest, Signal, SignalId, SignalKind, TenantId};
 
 use crate::error::{Error, Result};
@@ -123,6 +124,10 @@ pub struct Suppressed {
     pub at: DateTime<Utc>,
 }
 
+/// The members of a group or notification: one member (the usual case when signals arrive one
+/// by one) is kept inline, without a heap allocation.
+pub(crate) type Members = SmallVec<[Signal; 1]>;
+
 /// One notification: a group's new members, summarised in one message. A group of one member
 /// is that member itself: the person reads the signal, and feedback on its id reaches the trust
 /// gate.
@@ -131,13 +136,13 @@ pub struct Notification {
     /// The summary of a group of several members; `None` for a single member.
     summary: Option<Signal>,
     /// The members, in arrival order; never empty.
-    members: Vec<Signal>,
+    members: Members,
 }
 
 impl Notification {
     /// The notification of `members` at `now`; `None` when there are none (or the summary cannot
     /// be built).
-    pub(crate) fn of(now: DateTime<Utc>, members: Vec<Signal>) -> Option<Self> {
+    pub(crate) fn of(now: DateTime<Utc>, members: Members) -> Option<Self> {
         match members.len() {
             0 => None,
             1 => Some(Self { summary: None, members }),
@@ -157,17 +162,17 @@ impl Notification {
         &self.members
     }
 
-    pub(crate) fn into_parts(self) -> (Option<Signal>, Vec<Signal>) {
+    pub(crate) fn into_parts(self) -> (Option<Signal>, Members) {
         (self.summary, self.members)
     }
 
-    pub(crate) fn from_parts(summary: Option<Signal>, members: Vec<Signal>) -> Self {
+    pub(crate) fn from_parts(summary: Option<Signal>, members: Members) -> Self {
         Self { summary, members }
     }
 
     /// The members, by value.
     pub fn into_members(self) -> Vec<Signal> {
-        self.members
+        self.members.into_vec()
     }
 
     /// The summary, by value.
@@ -180,13 +185,19 @@ impl Notification {
     }
 }
 
+/// Groups up to this size find a pending cause by scanning their members; bigger ones keep an
+/// index, so that joining a big group stays O(log n) while a small one allocates nothing.
+const SMALL_GROUP: usize = 8;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Group {
     created_at: DateTime<Utc>,
     last_flush_at: Option<DateTime<Utc>>,
-    pending: Vec<Signal>,
-    /// The pending members' causes, so joining a big group stays O(log n).
-    #[serde(default)]
+    /// Serialized as a list, as in format 1.
+    pending: Members,
+    /// The pending members' causes while there are more than [`SMALL_GROUP`] of them, empty
+    /// otherwise; derived from `pending` (format 1 stored it: it is read and ignored).
+    #[serde(skip)]
     pending_causes: BTreeSet<Sha256Digest>,
 }
 
@@ -197,7 +208,47 @@ impl Group {
             Some(last) => last + TimeDelta::seconds(config.group_interval_seconds),
         }
     }
+
+    fn is_pending(&self, cause: &Sha256Digest) -> bool {
+        if self.pending.len() <= SMALL_GROUP {
+            self.pending.iter().any(|member| member.cause() == cause)
+        } else {
+            self.pending_causes.contains(cause)
+        }
+    }
+
+    /// Adds `signal` unless its cause is pending already; returns whether it was added.
+    fn join(&mut self, signal: Signal) -> bool {
+        if self.is_pending(signal.cause()) {
+            return false;
+        }
+        if self.pending.len() == SMALL_GROUP {
+            self.pending_causes.extend(self.pending.iter().map(|member| *member.cause()));
+        }
+        if self.pending.len() >= SMALL_GROUP {
+            self.pending_causes.insert(*signal.cause());
+        }
+        self.pending.push(signal);
+        true
+    }
+
+    fn take_pending(&mut self) -> Members {
+        self.pending_causes.clear();
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Rebuilds the derived index after a restore.
+    fn reindex(&mut self) {
+        self.pending_causes.clear();
+        if self.pending.len() > SMALL_GROUP {
+            self.pending_causes.extend(self.pending.iter().map(|member| *member.cause()));
+        }
+    }
 }
+
+/// When an entity (flap key) appeared after being absent, oldest first; serialized as a list, as
+/// in format 1. Up to the default flap threshold fits inline.
+type Appearances = SmallVec<[DateTime<Utc>; 3]>;
 
 /// The grouper's serializable state. Maps are keyed by tenant first, so that lookups borrow the
 /// signal's own values instead of building keys.
@@ -207,10 +258,11 @@ pub struct GroupingState {
     groups: BTreeMap<TenantId, BTreeMap<SignalKind, Group>>,
     /// tenant → cause → when it was last notified.
     notified: BTreeMap<TenantId, BTreeMap<Sha256Digest, DateTime<Utc>>>,
-    /// The flap keys (tenant, kind, subject) active in the previous round.
-    previous_keys: BTreeSet<u64>,
+    /// The flap keys (tenant, kind, subject) active in the previous round, sorted and unique
+    /// (serialized as the set of format 1).
+    previous_keys: Vec<u64>,
     /// flap key → when it appeared after being absent, within the flap window.
-    appearances: BTreeMap<u64, VecDeque<DateTime<Utc>>>,
+    appearances: BTreeMap<u64, Appearances>,
     log: VecDeque<Suppressed>,
     /// When expired entries were last swept; sweeps run at most once per minute of clock time.
     #[serde(default)]
@@ -223,9 +275,16 @@ pub struct Grouper {
     config: GroupingConfig,
     state: GroupingState,
     /// Notified causes in notification order and appearances in time order, so that expiry
-    /// pops the oldest instead of scanning; derived from the state (rebuilt on restore).
-    notified_order: VecDeque<(DateTime<Utc>, TenantId, Sha256Digest)>,
+    /// pops the oldest instead of scanning; derived from the state (rebuilt on restore). A
+    /// tenant is named by its index in `tenants`, so that recording a notification allocates
+    /// nothing.
+    notified_order: VecDeque<(DateTime<Utc>, u32, Sha256Digest)>,
     appearance_order: VecDeque<(DateTime<Utc>, u64)>,
+    /// Every tenant notified since the start (a gate serves one agent: few).
+    tenants: Tenants,
+    /// Buffers reused across rounds: this round's flap keys and the inhibitors' index.
+    current_keys: Vec<u64>,
+    inhibitors: HashMap<u64, usize>,
 }
 
 fn label<'a>(signal: &'a Signal, name: &str) -> Option<&'a str> {
@@ -283,7 +342,7 @@ fn group_mut<'a>(state: &'a mut GroupingState, now: DateTime<Utc>, signal: &Sign
         let group = Group {
             created_at: now,
             last_flush_at: None,
-            pending: Vec::new(),
+            pending: Members::new(),
             pending_causes: BTreeSet::new(),
         };
         kinds.insert(signal.kind().clone(), group);
@@ -306,13 +365,14 @@ impl Grouper {
     /// # Errors
     ///
     /// [`Error::InvalidParameter`] when a timer is invalid.
-    pub fn restore(config: GroupingConfig, state: GroupingState) -> Result<Self> {
+    pub fn restore(config: GroupingConfig, mut state: GroupingState) -> Result<Self> {
         config.validate()?;
-        let mut notified_order: Vec<_> = state
-            .notified
-            .iter()
-            .flat_map(|(tenant, causes)| causes.iter().map(move |(cause, at)| (*at, tenant.clone(), *cause)))
-            .collect();
+        let mut tenants = Tenants::default();
+        let mut notified_order = Vec::new();
+        for (tenant, causes) in &state.notified {
+            let index = tenants.intern(tenant);
+            notified_order.extend(causes.iter().map(|(cause, at)| (*at, index, *cause)));
+        }
         notified_order.sort();
         let mut appearance_order: Vec<_> = state
             .appearances
@@ -320,11 +380,19 @@ impl Grouper {
             .flat_map(|(key, times)| times.iter().map(move |at| (*at, *key)))
             .collect();
         appearance_order.sort();
+        state.previous_keys.sort_unstable();
+        state.previous_keys.dedup();
+        for group in state.groups.values_mut().flat_map(BTreeMap::values_mut) {
+            group.reindex();
+        }
         Ok(Self {
             config,
             state,
             notified_order: notified_order.into(),
             appearance_order: appearance_order.into(),
+            tenants,
+            current_keys: Vec::new(),
+            inhibitors: HashMap::new(),
         })
     }
 
@@ -350,34 +418,37 @@ impl Grouper {
 
     /// Hands over the signals active at `now`; returns what happened to each one that did not
     /// simply join its group (every one of them is also in [`Grouper::suppressed`]).
-    pub fn observe(&mut self, now: DateTime<Utc>, active: Vec<Signal>) -> Vec<Suppressed> {
+    pub fn observe(&mut self, now: DateTime<Utc>, mut active: Vec<Signal>) -> Vec<Suppressed> {
         let mut outcomes = Vec::new();
-        self.observe_into(now, active, &mut outcomes);
+        self.observe_into(now, &mut active, &mut outcomes);
         outcomes
     }
 
-    /// As [`Grouper::observe`], appending to `outcomes`.
+    /// As [`Grouper::observe`], taking the signals out of `active` (whose buffer the caller
+    /// reuses) and appending to `outcomes`.
     pub(crate) fn observe_into(
         &mut self,
         now: DateTime<Utc>,
-        active: Vec<Signal>,
+        active: &mut Vec<Signal>,
         outcomes: &mut Vec<Suppressed>,
     ) {
         self.expire(now);
         // Inhibitors, indexed once per round: (rule, tenant, equal label values) of every active
         // source signal, so that checking a target is one lookup, not a scan of the round.
-        let mut inhibitors: HashMap<u64, SignalKind> = HashMap::new();
+        let mut inhibitors = std::mem::take(&mut self.inhibitors);
+        inhibitors.clear();
         for (index, rule) in self.config.inhibit.iter().enumerate() {
             for source in active.iter().filter(|signal| signal.kind().as_str() == rule.source) {
                 if let Some(key) = inhibition_key(source, index, rule) {
-                    inhibitors.entry(key).or_insert_with(|| source.kind().clone());
+                    inhibitors.entry(key).or_insert(index);
                 }
             }
         }
-        let mut keys = BTreeSet::new();
-        for signal in active {
+        let mut keys = std::mem::take(&mut self.current_keys);
+        keys.clear();
+        for signal in active.drain(..) {
             let flap = flap_key(&signal);
-            keys.insert(flap);
+            keys.push(flap);
             if let Some(detail) = self.inhibited_by(&signal, &inhibitors) {
                 outcomes.push(self.record(now, &signal, Reason::Inhibited, detail));
                 continue;
@@ -389,11 +460,11 @@ impl Grouper {
                 outcomes.push(self.record(now, &signal, Reason::Repeat, detail));
                 continue;
             }
-            if !self.state.previous_keys.contains(&flap) {
-                self.state.appearances.entry(flap).or_default().push_back(now);
+            if self.state.previous_keys.binary_search(&flap).is_err() {
+                self.state.appearances.entry(flap).or_default().push(now);
                 self.appearance_order.push_back((now, flap));
             }
-            let appearances = self.state.appearances.get(&flap).map_or(0, VecDeque::len);
+            let appearances = self.state.appearances.get(&flap).map_or(0, SmallVec::len);
             if appearances >= self.config.flap_threshold as usize {
                 let detail =
                     ["flapping: appeared ", &appearances.to_string(), " times within the flap window"]
@@ -402,12 +473,12 @@ impl Grouper {
                 continue;
             }
             let group = group_mut(&mut self.state, now, &signal);
-            if !group.pending_causes.insert(*signal.cause()) {
+            if group.is_pending(signal.cause()) {
                 continue;
             }
             let due = group.due(&self.config);
             let delayed = (due > now).then(|| (signal.id(), signal.kind().clone()));
-            group.pending.push(signal);
+            group.join(signal);
             if let Some((id, kind)) = delayed {
                 let detail = ["grouped; the group is due at ", &time_text(due)].concat();
                 outcomes.push(self.log(Suppressed {
@@ -419,37 +490,48 @@ impl Grouper {
                 }));
             }
         }
-        self.state.previous_keys = keys;
+        keys.sort_unstable();
+        keys.dedup();
+        // This round's keys become the previous ones; the old buffer is reused next round.
+        std::mem::swap(&mut self.state.previous_keys, &mut keys);
+        self.current_keys = keys;
+        self.inhibitors = inhibitors;
     }
 
     /// The notifications due at `now`, in (tenant, kind) order.
     pub fn flush(&mut self, now: DateTime<Utc>) -> Vec<Notification> {
         let mut notifications = Vec::new();
+        self.flush_into(now, &mut notifications);
+        notifications
+    }
+
+    /// As [`Grouper::flush`], appending to `notifications` (a buffer the caller reuses).
+    pub(crate) fn flush_into(&mut self, now: DateTime<Utc>, notifications: &mut Vec<Notification>) {
         for (tenant, kinds) in &mut self.state.groups {
+            let mut tenant_index = None;
             for group in kinds.values_mut() {
                 if group.pending.is_empty() || group.due(&self.config) > now {
                     continue;
                 }
-                let members = std::mem::take(&mut group.pending);
-                group.pending_causes.clear();
+                let members = group.take_pending();
                 group.last_flush_at = Some(now);
                 if !self.state.notified.contains_key(tenant) {
                     self.state.notified.insert(tenant.clone(), BTreeMap::new());
                 }
                 let notified = self.state.notified.get_mut(tenant).expect("inserted above");
+                let index = *tenant_index.get_or_insert_with(|| self.tenants.intern(tenant));
                 for member in &members {
                     notified.insert(*member.cause(), now);
-                    self.notified_order.push_back((now, tenant.clone(), *member.cause()));
+                    self.notified_order.push_back((now, index, *member.cause()));
                 }
                 notifications.extend(Notification::of(now, members));
             }
         }
-        notifications
     }
 
     /// Puts members whose message could not be sent back into their groups (due at once) and
     /// forgets that they were notified, so the next round offers them again.
-    pub(crate) fn requeue(&mut self, now: DateTime<Utc>, members: Vec<Signal>) {
+    pub(crate) fn requeue(&mut self, now: DateTime<Utc>, members: impl IntoIterator<Item = Signal>) {
         for member in members {
             if let Some(causes) = self.state.notified.get_mut(member.tenant()) {
                 causes.remove(member.cause());
@@ -458,13 +540,11 @@ impl Grouper {
             // Due at once: the message was due already when sending it failed.
             group.last_flush_at = None;
             group.created_at = now - TimeDelta::seconds(self.config.group_wait_seconds);
-            if group.pending_causes.insert(*member.cause()) {
-                group.pending.push(member);
-            }
+            group.join(member);
         }
     }
 
-    fn inhibited_by(&self, signal: &Signal, inhibitors: &HashMap<u64, SignalKind>) -> Option<String> {
+    fn inhibited_by(&self, signal: &Signal, inhibitors: &HashMap<u64, usize>) -> Option<String> {
         if inhibitors.is_empty() {
             return None;
         }
@@ -472,11 +552,11 @@ impl Grouper {
             if rule.target != signal.kind().as_str() {
                 continue;
             }
-            let Some(source) = inhibition_key(signal, index, rule).and_then(|key| inhibitors.get(&key))
-            else {
+            // The key includes the rule's index, so a hit is a source of this very rule.
+            if !inhibition_key(signal, index, rule).is_some_and(|key| inhibitors.contains_key(&key)) {
                 continue;
-            };
-            return Some(["inhibited by ", source.as_str(), " with equal ", &rule.equal.join(", ")].concat());
+            }
+            return Some(["inhibited by ", &rule.source, " with equal ", &rule.equal.join(", ")].concat());
         }
         None
     }
@@ -504,13 +584,14 @@ impl Grouper {
                 break;
             }
             let Some((at, tenant, cause)) = self.notified_order.pop_front() else { break };
-            if let Some(causes) = self.state.notified.get_mut(&tenant) {
+            let Some(tenant) = self.tenants.name(tenant) else { continue };
+            if let Some(causes) = self.state.notified.get_mut(tenant) {
                 // A cause notified again later has a newer entry; only the matching one expires.
                 if causes.get(&cause) == Some(&at) {
                     causes.remove(&cause);
                 }
                 if causes.is_empty() {
-                    self.state.notified.remove(&tenant);
+                    self.state.notified.remove(tenant);
                 }
             }
         }
@@ -521,8 +602,8 @@ impl Grouper {
             }
             let Some((at, key)) = self.appearance_order.pop_front() else { break };
             if let Some(times) = self.state.appearances.get_mut(&key) {
-                if times.front() == Some(&at) {
-                    times.pop_front();
+                if times.first() == Some(&at) {
+                    times.remove(0);
                 }
                 if times.is_empty() {
                     self.state.appearances.remove(&key);
@@ -542,6 +623,30 @@ impl Grouper {
             });
         }
         self.state.groups.retain(|_, kinds| !kinds.is_empty());
+    }
+}
+
+/// Tenants named by a small number, so that a queue entry holds no string.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Tenants {
+    names: Vec<TenantId>,
+    indexes: BTreeMap<TenantId, u32>,
+}
+
+impl Tenants {
+    /// The index of `tenant`, added when new (cloning it once).
+    fn intern(&mut self, tenant: &TenantId) -> u32 {
+        if let Some(index) = self.indexes.get(tenant) {
+            return *index;
+        }
+        let index = self.names.len() as u32;
+        self.names.push(tenant.clone());
+        self.indexes.insert(tenant.clone(), index);
+        index
+    }
+
+    fn name(&self, index: u32) -> Option<&TenantId> {
+        self.names.get(index as usize)
     }
 }
 

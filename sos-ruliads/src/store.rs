@@ -16,6 +16,18 @@ use sos_core::{Sha256Digest, Signal, TenantId};
 use crate::error::Error;
 use crate::error::Result;
 
+/// One cause to claim with [`StateStore::claim_causes`]: `cause` within `scope` (such as a
+/// ruliad name) for `tenant`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CauseClaim<'a> {
+    /// The tenant.
+    pub tenant: &'a TenantId,
+    /// The scope, such as a ruliad name.
+    pub scope: &'a str,
+    /// The cause digest.
+    pub cause: &'a Sha256Digest,
+}
+
 /// A store of claimed causes and state blobs.
 pub trait StateStore: Send + Sync {
     /// Claims `cause` within `scope` (such as a ruliad name) for `tenant`: `true` for the first
@@ -27,6 +39,32 @@ pub trait StateStore: Send + Sync {
         scope: &str,
         cause: &Sha256Digest,
     ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Claims several causes at once, as [`StateStore::claim_cause`] would one after the other:
+    /// `claimed` is set to one flag per claim, in order, `true` for a first claim ever. A cause
+    /// listed twice is claimed by its first entry. The database stores claim a batch with one
+    /// statement per chunk of claims, so a round of the gate costs one round trip, not one per
+    /// signal.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the store returns. Then the flags that are `true` mark the claims this call made
+    /// before the failure (they are the caller's now); the other causes were not claimed by it.
+    fn claim_causes(
+        &self,
+        now: DateTime<Utc>,
+        claims: &[CauseClaim<'_>],
+        claimed: &mut Vec<bool>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        claimed.clear();
+        claimed.resize(claims.len(), false);
+        async move {
+            for (claim, flag) in claims.iter().zip(claimed.iter_mut()) {
+                *flag = self.claim_cause(now, claim.tenant, claim.scope, claim.cause).await?;
+            }
+            Ok(())
+        }
+    }
 
     /// Forgets the tenant's causes claimed before `before` (keeps the store bounded); returns how
     /// many were removed.
@@ -156,6 +194,75 @@ fn storage(error: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::Storage(Box::new(error))
 }
 
+/// A batch of claims prepared for one SQL statement per chunk: the distinct claims in key order
+/// (so that concurrent batches take row locks in the same order and cannot deadlock), with the
+/// cause as the hex text the tables store.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+struct SqlBatch<'a> {
+    /// (tenant, scope, cause hex) of each distinct claim, sorted.
+    keys: Vec<(&'a str, &'a str, String)>,
+    /// For each claim in the caller's order, the index of its key, and whether it is the first
+    /// entry of that key (a later duplicate is never a first claim).
+    slots: Vec<(usize, bool)>,
+}
+
+/// Claims per SQL statement: 4 bound values each, well below SQLite's 32,766 and PostgreSQL's
+/// 65,535 parameters.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+const CLAIMS_PER_STATEMENT: usize = 500;
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+impl<'a> SqlBatch<'a> {
+    fn new(claims: &[CauseClaim<'a>]) -> Self {
+        let mut keys: Vec<(&'a str, &'a str, String)> =
+            claims.iter().map(|claim| (claim.tenant.as_str(), claim.scope, claim.cause.to_hex())).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut first = vec![true; keys.len()];
+        let slots = claims
+            .iter()
+            .map(|claim| {
+                let hex = claim.cause.to_hex();
+                let key = (claim.tenant.as_str(), claim.scope, hex);
+                // Every claim's key is in `keys` (built from the same claims).
+                let index = keys.binary_search(&key).unwrap_or_default();
+                let is_first = std::mem::replace(&mut first[index], false);
+                (index, is_first)
+            })
+            .collect();
+        Self { keys, slots }
+    }
+
+    /// Sets the flag of every claim whose key (by index) this call inserted.
+    fn outcomes(&self, inserted: &[bool], claimed: &mut [bool]) {
+        for (&(index, is_first), flag) in self.slots.iter().zip(claimed.iter_mut()) {
+            *flag = is_first && inserted.get(index).copied().unwrap_or(false);
+        }
+    }
+
+    /// The index range of each statement's chunk of keys.
+    fn chunks(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        (0..self.keys.len())
+            .step_by(CLAIMS_PER_STATEMENT)
+            .map(|start| start..(start + CLAIMS_PER_STATEMENT).min(self.keys.len()))
+    }
+
+    /// Marks as inserted the keys of `chunk` that the statement returned.
+    fn mark(
+        &self,
+        chunk: std::ops::Range<usize>,
+        returned: &[(String, String, String)],
+        inserted: &mut [bool],
+    ) {
+        for (tenant, scope, cause) in returned {
+            let key = (tenant.as_str(), scope.as_str(), cause.clone());
+            if let Ok(index) = self.keys[chunk.clone()].binary_search(&key) {
+                inserted[chunk.start + index] = true;
+            }
+        }
+    }
+}
+
 /// The PostgreSQL migrations of this crate (versions `0300000001…`), ignoring other crates'.
 #[cfg(feature = "postgres")]
 pub fn postgres_migrator() -> sqlx::migrate::Migrator {
@@ -209,6 +316,48 @@ impl StateStore for PgStore {
         .map_err(storage)?
         .rows_affected();
         Ok(inserted == 1)
+    }
+
+    async fn claim_causes(
+        &self,
+        now: DateTime<Utc>,
+        claims: &[CauseClaim<'_>],
+        claimed: &mut Vec<bool>,
+    ) -> Result<()> {
+        claimed.clear();
+        claimed.resize(claims.len(), false);
+        if let [claim] = claims {
+            claimed[0] = self.claim_cause(now, claim.tenant, claim.scope, claim.cause).await?;
+            return Ok(());
+        }
+        let batch = SqlBatch::new(claims);
+        let mut inserted = vec![false; batch.keys.len()];
+        for chunk in batch.chunks() {
+            let keys = &batch.keys[chunk.clone()];
+            // One statement per chunk: the rows go in key order, so concurrent batches wait on
+            // each other's rows in the same order and never deadlock.
+            let returned = sqlx::query_as::<_, (String, String, String)>(
+                "INSERT INTO sos_ruliads_seen_causes (tenant, scope, cause, seen_at) \
+                 SELECT tenant, scope, cause, $4 FROM UNNEST($1::text[], $2::text[], $3::text[]) \
+                 AS claims (tenant, scope, cause) \
+                 ON CONFLICT (tenant, scope, cause) DO NOTHING RETURNING tenant, scope, cause",
+            )
+            .bind(keys.iter().map(|key| key.0).collect::<Vec<&str>>())
+            .bind(keys.iter().map(|key| key.1).collect::<Vec<&str>>())
+            .bind(keys.iter().map(|key| key.2.as_str()).collect::<Vec<&str>>())
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await;
+            match returned {
+                Ok(rows) => batch.mark(chunk, &rows, &mut inserted),
+                Err(error) => {
+                    batch.outcomes(&inserted, claimed);
+                    return Err(storage(error));
+                }
+            }
+        }
+        batch.outcomes(&inserted, claimed);
+        Ok(())
     }
 
     async fn forget_causes_before(&self, tenant: &TenantId, before: DateTime<Utc>) -> Result<u64> {
@@ -292,6 +441,47 @@ impl StateStore for SqliteStore {
         .map_err(storage)?
         .rows_affected();
         Ok(inserted == 1)
+    }
+
+    async fn claim_causes(
+        &self,
+        now: DateTime<Utc>,
+        claims: &[CauseClaim<'_>],
+        claimed: &mut Vec<bool>,
+    ) -> Result<()> {
+        claimed.clear();
+        claimed.resize(claims.len(), false);
+        if let [claim] = claims {
+            claimed[0] = self.claim_cause(now, claim.tenant, claim.scope, claim.cause).await?;
+            return Ok(());
+        }
+        let batch = SqlBatch::new(claims);
+        let mut inserted = vec![false; batch.keys.len()];
+        let seen_at = crate::ceiling::sqlite_time(now);
+        for chunk in batch.chunks() {
+            let keys = &batch.keys[chunk.clone()];
+            // One statement per chunk (one transaction, one round trip), returning the rows it
+            // inserted; the others were claimed before.
+            let mut sql = String::with_capacity(120 + 16 * keys.len());
+            sql.push_str("INSERT INTO sos_ruliads_seen_causes (tenant, scope, cause, seen_at) VALUES ");
+            for index in 0..keys.len() {
+                sql.push_str(if index == 0 { "(?, ?, ?, ?)" } else { ", (?, ?, ?, ?)" });
+            }
+            sql.push_str(" ON CONFLICT (tenant, scope, cause) DO NOTHING RETURNING tenant, scope, cause");
+            let mut query = sqlx::query_as::<_, (String, String, String)>(&sql);
+            for (tenant, scope, cause) in keys {
+                query = query.bind(*tenant).bind(*scope).bind(cause.as_str()).bind(seen_at.as_str());
+            }
+            match query.fetch_all(&self.pool).await {
+                Ok(rows) => batch.mark(chunk, &rows, &mut inserted),
+                Err(error) => {
+                    batch.outcomes(&inserted, claimed);
+                    return Err(storage(error));
+                }
+            }
+        }
+        batch.outcomes(&inserted, claimed);
+        Ok(())
     }
 
     async fn forget_causes_before(&self, tenant: &TenantId, before: DateTime<Utc>) -> Result<u64> {

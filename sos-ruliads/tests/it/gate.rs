@@ -262,9 +262,88 @@ async fn a_failed_cause_claim_loses_nothing() {
     sqlx::query("DROP TRIGGER sos_test_full").execute(database.pool()).await.expect("drop trigger");
     let round = engine.run(&mut gate, &store, at(10, 10), &batch).await.expect("works again");
     assert_eq!(round.released_signals().count(), 3, "every member was offered again: {round:?}");
-    assert!(round.suppressed.is_empty(), "the cause claimed before the failure is ours: {round:?}");
+    assert!(round.suppressed.is_empty(), "nothing was claimed by the failed statement: {round:?}");
     let again = engine.run(&mut gate, &store, at(10, 11), &batch).await.expect("works");
     assert!(again.released.is_empty(), "and each is sent once");
+}
+
+/// A claim that fails between two statements of one batch (more causes than one statement
+/// holds): the causes claimed by the first statement are this gate's, the round is offered again
+/// whole, and each cause is sent once.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn a_claim_failing_between_statements_sends_each_cause_once() {
+    use sos_ruliads::store::{SqliteStore, sqlite_migrator};
+    let database = sos_testkit::SqliteTestDatabase::new(&[&sqlite_migrator()]).await;
+    let store = SqliteStore::new(database.pool().clone());
+    let engine = stale_engine();
+    let grouping = GroupingConfig { group_wait_seconds: 0, ..GroupingConfig::default() };
+    let mut gate = trusted_gate(grouping, generous_trust());
+    let batch = stale_deals(600);
+    sqlx::query(
+        "CREATE TRIGGER sos_test_full BEFORE INSERT ON sos_ruliads_seen_causes \
+         WHEN (SELECT count(*) FROM sos_ruliads_seen_causes) >= 500 BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+    )
+    .execute(database.pool())
+    .await
+    .expect("trigger");
+    engine.run(&mut gate, &store, at(10, 9), &batch).await.expect_err("the second statement fails");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM sos_ruliads_seen_causes")
+        .fetch_one(database.pool())
+        .await
+        .expect("count");
+    assert_eq!(stored, 500, "the first statement claimed its causes");
+    sqlx::query("DROP TRIGGER sos_test_full").execute(database.pool()).await.expect("drop trigger");
+    let round = engine.run(&mut gate, &store, at(10, 10), &batch).await.expect("works again");
+    assert_eq!(round.released_signals().count(), 600, "every member was offered again");
+    assert!(
+        round.suppressed.is_empty(),
+        "the causes claimed before the failure are ours: {:?}",
+        round.suppressed
+    );
+    let again = engine.run(&mut gate, &store, at(10, 11), &batch).await.expect("works");
+    assert!(again.released.is_empty(), "and each is sent once");
+}
+
+/// A failed claim releases nothing of its round: a message already due in another group is not
+/// released (and lost with the failed round) but offered again with the rest.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn a_failed_claim_loses_no_other_group() {
+    use sos_ruliads::store::{SqliteStore, sqlite_migrator};
+    let database = sos_testkit::SqliteTestDatabase::new(&[&sqlite_migrator()]).await;
+    let store = SqliteStore::new(database.pool().clone());
+    let grouping = GroupingConfig { group_wait_seconds: 0, ..GroupingConfig::default() };
+    let mut gate = trusted_gate(grouping, generous_trust());
+    let fired = || {
+        ["lead-rhythm", "stale-deal-nudge"]
+            .into_iter()
+            .enumerate()
+            .map(|(ruliad, kind)| {
+                let signal = Explain::new()
+                    .fire(Draft::new(&tenant(), kind, at(10, 9)).subject(kind).text("Look at this."))
+                    .into_signal()
+                    .expect("valid");
+                Fired { entity: 0, ruliad, class: Class::Insight, signal }
+            })
+            .collect::<Vec<_>>()
+    };
+    sqlx::query(
+        "CREATE TRIGGER sos_test_full BEFORE INSERT ON sos_ruliads_seen_causes \
+         WHEN (SELECT count(*) FROM sos_ruliads_seen_causes) >= 1 BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+    )
+    .execute(database.pool())
+    .await
+    .expect("trigger");
+    let outstanding = gate.trust().state().outstanding.len();
+    gate.round(&store, at(10, 9), fired()).await.expect_err("the store is failing");
+    assert_eq!(gate.trust().state().outstanding.len(), outstanding, "nothing was released");
+    sqlx::query("DROP TRIGGER sos_test_full").execute(database.pool()).await.expect("drop trigger");
+    let round = gate.round(&store, at(10, 10), fired()).await.expect("works again");
+    assert_eq!(round.released.len(), 2, "both groups' messages: {round:?}");
+    let again = gate.round(&store, at(10, 11), fired()).await.expect("works");
+    assert!(again.released.is_empty());
+    assert_eq!(reasons(&again, Reason::Repeat), 2);
 }
 
 /// Two evaluators (tasks) with their own gates run the engine's full path over the same 40 stale

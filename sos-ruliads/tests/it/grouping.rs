@@ -114,6 +114,27 @@ fn grouping_state_survives_a_restart() {
     assert_eq!(restored.flush(at(10, 10))[0].members().len(), 3);
 }
 
+/// State saved by format 1 (which also stored each group's pending causes) still loads, and a
+/// big restored group still refuses a cause it holds.
+#[test]
+fn format_one_state_loads_and_keeps_its_groups_deduplicated() {
+    let mut grouper = Grouper::new(GroupingConfig::default()).expect("valid");
+    let signals = stale_signals(12);
+    grouper.observe(at(10, 9), signals.clone());
+    let mut saved = serde_json::to_value(grouper.state()).expect("serializes");
+    let group = &mut saved["groups"]["acme"]["stale-deal-nudge"];
+    assert_eq!(group["pending"].as_array().map(Vec::len), Some(12), "pending members are a list");
+    group["pending_causes"] =
+        serde_json::to_value(signals.iter().map(Signal::cause).collect::<Vec<_>>()).expect("causes");
+    assert!(saved["previous_keys"].is_array(), "previous keys are a list, as format 1's set");
+    let state: GroupingState = serde_json::from_value(saved).expect("format 1 loads");
+    let mut restored = Grouper::restore(GroupingConfig::default(), state).expect("valid");
+    restored.observe(at(10, 9) + TimeDelta::minutes(5), signals);
+    let due = restored.flush(at(10, 10));
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].members().len(), 12, "no member twice");
+}
+
 #[test]
 fn invalid_timers_are_rejected() {
     assert!(Grouper::new(GroupingConfig { group_interval_seconds: 0, ..GroupingConfig::default() }).is_err());

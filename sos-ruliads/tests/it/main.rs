@@ -9,6 +9,7 @@ mod combinators;
 mod engine;
 mod fuzz_mirror;
 mod gate;
+mod gate_allocations;
 mod grouping;
 mod host;
 mod packs;

@@ -4,7 +4,7 @@ use chrono::TimeDelta;
 use sos_core::{Sha256Digest, TenantId};
 use sos_ruliads::crm::Stage;
 use sos_ruliads::store::{
-    MemoryStore, PgStore, SqliteStore, StateStore, claim_new, postgres_migrator, sqlite_migrator,
+    CauseClaim, MemoryStore, PgStore, SqliteStore, StateStore, claim_new, postgres_migrator, sqlite_migrator,
 };
 use sos_ruliads::trust::{TrustConfig, TrustGate, TrustState};
 use sos_ruliads::{Ruliad, catalog};
@@ -40,6 +40,8 @@ async fn store_suite<S: StateStore>(store: &S) {
         "other tenant kept"
     );
 
+    batch_claims(store).await;
+
     assert_eq!(store.get(&acme, "trust").await.expect("ok"), None);
     let mut gate = TrustGate::plant(TrustConfig::default(), at(1, 9)).expect("valid");
     gate.introduce(at(1, 9), &acme, "Nova").expect("valid");
@@ -51,6 +53,42 @@ async fn store_suite<S: StateStore>(store: &S) {
     let loaded = store.get(&acme, "trust").await.expect("ok").expect("stored");
     let state: TrustState = serde_json::from_value(loaded).expect("deserializes");
     assert_eq!(TrustGate::restore(TrustConfig::default(), state).expect("valid"), gate);
+}
+
+/// A batch of claims decides each one as single claims would, in the caller's order: more
+/// claims than one statement holds, a cause listed twice, causes claimed before, the same cause
+/// in another scope and another tenant.
+async fn batch_claims<S: StateStore>(store: &S) {
+    let (acme, globex) = (tenant("acme"), tenant("globex"));
+    let causes: Vec<Sha256Digest> =
+        (0..1_200).map(|index| Sha256Digest::of(format!("batch-{index}").as_bytes())).collect();
+    // Claimed before, one by one: every third cause.
+    for cause in causes.iter().step_by(3) {
+        assert!(store.claim_cause(at(14, 9), &acme, "batch", cause).await.expect("ok"));
+    }
+    // Reversed order, so the caller's order is not the key order.
+    let mut claims: Vec<CauseClaim<'_>> =
+        causes.iter().rev().map(|cause| CauseClaim { tenant: &acme, scope: "batch", cause }).collect();
+    claims.push(CauseClaim { tenant: &acme, scope: "batch", cause: &causes[1] });
+    claims.push(CauseClaim { tenant: &acme, scope: "other", cause: &causes[0] });
+    claims.push(CauseClaim { tenant: &globex, scope: "batch", cause: &causes[0] });
+    let mut claimed = vec![true; 3];
+    store.claim_causes(at(14, 10), &claims, &mut claimed).await.expect("ok");
+    assert_eq!(claimed.len(), claims.len(), "one flag per claim");
+    for (index, flag) in claimed[..1_200].iter().enumerate() {
+        let original = 1_199 - index;
+        assert_eq!(*flag, original % 3 != 0, "cause {original}: first claims only");
+    }
+    assert_eq!(claimed[1_200..], [false, true, true], "a duplicate loses; scopes and tenants apart");
+    store.claim_causes(at(14, 11), &claims, &mut claimed).await.expect("ok");
+    assert!(claimed.iter().all(|flag| !flag), "replay-same: a second batch claims nothing");
+    store.claim_causes(at(14, 11), &[], &mut claimed).await.expect("ok");
+    assert!(claimed.is_empty());
+    let single = [CauseClaim { tenant: &globex, scope: "single", cause: &causes[0] }];
+    store.claim_causes(at(14, 11), &single, &mut claimed).await.expect("ok");
+    assert_eq!(claimed, [true]);
+    // The batch's claims are ordinary claims: forgotten with the others.
+    assert_eq!(store.forget_causes_before(&globex, at(15, 0)).await.expect("ok"), 3);
 }
 
 #[tokio::test]
