@@ -239,37 +239,46 @@ impl Gate {
         claimed: &mut Vec<bool>,
     ) -> Result<()> {
         let members = || due.iter().flat_map(Notification::members);
-        let ours = |gate: &Self, member: &Signal| {
-            !gate.claimed_unsent.is_empty()
-                && gate.claimed_unsent.contains(&(member.tenant().clone(), *member.cause()))
-        };
+        if self.claimed_unsent.is_empty() {
+            let claims: SmallVec<[CauseClaim<'_>; 4]> = members()
+                .map(|member| CauseClaim {
+                    tenant: member.tenant(),
+                    scope: member.kind().as_str(),
+                    cause: member.cause(),
+                })
+                .collect();
+            return store.claim_causes(now, &claims, claimed).await;
+        }
+        // Which members are ours without a claim, decided once and in order before claiming:
+        // only the first member with a remembered cause takes it (as one claim after the other
+        // did), so the claims' outcomes stay aligned with the members that made them.
+        let mut taken: BTreeSet<(TenantId, Sha256Digest)> = BTreeSet::new();
+        let ours: Vec<bool> = members()
+            .map(|member| {
+                let key = (member.tenant().clone(), *member.cause());
+                self.claimed_unsent.contains(&key) && taken.insert(key)
+            })
+            .collect();
         let claims: SmallVec<[CauseClaim<'_>; 4]> = members()
-            .filter(|member| !ours(self, member))
-            .map(|member| CauseClaim {
+            .zip(&ours)
+            .filter(|(_, ours)| !**ours)
+            .map(|(member, _)| CauseClaim {
                 tenant: member.tenant(),
                 scope: member.kind().as_str(),
                 cause: member.cause(),
             })
             .collect();
-        if claims.len() == members().count() {
-            store.claim_causes(now, &claims, claimed).await
-        } else {
-            let mut outcomes = Vec::with_capacity(claims.len());
-            let result = store.claim_causes(now, &claims, &mut outcomes).await;
-            // Merge: our own causes are `true`, the others take their claim's outcome.
-            claimed.clear();
-            let mut outcomes = outcomes.iter().copied();
-            for member in members() {
-                let flag = if ours(self, member) {
-                    self.claimed_unsent.remove(&(member.tenant().clone(), *member.cause()));
-                    true
-                } else {
-                    outcomes.next().unwrap_or(false)
-                };
-                claimed.push(flag);
-            }
-            result
+        let mut outcomes = Vec::with_capacity(claims.len());
+        let result = store.claim_causes(now, &claims, &mut outcomes).await;
+        // Merge: our own causes are `true` (and no longer pending), the others take their
+        // claim's outcome.
+        for key in taken {
+            self.claimed_unsent.remove(&key);
         }
+        claimed.clear();
+        let mut outcomes = outcomes.iter().copied();
+        claimed.extend(ours.iter().map(|&ours| ours || outcomes.next().unwrap_or(false)));
+        result
     }
 
     /// The notification without the members whose cause was claimed elsewhere (each recorded as

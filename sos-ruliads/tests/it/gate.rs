@@ -444,3 +444,46 @@ async fn four_gated_evaluators_in_two_processes_send_each_cause_once() {
     assert_eq!(unique.len(), sent.len(), "0 duplicate signals across 4 evaluators in 2 processes");
     assert_eq!(sent.len(), 40, "each of the 40 causes was sent exactly once");
 }
+
+/// Review (rev-rgate): a gate restored with a cause it claimed in a failed round, where that
+/// cause digest comes back in two groups (two kinds of one tenant) alongside a fresh cause. Only
+/// the first member is this gate's without a claim; the others' claim outcomes must stay with
+/// their own members. Before the fix the batch's outcomes shifted by one: the fresh cause was
+/// claimed in the store but held back as `repeat`, lost forever.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn a_remembered_cause_in_two_groups_does_not_shift_the_batch_outcomes() {
+    use sos_core::{Sha256Digest, SignalKind};
+    use sos_ruliads::store::{SqliteStore, sqlite_migrator};
+    let database = sos_testkit::SqliteTestDatabase::new(&[&sqlite_migrator()]).await;
+    let store = SqliteStore::new(database.pool().clone());
+    let grouping = GroupingConfig { group_wait_seconds: 0, ..GroupingConfig::default() };
+    let shared = Sha256Digest::of(b"shared cause");
+    let fresh = Sha256Digest::of(b"fresh cause");
+    let mut state = trusted_gate(grouping.clone(), generous_trust()).state();
+    state.claimed_unsent.insert((tenant(), shared));
+    let mut gate = Gate::restore(grouping, generous_trust(), state).expect("valid state");
+    let fired = || {
+        [("lead-rhythm", shared), ("stale-deal-nudge", shared), ("win-back", fresh)]
+            .into_iter()
+            .enumerate()
+            .map(|(ruliad, (kind, cause))| {
+                let signal = Signal::builder(tenant(), SignalKind::new(kind).expect("slug"))
+                    .subject(kind)
+                    .text("Look at this.")
+                    .observed_at(at(10, 9))
+                    .cause(cause)
+                    .build()
+                    .expect("valid signal");
+                Fired { entity: 0, ruliad, class: Class::Insight, signal }
+            })
+            .collect::<Vec<_>>()
+    };
+    let round = gate.round(&store, at(10, 9), fired()).await.expect("works");
+    let sent: Vec<&str> = round.released_signals().map(|signal| signal.kind().as_str()).collect();
+    assert!(sent.contains(&"win-back"), "the fresh cause this gate claimed is sent: {round:?}");
+    assert_eq!(reasons(&round, Reason::Repeat), 0, "nothing here was claimed elsewhere: {round:?}");
+    assert_eq!(sent.len(), 3, "{round:?}");
+    let again = gate.round(&store, at(10, 10), fired()).await.expect("works");
+    assert!(again.released.is_empty(), "and each is sent once: {again:?}");
+}
