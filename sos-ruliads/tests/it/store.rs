@@ -190,3 +190,103 @@ async fn four_evaluators_in_two_processes_fire_each_cause_once() {
         .expect("count");
     assert_eq!(claimed, 40);
 }
+
+/// Review (rev-rgate), named shape `replay-same` at the batch boundary: four tasks claim
+/// overlapping batches of 499, 500, 501 and 1001 claims (in different orders, a cause listed
+/// twice, two tenants with the same digests) at once; every (tenant, cause) is claimed by exactly
+/// one claim, and one tenant's claim never suppresses another's.
+async fn concurrent_batches<S: StateStore + 'static>(store: Arc<S>) {
+    let causes: Arc<Vec<Sha256Digest>> =
+        Arc::new((0..1_001).map(|index| Sha256Digest::of(format!("race-{index}").as_bytes())).collect());
+    let mut tasks = Vec::new();
+    for (task, size) in [499_usize, 500, 501, 1_001].into_iter().enumerate() {
+        let (store, causes) = (store.clone(), causes.clone());
+        tasks.push(tokio::spawn(async move {
+            let tenants = [tenant("acme"), tenant("globex")];
+            let mut claims: Vec<CauseClaim<'_>> = Vec::new();
+            for tenant in &tenants {
+                for cause in &causes[..size] {
+                    claims.push(CauseClaim { tenant, scope: "race", cause });
+                }
+            }
+            if task % 2 == 1 {
+                claims.reverse();
+            }
+            claims.push(claims[0]);
+            let mut claimed = Vec::new();
+            store.claim_causes(at(14, 9), &claims, &mut claimed).await.expect("store works");
+            assert!(!claimed[claims.len() - 1], "a cause listed twice is claimed by its first entry");
+            claims
+                .iter()
+                .zip(&claimed)
+                .filter(|(_, flag)| **flag)
+                .map(|(claim, _)| (claim.tenant.as_str().to_owned(), *claim.cause))
+                .collect::<Vec<_>>()
+        }));
+    }
+    let mut won = Vec::new();
+    for task in tasks {
+        won.extend(task.await.expect("task"));
+    }
+    let total = won.len();
+    won.sort();
+    won.dedup();
+    assert_eq!(total, won.len(), "no cause claimed twice");
+    assert_eq!(won.len(), 2 * 1_001, "every cause of both tenants claimed once");
+}
+
+#[tokio::test]
+async fn sqlite_concurrent_batches_claim_each_cause_once() {
+    let database = SqliteTestDatabase::new(&[&sqlite_migrator()]).await;
+    concurrent_batches(Arc::new(SqliteStore::new(database.pool().clone()))).await;
+}
+
+#[tokio::test]
+async fn postgres_concurrent_batches_claim_each_cause_once() {
+    let database = PgTestDatabase::new(&[&postgres_migrator()]).await;
+    concurrent_batches(Arc::new(PgStore::new(database.pool().clone()))).await;
+}
+
+/// Review (rev-rgate): PostgreSQL refuses the second statement of a batch (more claims than one
+/// statement holds, in reverse key order): the error reports exactly the claims the first
+/// statement made as the caller's, and a retry claims the rest without claiming any twice.
+#[tokio::test]
+async fn postgres_batch_failing_between_statements_reports_its_first_claims() {
+    let database = PgTestDatabase::new(&[&postgres_migrator()]).await;
+    let store = PgStore::new(database.pool().clone());
+    let acme = tenant("acme");
+    let causes: Vec<Sha256Digest> =
+        (0..600).map(|index| Sha256Digest::of(format!("fail-{index}").as_bytes())).collect();
+    let claims: Vec<CauseClaim<'_>> =
+        causes.iter().rev().map(|cause| CauseClaim { tenant: &acme, scope: "fail", cause }).collect();
+    for statement in [
+        "CREATE FUNCTION sos_test_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         IF (SELECT count(*) FROM sos_ruliads_seen_causes) >= 500 THEN RAISE EXCEPTION 'disk full'; END IF; \
+         RETURN NEW; END $$",
+        "CREATE TRIGGER sos_test_full BEFORE INSERT ON sos_ruliads_seen_causes \
+         FOR EACH STATEMENT EXECUTE FUNCTION sos_test_full()",
+    ] {
+        sqlx::query(statement).execute(database.pool()).await.expect("trigger");
+    }
+    let mut claimed = Vec::new();
+    store.claim_causes(at(14, 9), &claims, &mut claimed).await.expect_err("the second statement fails");
+    let stored: Vec<String> = sqlx::query_scalar("SELECT cause FROM sos_ruliads_seen_causes ORDER BY cause")
+        .fetch_all(database.pool())
+        .await
+        .expect("rows");
+    assert_eq!(stored.len(), 500, "the first statement claimed its causes");
+    let mut reported: Vec<String> = claims
+        .iter()
+        .zip(&claimed)
+        .filter(|(_, flag)| **flag)
+        .map(|(claim, _)| claim.cause.to_hex())
+        .collect();
+    reported.sort();
+    assert_eq!(reported, stored, "exactly the first statement's claims are the caller's");
+    sqlx::query("DROP TRIGGER sos_test_full ON sos_ruliads_seen_causes")
+        .execute(database.pool())
+        .await
+        .expect("drop trigger");
+    store.claim_causes(at(14, 10), &claims, &mut claimed).await.expect("works again");
+    assert_eq!(claimed.iter().filter(|flag| **flag).count(), 100, "only the rest is claimed now");
+}
