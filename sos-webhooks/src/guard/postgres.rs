@@ -238,9 +238,10 @@ fn interval(duration: Duration) -> PgInterval {
     PgInterval { months: 0, days: 0, microseconds: i64::try_from(micros).unwrap_or(i64::MAX) }
 }
 
-/// The transactional claim (migration `0200000003`), with bind parameters: the advisory lock,
-/// one `INSERT … ON CONFLICT DO NOTHING`, and only when nothing was inserted a read of the
-/// committed record. It answers with a row, never with an error (an error per duplicate
+/// The transactional claim (migrations `0200000003`, `0200000004`), with bind parameters: a
+/// read of the committed record (a duplicate takes no lock), and only when there is none the
+/// advisory lock and one `INSERT … ON CONFLICT DO NOTHING`, whose conflict is answered from the
+/// record read again. It answers with a row, never with an error (an error per duplicate
 /// would fill the server's log).
 const TRANSACTIONAL_CLAIM: &str =
     "SELECT claimed, state, body_hash FROM sos_webhooks_claim_v2($1, $2, $3, $4, $5, $6, $7)";
