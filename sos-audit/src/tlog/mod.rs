@@ -457,6 +457,16 @@ pub(crate) fn state_from_parts(tenant: &TenantId, size: i64, last_entry_hash: &[
     Ok(TreeState { size, last_entry_hash: Sha256Digest::from_bytes(hash) })
 }
 
+/// Reads a stored tile row's key, refusing what no extender writes.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn tile_key_from_parts(tenant: &TenantId, level: i64, index: i64) -> Result<TileKey> {
+    let bad = || Error::CorruptTree { tenant: tenant.to_string(), reason: "a tile key is out of range" };
+    Ok(TileKey {
+        level: u8::try_from(level).map_err(|_| bad())?,
+        index: u64::try_from(index).map_err(|_| bad())?,
+    })
+}
+
 /// Reads a recorded checkpoint's body (its signature is checked by whoever relies on it).
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) fn checkpoint_from_parts(

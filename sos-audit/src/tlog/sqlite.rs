@@ -56,13 +56,7 @@ async fn read_tiles_on(
             let level: i64 = row.try_get("level").map_err(storage)?;
             let index: i64 = row.try_get("idx").map_err(storage)?;
             let hashes: Vec<u8> = row.try_get("hashes").map_err(storage)?;
-            let bad =
-                || Error::CorruptTree { tenant: tenant.to_string(), reason: "a tile key is out of range" };
-            let key = TileKey {
-                level: u8::try_from(level).map_err(|_| bad())?,
-                index: u64::try_from(index).map_err(|_| bad())?,
-            };
-            Ok((key, hashes))
+            Ok((super::tile_key_from_parts(tenant, level, index)?, hashes))
         })
         .collect()
 }
@@ -88,7 +82,6 @@ async fn read_tree_on(
     .fetch_all(&mut *conn)
     .await
     .map_err(storage)?;
-    let bad = |reason| Error::CorruptTree { tenant: tenant.to_string(), reason };
     let mut state = TreeState { size: 0, last_entry_hash: Sha256Digest::ZERO };
     let mut tiles = Vec::with_capacity(keys.len());
     for row in &rows {
@@ -96,16 +89,10 @@ async fn read_tree_on(
         let index: i64 = row.try_get("idx").map_err(storage)?;
         let hashes: Vec<u8> = row.try_get("hashes").map_err(storage)?;
         if level < 0 {
-            let size = u64::try_from(index).map_err(|_| bad("negative tree size"))?;
-            let hash = <[u8; 32]>::try_from(hashes.as_slice())
-                .map_err(|_| bad("last entry hash is not 32 bytes"))?;
-            state = TreeState { size, last_entry_hash: Sha256Digest::from_bytes(hash) };
+            state = super::state_from_parts(tenant, index, &hashes)?;
             continue;
         }
-        let key = TileKey {
-            level: u8::try_from(level).map_err(|_| bad("a tile key is out of range"))?,
-            index: u64::try_from(index).map_err(|_| bad("a tile key is out of range"))?,
-        };
+        let key = super::tile_key_from_parts(tenant, level, index)?;
         tiles.push((key, hashes));
     }
     Ok((state, tiles))
