@@ -3112,3 +3112,53 @@ async fn unique_null_migration_0200000002_upgrades_databases_holding_records() {
         Outcome::Processed(())
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// toctou-dedupe under a SERIALIZABLE default (review finding, fixed by 0200000005). The read of an absent key
+// takes an SIRead lock on the key's btree leaf page; concurrent claims of *different* fresh
+// keys on the same page then form rw-antidependency cycles, and one claimer fails with 40001
+// (at the INSERT or at COMMIT, after its handler ran). Every fresh key must still be Processed.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn toctou_dedupe_pg_serializable_default_distinct_fresh_events_all_processed() {
+    let database = pg_db().await;
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{}\" SET default_transaction_isolation = 'serializable'",
+        database.name()
+    ))
+    .execute(database.pool())
+    .await
+    .unwrap();
+    let pool =
+        sqlx::postgres::PgPoolOptions::new().max_connections(20).connect(database.url()).await.unwrap();
+    let guard = Arc::new(WebhookGuard::new(PgStore::new(pool.clone()), SystemClock));
+    let mut failures = Vec::new();
+    for round in 0..5 {
+        let barrier = Arc::new(tokio::sync::Barrier::new(16));
+        let mut tasks = Vec::new();
+        for worker in 0..16 {
+            let (guard, barrier) = (Arc::clone(&guard), Arc::clone(&barrier));
+            let event = key("acme", "stripe", &format!("evt_ser_{round}_{worker}"));
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let outcome = guard
+                    .transactional(&event, b"{}", |tx| {
+                        Box::pin(async move {
+                            sqlx::query("SELECT pg_sleep(0.05)").execute(&mut **tx).await?;
+                            Ok::<_, sqlx::Error>(())
+                        })
+                    })
+                    .await;
+                (worker, format!("{outcome:?}"))
+            }));
+        }
+        for task in tasks {
+            let (worker, outcome) = task.await.unwrap();
+            if outcome != "Ok(Processed(()))" {
+                failures.push(format!("round {round} worker {worker}: {outcome}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} fresh distinct keys not processed: {failures:#?}", failures.len());
+}

@@ -238,8 +238,8 @@ fn interval(duration: Duration) -> PgInterval {
     PgInterval { months: 0, days: 0, microseconds: i64::try_from(micros).unwrap_or(i64::MAX) }
 }
 
-/// The transactional claim (migrations `0200000003`, `0200000004`), with bind parameters: a
-/// read of the committed record (a duplicate takes no lock), and only when there is none the
+/// The transactional claim (migrations `0200000003` to `0200000005`), with bind parameters: a
+/// read of the committed record (a duplicate takes no lock; skipped under SERIALIZABLE), and only when there is none the
 /// advisory lock and one `INSERT … ON CONFLICT DO NOTHING`, whose conflict is answered from the
 /// record read again. It answers with a row, never with an error (an error per duplicate
 /// would fill the server's log).
