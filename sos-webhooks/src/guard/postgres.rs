@@ -72,8 +72,10 @@ impl PgStore {
     /// Times two-phase leases, their expiry and failure delays by the database server's clock
     /// (`statement_timestamp()`) instead of the guard's, so that a worker with a skewed clock
     /// can neither take over a live claim nor write a short lease. The durations still come
-    /// from [`GuardConfig`](super::GuardConfig). The retention purge keeps the guard's clock
-    /// (its horizon is days; skew is seconds). Off by default; see the type's docs.
+    /// from [`GuardConfig`](super::GuardConfig). Transactional mode then stamps its records
+    /// with the database's clock too, so every record the store writes carries one clock. The
+    /// retention purge keeps the guard's clock (its horizon is days; skew is seconds). Off by
+    /// default; see the type's docs.
     pub fn with_database_clock(mut self, database_clock: bool) -> Self {
         self.database_clock = database_clock;
         self
@@ -238,7 +240,7 @@ fn interval(duration: Duration) -> PgInterval {
     PgInterval { months: 0, days: 0, microseconds: i64::try_from(micros).unwrap_or(i64::MAX) }
 }
 
-/// The transactional claim (migrations `0200000003` to `0200000005`), with bind parameters: a
+/// The transactional claim (migrations `0200000003` to `0200000006`), with bind parameters: a
 /// read of the committed record (a duplicate takes no lock; skipped under SERIALIZABLE), and only when there is none the
 /// advisory lock and one `INSERT … ON CONFLICT DO NOTHING`, whose conflict is answered from the
 /// record read again. It answers with a row, never with an error (an error per duplicate
@@ -322,7 +324,9 @@ impl WebhookGuard<PgStore> {
             .bind(key.event_id().as_str())
             .bind(body_hash.as_bytes().as_slice())
             .bind(&token)
-            .bind(self.now())
+            // NULL with the database clock: the claim stamps the record with
+            // statement_timestamp() (migration 0200000006).
+            .bind(self.store().instant(self.now()))
             .bind(key.lock_id())
             .fetch_one(&mut *transaction)
             .await;

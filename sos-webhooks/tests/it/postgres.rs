@@ -560,6 +560,55 @@ async fn pg_two_phase_database_clock_lease_ignores_the_guard_clock() {
     assert_eq!(outcome, Outcome::Processed(()), "re-claimed after the database's 1 s");
 }
 
+/// Database-clock mode stamps transactional records with the database's clock too (review
+/// item: the transactional claim used to record the guard's clock in that mode). A guard whose
+/// clock sits in 2001 writes a record stamped with the database's now; the same guard without
+/// the database clock writes its own instant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_transactional_database_clock_stamps_the_database_time() {
+    use chrono::TimeZone as _;
+    let database = database().await;
+    let long_ago = chrono::Utc.with_ymd_and_hms(2001, 2, 3, 4, 5, 6).unwrap();
+    let stamps = |event: &'static str| {
+        let pool = database.pool().clone();
+        async move {
+            sqlx::query_as::<_, (f64, f64, f64)>(
+                "SELECT extract(epoch FROM now() - first_seen_at)::float8, \
+                        extract(epoch FROM now() - updated_at)::float8, \
+                        extract(epoch FROM now() - lease_until)::float8 \
+                 FROM sos_webhook_events WHERE event_id = $1",
+            )
+            .bind(event)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    for read_first in [false, true] {
+        let config = sos_webhooks::GuardConfig::default().with_read_first(read_first);
+        let event = if read_first { "evt_db_clock_read_first" } else { "evt_db_clock" };
+        let store = PgStore::new(database.pool().clone()).with_database_clock(true);
+        let guard = WebhookGuard::new(store, sos_core::ManualClock::new(long_ago)).with_config(config);
+        let outcome = deliver(&guard, &key("acme", event), b"{}", "w").await.unwrap();
+        assert_eq!(outcome, Outcome::Processed(()));
+        let (first_seen, updated, lease) = stamps(event).await;
+        for age in [first_seen, updated, lease] {
+            assert!((0.0..60.0).contains(&age), "{event}: stamped {age} s before the database's now");
+        }
+    }
+
+    let guard_clock =
+        WebhookGuard::new(PgStore::new(database.pool().clone()), sos_core::ManualClock::new(long_ago));
+    let outcome = deliver(&guard_clock, &key("acme", "evt_guard_clock"), b"{}", "w").await.unwrap();
+    assert_eq!(outcome, Outcome::Processed(()));
+    let stamped: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT updated_at FROM sos_webhook_events WHERE event_id = 'evt_guard_clock'")
+            .fetch_one(database.pool())
+            .await
+            .unwrap();
+    assert_eq!(stamped, long_ago, "without the database clock the guard's instant is stored");
+}
+
 /// Mixing modes on one key (review item): a transactional delivery that meets an unfinished
 /// two-phase record (in flight, crashed, or failed) is refused with `Error::ModeMismatch`
 /// instead of answering "retry" or "failed" for ever, and writes nothing; a two-phase delivery
