@@ -227,7 +227,8 @@ async fn database_benchmarks() {
         Arc::new(WebhookGuard::new(PgStore::new(pool.clone()), SystemClock).with_config(config))
     };
     let guards = [
-        ("claim first (default)", with(GuardConfig::default())),
+        ("claim first", with(GuardConfig::default().with_read_first(false))),
+        ("adaptive (default)", with(GuardConfig::default())),
         ("read first", with(GuardConfig::default().with_read_first(true))),
         ("processed cache", with(GuardConfig::default().with_processed_cache(100_000))),
     ];
@@ -368,7 +369,7 @@ async fn database_benchmarks() {
             }
         }
     }
-    let guard = Arc::clone(&guards[0].1);
+    let guard = Arc::clone(&guards[1].1);
 
     // RetryInFlight latency while a handler holds the event for 5 s.
     let event = key("slow", 0, 0);

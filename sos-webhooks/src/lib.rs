@@ -121,7 +121,7 @@ pub use error::{Error, Result};
 pub use extract::WebhookRequest;
 pub use guard::{
     Claim, ClaimAnswer, ClaimRequest, ClaimStore, Duplicate, EventId, EventKey, GuardConfig, MemoryStore,
-    Outcome, Provider, RunError, WebhookGuard,
+    Outcome, Provider, ReadFirst, RunError, WebhookGuard,
 };
 #[cfg(feature = "postgres")]
 pub use guard::{PgHandler, PgStore, postgres_migrator};

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -262,6 +263,35 @@ impl<E: std::error::Error + 'static> std::error::Error for RunError<E> {
     }
 }
 
+/// When PostgreSQL transactional mode reads the committed record before it opens a
+/// transaction ([`GuardConfig::with_read_first`]).
+///
+/// Either order decides every delivery the same way: the read only answers duplicates of
+/// committed records early, and a new event is always decided by the claim's one arbitrated
+/// insert (no check-then-insert). The orders differ in cost: claiming first costs a new event
+/// the plain transaction plus the claim, and a duplicate a transaction that only reads; reading
+/// first costs a duplicate one query without a transaction, and a new event that query more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ReadFirst {
+    /// Always claim first: new events cost least, duplicates pay for a transaction.
+    Never,
+    /// Always read first: duplicates cost one query, new events pay for it.
+    Always,
+    /// Read first while most recent deliveries to this guard were duplicates of committed
+    /// records, claim first otherwise (the default). Reading first is the cheaper order exactly
+    /// when more than half of the deliveries are such duplicates (a retry storm after an
+    /// outage); the guard follows the share over its last few dozen deliveries, shared by
+    /// its clones.
+    Adaptive,
+}
+
+impl From<bool> for ReadFirst {
+    fn from(read_first: bool) -> Self {
+        if read_first { Self::Always } else { Self::Never }
+    }
+}
+
 /// The guard's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuardConfig {
@@ -269,7 +299,7 @@ pub struct GuardConfig {
     failed_retry_after: Duration,
     retention: Duration,
     busy_timeout: Duration,
-    read_first: bool,
+    read_first: ReadFirst,
     processed_cache: usize,
 }
 
@@ -280,7 +310,7 @@ impl Default for GuardConfig {
             failed_retry_after: Duration::from_secs(30),
             retention: Duration::from_secs(7 * 24 * 3600),
             busy_timeout: Duration::from_millis(20),
-            read_first: false,
+            read_first: ReadFirst::Adaptive,
             processed_cache: 0,
         }
     }
@@ -323,14 +353,15 @@ impl GuardConfig {
         self
     }
 
-    /// PostgreSQL transactional mode: read the record before claiming (default off).
+    /// PostgreSQL transactional mode: whether to read the record before claiming (default
+    /// [`ReadFirst::Adaptive`]; `true` is [`ReadFirst::Always`], `false` [`ReadFirst::Never`]).
     ///
-    /// With it, a duplicate of a processed event costs one indexed read instead of a
-    /// transaction, and a new event pays one extra round trip. Turn it on when duplicates are
-    /// frequent. The read only answers committed duplicates early; the claim still decides.
-    /// SQLite always reads first, so that duplicates never wait for its single write lock.
-    pub fn with_read_first(mut self, read_first: bool) -> Self {
-        self.read_first = read_first;
+    /// Reading first, a duplicate of a processed event costs one indexed read instead of a
+    /// transaction, and a new event pays one extra round trip. The read only answers
+    /// committed duplicates early; the claim still decides. SQLite always reads first, so that
+    /// duplicates never wait for its single write lock.
+    pub fn with_read_first(mut self, read_first: impl Into<ReadFirst>) -> Self {
+        self.read_first = read_first.into();
         self
     }
 
@@ -355,8 +386,8 @@ impl GuardConfig {
         self.processed_cache
     }
 
-    /// Whether PostgreSQL transactional mode reads the record before claiming.
-    pub fn read_first(&self) -> bool {
+    /// When PostgreSQL transactional mode reads the record before claiming.
+    pub fn read_first(&self) -> ReadFirst {
         self.read_first
     }
 
@@ -575,6 +606,28 @@ pub struct WebhookGuard<S> {
     clock: Arc<dyn Clock>,
     config: GuardConfig,
     cache: Arc<cache::ProcessedCache>,
+    duplicate_share: Arc<DuplicateShare>,
+}
+
+/// The share of recent deliveries that were duplicates of committed records, for
+/// [`ReadFirst::Adaptive`]: an exponential moving average with weight 1/16, in units of
+/// 1/65,536. It only chooses the order of two correct paths, so updates that race (two
+/// deliveries reading the same old value) may lose one observation without harm.
+#[derive(Debug, Default)]
+struct DuplicateShare(AtomicU32);
+
+impl DuplicateShare {
+    const ONE: u32 = 1 << 16;
+
+    fn observe(&self, duplicate: bool) {
+        let old = self.0.load(Ordering::Relaxed);
+        let new = old - old / 16 + if duplicate { Self::ONE / 16 } else { 0 };
+        self.0.store(new.min(Self::ONE), Ordering::Relaxed);
+    }
+
+    fn mostly_duplicates(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > Self::ONE / 2
+    }
 }
 
 impl<S> WebhookGuard<S> {
@@ -586,14 +639,38 @@ impl<S> WebhookGuard<S> {
             clock: Arc::new(clock),
             config,
             cache: Arc::new(cache::ProcessedCache::new(config.processed_cache)),
+            duplicate_share: Arc::default(),
         }
     }
 
-    /// Replaces the configuration (and starts an empty processed-event memory).
+    /// Replaces the configuration (and starts an empty processed-event memory and a fresh
+    /// duplicate share for [`ReadFirst::Adaptive`]).
     pub fn with_config(mut self, config: GuardConfig) -> Self {
         self.config = config;
         self.cache = Arc::new(cache::ProcessedCache::new(config.processed_cache));
+        self.duplicate_share = Arc::default();
         self
+    }
+
+    /// Whether PostgreSQL transactional mode reads the committed record first for the next
+    /// delivery (see [`ReadFirst`]).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn reads_first(&self) -> bool {
+        match self.config.read_first {
+            ReadFirst::Never => false,
+            ReadFirst::Always => true,
+            ReadFirst::Adaptive => self.duplicate_share.mostly_duplicates(),
+        }
+    }
+
+    /// Notes whether a delivery that reached the store was answered by a committed record
+    /// (`true`) or claimed the event or met one in flight (`false`), for
+    /// [`ReadFirst::Adaptive`].
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn observe_delivery(&self, committed_duplicate: bool) {
+        if self.config.read_first == ReadFirst::Adaptive {
+            self.duplicate_share.observe(committed_duplicate);
+        }
     }
 
     /// The store.

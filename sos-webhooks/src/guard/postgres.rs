@@ -308,12 +308,11 @@ impl WebhookGuard<PgStore> {
         if let Some(answer) = self.cached(key, &body_hash) {
             return Ok(answer.into());
         }
-        if self.config().read_first() {
+        if self.reads_first() {
             // Answers committed duplicates without a transaction; decides nothing on its own.
-            if let Some((state, hash)) = self.store().record(&self.store().pool, key).await? {
-                let answer = super::transactional_answer(&state, &hash, &body_hash)?;
-                self.remember(key, &body_hash, answer);
-                return Ok(answer.into());
+            let record = self.store().record(&self.store().pool, key).await?;
+            if record.is_some() {
+                return Ok(self.answer_from_record(key, &body_hash, record)?.into());
             }
         }
         let token = new_token();
@@ -337,17 +336,14 @@ impl WebhookGuard<PgStore> {
             // ROLLBACK with a fresh snapshot.
             Err(error) if is_serialization_failure(&error) => {
                 transaction.rollback().await.map_err(Error::from)?;
-                let answer = match self.store().record(&self.store().pool, key).await? {
-                    Some((state, hash)) => super::transactional_answer(&state, &hash, &body_hash)?,
-                    None => Duplicate::RetryInFlight,
-                };
-                self.remember(key, &body_hash, answer);
-                return Ok(answer.into());
+                let record = self.store().record(&self.store().pool, key).await?;
+                return Ok(self.answer_from_record(key, &body_hash, record)?.into());
             }
             Err(error) => return Err(Error::from(error).into()),
         };
         let claimed: bool = row.try_get(0).map_err(Error::from)?;
         if claimed {
+            self.observe_delivery(false);
             return self.run_claimed(transaction, key, &body_hash, &token, handler).await;
         }
         // Not claimed. Whatever lock this transaction holds guards nothing (a committed record
@@ -356,12 +352,31 @@ impl WebhookGuard<PgStore> {
         drop(transaction);
         let state: Option<String> = row.try_get(1).map_err(Error::from)?;
         let hash: Option<Vec<u8>> = row.try_get(2).map_err(Error::from)?;
-        let answer = match (state, hash) {
-            (Some(state), Some(hash)) => super::transactional_answer(&state, &hash, &body_hash)?,
-            _ => Duplicate::RetryInFlight,
+        let record = state.zip(hash);
+        Ok(self.answer_from_record(key, &body_hash, record)?.into())
+    }
+
+    /// The answer to a delivery that did not claim the event: from the committed record, or
+    /// [`Duplicate::RetryInFlight`] when there is none (another delivery holds the event, or
+    /// the record was purged in between; "retry" is always safe). Notes the delivery for
+    /// [`ReadFirst::Adaptive`](super::ReadFirst::Adaptive) and remembers a processed event.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ModeMismatch`] for an unfinished two-phase record with the same body.
+    fn answer_from_record(
+        &self,
+        key: &EventKey,
+        body_hash: &Sha256Digest,
+        record: Option<(String, Vec<u8>)>,
+    ) -> Result<Duplicate> {
+        self.observe_delivery(record.is_some());
+        let answer = match record {
+            Some((state, hash)) => super::transactional_answer(&state, &hash, body_hash)?,
+            None => Duplicate::RetryInFlight,
         };
-        self.remember(key, &body_hash, answer);
-        Ok(answer.into())
+        self.remember(key, body_hash, answer);
+        Ok(answer)
     }
 
     /// Runs the handler in the claimed transaction, then checks the claim and commits.

@@ -724,3 +724,173 @@ async fn pg_empty_key_parts_are_refused_by_the_database_too() {
     ));
     assert!("".parse::<sos_core::TenantId>().is_err());
 }
+
+/// Counts calls of the transactional claim function: the shipped `sos_webhooks_claim_v2` is
+/// renamed and wrapped by one that first takes `nextval` of a sequence (not transactional, so a
+/// claim rolled back still counts).
+async fn count_claim_calls(pool: &PgPool) {
+    for statement in [
+        "CREATE SEQUENCE test_claim_calls",
+        "ALTER FUNCTION sos_webhooks_claim_v2(TEXT, TEXT, TEXT, BYTEA, TEXT, TIMESTAMPTZ, BIGINT) \
+         RENAME TO test_claim_v2_inner",
+        "CREATE FUNCTION sos_webhooks_claim_v2(p_tenant TEXT, p_provider TEXT, p_event_id TEXT, \
+         p_body_hash BYTEA, p_token TEXT, p_now TIMESTAMPTZ, p_lock BIGINT, \
+         OUT claimed BOOLEAN, OUT state TEXT, OUT body_hash BYTEA) LANGUAGE plpgsql VOLATILE AS $fn$ \
+         BEGIN PERFORM nextval('test_claim_calls'); \
+         SELECT i.claimed, i.state, i.body_hash INTO claimed, state, body_hash \
+         FROM test_claim_v2_inner(p_tenant, p_provider, p_event_id, p_body_hash, p_token, p_now, p_lock) AS i; \
+         END $fn$",
+    ] {
+        sqlx::query(statement).execute(pool).await.unwrap();
+    }
+}
+
+async fn claim_calls(pool: &PgPool) -> i64 {
+    // A fresh sequence has no last_value until its first nextval.
+    sqlx::query_scalar("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM test_claim_calls")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// `ReadFirst::Adaptive` (the default) claims first while deliveries are mostly new events and
+/// reads first while they are mostly duplicates of committed records, and every delivery gets
+/// the same answer in either phase: duplicates `AlreadyProcessed` (or `BodyMismatch` for
+/// other bytes), a new event processed exactly once, a duplicate of one in flight
+/// `RetryInFlight`. `Never` and `Always` keep their order whatever the traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_adaptive_read_first_follows_the_duplicate_share() {
+    use sos_webhooks::{GuardConfig, ReadFirst};
+    let database = database().await;
+    count_claim_calls(database.pool()).await;
+    let pool = database.pool();
+    let guard = Arc::new(WebhookGuard::new(PgStore::new(pool.clone()), SystemClock));
+    assert_eq!(guard.config().read_first(), ReadFirst::Adaptive);
+    for n in 0..5 {
+        let event = key("acme", &format!("evt_adaptive_{n}"));
+        assert_eq!(deliver(&guard, &event, b"{}", "w").await.unwrap(), Outcome::Processed(()));
+    }
+    assert_eq!(claim_calls(pool).await, 5, "new events are claimed first");
+
+    // A retry storm: the first duplicates go through the claim, then the guard reads first.
+    let mut claims_per_duplicate = Vec::new();
+    for round in 0..40 {
+        let before = claim_calls(pool).await;
+        let event = key("acme", &format!("evt_adaptive_{}", round % 5));
+        assert_eq!(deliver(&guard, &event, b"{}", "dup").await.unwrap(), Outcome::AlreadyProcessed);
+        claims_per_duplicate.push(claim_calls(pool).await - before);
+    }
+    assert_eq!(claims_per_duplicate[0], 1, "the first duplicate is claimed first");
+    assert!(claims_per_duplicate[20..].iter().all(|&calls| calls == 0), "{claims_per_duplicate:?}");
+    let before = claim_calls(pool).await;
+    let mismatch = deliver(&guard, &key("acme", "evt_adaptive_0"), b"{\"x\":1}", "dup").await.unwrap();
+    assert_eq!(mismatch, Outcome::BodyMismatch, "the read flags another body");
+    assert_eq!(claim_calls(pool).await, before, "answered by the read");
+
+    // While reading first: a duplicate of an event in flight is not answered by the read (its
+    // record is not committed) and goes to the claim, which answers RetryInFlight at once.
+    let slow_event = key("acme", "evt_adaptive_slow");
+    let (started_sender, started_receiver) = tokio::sync::oneshot::channel();
+    let (release_sender, release_receiver) = tokio::sync::oneshot::channel::<()>();
+    let slow = {
+        let guard = Arc::clone(&guard);
+        let slow_event = slow_event.clone();
+        tokio::spawn(async move {
+            guard
+                .transactional(&slow_event, b"{}", |tx| {
+                    Box::pin(async move {
+                        sqlx::query(
+                            "INSERT INTO handler_effects VALUES ('acme', 'evt_adaptive_slow', 'slow')",
+                        )
+                        .execute(&mut **tx)
+                        .await?;
+                        let _ = started_sender.send(());
+                        let _ = release_receiver.await;
+                        Ok::<_, sqlx::Error>(())
+                    })
+                })
+                .await
+        })
+    };
+    started_receiver.await.unwrap();
+    let before = claim_calls(pool).await;
+    assert_eq!(deliver(&guard, &slow_event, b"{}", "dup").await.unwrap(), Outcome::RetryInFlight);
+    assert_eq!(claim_calls(pool).await, before + 1, "read first, then the claim answered");
+    release_sender.send(()).unwrap();
+    assert_eq!(slow.await.unwrap().unwrap(), Outcome::Processed(()));
+    assert_eq!(effects(pool, "evt_adaptive_slow").await, 1);
+
+    // New events again: each is read (nothing there) and claimed, processed exactly once, and
+    // after a run of them the guard claims first again, so a duplicate goes to the claim.
+    for n in 0..40 {
+        let event = key("acme", &format!("evt_adaptive_new_{n}"));
+        assert_eq!(deliver(&guard, &event, b"{}", "w").await.unwrap(), Outcome::Processed(()));
+        assert_eq!(effects(pool, &format!("evt_adaptive_new_{n}")).await, 1);
+    }
+    let before = claim_calls(pool).await;
+    assert_eq!(
+        deliver(&guard, &key("acme", "evt_adaptive_1"), b"{}", "dup").await.unwrap(),
+        Outcome::AlreadyProcessed
+    );
+    assert_eq!(claim_calls(pool).await, before + 1, "claim first again after new events");
+
+    // The fixed orders ignore the traffic.
+    for (read_first, claims) in [(ReadFirst::Never, 30), (ReadFirst::Always, 0)] {
+        let fixed = WebhookGuard::new(PgStore::new(pool.clone()), SystemClock)
+            .with_config(GuardConfig::default().with_read_first(read_first));
+        let before = claim_calls(pool).await;
+        for round in 0..30 {
+            let event = key("acme", &format!("evt_adaptive_{}", round % 5));
+            assert_eq!(deliver(&fixed, &event, b"{}", "dup").await.unwrap(), Outcome::AlreadyProcessed);
+        }
+        assert_eq!(claim_calls(pool).await - before, claims, "{read_first:?}");
+    }
+    for n in 0..5 {
+        assert_eq!(effects(pool, &format!("evt_adaptive_{n}")).await, 1);
+    }
+}
+
+/// Concurrent deliveries under `ReadFirst::Adaptive` while the share swings between new events
+/// and duplicates: every event's effect happens exactly once, exactly one delivery of each is
+/// `Processed`, and every other answer is `AlreadyProcessed` or `RetryInFlight`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_adaptive_read_first_concurrent_deliveries_exactly_once() {
+    let database = database().await;
+    let guard = Arc::new(WebhookGuard::new(PgStore::new(database.pool().clone()), SystemClock));
+    for round in 0..6 {
+        // Even rounds: 40 new events, each delivered 4 times at once; odd rounds: the same
+        // events again 8 times each (all duplicates), which tips the guard into reading first.
+        let copies = if round % 2 == 0 { 4 } else { 8 };
+        let barrier = Arc::new(tokio::sync::Barrier::new(40 * copies));
+        let mut tasks = Vec::new();
+        for n in 0..40 {
+            for copy in 0..copies {
+                let (guard, barrier) = (Arc::clone(&guard), Arc::clone(&barrier));
+                let event = key("acme", &format!("evt_swing_{}_{n}", round / 2));
+                tasks.push(tokio::spawn(async move {
+                    barrier.wait().await;
+                    (n, deliver(&guard, &event, b"{}", &format!("c{copy}")).await.unwrap())
+                }));
+            }
+        }
+        let mut processed = [0u32; 40];
+        for task in tasks {
+            match task.await.unwrap() {
+                (n, Outcome::Processed(())) => processed[n] += 1,
+                (_, Outcome::AlreadyProcessed | Outcome::RetryInFlight) => {}
+                (n, other) => panic!("round {round} event {n}: unexpected {other:?}"),
+            }
+        }
+        // The delivery that takes the key's lock first always processes a new event.
+        let expected = if round % 2 == 0 { 1 } else { 0 };
+        assert!(processed.iter().all(|&count| count == expected), "round {round}: {processed:?}");
+    }
+    for phase in 0..3 {
+        for n in 0..40 {
+            let event = key("acme", &format!("evt_swing_{phase}_{n}"));
+            let last = deliver(&guard, &event, b"{}", "last").await.unwrap();
+            assert_eq!(last, Outcome::AlreadyProcessed);
+            assert_eq!(effects(database.pool(), &format!("evt_swing_{phase}_{n}")).await, 1);
+        }
+    }
+}
