@@ -894,3 +894,52 @@ async fn pg_adaptive_read_first_concurrent_deliveries_exactly_once() {
         }
     }
 }
+
+/// Reading first under a SERIALIZABLE default (which `ReadFirst::Adaptive` does during a retry
+/// storm): the autocommit read of an absent key is a serializable transaction of its own, and
+/// its predicate lock must not make concurrent claims of *different* fresh events cancel each
+/// other (the shape migration 0200000005 fixed inside the claim). Every fresh event is
+/// processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_read_first_serializable_default_distinct_fresh_events_all_processed() {
+    use sos_webhooks::{GuardConfig, ReadFirst};
+    let database = database().await;
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{}\" SET default_transaction_isolation = 'serializable'",
+        database.name()
+    ))
+    .execute(database.pool())
+    .await
+    .unwrap();
+    let pool = PgPoolOptions::new().max_connections(20).connect(database.url()).await.unwrap();
+    let config = GuardConfig::default().with_read_first(ReadFirst::Always);
+    let guard = Arc::new(WebhookGuard::new(PgStore::new(pool.clone()), SystemClock).with_config(config));
+    let mut failures = Vec::new();
+    for round in 0..5 {
+        let barrier = Arc::new(tokio::sync::Barrier::new(16));
+        let mut tasks = Vec::new();
+        for worker in 0..16 {
+            let (guard, barrier) = (Arc::clone(&guard), Arc::clone(&barrier));
+            let event = key("acme", &format!("evt_ser_read_first_{round}_{worker}"));
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let outcome = guard
+                    .transactional(&event, b"{}", |tx| {
+                        Box::pin(async move {
+                            sqlx::query("SELECT pg_sleep(0.05)").execute(&mut **tx).await?;
+                            Ok::<_, sqlx::Error>(())
+                        })
+                    })
+                    .await;
+                (worker, format!("{outcome:?}"))
+            }));
+        }
+        for task in tasks {
+            let (worker, outcome) = task.await.unwrap();
+            if outcome != "Ok(Processed(()))" {
+                failures.push(format!("round {round} worker {worker}: {outcome}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} fresh distinct keys not processed: {failures:#?}", failures.len());
+}
