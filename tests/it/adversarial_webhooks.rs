@@ -23,7 +23,7 @@ use sos_webhooks::signature::{
 };
 use sos_webhooks::{
     ClaimAnswer, ClaimRequest, ClaimStore, Error, EventId, EventKey, GuardConfig, MemoryStore, Outcome,
-    PgStore, RunError, SqliteStore, WebhookGuard, postgres_migrator, sqlite_migrator,
+    PgStore, ReadFirst, RunError, SqliteStore, WebhookGuard, postgres_migrator, sqlite_migrator,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -3161,4 +3161,512 @@ async fn toctou_dedupe_pg_serializable_default_distinct_fresh_events_all_process
         }
     }
     assert!(failures.is_empty(), "{} fresh distinct keys not processed: {failures:#?}", failures.len());
+}
+
+// ---------------------------------------------------------------------------------------------
+// read-first orders (`ReadFirst`, default `Adaptive`) and the database-clock transactional
+// stamp: every order answers every record alike, a record committed, rolled back or purged
+// between the autocommit read and the claim is decided by the claim under every isolation
+// default, and a flood of duplicates only ever changes the cost of fresh events.
+// ---------------------------------------------------------------------------------------------
+
+/// Counts calls of the transactional claim: the shipped `sos_webhooks_claim_v2` is renamed and
+/// wrapped by one that first takes `nextval` of a sequence (not transactional, so a claim
+/// rolled back still counts). The wrapper runs in the caller's transaction, so the claim
+/// behaves as shipped.
+async fn pg_count_claim_calls(pool: &sqlx::PgPool) {
+    for statement in [
+        "CREATE SEQUENCE adv_claim_calls",
+        "ALTER FUNCTION sos_webhooks_claim_v2(TEXT, TEXT, TEXT, BYTEA, TEXT, TIMESTAMPTZ, BIGINT) \
+         RENAME TO adv_claim_v2_inner",
+        "CREATE FUNCTION sos_webhooks_claim_v2(p_tenant TEXT, p_provider TEXT, p_event_id TEXT, \
+         p_body_hash BYTEA, p_token TEXT, p_now TIMESTAMPTZ, p_lock BIGINT, \
+         OUT claimed BOOLEAN, OUT state TEXT, OUT body_hash BYTEA) LANGUAGE plpgsql VOLATILE AS $fn$ \
+         BEGIN PERFORM nextval('adv_claim_calls'); \
+         SELECT i.claimed, i.state, i.body_hash INTO claimed, state, body_hash \
+         FROM adv_claim_v2_inner(p_tenant, p_provider, p_event_id, p_body_hash, p_token, p_now, p_lock) AS i; \
+         END $fn$",
+    ] {
+        sqlx::query(statement).execute(pool).await.unwrap();
+    }
+}
+
+async fn pg_claim_calls(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM adv_claim_calls")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// A guard with the default `ReadFirst::Adaptive`, tipped into reading first the way a retry
+/// storm tips it: it processed one event, then answered 24 duplicates of it (the share is then
+/// about 0.79, above the one half that switches the order).
+async fn pg_adaptive_tipped(store: PgStore, label: &str) -> WebhookGuard<PgStore> {
+    let guard = WebhookGuard::new(store, SystemClock);
+    assert_eq!(guard.config().read_first(), ReadFirst::Adaptive);
+    let tip = key("acme", "stripe", &format!("evt_tip_{label}"));
+    assert_eq!(pg_deliver(&guard, &tip, b"{}", "tip").await.unwrap(), Outcome::Processed(()));
+    for _ in 0..24 {
+        assert_eq!(pg_deliver(&guard, &tip, b"{}", "tip").await.unwrap(), Outcome::AlreadyProcessed);
+    }
+    guard
+}
+
+/// The state, attempts and claim token of a record, to show that a refused delivery wrote nothing.
+async fn pg_record_row(pool: &sqlx::PgPool, event: &EventKey) -> Option<(String, i32, String)> {
+    sqlx::query_as(
+        "SELECT state, attempts, claim_token FROM sos_webhook_events \
+         WHERE tenant = $1 AND provider = $2 AND event_id = $3",
+    )
+    .bind(event.tenant().as_str())
+    .bind(event.provider().as_str())
+    .bind(event.event_id().as_str())
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+/// toctou-dedupe and replay-same across the three read-first orders (`Never`, `Always`, and
+/// the default `Adaptive` tipped into reading first by a retry storm), with the guard's clock
+/// and with the database's: a processed record answers `AlreadyProcessed` (`BodyMismatch` for
+/// other bytes); an unfinished two-phase record (failed, live lease, expired lease) is refused
+/// with `ModeMismatch` (`BodyMismatch` for other bytes) and left untouched, so that two-phase
+/// mode re-claims it under its policy and it is then processed exactly once; another tenant's
+/// or provider's record never answers; and the read-first orders answer records without the
+/// claim while `Never` always claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn toctou_dedupe_pg_every_read_first_order_answers_every_record_alike() {
+    let mismatch = |result: &Result<Outcome<()>, RunError<sqlx::Error>>| {
+        matches!(result, Err(RunError::Guard(Error::ModeMismatch)))
+    };
+    let database = pg_db().await;
+    let pool = database.pool();
+    pg_count_claim_calls(pool).await;
+    for database_clock in [false, true] {
+        let store = PgStore::new(pool.clone()).with_database_clock(database_clock);
+        for order in ["never", "always", "adaptive"] {
+            let label = format!("{order}_{database_clock}");
+            let guard = match order {
+                "never" => WebhookGuard::new(store.clone(), SystemClock)
+                    .with_config(GuardConfig::default().with_read_first(ReadFirst::Never)),
+                "always" => WebhookGuard::new(store.clone(), SystemClock)
+                    .with_config(GuardConfig::default().with_read_first(ReadFirst::Always)),
+                _ => pg_adaptive_tipped(store.clone(), &label).await,
+            };
+            let reads_first = order != "never";
+            let now = Utc::now();
+            let processed = key("acme", "stripe", &format!("evt_done_{label}"));
+            assert_eq!(pg_deliver(&guard, &processed, b"{}", "w").await.unwrap(), Outcome::Processed(()));
+            // Two-phase records: failed, in flight with a live lease, crashed with an expired one.
+            let failed = key("acme", "stripe", &format!("evt_failed_{label}"));
+            let ClaimAnswer::Claimed(claim) =
+                store.claim(&request(&failed, b"{}", now, Duration::from_secs(3600))).await.unwrap()
+            else {
+                panic!("{label}: failed event not claimed")
+            };
+            store.fail(&claim, now, "the api call failed").await.unwrap();
+            let live = key("acme", "stripe", &format!("evt_live_{label}"));
+            let expired = key("acme", "stripe", &format!("evt_expired_{label}"));
+            for (event, at, lease) in [
+                (&live, now, Duration::from_secs(3600)),
+                (&expired, now - chrono::Duration::hours(1), Duration::ZERO),
+            ] {
+                let answer = store.claim(&request(event, b"{}", at, lease)).await.unwrap();
+                assert!(matches!(answer, ClaimAnswer::Claimed(_)), "{label}: {answer:?}");
+            }
+            let before = pg_claim_calls(pool).await;
+            let mut answered = 0;
+            assert_eq!(
+                pg_deliver(&guard, &processed, b"{}", "dup").await.unwrap(),
+                Outcome::AlreadyProcessed
+            );
+            assert_eq!(
+                pg_deliver(&guard, &processed, b"{\"x\":1}", "dup").await.unwrap(),
+                Outcome::BodyMismatch
+            );
+            answered += 2;
+            for event in [&failed, &live, &expired] {
+                let row = pg_record_row(pool, event).await;
+                let result = pg_deliver(&guard, event, b"{}", "tx").await;
+                assert!(mismatch(&result), "{label} {event:?}: {result:?}");
+                let result = pg_deliver(&guard, event, b"{\"x\":1}", "tx").await;
+                assert!(matches!(result, Ok(Outcome::BodyMismatch)), "{label} {event:?}: {result:?}");
+                assert_eq!(pg_record_row(pool, event).await, row, "{label}: a refused delivery wrote");
+                assert_eq!(pg_effects(pool, event).await, 0, "{label}");
+                answered += 2;
+            }
+            let claims = pg_claim_calls(pool).await - before;
+            let expected = if reads_first { 0 } else { answered };
+            assert_eq!(claims, expected, "{label}: claims for {answered} answered deliveries");
+
+            // Same event id, other tenant or provider, other body: new events, never answered
+            // by acme's stripe record.
+            for other in [
+                key("globex", "stripe", processed.event_id().as_str()),
+                key("acme", "github", processed.event_id().as_str()),
+            ] {
+                assert_eq!(
+                    pg_deliver(&guard, &other, b"{\"other\":1}", "w").await.unwrap(),
+                    Outcome::Processed(()),
+                    "{label} {other:?}"
+                );
+                assert_eq!(pg_effects(pool, &other).await, 1, "{label}");
+            }
+
+            // Two-phase mode re-claims what transactional mode refused, exactly once; then
+            // every mode and order answers it processed.
+            let two_phase = WebhookGuard::new(store.clone(), SystemClock)
+                .with_config(GuardConfig::default().with_failed_retry_after(Duration::ZERO));
+            for event in [&failed, &expired] {
+                let runs = AtomicU32::new(0);
+                let outcome = two_phase
+                    .two_phase(event, b"{}", |_| async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, String>(())
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(outcome, Outcome::Processed(()), "{label} {event:?}");
+                assert_eq!(runs.load(Ordering::SeqCst), 1);
+                assert_eq!(
+                    pg_deliver(&guard, event, b"{}", "after").await.unwrap(),
+                    Outcome::AlreadyProcessed
+                );
+                assert_eq!(
+                    pg_deliver(&guard, event, b"{\"x\":1}", "after").await.unwrap(),
+                    Outcome::BodyMismatch
+                );
+            }
+            let outcome = two_phase.two_phase(&live, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
+            assert_eq!(outcome, Outcome::RetryInFlight, "{label}: a live lease is never taken over");
+            // A two-phase delivery of the transactional record, on the same store and clock.
+            let outcome =
+                two_phase.two_phase(&processed, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
+            assert_eq!(outcome, Outcome::AlreadyProcessed, "{label}");
+            let outcome = two_phase
+                .two_phase(&processed, b"{\"x\":1}", |_| async { Ok::<_, String>(()) })
+                .await
+                .unwrap();
+            assert_eq!(outcome, Outcome::BodyMismatch, "{label}");
+            assert_eq!(pg_effects(pool, &processed).await, 1, "{label}");
+        }
+    }
+}
+
+/// toctou-dedupe between the autocommit read and the claim, under every isolation default:
+/// another writer's record is uncommitted when the delivery reads (so the read sees nothing)
+/// and commits or rolls back while the claim waits on it. A commit is answered from the
+/// committed record (`AlreadyProcessed`, `BodyMismatch`, or `ModeMismatch` for a two-phase
+/// failure), never by running the handler; a rollback leaves the key new, and the delivery
+/// processes it once. Both orders, READ COMMITTED, REPEATABLE READ and SERIALIZABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn toctou_dedupe_pg_read_first_racing_commit_or_rollback_under_every_isolation_default() {
+    for isolation in ["read committed", "repeatable read", "serializable"] {
+        let database = pg_db().await;
+        sqlx::query(&format!(
+            "ALTER DATABASE \"{}\" SET default_transaction_isolation = '{isolation}'",
+            database.name()
+        ))
+        .execute(database.pool())
+        .await
+        .unwrap();
+        let pool =
+            sqlx::postgres::PgPoolOptions::new().max_connections(24).connect(database.url()).await.unwrap();
+        let shown: String = sqlx::query_scalar("SHOW transaction_isolation").fetch_one(&pool).await.unwrap();
+        assert_eq!(shown, isolation);
+        for order in [ReadFirst::Never, ReadFirst::Always] {
+            let guard = Arc::new(
+                WebhookGuard::new(PgStore::new(pool.clone()), SystemClock)
+                    .with_config(GuardConfig::default().with_read_first(order)),
+            );
+            // (writer's body, writer's state, writer commits, the delivery's expected answer)
+            let cases: [(&[u8], &str, bool, &str); 4] = [
+                (b"{}", "processed", true, "Ok(AlreadyProcessed)"),
+                (b"{\"forged\":1}", "processed", true, "Ok(BodyMismatch)"),
+                (b"{}", "failed", true, "Err(Guard(ModeMismatch))"),
+                (b"{}", "processed", false, "Ok(Processed(()))"),
+            ];
+            let mut writers = Vec::new();
+            let mut deliveries = Vec::new();
+            for (case, (body, state, commit, expected)) in cases.into_iter().enumerate() {
+                let event = key("acme", "stripe", &format!("evt_race_{order:?}_{case}"));
+                writers.push((pg_uncommitted_record(&pool, &event, body, state).await, commit));
+                let (guard, delivered) = (Arc::clone(&guard), event.clone());
+                let delivery =
+                    tokio::spawn(async move { pg_deliver(&guard, &delivered, b"{}", "race").await });
+                deliveries.push((event, delivery, expected));
+            }
+            // Let every delivery read (nothing) and reach the claim's insert, which waits.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            for (writer, commit) in writers {
+                if commit {
+                    writer.commit().await.unwrap();
+                } else {
+                    writer.rollback().await.unwrap();
+                }
+            }
+            for (event, delivery, expected) in deliveries {
+                let outcome = format!("{:?}", delivery.await.unwrap());
+                assert_eq!(outcome, expected, "{isolation} {order:?} {event:?}");
+                let effects = i64::from(expected == "Ok(Processed(()))");
+                assert_eq!(pg_effects(&pool, &event).await, effects, "{isolation} {order:?} {event:?}");
+            }
+        }
+    }
+}
+
+/// The adaptive order's moving average under attack: while 6 tasks flood duplicates (the
+/// same bytes and forged bytes) of processed events, which tips the guard into reading first,
+/// 40 fresh events are each delivered by 4 concurrent tasks. Every fresh event runs exactly
+/// once, no flood delivery is ever processed, and once the flood stops a run of fresh events
+/// brings the guard back to claiming first. The flood changes what fresh events cost (one
+/// read more), never an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn toctou_dedupe_pg_adaptive_share_flooded_with_duplicates_costs_only() {
+    let database = pg_db().await;
+    let pool = database.pool().clone();
+    pg_count_claim_calls(&pool).await;
+    let guard = Arc::new(WebhookGuard::new(PgStore::new(pool.clone()), SystemClock));
+    let targets: Vec<EventKey> = (0..3).map(|n| key("acme", "stripe", &format!("evt_flood_{n}"))).collect();
+    for target in &targets {
+        assert_eq!(pg_deliver(&guard, target, b"{}", "w").await.unwrap(), Outcome::Processed(()));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut flooders = Vec::new();
+    for flooder in 0..6 {
+        let (guard, stop, targets) = (Arc::clone(&guard), Arc::clone(&stop), targets.clone());
+        flooders.push(tokio::spawn(async move {
+            let mut sent = 0usize;
+            while !stop.load(Ordering::SeqCst) || sent < 40 {
+                let target = &targets[(sent + flooder) % targets.len()];
+                let forged = (sent + flooder) % 2 == 1;
+                let body: &[u8] = if forged { b"{\"forged\":1}" } else { b"{}" };
+                let outcome = pg_deliver(&guard, target, body, "flood").await.unwrap();
+                let expected = if forged { Outcome::BodyMismatch } else { Outcome::AlreadyProcessed };
+                assert_eq!(outcome, expected, "flood delivery {sent}");
+                sent += 1;
+            }
+            sent
+        }));
+    }
+    // Wait until the flood has tipped the guard: a duplicate is answered without the claim.
+    for probe in 0.. {
+        assert!(probe < 2_000, "the flood never tipped the guard into reading first");
+        let before = pg_claim_calls(&pool).await;
+        let outcome = pg_deliver(&guard, &targets[0], b"{}", "probe").await.unwrap();
+        assert_eq!(outcome, Outcome::AlreadyProcessed);
+        if pg_claim_calls(&pool).await == before {
+            break;
+        }
+    }
+    let fresh: Vec<EventKey> = (0..40).map(|n| key("acme", "stripe", &format!("evt_fresh_{n}"))).collect();
+    let mut deliveries = Vec::new();
+    for event in &fresh {
+        for copy in 0..4 {
+            let (guard, event) = (Arc::clone(&guard), event.clone());
+            deliveries.push(tokio::spawn(async move {
+                loop {
+                    match pg_deliver(&guard, &event, b"{}", &format!("c{copy}")).await.unwrap() {
+                        Outcome::RetryInFlight => tokio::time::sleep(Duration::from_millis(1)).await,
+                        other => return other,
+                    }
+                }
+            }));
+        }
+    }
+    let mut processed = 0;
+    for delivery in deliveries {
+        match delivery.await.unwrap() {
+            Outcome::Processed(()) => processed += 1,
+            Outcome::AlreadyProcessed => {}
+            other => panic!("a fresh event's delivery answered {other:?}"),
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut flooded = 0;
+    for flooder in flooders {
+        flooded += flooder.await.unwrap();
+    }
+    assert_eq!(processed, fresh.len(), "each fresh event processed by exactly one delivery");
+    for event in fresh.iter().chain(&targets) {
+        assert_eq!(pg_effects(&pool, event).await, 1, "{event:?} after {flooded} flood deliveries");
+    }
+    // The flood is over: fresh events pull the share back down, and a duplicate goes to the
+    // claim first again.
+    for n in 0..30 {
+        let event = key("acme", "stripe", &format!("evt_after_{n}"));
+        assert_eq!(pg_deliver(&guard, &event, b"{}", "w").await.unwrap(), Outcome::Processed(()));
+    }
+    let before = pg_claim_calls(&pool).await;
+    assert_eq!(pg_deliver(&guard, &targets[1], b"{}", "w").await.unwrap(), Outcome::AlreadyProcessed);
+    assert_eq!(pg_claim_calls(&pool).await, before + 1, "claims first again once the flood stopped");
+}
+
+/// The retention purge racing read-first deliveries of records it is deleting: 20 processed
+/// records past the horizon are each delivered by 4 concurrent read-first tasks while a purge
+/// loop runs. A delivery that read the record before the purge answers `AlreadyProcessed`; once
+/// it is gone, exactly one delivery processes the event again (the documented policy after the
+/// horizon), never two. Fresh records inside the horizon are never purged, and their
+/// duplicates are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_purge_racing_pg_read_first_transactional_deliveries() {
+    let database = pg_db().await;
+    let pool = database.pool().clone();
+    let store = PgStore::new(pool.clone());
+    let config = GuardConfig::default().with_retention(Duration::from_secs(3600));
+    let guard = Arc::new(
+        WebhookGuard::new(store.clone(), SystemClock).with_config(config.with_read_first(ReadFirst::Always)),
+    );
+    let two_hours_ago = Utc::now() - chrono::Duration::hours(2);
+    let old: Vec<EventKey> = (0..20).map(|n| key("acme", "stripe", &format!("evt_aged_{n}"))).collect();
+    for event in &old {
+        old_processed(&store, event, two_hours_ago).await;
+    }
+    let recent: Vec<EventKey> = (0..10).map(|n| key("acme", "stripe", &format!("evt_recent_{n}"))).collect();
+    for event in &recent {
+        assert_eq!(pg_deliver(&guard, event, b"{}", "w").await.unwrap(), Outcome::Processed(()));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let purger = {
+        let (guard, stop) = (Arc::clone(&guard), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut purged = 0;
+            while !stop.load(Ordering::SeqCst) {
+                purged += guard.purge().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            purged + guard.purge().await.unwrap()
+        })
+    };
+    let mut deliveries = Vec::new();
+    for (n, event) in old.iter().chain(&recent).enumerate() {
+        for copy in 0..4 {
+            let (guard, event) = (Arc::clone(&guard), event.clone());
+            deliveries.push(tokio::spawn(async move {
+                if copy % 2 == 1 {
+                    tokio::time::sleep(Duration::from_millis(n as u64 % 5)).await;
+                }
+                loop {
+                    match pg_deliver(&guard, &event, b"{}", &format!("c{copy}")).await.unwrap() {
+                        Outcome::RetryInFlight => tokio::time::sleep(Duration::from_millis(1)).await,
+                        other => return (event, other),
+                    }
+                }
+            }));
+        }
+    }
+    let mut processed_again = std::collections::HashMap::<EventKey, i64>::new();
+    for delivery in deliveries {
+        let (event, outcome) = delivery.await.unwrap();
+        match outcome {
+            Outcome::Processed(()) => *processed_again.entry(event).or_default() += 1,
+            Outcome::AlreadyProcessed => {}
+            other => panic!("{event:?}: {other:?}"),
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    assert_eq!(purger.await.unwrap(), 20, "the purge deleted exactly the aged records");
+    for event in &old {
+        let again = processed_again.get(event).copied().unwrap_or(0);
+        assert!(again <= 1, "{event:?} processed {again} times after its purge");
+        assert_eq!(pg_effects(&pool, event).await, again, "{event:?}");
+    }
+    for event in &recent {
+        assert_eq!(processed_again.get(event), None, "{event:?} inside the horizon ran again");
+        assert_eq!(pg_effects(&pool, event).await, 1, "{event:?}");
+    }
+}
+
+/// The SQLite half of `toctou_dedupe_pg_every_read_first_order_answers_every_record_alike`
+/// (SQLite always reads first): a processed record answers `AlreadyProcessed` or
+/// `BodyMismatch`; an unfinished two-phase record (failed, live lease, expired lease) is
+/// refused with `ModeMismatch` (`BodyMismatch` for other bytes) and left untouched; another
+/// tenant's or provider's record never answers; two-phase mode then re-claims the failed and
+/// the expired events exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toctou_dedupe_sqlite_read_first_answers_every_record_alike() {
+    let mismatch = |result: &Result<Outcome<()>, RunError<sqlx::Error>>| {
+        matches!(result, Err(RunError::Guard(Error::ModeMismatch)))
+    };
+    let database = sqlite_db().await;
+    let pool = database.pool();
+    let store = SqliteStore::new(pool.clone());
+    let guard = WebhookGuard::new(store.clone(), SystemClock);
+    let record_row = |event: EventKey| async move {
+        sqlx::query_as::<_, (String, i64, String)>(
+            "SELECT state, attempts, claim_token FROM sos_webhook_events \
+             WHERE tenant = ?1 AND provider = ?2 AND event_id = ?3",
+        )
+        .bind(event.tenant().as_str().to_owned())
+        .bind(event.provider().as_str().to_owned())
+        .bind(event.event_id().as_str().to_owned())
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+    };
+    let now = Utc::now();
+    let processed = key("acme", "stripe", "evt_done");
+    assert_eq!(sqlite_deliver(&guard, &processed, b"{}", "w").await.unwrap(), Outcome::Processed(()));
+    let failed = key("acme", "stripe", "evt_failed");
+    let ClaimAnswer::Claimed(claim) =
+        store.claim(&request(&failed, b"{}", now, Duration::from_secs(3600))).await.unwrap()
+    else {
+        panic!("failed event not claimed")
+    };
+    store.fail(&claim, now, "the api call failed").await.unwrap();
+    let live = key("acme", "stripe", "evt_live");
+    let expired = key("acme", "stripe", "evt_expired");
+    for (event, at, lease) in [
+        (&live, now, Duration::from_secs(3600)),
+        (&expired, now - chrono::Duration::hours(1), Duration::ZERO),
+    ] {
+        let answer = store.claim(&request(event, b"{}", at, lease)).await.unwrap();
+        assert!(matches!(answer, ClaimAnswer::Claimed(_)), "{answer:?}");
+    }
+    assert_eq!(sqlite_deliver(&guard, &processed, b"{}", "dup").await.unwrap(), Outcome::AlreadyProcessed);
+    assert_eq!(sqlite_deliver(&guard, &processed, b"{\"x\":1}", "dup").await.unwrap(), Outcome::BodyMismatch);
+    for event in [&failed, &live, &expired] {
+        let row = record_row(event.clone()).await;
+        let result = sqlite_deliver(&guard, event, b"{}", "tx").await;
+        assert!(mismatch(&result), "{event:?}: {result:?}");
+        let result = sqlite_deliver(&guard, event, b"{\"x\":1}", "tx").await;
+        assert!(matches!(result, Ok(Outcome::BodyMismatch)), "{event:?}: {result:?}");
+        assert_eq!(record_row(event.clone()).await, row, "a refused delivery wrote");
+        assert_eq!(sqlite_effects(pool, event).await, 0);
+    }
+    for other in [
+        key("globex", "stripe", processed.event_id().as_str()),
+        key("acme", "github", processed.event_id().as_str()),
+    ] {
+        assert_eq!(
+            sqlite_deliver(&guard, &other, b"{\"other\":1}", "w").await.unwrap(),
+            Outcome::Processed(()),
+            "{other:?}"
+        );
+        assert_eq!(sqlite_effects(pool, &other).await, 1);
+    }
+    let two_phase = WebhookGuard::new(store.clone(), SystemClock)
+        .with_config(GuardConfig::default().with_failed_retry_after(Duration::ZERO));
+    for event in [&failed, &expired] {
+        let runs = AtomicU32::new(0);
+        let outcome = two_phase
+            .two_phase(event, b"{}", |_| async {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, String>(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Processed(()), "{event:?}");
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(sqlite_deliver(&guard, event, b"{}", "after").await.unwrap(), Outcome::AlreadyProcessed);
+        assert_eq!(
+            sqlite_deliver(&guard, event, b"{\"x\":1}", "after").await.unwrap(),
+            Outcome::BodyMismatch
+        );
+    }
+    let outcome = two_phase.two_phase(&live, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
+    assert_eq!(outcome, Outcome::RetryInFlight, "a live lease is never taken over");
+    let outcome = two_phase.two_phase(&processed, b"{}", |_| async { Ok::<_, String>(()) }).await.unwrap();
+    assert_eq!(outcome, Outcome::AlreadyProcessed);
+    assert_eq!(sqlite_effects(pool, &processed).await, 1);
 }
