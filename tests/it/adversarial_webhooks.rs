@@ -3670,3 +3670,36 @@ async fn toctou_dedupe_sqlite_read_first_answers_every_record_alike() {
     assert_eq!(outcome, Outcome::AlreadyProcessed);
     assert_eq!(sqlite_effects(pool, &processed).await, 1);
 }
+
+/// What the database-clock transactional stamp (migration 0200000006) buys: a worker whose
+/// clock runs 30 days behind processes an event in transactional mode, and a correct replica's
+/// retention purge (horizon 1 hour) runs right after. With the database's clock the record
+/// carries the database's time, so the purge keeps it and a provider retry is answered
+/// `AlreadyProcessed` (the handler ran once). With the guard's clock (the default) the record
+/// carries the slow worker's time and the purge deletes it: the skew bound is the operator's
+/// job there, as the docs say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_clock_skew_pg_database_clock_transactional_record_of_a_slow_worker_survives_the_purge() {
+    let database = pg_db().await;
+    let pool = database.pool();
+    let config = GuardConfig::default().with_retention(Duration::from_secs(3600));
+    for database_clock in [true, false] {
+        let store = PgStore::new(pool.clone()).with_database_clock(database_clock);
+        let slow_worker =
+            WebhookGuard::new(store.clone(), ManualClock::new(Utc::now() - chrono::Duration::days(30)))
+                .with_config(config);
+        let purger = WebhookGuard::new(store.clone(), SystemClock).with_config(config);
+        let event = key("acme", "stripe", &format!("evt_slow_worker_{database_clock}"));
+        assert_eq!(pg_deliver(&slow_worker, &event, b"{}", "slow").await.unwrap(), Outcome::Processed(()));
+        let purged = purger.purge().await.unwrap();
+        let retry = pg_deliver(&purger, &event, b"{}", "retry").await.unwrap();
+        if database_clock {
+            assert_eq!(purged, 0, "a just-processed record was purged");
+            assert_eq!(retry, Outcome::AlreadyProcessed);
+            assert_eq!(pg_effects(pool, &event).await, 1, "the handler ran twice");
+        } else {
+            assert_eq!(purged, 1, "guard-clock mode stores the slow worker's time");
+            assert_eq!(retry, Outcome::Processed(()));
+        }
+    }
+}
