@@ -3703,3 +3703,72 @@ async fn lease_clock_skew_pg_database_clock_transactional_record_of_a_slow_worke
         }
     }
 }
+
+/// The duplicate flood under a SERIALIZABLE default: while 4 tasks flood duplicates of
+/// processed events (their reads, first inside claims, then autocommit once the adaptive order
+/// tips, take predicate locks on the key index's pages), 24 fresh events whose handlers write
+/// their effect are delivered at once. No fresh event is cancelled by a serialization failure
+/// (at its claim or at COMMIT after its handler ran): each is processed on its first delivery,
+/// exactly once. The flood costs fresh events time, never their processing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn toctou_dedupe_pg_serializable_default_duplicate_flood_never_fails_fresh_events() {
+    let database = pg_db().await;
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{}\" SET default_transaction_isolation = 'serializable'",
+        database.name()
+    ))
+    .execute(database.pool())
+    .await
+    .unwrap();
+    let pool =
+        sqlx::postgres::PgPoolOptions::new().max_connections(24).connect(database.url()).await.unwrap();
+    let guard = Arc::new(WebhookGuard::new(PgStore::new(pool.clone()), SystemClock));
+    let targets: Vec<EventKey> =
+        (0..3).map(|n| key("acme", "stripe", &format!("evt_ser_flood_{n}"))).collect();
+    for target in &targets {
+        assert_eq!(pg_deliver(&guard, target, b"{}", "w").await.unwrap(), Outcome::Processed(()));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut flooders = Vec::new();
+    for flooder in 0..4 {
+        let (guard, stop, targets) = (Arc::clone(&guard), Arc::clone(&stop), targets.clone());
+        flooders.push(tokio::spawn(async move {
+            let mut sent = 0usize;
+            while !stop.load(Ordering::SeqCst) || sent < 30 {
+                let target = &targets[(sent + flooder) % targets.len()];
+                let outcome = pg_deliver(&guard, target, b"{}", "flood").await;
+                assert!(
+                    matches!(outcome, Ok(Outcome::AlreadyProcessed)),
+                    "flood delivery {sent}: {outcome:?}"
+                );
+                sent += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for round in 0..2 {
+        let barrier = Arc::new(tokio::sync::Barrier::new(12));
+        let mut deliveries = Vec::new();
+        for n in 0..12 {
+            let (guard, barrier) = (Arc::clone(&guard), Arc::clone(&barrier));
+            let event = key("acme", "stripe", &format!("evt_ser_fresh_{round}_{n}"));
+            deliveries.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let outcome = pg_deliver(&guard, &event, b"{}", "fresh").await;
+                (event, format!("{outcome:?}"))
+            }));
+        }
+        for delivery in deliveries {
+            let (event, outcome) = delivery.await.unwrap();
+            assert_eq!(outcome, "Ok(Processed(()))", "{event:?}");
+            assert_eq!(pg_effects(&pool, &event).await, 1, "{event:?}");
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for flooder in flooders {
+        flooder.await.unwrap();
+    }
+    for target in &targets {
+        assert_eq!(pg_effects(&pool, target).await, 1, "{target:?}");
+    }
+}
