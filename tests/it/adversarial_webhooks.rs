@@ -2110,7 +2110,14 @@ async fn retry_in_flight_answered_promptly_sqlite_while_handler_holds_claim() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn handler_failure_sqlite_cancelled_claim_leaves_no_connection_state_behind() {
     let database = sqlite_db().await;
-    let guard = Arc::new(WebhookGuard::new(SqliteStore::new(database.pool().clone()), SystemClock));
+    // The guard's busy timeout (1 s) is far above the 15 ms after which each delivery is cut,
+    // so the cut always lands while the delivery waits for the write lock, however loaded the
+    // machine (with the default 20 ms a descheduled runtime could see the delivery finish
+    // first), and it still differs from the pool's own 5 s.
+    let guard = Arc::new(
+        WebhookGuard::new(SqliteStore::new(database.pool().clone()), SystemClock)
+            .with_config(GuardConfig::default().with_busy_timeout(Duration::from_secs(1))),
+    );
     let original: i64 = sqlx::query_scalar("PRAGMA busy_timeout").fetch_one(database.pool()).await.unwrap();
     let (started_sender, started_receiver) = tokio::sync::oneshot::channel();
     let (release_sender, release_receiver) = tokio::sync::oneshot::channel::<()>();
