@@ -618,6 +618,404 @@ async fn rederived_tree_matches_the_stored_one_sqlite() {
     rederived_tree_matches_the_stored_one(store, 1_000).await;
 }
 
+// ---------------------------------------------------------------------------------------------
+// The checkpointer's single pass: its own extension read the new entries, and is checked as the
+// re-derivation of the unsigned part (no second read). Each attack here happens before or during
+// that extension, so that the single-pass check (not the re-reading fallback) is what refuses.
+// ---------------------------------------------------------------------------------------------
+
+/// A store that counts `read_page` calls and runs one piece of "database administrator" work
+/// right after the next reported tree extension returns (before the checkpointer reads the
+/// stored tiles and signs).
+#[derive(Clone)]
+struct Hooked<S> {
+    inner: S,
+    page_reads: Arc<AtomicU64>,
+    after_extension: Arc<std::sync::Mutex<Option<BoxFuture<'static, ()>>>>,
+}
+
+impl<S> Hooked<S> {
+    fn new(inner: S) -> Self {
+        Self { inner, page_reads: Arc::default(), after_extension: Arc::default() }
+    }
+
+    fn after_extension(&self, work: BoxFuture<'static, ()>) {
+        *self.after_extension.lock().expect("lock") = Some(work);
+    }
+}
+
+impl<S: MerkleStore> AuditStore for Hooked<S> {
+    async fn append(&self, entry: NewEntry) -> sos_audit::Result<sos_audit::AuditEntry> {
+        self.inner.append(entry).await
+    }
+
+    async fn head(&self, tenant: &TenantId) -> sos_audit::Result<Option<sos_audit::ChainHead>> {
+        self.inner.head(tenant).await
+    }
+
+    async fn read_page(
+        &self,
+        tenant: &TenantId,
+        after_seq: u64,
+        limit: u32,
+    ) -> sos_audit::Result<Vec<sos_audit::AuditEntry>> {
+        self.page_reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.read_page(tenant, after_seq, limit).await
+    }
+
+    async fn tenants(&self) -> sos_audit::Result<Vec<TenantId>> {
+        self.inner.tenants().await
+    }
+}
+
+impl<S: MerkleStore> MerkleStore for Hooked<S> {
+    async fn extend_tree(&self, tenant: &TenantId, max_entries: u32) -> sos_audit::Result<tlog::TreeState> {
+        self.inner.extend_tree(tenant, max_entries).await
+    }
+
+    async fn extend_tree_reported(
+        &self,
+        tenant: &TenantId,
+        max_entries: u32,
+    ) -> sos_audit::Result<(tlog::TreeState, Option<tlog::TreeExtension>)> {
+        let reported = self.inner.extend_tree_reported(tenant, max_entries).await;
+        let work = self.after_extension.lock().expect("lock").take();
+        if let Some(work) = work {
+            work.await;
+        }
+        reported
+    }
+
+    async fn tree_state(&self, tenant: &TenantId) -> sos_audit::Result<tlog::TreeState> {
+        self.inner.tree_state(tenant).await
+    }
+
+    async fn read_tiles(
+        &self,
+        tenant: &TenantId,
+        keys: &[tlog::TileKey],
+    ) -> sos_audit::Result<tlog::StoredTiles> {
+        self.inner.read_tiles(tenant, keys).await
+    }
+
+    async fn read_tree(
+        &self,
+        tenant: &TenantId,
+        keys: &[tlog::TileKey],
+    ) -> sos_audit::Result<(tlog::TreeState, tlog::StoredTiles)> {
+        self.inner.read_tree(tenant, keys).await
+    }
+
+    async fn latest_checkpoint(&self, tenant: &TenantId) -> sos_audit::Result<Option<SignedCheckpoint>> {
+        self.inner.latest_checkpoint(tenant).await
+    }
+
+    async fn checkpoint_at(
+        &self,
+        tenant: &TenantId,
+        size: u64,
+    ) -> sos_audit::Result<Option<SignedCheckpoint>> {
+        self.inner.checkpoint_at(tenant, size).await
+    }
+
+    async fn record_checkpoint(&self, checkpoint: &SignedCheckpoint) -> sos_audit::Result<SignedCheckpoint> {
+        self.inner.record_checkpoint(checkpoint).await
+    }
+}
+
+impl RawDb {
+    /// Sets the `prev_hash` and `hash` columns of entry `seq`.
+    async fn relink_entry(&self, seq: i64, prev_hash: Sha256Digest, hash: Sha256Digest) {
+        let update = "UPDATE audit_entries SET prev_hash = $1, hash = $2 WHERE tenant = 'acme' AND seq = $3";
+        let rows = match self {
+            Self::Postgres(database) => {
+                sqlx::query("ALTER TABLE audit_entries DISABLE TRIGGER USER")
+                    .execute(database.pool())
+                    .await
+                    .expect("disable the append-only triggers");
+                sqlx::query(update)
+                    .bind(prev_hash.as_bytes().as_slice())
+                    .bind(hash.as_bytes().as_slice())
+                    .bind(seq)
+                    .execute(database.pool())
+                    .await
+                    .expect("relink entry")
+                    .rows_affected()
+            }
+            Self::Sqlite(database) => {
+                sqlx::query("DROP TRIGGER IF EXISTS audit_entries_no_update")
+                    .execute(database.pool())
+                    .await
+                    .expect("drop the append-only trigger");
+                sqlx::query(&update.replace('$', "?"))
+                    .bind(prev_hash.as_bytes().as_slice())
+                    .bind(hash.as_bytes().as_slice())
+                    .bind(seq)
+                    .execute(database.pool())
+                    .await
+                    .expect("relink entry")
+                    .rows_affected()
+            }
+        };
+        assert_eq!(rows, 1, "the entry was relinked");
+    }
+
+    /// Deletes entry `seq`.
+    async fn delete_entry(&self, seq: i64) {
+        let delete = "DELETE FROM audit_entries WHERE tenant = 'acme' AND seq = $1";
+        let rows = match self {
+            Self::Postgres(database) => {
+                sqlx::query("ALTER TABLE audit_entries DISABLE TRIGGER USER")
+                    .execute(database.pool())
+                    .await
+                    .expect("disable the append-only triggers");
+                sqlx::query(delete).bind(seq).execute(database.pool()).await.expect("delete").rows_affected()
+            }
+            Self::Sqlite(database) => {
+                sqlx::query("DROP TRIGGER IF EXISTS audit_entries_no_delete")
+                    .execute(database.pool())
+                    .await
+                    .expect("drop the append-only trigger");
+                sqlx::query(&delete.replace('$', "?"))
+                    .bind(seq)
+                    .execute(database.pool())
+                    .await
+                    .expect("delete")
+                    .rows_affected()
+            }
+        };
+        assert_eq!(rows, 1, "the entry was deleted");
+    }
+
+    /// Points the stored tree head's last entry hash at `hash`.
+    async fn set_tree_head_hash(&self, hash: Sha256Digest) {
+        let update = "UPDATE audit_tree_heads SET last_entry_hash = $1 WHERE tenant = 'acme'";
+        let rows = match self {
+            Self::Postgres(database) => sqlx::query(update)
+                .bind(hash.as_bytes().as_slice())
+                .execute(database.pool())
+                .await
+                .expect("rewrite tree head")
+                .rows_affected(),
+            Self::Sqlite(database) => sqlx::query(&update.replace('$', "?"))
+                .bind(hash.as_bytes().as_slice())
+                .execute(database.pool())
+                .await
+                .expect("rewrite tree head")
+                .rows_affected(),
+        };
+        assert_eq!(rows, 1, "the tree head was rewritten");
+    }
+}
+
+/// Signs a checkpoint of 10 entries and appends up to `size` without extending the stored tree:
+/// the checkpointer's next run extends it itself, in one pass.
+async fn signed_ten_appended_to<S: MerkleStore + Clone>(store: &S, size: u64) -> Checkpointer<S> {
+    let checkpointer = Checkpointer::new(store.clone(), signer());
+    append_n(store, "acme", 0, 10).await;
+    assert_eq!(checkpointer.checkpoint_now(&tenant("acme")).await.expect("checkpoint").size(), 10);
+    append_n(store, "acme", 10, size - 10).await;
+    assert_eq!(store.tree_state(&tenant("acme")).await.expect("state").size, 10, "not extended yet");
+    checkpointer
+}
+
+/// The single pass reads the new entries once: a checkpoint after 256 appends makes no
+/// `read_page` call of its own (its extension read them in its transaction). When the stored
+/// tree was extended before the run (by `sync_tree` or an earlier run that failed), the run did
+/// not read those entries, and it reads them again to re-derive them.
+async fn checkpoint_reads_the_new_entries_once<S: MerkleStore + Clone>(store: S) {
+    let hooked = Hooked::new(store.clone());
+    let checkpointer = signed_ten_appended_to(&hooked, 266).await;
+    hooked.page_reads.store(0, Ordering::SeqCst);
+    assert_eq!(checkpointer.checkpoint_now(&tenant("acme")).await.expect("checkpoint").size(), 266);
+    assert_eq!(hooked.page_reads.load(Ordering::SeqCst), 0, "no second read of the new entries");
+
+    append_n(&store, "acme", 266, 30).await;
+    assert_eq!(tlog::sync_tree(&store, &tenant("acme")).await.expect("extend").size, 296);
+    hooked.page_reads.store(0, Ordering::SeqCst);
+    assert_eq!(checkpointer.checkpoint_now(&tenant("acme")).await.expect("checkpoint").size(), 296);
+    assert!(hooked.page_reads.load(Ordering::SeqCst) > 0, "entries extended earlier are read again");
+}
+
+#[tokio::test]
+async fn checkpoint_reads_the_new_entries_once_memory() {
+    checkpoint_reads_the_new_entries_once(MemoryAuditStore::new()).await;
+}
+
+#[tokio::test]
+async fn checkpoint_reads_the_new_entries_once_postgres() {
+    let (store, _raw) = postgres().await;
+    checkpoint_reads_the_new_entries_once(store).await;
+}
+
+#[tokio::test]
+async fn checkpoint_reads_the_new_entries_once_sqlite() {
+    let (store, _raw) = sqlite().await;
+    checkpoint_reads_the_new_entries_once(store).await;
+}
+
+/// A DBA rewrites a leaf hash of the signed tree's right edge (tile 0/0, leaf 5 of 10) before
+/// the checkpointer's extension resumes from it: the extension builds on hashes that do not give
+/// the signed root, and nothing is signed.
+async fn rewritten_signed_edge_before_the_extension_is_refused<S: MerkleStore + Clone>(store: S, raw: RawDb) {
+    let checkpointer = signed_ten_appended_to(&store, 15).await;
+    let mut tile = raw.tile(0, 0).await;
+    tile[5 * 32..6 * 32].fill(4);
+    raw.set_tile(0, 0, tile).await;
+    let refused = checkpointer.checkpoint_now(&tenant("acme")).await.expect_err("rewritten signed edge");
+    assert!(matches!(refused, Error::Forked { checkpoint_size: 10, .. }), "{refused:?}");
+    nothing_signed_after(&checkpointer).await;
+}
+
+#[tokio::test]
+async fn rewritten_signed_edge_before_the_extension_is_refused_postgres() {
+    let (store, raw) = postgres().await;
+    rewritten_signed_edge_before_the_extension_is_refused(store, raw).await;
+}
+
+#[tokio::test]
+async fn rewritten_signed_edge_before_the_extension_is_refused_sqlite() {
+    let (store, raw) = sqlite().await;
+    rewritten_signed_edge_before_the_extension_is_refused(store, raw).await;
+}
+
+/// A DBA forges the whole unsigned tail (entries 11 to 15, each hash recomputed) so that it
+/// chains on from a hash that is not the signed entry 10's, and points the stored tree head at
+/// that hash: the extension's own chain check passes, but the tail does not chain on from the
+/// signed chain. With entry 10's stored hash rewritten to the forged hash too, that hash is not
+/// the signed tree's last leaf. Nothing is signed either way, also by a second run (whose
+/// extension has nothing left to add, so it re-reads).
+async fn forged_tail_on_a_forged_tree_head_is_refused<S: MerkleStore + Clone>(
+    store: S,
+    raw: RawDb,
+    forge_entry_ten: bool,
+) {
+    let checkpointer = signed_ten_appended_to(&store, 15).await;
+    let acme = tenant("acme");
+    let forged_head = Sha256Digest::of(b"not entry 10");
+    let mut prev_hash = forged_head;
+    for seq in 11..=15u64 {
+        let mut entry = store.read_page(&acme, seq - 1, 1).await.expect("read").remove(0);
+        entry.prev_hash = prev_hash;
+        entry.hash = entry.compute_hash().expect("hash");
+        raw.relink_entry(seq as i64, entry.prev_hash, entry.hash).await;
+        prev_hash = entry.hash;
+    }
+    raw.set_tree_head_hash(forged_head).await;
+    if forge_entry_ten {
+        let ten = store.read_page(&acme, 9, 1).await.expect("read").remove(0);
+        raw.relink_entry(10, ten.prev_hash, forged_head).await;
+    }
+    for run in ["the run that extends", "a second run"] {
+        let refused = checkpointer.checkpoint_now(&acme).await.expect_err("forged tail");
+        if forge_entry_ten {
+            assert!(matches!(refused, Error::Forked { checkpoint_size: 10, .. }), "{run}: {refused:?}");
+        } else {
+            assert!(matches!(refused, Error::ChainBroken { seq: 11, .. }), "{run}: {refused:?}");
+        }
+        nothing_signed_after(&checkpointer).await;
+    }
+}
+
+#[tokio::test]
+async fn forged_tail_on_a_forged_tree_head_is_refused_postgres() {
+    let (store, raw) = postgres().await;
+    forged_tail_on_a_forged_tree_head_is_refused(store, raw, false).await;
+}
+
+#[tokio::test]
+async fn forged_tail_on_a_forged_tree_head_is_refused_sqlite() {
+    let (store, raw) = sqlite().await;
+    forged_tail_on_a_forged_tree_head_is_refused(store, raw, false).await;
+}
+
+#[tokio::test]
+async fn forged_tail_and_last_signed_entry_on_a_forged_tree_head_are_refused_postgres() {
+    let (store, raw) = postgres().await;
+    forged_tail_on_a_forged_tree_head_is_refused(store, raw, true).await;
+}
+
+#[tokio::test]
+async fn forged_tail_and_last_signed_entry_on_a_forged_tree_head_are_refused_sqlite() {
+    let (store, raw) = sqlite().await;
+    forged_tail_on_a_forged_tree_head_is_refused(store, raw, true).await;
+}
+
+/// A DBA deletes the last signed entry (10) before the checkpointer's extension reads the
+/// entries after it: the new entries cannot be shown to chain on from the signed chain.
+async fn deleted_last_signed_entry_before_the_extension_is_refused<S: MerkleStore + Clone>(
+    store: S,
+    raw: RawDb,
+) {
+    let checkpointer = signed_ten_appended_to(&store, 15).await;
+    raw.delete_entry(10).await;
+    let refused = checkpointer.checkpoint_now(&tenant("acme")).await.expect_err("deleted entry");
+    assert!(matches!(refused, Error::Forked { checkpoint_size: 10, .. }), "{refused:?}");
+    assert!(refused.to_string().contains("entry 10 is missing"), "{refused}");
+    nothing_signed_after(&checkpointer).await;
+}
+
+#[tokio::test]
+async fn deleted_last_signed_entry_before_the_extension_is_refused_postgres() {
+    let (store, raw) = postgres().await;
+    deleted_last_signed_entry_before_the_extension_is_refused(store, raw).await;
+}
+
+#[tokio::test]
+async fn deleted_last_signed_entry_before_the_extension_is_refused_sqlite() {
+    let (store, raw) = sqlite().await;
+    deleted_last_signed_entry_before_the_extension_is_refused(store, raw).await;
+}
+
+/// A DBA rewrites one hash of a tile the checkpointer's extension just wrote, after it committed
+/// and before the checkpointer reads the stored tiles to sign: a leaf of the new partial tile
+/// (size 15), and a leaf of a new full tile that no root reads (size 600). The tiles the
+/// extension reported writing are compared with the stored ones; nothing is signed.
+async fn tile_rewritten_after_the_extension_is_refused<S: MerkleStore + Clone>(
+    store: S,
+    raw: RawDb,
+    (size, index, leaf, path): (u64, i64, usize, &'static str),
+) {
+    let hooked = Hooked::new(store);
+    let checkpointer = signed_ten_appended_to(&hooked, size).await;
+    let raw = Arc::new(raw);
+    let dba = Arc::clone(&raw);
+    hooked.after_extension(Box::pin(async move {
+        let mut tile = dba.tile(0, index).await;
+        tile[leaf * 32..(leaf + 1) * 32].fill(6);
+        dba.set_tile(0, index, tile).await;
+    }));
+    let refused = checkpointer.checkpoint_now(&tenant("acme")).await.expect_err("rewritten tile");
+    assert!(hooked.after_extension.lock().expect("lock").is_none(), "the DBA ran after the extension");
+    assert!(matches!(refused, Error::RewrittenTree { checkpoint_size: 10, .. }), "{refused:?}");
+    assert!(refused.to_string().contains(path), "{refused}");
+    nothing_signed_after(&checkpointer).await;
+}
+
+#[tokio::test]
+async fn partial_tile_rewritten_after_the_extension_is_refused_postgres() {
+    let (store, raw) = postgres().await;
+    tile_rewritten_after_the_extension_is_refused(store, raw, (15, 0, 12, "tile/0/000.p/15")).await;
+}
+
+#[tokio::test]
+async fn partial_tile_rewritten_after_the_extension_is_refused_sqlite() {
+    let (store, raw) = sqlite().await;
+    tile_rewritten_after_the_extension_is_refused(store, raw, (15, 0, 12, "tile/0/000.p/15")).await;
+}
+
+#[tokio::test]
+async fn full_tile_rewritten_after_the_extension_is_refused_postgres() {
+    let (store, raw) = postgres().await;
+    tile_rewritten_after_the_extension_is_refused(store, raw, (600, 1, 40, "tile/0/001")).await;
+}
+
+#[tokio::test]
+async fn full_tile_rewritten_after_the_extension_is_refused_sqlite() {
+    let (store, raw) = sqlite().await;
+    tile_rewritten_after_the_extension_is_refused(store, raw, (600, 1, 40, "tile/0/001")).await;
+}
+
 /// A fresh checkpointer process learns what its anchors hold. Its database administrator deletes
 /// the checkpoint rows and restarts it: it re-signs the same head (the same note, a retry at the
 /// anchor). Then the administrator also cuts the chain's tail (entries 6 to 10) and the stored

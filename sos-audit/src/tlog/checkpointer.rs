@@ -9,7 +9,7 @@ use sos_core::{Clock, Sha256Digest, SystemClock, TenantId};
 use super::tiles::tiles_touched;
 use super::{
     Anchor, AnchorSink, EXTEND_BATCH, MerkleStore, SignedCheckpoint, TileBuilder, TileKey, TileSet,
-    TreeState, edge_tiles, origin_for, push_entries, sync_tree,
+    TreeExtension, TreeState, edge_tiles, origin_for, push_entries, sync_tree_reported,
 };
 use crate::error::{Error, Result};
 use crate::note::{Checkpoint, NoteSigner, NoteVerifier};
@@ -76,7 +76,7 @@ impl CheckpointPolicy {
 /// `<key name>/T` ([`origin_for`]). Before signing, the checkpointer:
 ///
 /// 1. reads the latest recorded checkpoint, then extends the stored tree from the chain
-///    ([`sync_tree`]), which refuses entries that do not chain on (in this order, so that a
+///    ([`sync_tree`](super::sync_tree)), which refuses entries that do not chain on (in this order, so that a
 ///    checkpoint another process records meanwhile is never mistaken for a cut-off tail);
 /// 2. checks the new head against that checkpoint: its signature must verify, the tree must not
 ///    be smaller, and a consistency proof from the stored tiles must connect the two roots
@@ -86,7 +86,11 @@ impl CheckpointPolicy {
 /// 4. re-derives the part of the tree after the largest signed head from the chain's entries
 ///    (against the signed tree's right-edge hashes, which the signature covers) and refuses when
 ///    a stored tile disagrees ([`Error::RewrittenTree`], [`Error::ChainBroken`]): no signature
-///    covers those rows yet, and the database administrator can rewrite them;
+///    covers those rows yet, and the database administrator can rewrite them. When the extension
+///    of step 1 started at that head and reached the new size in one transaction, the extension
+///    is that re-derivation (the entries are read and hashed once): what it read and wrote
+///    ([`TreeExtension`](super::TreeExtension)) is checked against the signed head and the
+///    stored tiles instead;
 /// 5. signs, writes the note to every [`AnchorSink`] (a write-once sink refuses a different note
 ///    for a size it holds), records it in the store, and returns the latest recorded checkpoint
 ///    (its own, or a larger one a concurrent checkpointer recorded meanwhile).
@@ -241,7 +245,8 @@ impl<S: MerkleStore> Checkpointer<S> {
         // larger checkpoint whose row was since deleted), and before the extension for the same
         // reason as above.
         let anchored = self.anchored_heads(tenant, &origin).await?;
-        let size = sync_tree(&self.store, tenant).await?.size;
+        let (state, extension) = sync_tree_reported(&self.store, tenant).await?;
+        let size = state.size;
 
         // The heads this tree must extend: what this process signed last, the latest checkpoint
         // each anchor holds, and the latest recorded checkpoint as read above.
@@ -301,7 +306,14 @@ impl<S: MerkleStore> Checkpointer<S> {
             check_extends(&tiles, tenant, signed_size, signed_root, size, root)?;
         }
         if base_size < size {
-            self.rederive(tenant, (base_size, base_root), size, &tiles, root).await?;
+            match extension {
+                // This run's extension started at the signed head and reached `size`: it read
+                // and hashed the unsigned part once, and is checked instead of read again.
+                Some(extension) if extension.before.size == base_size && extension.after.size == size => {
+                    check_extension(tenant, (base_size, base_root), &extension, &tiles, root)?;
+                }
+                _ => self.rederive(tenant, (base_size, base_root), size, &tiles, root).await?,
+            }
         }
         if let Some(latest) = &latest
             && latest.size() == size
@@ -560,6 +572,78 @@ impl<S: MerkleStore> Checkpointer<S> {
             }
         }
     }
+}
+
+/// Checks this run's extension of the stored tree (reported by the store, from its one read of
+/// the new entries) as the re-derivation of the part after the signed head `base`, in place of
+/// [`Checkpointer::rederive`]'s second read of the same entries.
+///
+/// The extension resumed from edge tiles at `base.0` leaves and chained the new entries on from
+/// the tree head's last entry hash. It is accepted only when those edge tiles give the signed
+/// root (so they are the signed tree's right border), the tree head's last entry hash is the
+/// stored hash of entry `base.0` and that hash is the signed tree's last leaf, every tile it wrote
+/// is what is stored now, and the stored root at `size` is the root it built. What is signed is
+/// then a function of the signed head and of entries read, in this run, that chain on from its
+/// last leaf.
+fn check_extension(
+    tenant: &TenantId,
+    (base_size, base_root): (u64, Sha256Digest),
+    extension: &TreeExtension,
+    tiles: &TileSet,
+    root: Sha256Digest,
+) -> Result<()> {
+    let forked =
+        |reason: String| Error::Forked { tenant: tenant.to_string(), checkpoint_size: base_size, reason };
+    let rewritten = |reason: String| Error::RewrittenTree {
+        tenant: tenant.to_string(),
+        checkpoint_size: base_size,
+        reason,
+    };
+    let resumed =
+        TileBuilder::resume(base_size, &extension.edges).map_err(|bad| super::corrupt_tree(tenant, bad))?;
+    if resumed.root() != base_root {
+        return Err(forked("the stored hashes of the signed tree no longer give its root".to_owned()));
+    }
+    if base_size > 0 {
+        let last_signed = extension
+            .before_entry_hash
+            .ok_or_else(|| forked(format!("entry {base_size} is missing from the chain")))?;
+        let proof = crate::merkle::InclusionProof::generate(tiles, base_size - 1, base_size)?;
+        proof
+            .verify(&crate::merkle::leaf_hash(last_signed.as_bytes()), &base_root)
+            .map_err(|_| forked(format!("entry {base_size} is not the last leaf the checkpoint signed")))?;
+        if extension.before.last_entry_hash != last_signed {
+            // The extension chained the new entries on from the tree head's hash, which is not the
+            // signed entry's: the first of them does not chain on from the signed chain.
+            return Err(Error::ChainBroken {
+                tenant: tenant.to_string(),
+                seq: base_size + 1,
+                reason: "prev_hash is not the previous entry's hash",
+            });
+        }
+    }
+    for (key, bytes) in &extension.written {
+        // A stored tile may be wider: the tree may have grown since it was read.
+        let held = tiles.hashes(key).unwrap_or_default();
+        let same = held.len() * 32 >= bytes.len()
+            && bytes.chunks_exact(32).zip(held).all(|(written, stored)| written == stored.as_bytes());
+        if !same {
+            let width = (bytes.len() / 32) as u64;
+            return Err(rewritten(format!(
+                "stored tile {} differs from the hashes of entries {}..={}",
+                key.path(width),
+                base_size + 1,
+                extension.after.size
+            )));
+        }
+    }
+    if extension.root != root {
+        return Err(rewritten(format!(
+            "the stored root at size {} is not the chain's",
+            extension.after.size
+        )));
+    }
+    Ok(())
 }
 
 /// Checks that the tree of `size` leaves with `root` extends the signed head (`signed_size`,

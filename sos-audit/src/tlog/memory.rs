@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use sos_core::{Sha256Digest, TenantId};
 
 use super::{
-    MerkleStore, SignedCheckpoint, StoredTiles, TileBuilder, TileKey, TreeState, corrupt_tree, edge_tiles,
-    push_entries,
+    MerkleStore, SignedCheckpoint, StoredTiles, TileKey, TreeExtension, TreeState, build_extension,
+    edge_tiles, split_previous,
 };
 use crate::MemoryAuditStore;
 use crate::error::Result;
@@ -37,28 +37,39 @@ impl Default for TenantTlog {
 
 impl MerkleStore for MemoryAuditStore {
     async fn extend_tree(&self, tenant: &TenantId, max_entries: u32) -> Result<TreeState> {
+        Ok(self.extend_tree_reported(tenant, max_entries).await?.0)
+    }
+
+    async fn extend_tree_reported(
+        &self,
+        tenant: &TenantId,
+        max_entries: u32,
+    ) -> Result<(TreeState, Option<TreeExtension>)> {
         let mut tlog = self.tlog.lock().await;
         let current = tlog
             .tenants
             .get(tenant)
             .map(|t| t.state)
             .unwrap_or(TreeState { size: 0, last_entry_hash: Sha256Digest::ZERO });
-        let entries = self.read_page(tenant, current.size, max_entries).await?;
+        // From entry `size` on (when there is one): the checkpointer checks that the new entries
+        // chain on from the last leaf it signed.
+        let extra = u32::from(current.size > 0);
+        let read = self
+            .read_page(tenant, current.size - u64::from(extra), max_entries.saturating_add(extra))
+            .await?;
+        let (previous, entries) = split_previous(&current, read, max_entries);
         if entries.is_empty() {
-            return Ok(current);
+            return Ok((current, None));
         }
         let entry = tlog.tenants.entry(tenant.clone()).or_default();
         let edges: BTreeMap<TileKey, Vec<u8>> = edge_tiles(current.size)
             .into_iter()
             .filter_map(|(key, _)| entry.tiles.get(&key).map(|bytes| (key, bytes.clone())))
             .collect();
-        let mut builder =
-            TileBuilder::resume(current.size, &edges).map_err(|bad| corrupt_tree(tenant, bad))?;
-        let mut state = current;
-        push_entries(tenant, &mut state, &mut builder, &entries)?;
-        entry.tiles.extend(builder.take_changed());
-        entry.state = state;
-        Ok(state)
+        let extension = build_extension(tenant, current, previous, edges, &entries)?;
+        entry.tiles.extend(extension.written.iter().cloned());
+        entry.state = extension.after;
+        Ok((extension.after, Some(extension)))
     }
 
     async fn tree_state(&self, tenant: &TenantId) -> Result<TreeState> {

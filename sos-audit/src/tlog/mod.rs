@@ -81,6 +81,31 @@ pub struct TreeState {
 /// Stored tiles with their keys, as C2SP bytes (concatenated 32-byte hashes).
 pub type StoredTiles = Vec<(TileKey, Vec<u8>)>;
 
+/// What one tree extension ([`MerkleStore::extend_tree_reported`]) read and wrote, in its one
+/// transaction: enough for a [`Checkpointer`] to check the extension against a signed tree
+/// without reading the new entries a second time.
+///
+/// The extension resumed a [`TileBuilder`] from `edges` at `before.size` leaves, pushed the leaf
+/// of every new entry after checking that it chains on from `before.last_entry_hash` (seq,
+/// tenant, `prev_hash`, recomputed hash), and wrote exactly `written` and `after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeExtension {
+    /// The stored tree's state it started from.
+    pub before: TreeState,
+    /// The stored hash of the chain's entry `before.size`, read in the same transaction (`None`
+    /// when the tree was empty or that entry is missing from the chain).
+    pub before_entry_hash: Option<Sha256Digest>,
+    /// The edge tiles of the tree of `before.size` leaves it resumed from, as C2SP bytes, each
+    /// exactly as wide as that size implies.
+    pub edges: std::collections::BTreeMap<TileKey, Vec<u8>>,
+    /// Every tile it wrote (full or partial), as C2SP bytes, in key order.
+    pub written: StoredTiles,
+    /// The state it committed.
+    pub after: TreeState,
+    /// The root of the tree of `after.size` leaves it built.
+    pub root: Sha256Digest,
+}
+
 /// A checkpoint as signed and recorded by the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedCheckpoint {
@@ -213,6 +238,26 @@ pub trait MerkleStore: AuditStore {
         tenant: &TenantId,
         max_entries: u32,
     ) -> impl Future<Output = Result<TreeState>> + Send;
+
+    /// As [`MerkleStore::extend_tree`], and reports what the extension read and wrote when it
+    /// appended at least one entry ([`TreeExtension`]), so that a [`Checkpointer`] need not read
+    /// the new entries again to re-derive them. An implementation must report exactly what its
+    /// transaction read and committed: the checkpointer signs the reported root once it has
+    /// checked the report against the signed tree and the stored tiles.
+    ///
+    /// The default calls [`MerkleStore::extend_tree`] and reports nothing (the checkpointer
+    /// then reads the new entries again).
+    ///
+    /// # Errors
+    ///
+    /// As [`MerkleStore::extend_tree`].
+    fn extend_tree_reported(
+        &self,
+        tenant: &TenantId,
+        max_entries: u32,
+    ) -> impl Future<Output = Result<(TreeState, Option<TreeExtension>)>> + Send {
+        async move { Ok((self.extend_tree(tenant, max_entries).await?, None)) }
+    }
 
     /// The stored tree's state (size 0 when nothing was stored yet).
     fn tree_state(&self, tenant: &TenantId) -> impl Future<Output = Result<TreeState>> + Send;
@@ -402,6 +447,64 @@ pub async fn sync_tree<S: MerkleStore + ?Sized>(store: &S, tenant: &TenantId) ->
         state = after;
     }
     Ok(state)
+}
+
+/// As [`sync_tree`], and returns the [`TreeExtension`] when one extension took the tree to the
+/// returned state (none when nothing was appended, or when catching up took several batches).
+pub(crate) async fn sync_tree_reported<S: MerkleStore + ?Sized>(
+    store: &S,
+    tenant: &TenantId,
+) -> Result<(TreeState, Option<TreeExtension>)> {
+    let target = store.head(tenant).await?.map_or(0, |head| head.seq);
+    let (mut state, mut extension) = store.extend_tree_reported(tenant, EXTEND_BATCH).await?;
+    while state.size < target {
+        extension = None;
+        let after = store.extend_tree(tenant, EXTEND_BATCH).await?;
+        if after.size == state.size {
+            break;
+        }
+        state = after;
+    }
+    Ok((state, extension))
+}
+
+/// Shared by the backends: the entries an extension read (from entry `before.size` on, when the
+/// tree is not empty, then the new ones) split into the hash of entry `before.size` and the new
+/// entries, at most `max_entries` of them.
+pub(crate) fn split_previous(
+    before: &TreeState,
+    mut entries: Vec<crate::AuditEntry>,
+    max_entries: u32,
+) -> (Option<Sha256Digest>, Vec<crate::AuditEntry>) {
+    let previous = match entries.first() {
+        Some(first) if before.size > 0 && first.seq == before.size => Some(entries.remove(0).hash),
+        _ => None,
+    };
+    entries.retain(|entry| entry.seq > before.size);
+    entries.truncate(usize::try_from(max_entries).unwrap_or(usize::MAX));
+    (previous, entries)
+}
+
+/// Shared by the backends: resumes the tree of `before` from its stored edge tiles, pushes the
+/// new `entries` (checking that they chain on) and reports the tiles to write.
+pub(crate) fn build_extension(
+    tenant: &TenantId,
+    before: TreeState,
+    before_entry_hash: Option<Sha256Digest>,
+    edges: std::collections::BTreeMap<TileKey, Vec<u8>>,
+    entries: &[crate::AuditEntry],
+) -> Result<TreeExtension> {
+    let mut builder = TileBuilder::resume(before.size, &edges).map_err(|bad| corrupt_tree(tenant, bad))?;
+    let mut after = before;
+    push_entries(tenant, &mut after, &mut builder, entries)?;
+    Ok(TreeExtension {
+        before,
+        before_entry_hash,
+        edges,
+        written: builder.take_changed(),
+        after,
+        root: builder.root(),
+    })
 }
 
 /// Shared by the backends: extends a tree state with entries, checking that they chain on.

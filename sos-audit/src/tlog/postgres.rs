@@ -7,8 +7,8 @@ use sqlx::Row as _;
 use sqlx::postgres::{PgConnection, PgRow};
 
 use super::{
-    MerkleStore, SignedCheckpoint, StoredTiles, TileBuilder, TileKey, TreeState, corrupt_tree, db_size,
-    edge_tiles, push_entries,
+    MerkleStore, SignedCheckpoint, StoredTiles, TileKey, TreeExtension, TreeState, build_extension, db_size,
+    edge_tiles, split_previous,
 };
 use crate::PgAuditChain;
 use crate::error::{Error, Result, storage};
@@ -107,6 +107,14 @@ fn checkpoint_from_row(tenant: &TenantId, row: &PgRow) -> Result<SignedCheckpoin
 
 impl MerkleStore for PgAuditChain {
     async fn extend_tree(&self, tenant: &TenantId, max_entries: u32) -> Result<TreeState> {
+        Ok(self.extend_tree_reported(tenant, max_entries).await?.0)
+    }
+
+    async fn extend_tree_reported(
+        &self,
+        tenant: &TenantId,
+        max_entries: u32,
+    ) -> Result<(TreeState, Option<TreeExtension>)> {
         let mut tx = self.pool().begin().await.map_err(storage)?;
         // The tenant's tree head row, locked until commit, serializes extenders of one tenant.
         sqlx::query(
@@ -125,19 +133,19 @@ impl MerkleStore for PgAuditChain {
                 .await
                 .map_err(storage)?;
         let current = state_from_row(tenant, &row)?;
+        // From entry `size` on (when there is one): the checkpointer checks that the new entries
+        // chain on from the last leaf it signed.
+        let extra = u32::from(current.size > 0);
         let rows = sqlx::query(
             "SELECT tenant, seq, time_us, actor, action, subject, payload, prev_hash, hash
              FROM audit_entries WHERE tenant = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .bind(tenant.as_str())
-        .bind(db_size(current.size))
-        .bind(i64::from(max_entries))
+        .bind(db_size(current.size - u64::from(extra)))
+        .bind(i64::from(max_entries) + i64::from(extra))
         .fetch_all(&mut *tx)
         .await
         .map_err(storage)?;
-        if rows.is_empty() {
-            return Ok(current);
-        }
         let entries = rows
             .iter()
             .map(|row| {
@@ -154,17 +162,18 @@ impl MerkleStore for PgAuditChain {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let (previous, entries) = split_previous(&current, entries, max_entries);
+        if entries.is_empty() {
+            return Ok((current, None));
+        }
         let edge_keys: Vec<TileKey> = edge_tiles(current.size).into_iter().map(|(key, _)| key).collect();
         let edges: BTreeMap<TileKey, Vec<u8>> =
             read_tiles_on(&mut tx, tenant, &edge_keys).await?.into_iter().collect();
-        let mut builder =
-            TileBuilder::resume(current.size, &edges).map_err(|bad| corrupt_tree(tenant, bad))?;
-        let mut state = current;
-        push_entries(tenant, &mut state, &mut builder, &entries)?;
-        let changed = builder.take_changed();
+        let extension = build_extension(tenant, current, previous, edges, &entries)?;
+        let changed = &extension.written;
         let levels: Vec<i16> = changed.iter().map(|(key, _)| i16::from(key.level)).collect();
         let indexes: Vec<i64> = changed.iter().map(|(key, _)| db_size(key.index)).collect();
-        let hashes: Vec<Vec<u8>> = changed.into_iter().map(|(_, bytes)| bytes).collect();
+        let hashes: Vec<&[u8]> = changed.iter().map(|(_, bytes)| bytes.as_slice()).collect();
         sqlx::query(
             "INSERT INTO audit_tree_tiles (tenant, level, idx, hashes)
              SELECT $1, * FROM UNNEST($2::smallint[], $3::bigint[], $4::bytea[])
@@ -179,13 +188,13 @@ impl MerkleStore for PgAuditChain {
         .map_err(storage)?;
         sqlx::query("UPDATE audit_tree_heads SET size = $2, last_entry_hash = $3 WHERE tenant = $1")
             .bind(tenant.as_str())
-            .bind(db_size(state.size))
-            .bind(state.last_entry_hash.as_bytes().as_slice())
+            .bind(db_size(extension.after.size))
+            .bind(extension.after.last_entry_hash.as_bytes().as_slice())
             .execute(&mut *tx)
             .await
             .map_err(storage)?;
         tx.commit().await.map_err(storage)?;
-        Ok(state)
+        Ok((extension.after, Some(extension)))
     }
 
     async fn tree_state(&self, tenant: &TenantId) -> Result<TreeState> {

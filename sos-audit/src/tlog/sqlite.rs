@@ -7,8 +7,8 @@ use sqlx::Row as _;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 
 use super::{
-    MerkleStore, SignedCheckpoint, StoredTiles, TileBuilder, TileKey, TreeState, corrupt_tree, db_size,
-    edge_tiles, push_entries,
+    MerkleStore, SignedCheckpoint, StoredTiles, TileKey, TreeExtension, TreeState, build_extension, db_size,
+    edge_tiles, split_previous,
 };
 use crate::SqliteAuditChain;
 use crate::error::{Error, Result, storage};
@@ -106,22 +106,30 @@ fn checkpoint_from_row(tenant: &TenantId, row: &SqliteRow) -> Result<SignedCheck
 
 impl MerkleStore for SqliteAuditChain {
     async fn extend_tree(&self, tenant: &TenantId, max_entries: u32) -> Result<TreeState> {
+        Ok(self.extend_tree_reported(tenant, max_entries).await?.0)
+    }
+
+    async fn extend_tree_reported(
+        &self,
+        tenant: &TenantId,
+        max_entries: u32,
+    ) -> Result<(TreeState, Option<TreeExtension>)> {
         // BEGIN IMMEDIATE takes the write lock first: extenders of one database serialize.
         let mut tx = self.begin().await?;
         let current = read_state(&mut tx, tenant).await?;
+        // From entry `size` on (when there is one): the checkpointer checks that the new entries
+        // chain on from the last leaf it signed.
+        let extra = u32::from(current.size > 0);
         let rows = sqlx::query(
             "SELECT tenant, seq, time_us, actor, action, subject, payload, prev_hash, hash
              FROM audit_entries WHERE tenant = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )
         .bind(tenant.as_str())
-        .bind(db_size(current.size))
-        .bind(i64::from(max_entries))
+        .bind(db_size(current.size - u64::from(extra)))
+        .bind(i64::from(max_entries) + i64::from(extra))
         .fetch_all(&mut *tx)
         .await
         .map_err(storage)?;
-        if rows.is_empty() {
-            return Ok(current);
-        }
         let entries = rows
             .iter()
             .map(|row| {
@@ -138,14 +146,15 @@ impl MerkleStore for SqliteAuditChain {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let (previous, entries) = split_previous(&current, entries, max_entries);
+        if entries.is_empty() {
+            return Ok((current, None));
+        }
         let edge_keys: Vec<TileKey> = edge_tiles(current.size).into_iter().map(|(key, _)| key).collect();
         let edges: BTreeMap<TileKey, Vec<u8>> =
             read_tiles_on(&mut tx, tenant, &edge_keys).await?.into_iter().collect();
-        let mut builder =
-            TileBuilder::resume(current.size, &edges).map_err(|bad| corrupt_tree(tenant, bad))?;
-        let mut state = current;
-        push_entries(tenant, &mut state, &mut builder, &entries)?;
-        for (key, bytes) in builder.take_changed() {
+        let extension = build_extension(tenant, current, previous, edges, &entries)?;
+        for (key, bytes) in &extension.written {
             sqlx::query(
                 "INSERT INTO audit_tree_tiles (tenant, level, idx, hashes) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (tenant, level, idx) DO UPDATE SET hashes = excluded.hashes",
@@ -153,7 +162,7 @@ impl MerkleStore for SqliteAuditChain {
             .bind(tenant.as_str())
             .bind(i64::from(key.level))
             .bind(db_size(key.index))
-            .bind(bytes)
+            .bind(bytes.as_slice())
             .execute(&mut *tx)
             .await
             .map_err(storage)?;
@@ -163,13 +172,13 @@ impl MerkleStore for SqliteAuditChain {
              ON CONFLICT (tenant) DO UPDATE SET size = excluded.size, last_entry_hash = excluded.last_entry_hash",
         )
         .bind(tenant.as_str())
-        .bind(db_size(state.size))
-        .bind(state.last_entry_hash.as_bytes().as_slice())
+        .bind(db_size(extension.after.size))
+        .bind(extension.after.last_entry_hash.as_bytes().as_slice())
         .execute(&mut *tx)
         .await
         .map_err(storage)?;
         tx.commit().await.map_err(storage)?;
-        Ok(state)
+        Ok((extension.after, Some(extension)))
     }
 
     async fn tree_state(&self, tenant: &TenantId) -> Result<TreeState> {
