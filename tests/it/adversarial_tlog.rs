@@ -787,6 +787,26 @@ impl RawDb {
         assert_eq!(rows, 1, "the entry was deleted");
     }
 
+    /// Plants a stored tree head of size 0 whose last entry hash is `hash` (no extension ran yet).
+    async fn plant_empty_tree_head(&self, hash: Sha256Digest) {
+        let insert = "INSERT INTO audit_tree_heads (tenant, size, last_entry_hash) VALUES ('acme', 0, $1)";
+        let rows = match self {
+            Self::Postgres(database) => sqlx::query(insert)
+                .bind(hash.as_bytes().as_slice())
+                .execute(database.pool())
+                .await
+                .expect("plant tree head")
+                .rows_affected(),
+            Self::Sqlite(database) => sqlx::query(&insert.replace('$', "?"))
+                .bind(hash.as_bytes().as_slice())
+                .execute(database.pool())
+                .await
+                .expect("plant tree head")
+                .rows_affected(),
+        };
+        assert_eq!(rows, 1, "the tree head was planted");
+    }
+
     /// Points the stored tree head's last entry hash at `hash`.
     async fn set_tree_head_hash(&self, hash: Sha256Digest) {
         let update = "UPDATE audit_tree_heads SET last_entry_hash = $1 WHERE tenant = 'acme'";
@@ -939,6 +959,41 @@ async fn forged_tail_and_last_signed_entry_on_a_forged_tree_head_are_refused_pos
 async fn forged_tail_and_last_signed_entry_on_a_forged_tree_head_are_refused_sqlite() {
     let (store, raw) = sqlite().await;
     forged_tail_on_a_forged_tree_head_is_refused(store, raw, true).await;
+}
+
+/// A DBA relinks a whole unsigned chain (entries 1 to 5, each hash recomputed) from a non-zero
+/// "genesis" hash and plants a stored tree head of size 0 pointing at it, before the first
+/// checkpoint: the extension's own chain check passes, but entry 1 must link to the zero hash.
+/// Nothing is signed.
+async fn forged_genesis_link_is_refused<S: MerkleStore + Clone>(store: S, raw: RawDb) {
+    let checkpointer = Checkpointer::new(store.clone(), signer());
+    let acme = tenant("acme");
+    append_n(&store, "acme", 0, 5).await;
+    let genesis = Sha256Digest::of(b"not the zero hash");
+    let mut prev_hash = genesis;
+    for seq in 1..=5u64 {
+        let mut entry = store.read_page(&acme, seq - 1, 1).await.expect("read").remove(0);
+        entry.prev_hash = prev_hash;
+        entry.hash = entry.compute_hash().expect("hash");
+        raw.relink_entry(seq as i64, entry.prev_hash, entry.hash).await;
+        prev_hash = entry.hash;
+    }
+    raw.plant_empty_tree_head(genesis).await;
+    let refused = checkpointer.checkpoint_now(&acme).await.expect_err("forged genesis link");
+    assert!(matches!(refused, Error::ChainBroken { seq: 1, .. }), "{refused:?}");
+    assert_eq!(checkpointer.latest(&acme).await.expect("latest"), None, "nothing signed");
+}
+
+#[tokio::test]
+async fn forged_genesis_link_is_refused_postgres() {
+    let (store, raw) = postgres().await;
+    forged_genesis_link_is_refused(store, raw).await;
+}
+
+#[tokio::test]
+async fn forged_genesis_link_is_refused_sqlite() {
+    let (store, raw) = sqlite().await;
+    forged_genesis_link_is_refused(store, raw).await;
 }
 
 /// A DBA deletes the last signed entry (10) before the checkpointer's extension reads the

@@ -604,7 +604,9 @@ fn check_extension(
     if resumed.root() != base_root {
         return Err(forked("the stored hashes of the signed tree no longer give its root".to_owned()));
     }
-    if base_size > 0 {
+    // The hash the new entries must chain on from: the signed tree's last leaf (the zero hash
+    // before entry 1).
+    let last_signed = if base_size > 0 {
         let last_signed = extension
             .before_entry_hash
             .ok_or_else(|| forked(format!("entry {base_size} is missing from the chain")))?;
@@ -612,15 +614,18 @@ fn check_extension(
         proof
             .verify(&crate::merkle::leaf_hash(last_signed.as_bytes()), &base_root)
             .map_err(|_| forked(format!("entry {base_size} is not the last leaf the checkpoint signed")))?;
-        if extension.before.last_entry_hash != last_signed {
-            // The extension chained the new entries on from the tree head's hash, which is not the
-            // signed entry's: the first of them does not chain on from the signed chain.
-            return Err(Error::ChainBroken {
-                tenant: tenant.to_string(),
-                seq: base_size + 1,
-                reason: "prev_hash is not the previous entry's hash",
-            });
-        }
+        last_signed
+    } else {
+        Sha256Digest::ZERO
+    };
+    if extension.before.last_entry_hash != last_signed {
+        // The extension chained the new entries on from the tree head's hash, which is not the
+        // signed one: the first of them does not chain on from the signed chain.
+        return Err(Error::ChainBroken {
+            tenant: tenant.to_string(),
+            seq: base_size + 1,
+            reason: "prev_hash is not the previous entry's hash",
+        });
     }
     for (key, bytes) in &extension.written {
         // A stored tile may be wider: the tree may have grown since it was read.
