@@ -11,7 +11,9 @@
 //! - A [`Checkpointer`] holds the signing key (never stored in the database), extends the tree,
 //!   checks the new head against the last signed checkpoint (a consistency proof) and against
 //!   every checkpoint of the same size (split view), re-derives the not yet signed part of the
-//!   stored tree from the chain (rewritten rows are refused), signs a C2SP `tlog-checkpoint`, writes it to
+//!   stored tree from the chain (rewritten rows are refused; usually its own extension is that
+//!   re-derivation, reported by [`MerkleStore::extend_tree_reported`], so the new entries are
+//!   read once), signs a C2SP `tlog-checkpoint`, writes it to
 //!   its [`AnchorSink`]s and records it. It runs every N entries, after at most T seconds of
 //!   pending entries, or on demand.
 //! - [`prove`] gives an entry's inclusion proof against a stored checkpoint with `O(log n)` reads
