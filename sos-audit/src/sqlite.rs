@@ -27,12 +27,14 @@ pub fn sqlite_migrator() -> Migrator {
 /// SQLite has one writer at a time, so appends serialize on the database's write lock: an append
 /// writes the tenant's `audit_heads` row and its entry while holding it, so no append works
 /// from a stale head. The entry is built on the last head this store appended for the tenant
-/// and written only if that head is still current (`WHERE seq = … AND hash = …`); when it is not
-/// (another process appended, or a transaction rolled back), the store reads the head under the
-/// write lock, stamps the entry's time again and writes it there. Start host transactions with
-/// [`SqliteAuditChain::begin`] (`BEGIN IMMEDIATE`): a deferred transaction that reads before it
-/// writes can fail with `SQLITE_BUSY` when another writer got in first. The primary key
-/// `(tenant, seq)` is the backstop.
+/// and written, with one statement (an INSERT into the view `audit_appends`, migration
+/// 0100000012, whose trigger moves the head and inserts the entry), only if that head is still
+/// current; when it is not (another process appended, or a transaction rolled back), the store
+/// reads the head under the write lock, stamps the entry's time again and writes it there. Start
+/// host transactions with [`SqliteAuditChain::begin`] (`BEGIN IMMEDIATE`): a deferred
+/// transaction that reads before it writes can fail with `SQLITE_BUSY` when another writer got
+/// in first. The primary key `(tenant, seq)` and the trigger `audit_entries_linked` are the
+/// backstop.
 ///
 /// Entry times are stamped while the write lock is held, or on a head guess that turns out
 /// current (its entry committed before the guess was read), so on one clock they never decrease
@@ -118,11 +120,12 @@ impl SqliteAuditChain {
         F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<u64, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
-        let mut savepoint = if conn.is_in_transaction() {
-            conn.begin().await.map_err(storage)?
-        } else {
-            conn.begin_with("BEGIN IMMEDIATE").await.map_err(storage)?
-        };
+        // Without a host transaction a plain (deferred) BEGIN is enough: the first statement in
+        // it is the append's write, which takes the write lock before anything is read (SQLite
+        // retries a busy lock under busy_timeout while the transaction has read nothing), as
+        // `BEGIN IMMEDIATE` would, and sqlx checks a custom BEGIN statement with one more round
+        // trip to its worker thread.
+        let mut savepoint = conn.begin().await.map_err(storage)?;
         let appended = match self.place(&mut savepoint, entry).await {
             Ok(appended) => appended,
             Err(error) => {
@@ -178,17 +181,33 @@ impl Drop for Veto {
 }
 
 impl SqliteAuditChain {
+    /// Builds `entry` on the tenant's cached head (`true`), or on the empty chain when none is
+    /// cached (`false`: the head must be read).
+    fn build_on_guess(&self, entry: NewEntry) -> Result<(AuditEntry, bool)> {
+        let guess = self.heads.get(entry.tenant().as_str());
+        let (last_seq, prev_hash) = guess.unwrap_or((0, Sha256Digest::ZERO));
+        let next = last_seq.checked_add(1).ok_or_else(|| chain_full(entry.tenant().as_str()))?;
+        Ok((entry.into_entry(next, self.clock.now(), prev_hash)?, guess.is_some()))
+    }
+
     /// Builds `entry` on the tenant's cached head and writes it if that head is still current;
     /// otherwise reads the head under the write lock, stamps the time again and writes it there.
     /// `conn` must be in a transaction.
     async fn place(&self, conn: &mut SqliteConnection, entry: NewEntry) -> Result<AuditEntry> {
-        let guess = self.heads.get(entry.tenant().as_str());
-        let (last_seq, prev_hash) = guess.unwrap_or((0, Sha256Digest::ZERO));
-        let next = last_seq.checked_add(1).ok_or_else(|| chain_full(entry.tenant().as_str()))?;
-        let mut stored = entry.into_entry(next, self.clock.now(), prev_hash)?;
-        if guess.is_some() && self.write_if_head(conn, &stored).await? {
+        let (stored, guessed) = self.build_on_guess(entry)?;
+        if guessed && self.write_if_head(conn, &stored).await? {
             return Ok(stored);
         }
+        self.place_on_read_head(conn, stored).await
+    }
+
+    /// Reads the tenant's head under the write lock, moves `stored` onto it (sequence number,
+    /// time, link) and writes it. `conn` must be in a transaction.
+    async fn place_on_read_head(
+        &self,
+        conn: &mut SqliteConnection,
+        mut stored: AuditEntry,
+    ) -> Result<AuditEntry> {
         let tenant = stored.tenant.as_str().to_owned();
         // Writing the head row first takes SQLite's write lock before the head is read, so the
         // read cannot be stale; the no-op update returns the current head.
@@ -217,20 +236,18 @@ impl SqliteAuditChain {
     }
 
     /// Inserts `stored` and moves the head onto it, if the head row is still the one `stored`
-    /// extends; `Ok(false)` when it is not (nothing was written). `conn` must be in a
-    /// transaction, so that no other writer runs between the two statements.
+    /// extends; `Ok(false)` when it is not (nothing was written). One statement, so it writes
+    /// both rows or neither, in a transaction or in autocommit mode.
     async fn write_if_head(&self, conn: &mut SqliteConnection, stored: &AuditEntry) -> Result<bool> {
         let tenant = stored.tenant.as_str();
         let seq = i64::try_from(stored.seq).map_err(|_| chain_full(tenant))?;
-        // One round trip to SQLite's worker thread for both statements; they share the numbered
-        // parameters. The head moves first, and the entry is inserted only if that move just
-        // happened (`changes() = 1`), so they write both rows or neither. The trigger
-        // `audit_entries_linked` (migration 0100000004) requires the head to point at a new entry.
+        // The trigger of the view `audit_appends` (migration 0100000012) moves the head only
+        // while it is `stored`'s predecessor, refuses with HEAD_MOVED when it is not, then inserts
+        // the entry and refuses unless exactly that row was written; the triggers of
+        // `audit_entries` (write-once, well-formed, `audit_entries_linked`) check the insert.
         let done = sqlx::query(
-            "UPDATE audit_heads SET seq = ?2, hash = ?9 WHERE tenant = ?1 AND seq = ?2 - 1 AND hash = ?8;
-             INSERT INTO audit_entries (tenant, seq, time_us, actor, action, subject, payload, prev_hash, hash)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 FROM audit_heads
-             WHERE tenant = ?1 AND seq = ?2 AND hash = ?9 AND changes() = 1",
+            "INSERT INTO audit_appends (tenant, seq, time_us, actor, action, subject, payload, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
         .bind(tenant)
         .bind(seq)
@@ -243,17 +260,9 @@ impl SqliteAuditChain {
         .bind(stored.hash.as_bytes().as_slice())
         .execute(&mut *conn)
         .await;
-        match done.map(|done| done.rows_affected()) {
-            Ok(2) => Ok(true),
-            Ok(0) => Ok(false),
-            Ok(_) => {
-                self.heads.forget(tenant);
-                Err(Error::CorruptEntry {
-                    tenant: tenant.to_owned(),
-                    seq,
-                    reason: "the entry and the head were not written together; append inside a transaction",
-                })
-            }
+        match done {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(error)) if error.message().contains(HEAD_MOVED) => Ok(false),
             Err(error) => {
                 // A guess that led to an error is not worth keeping.
                 self.heads.forget(tenant);
@@ -262,6 +271,10 @@ impl SqliteAuditChain {
         }
     }
 }
+
+/// The message with which the trigger of `audit_appends` refuses an entry that does not extend
+/// the head row (migration 0100000012).
+const HEAD_MOVED: &str = "audit head moved";
 
 fn chain_full(tenant: &str) -> Error {
     Error::CorruptEntry {
@@ -300,8 +313,18 @@ fn entry_from_row(row: &SqliteRow) -> Result<AuditEntry> {
 
 impl AuditStore for SqliteAuditChain {
     async fn append(&self, entry: NewEntry) -> Result<AuditEntry> {
-        let mut tx = self.begin().await?;
-        let stored = self.place(&mut tx, entry).await?;
+        let (stored, guessed) = self.build_on_guess(entry)?;
+        let mut conn = self.pool.acquire().await.map_err(storage)?;
+        // On a cached head the append is one statement in autocommit mode, which SQLite runs as
+        // a transaction of its own under the write lock (both rows or neither).
+        if guessed && self.write_if_head(&mut conn, &stored).await? {
+            self.heads.set(stored.tenant.as_str(), (stored.seq, stored.hash));
+            return Ok(stored);
+        }
+        // The first statement of this (deferred) transaction writes the head row, so it takes
+        // the write lock before the head is read, as in `audited`.
+        let mut tx = conn.begin().await.map_err(storage)?;
+        let stored = self.place_on_read_head(&mut tx, stored).await?;
         tx.commit().await.map_err(storage)?;
         self.heads.set(stored.tenant.as_str(), (stored.seq, stored.hash));
         Ok(stored)

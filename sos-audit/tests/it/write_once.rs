@@ -162,6 +162,71 @@ mod sqlite {
         assert!(verify_store(&chain, &tenant("acme"), None, |_| {}).await.expect("verify").is_intact());
     }
 
+    /// The view `audit_appends` (migration 0100000012), through which the store appends with one
+    /// statement, writes nothing a direct INSERT could not: an entry that does not extend the
+    /// head (wrong link, fork, repeat, skip, under any conflict clause), a malformed one, and one
+    /// whose insert a host's trigger swallows with RAISE(IGNORE) are refused, and the head stays
+    /// where it was.
+    #[tokio::test]
+    async fn append_view_refuses_entries_that_do_not_extend_the_head() {
+        let database = SqliteTestDatabase::new(&[&sos_audit::sqlite_migrator()]).await;
+        let pool = database.pool();
+        let chain = SqliteAuditChain::new(pool.clone());
+        let mut hashes = Vec::new();
+        for index in 0..3 {
+            hashes.push(chain.append(entry("acme", index)).await.expect("append").hash);
+        }
+        let state = || async {
+            let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_entries")
+                .fetch_one(pool)
+                .await
+                .expect("count");
+            let head: (i64, Vec<u8>) =
+                sqlx::query_as("SELECT seq, hash FROM audit_heads WHERE tenant = 'acme'")
+                    .fetch_one(pool)
+                    .await
+                    .expect("head");
+            (entries, head)
+        };
+        let before = state().await;
+        assert_eq!(before, (3, (3, hashes[2].as_bytes().to_vec())));
+        let forged = sos_core::Sha256Digest::of(b"forged");
+        for (label, verb, seq, prev_hash, own_hash_len, refusal) in [
+            ("next seq, wrong prev_hash", "INSERT", 4, forged, 32, "audit head moved"),
+            ("fork of entry 2", "INSERT OR REPLACE", 3, hashes[1], 32, "audit head moved"),
+            ("repeat of the head entry", "INSERT OR IGNORE", 3, hashes[1], 32, "audit head moved"),
+            ("skipped seq", "INSERT OR FAIL", 5, hashes[2], 32, "audit head moved"),
+            ("next seq, right link, 31-byte hash", "INSERT", 4, hashes[2], 31, "malformed"),
+        ] {
+            let own_hash = vec![7u8; own_hash_len];
+            let error = sqlx::query(&format!(
+                "{verb} INTO audit_appends VALUES ('acme', ?1, 0, 'mallory', 'grant', 'admin', '{{}}', ?2, ?3)"
+            ))
+            .bind(seq)
+            .bind(prev_hash.as_bytes().as_slice())
+            .bind(own_hash)
+            .execute(pool)
+            .await
+            .expect_err(label);
+            assert!(error.to_string().contains(refusal), "{label}: {error}");
+            assert_eq!(state().await, before, "{label}: nothing written, head not moved");
+        }
+        // A host's trigger that silently drops the entry's insert cannot leave the head moved
+        // onto an entry that does not exist.
+        sqlx::query("CREATE TRIGGER host_swallows_entries BEFORE INSERT ON audit_entries BEGIN SELECT RAISE(IGNORE); END")
+            .execute(pool)
+            .await
+            .expect("host trigger");
+        let error = chain.append(entry("acme", 3)).await.expect_err("the entry was swallowed");
+        let cause = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
+        assert!(cause.contains("not written"), "{error}: {cause}");
+        assert_eq!(state().await, before, "the head did not move without its entry");
+        sqlx::query("DROP TRIGGER host_swallows_entries").execute(pool).await.expect("drop host trigger");
+        let fourth = chain.append(entry("acme", 3)).await.expect("append");
+        assert_eq!((fourth.seq, fourth.prev_hash), (4, hashes[2]));
+        assert!(verify_store(&chain, &tenant("acme"), None, |_| {}).await.expect("verify").is_intact());
+    }
+
     #[tokio::test]
     async fn update_and_delete_are_rejected_and_bypass_is_found() {
         let database = SqliteTestDatabase::new(&[&sos_audit::sqlite_migrator()]).await;
@@ -208,5 +273,171 @@ mod sqlite {
         let verdict = verify_store(&chain, &tenant("acme"), None, |_| {}).await.expect("verify");
         // The modification at seq 2 is still the first finding.
         assert_eq!(verdict.finding().map(Finding::position), Some(2), "{verdict:?}");
+    }
+}
+
+/// Migration `0100000011_entries_without_rowid` on a database that already holds chains: the rows
+/// move unchanged into the clustered table, the write-once and link triggers are the same as
+/// before and still refuse, a host's view over the table survives, and appends continue the
+/// chains.
+mod sqlite_upgrade {
+    use std::borrow::Cow;
+
+    use sos_audit::SqliteAuditChain;
+    use sos_testkit::SqliteTestDatabase;
+    use sqlx::SqlitePool;
+    use sqlx::migrate::Migrator;
+
+    use super::*;
+
+    const CLUSTERED: i64 = 100_000_011;
+
+    /// The crate's SQLite migrations before the clustered table.
+    fn migrator_before_clustered() -> Migrator {
+        let mut migrator = sos_audit::sqlite_migrator();
+        let before: Vec<_> =
+            migrator.iter().filter(|migration| migration.version < CLUSTERED).cloned().collect();
+        assert!(migrator.iter().any(|migration| migration.version == CLUSTERED), "the migration ships");
+        migrator.migrations = Cow::Owned(before);
+        migrator
+    }
+
+    type Row = (String, i64, i64, String, String, String, String, Vec<u8>, Vec<u8>);
+
+    async fn rows(pool: &SqlitePool) -> Vec<Row> {
+        sqlx::query_as(
+            "SELECT tenant, seq, time_us, actor, action, subject, payload, prev_hash, hash
+             FROM audit_entries ORDER BY tenant, seq",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("entries")
+    }
+
+    /// Each trigger on `audit_entries` with its SQL, whitespace collapsed.
+    async fn triggers(pool: &SqlitePool) -> Vec<(String, String)> {
+        let found: Vec<(String, String)> = sqlx::query_as(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_entries' ORDER BY name",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("triggers");
+        found
+            .into_iter()
+            .map(|(name, sql)| (name, sql.split_whitespace().collect::<Vec<_>>().join(" ")))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn upgrade_to_clustered_entries_keeps_rows_and_triggers() {
+        let database = SqliteTestDatabase::new(&[&migrator_before_clustered()]).await;
+        let pool = database.pool();
+        // The rows as the store wrote them before 0100000012: head row moved, then the entry
+        // inserted, in one transaction.
+        let mut heads = std::collections::HashMap::new();
+        for index in 0..40 {
+            let name = if index % 3 == 0 { "globex" } else { "acme" };
+            let (seq, prev_hash) = heads.get(name).copied().unwrap_or((0, sos_core::Sha256Digest::ZERO));
+            let stored = entry(name, index).into_entry(seq + 1, chrono::Utc::now(), prev_hash).expect("hash");
+            let mut tx = pool.begin().await.expect("begin");
+            sqlx::query("INSERT INTO audit_heads VALUES (?1, 0, zeroblob(32)) ON CONFLICT DO NOTHING")
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .expect("head row");
+            sqlx::query("UPDATE audit_heads SET seq = ?2, hash = ?3 WHERE tenant = ?1")
+                .bind(name)
+                .bind(seq as i64 + 1)
+                .bind(stored.hash.as_bytes().as_slice())
+                .execute(&mut *tx)
+                .await
+                .expect("move head");
+            sqlx::query("INSERT INTO audit_entries VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)")
+                .bind(name)
+                .bind(seq as i64 + 1)
+                .bind(stored.time_us)
+                .bind(&stored.actor)
+                .bind(&stored.action)
+                .bind(&stored.subject)
+                .bind(&stored.payload)
+                .bind(prev_hash.as_bytes().as_slice())
+                .bind(stored.hash.as_bytes().as_slice())
+                .execute(&mut *tx)
+                .await
+                .expect("entry");
+            tx.commit().await.expect("commit");
+            heads.insert(name, (seq + 1, stored.hash));
+        }
+        sqlx::query("CREATE VIEW host_audit_report AS SELECT tenant, count(*) AS entries FROM audit_entries GROUP BY tenant")
+            .execute(pool)
+            .await
+            .expect("a host's own view");
+        let rows_before = rows(pool).await;
+        let triggers_before = triggers(pool).await;
+        assert_eq!(rows_before.len(), 40);
+        assert_eq!(triggers_before.len(), 5, "{triggers_before:?}");
+
+        sos_audit::sqlite_migrator().run(pool).await.expect("the upgrade applies");
+
+        let table: String = sqlx::query_scalar(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'audit_entries'",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("table");
+        assert!(table.ends_with("WITHOUT ROWID"), "{table}");
+        assert!(
+            sqlx::query("SELECT rowid FROM audit_entries").fetch_all(pool).await.is_err(),
+            "no rowid left"
+        );
+        assert_eq!(rows(pool).await, rows_before, "every entry moved unchanged");
+        assert_eq!(triggers(pool).await, triggers_before, "the same triggers, word for word");
+        let report: Vec<(String, i64)> =
+            sqlx::query_as("SELECT tenant, entries FROM host_audit_report ORDER BY tenant")
+                .fetch_all(pool)
+                .await
+                .expect("the host's view reads the new table");
+        assert_eq!(report, vec![("acme".to_owned(), 26), ("globex".to_owned(), 14)]);
+        let leftovers: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE name LIKE 'audit_entries_%' AND type = 'table'",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("leftovers");
+        assert_eq!(leftovers, 0);
+
+        // Write-once and link triggers still refuse, on the moved rows.
+        for statement in [
+            "UPDATE audit_entries SET actor = 'mallory' WHERE tenant = 'acme' AND seq = 2",
+            "DELETE FROM audit_entries WHERE tenant = 'acme' AND seq = 3",
+            "DELETE FROM audit_entries",
+            "INSERT OR REPLACE INTO audit_entries VALUES ('acme', 2, 0, 'm', 'a', '', '{}', zeroblob(32), zeroblob(32))",
+        ] {
+            let error = sqlx::query(statement).execute(pool).await.expect_err(statement);
+            assert!(error.to_string().contains("append-only"), "{statement}: {error}");
+        }
+        let error = sqlx::query("INSERT INTO audit_entries VALUES ('acme', 27, 0, 'm', 'a', '', '{}', zeroblob(32), zeroblob(32))")
+            .execute(pool)
+            .await
+            .expect_err("an unlinked entry");
+        assert!(error.to_string().contains("not linked"), "{error}");
+        let error = sqlx::query("INSERT INTO audit_entries VALUES ('acme', 27, 0.5, 'm', 'a', '', '{}', zeroblob(32), zeroblob(32))")
+            .execute(pool)
+            .await
+            .expect_err("a malformed entry");
+        assert!(error.to_string().contains("malformed"), "{error}");
+        assert_eq!(rows(pool).await, rows_before, "nothing changed by the refused statements");
+
+        // The chains continue: the store reads each head and links to it.
+        let chain = SqliteAuditChain::new(pool.clone());
+        let next = chain.append(entry("acme", 40)).await.expect("append after the upgrade");
+        assert_eq!((next.seq, next.prev_hash.as_bytes().to_vec()), (27, rows_before[25].8.clone()));
+        assert_eq!(chain.append(entry("acme", 41)).await.expect("append on the remembered head").seq, 28);
+        let fresh = SqliteAuditChain::new(pool.clone());
+        assert_eq!(fresh.append(entry("globex", 42)).await.expect("append").seq, 15);
+        for name in ["acme", "globex"] {
+            let verdict = verify_store(&fresh, &tenant(name), None, |_| {}).await.expect("verify");
+            assert!(verdict.is_intact(), "{name}: {verdict:?}");
+        }
     }
 }
