@@ -1559,3 +1559,223 @@ async fn export_tiles_refuses_a_checkpoint_larger_than_the_tree() {
     );
     assert!(!dir.path().join("checkpoint").exists(), "nothing published");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The single pass, attacked from outside the checkpointer: a crash between its extension and its
+// signature, an interior tile rewritten across a tile boundary, a second checkpointer process
+// running between extension and signing, and checkpoints at sizes that are not multiples of 256.
+// ---------------------------------------------------------------------------------------------
+
+/// The RFC 9162 root of acme's first `size` entries, recomputed from their fields (no stored
+/// hash or tile is trusted), after checking that they link from the zero hash: what an auditor
+/// computes from the chain alone.
+async fn independent_root<S: AuditStore>(store: &S, size: u64) -> Sha256Digest {
+    let mut tree = sos_audit::merkle::MemoryTree::new();
+    let mut prev_hash = Sha256Digest::ZERO;
+    let mut read = 0u64;
+    while read < size {
+        let page = store.read_page(&tenant("acme"), read, 500).await.expect("read");
+        assert!(!page.is_empty(), "the chain holds {size} entries");
+        for entry in page.into_iter().take(usize::try_from(size - read).expect("small")) {
+            let hash = entry.compute_hash().expect("hash");
+            assert_eq!(
+                (entry.seq, entry.prev_hash, entry.hash),
+                (read + 1, prev_hash, hash),
+                "the chain links"
+            );
+            tree.push(hash.as_bytes());
+            prev_hash = hash;
+            read += 1;
+        }
+    }
+    tree.root()
+}
+
+/// A checkpointer process stops (crashes, or its future is dropped by a timeout) after its
+/// extension committed the tree to 40 entries and before it signed. A DBA then rewrites leaf 20
+/// of that unsigned part of the stored tree, and the chain grows to 45. The next process (same
+/// key, nothing remembered) extends 40 → 45 itself, but that extension did not start at the
+/// signed head (10): it re-reads entries 11..=45, refuses the rewritten leaf and signs nothing.
+/// With the tile restored it signs the chain's own tree.
+async fn crash_between_extension_and_signing_then_rewritten_tile_is_refused<S: MerkleStore + Clone>(
+    store: S,
+    raw: RawDb,
+) {
+    let acme = tenant("acme");
+    let hooked = Hooked::new(store.clone());
+    let key = signer().to_key_string();
+    let process = || Checkpointer::new(hooked.clone(), NoteSigner::from_key_string(&key).expect("key"));
+    let crashing = process();
+    append_n(&store, "acme", 0, 10).await;
+    assert_eq!(crashing.checkpoint_now(&acme).await.expect("checkpoint").size(), 10);
+    append_n(&store, "acme", 10, 30).await;
+    hooked.after_extension(Box::pin(std::future::pending()));
+    let stopped = tokio::time::timeout(Duration::from_millis(500), crashing.checkpoint_now(&acme)).await;
+    assert!(stopped.is_err(), "the run stopped between its extension and its signature");
+    drop(crashing);
+    assert_eq!(store.tree_state(&acme).await.expect("state").size, 40, "the extension committed");
+
+    let original = raw.tile(0, 0).await;
+    let mut rewritten = original.clone();
+    rewritten[20 * 32..21 * 32].fill(9);
+    raw.set_tile(0, 0, rewritten).await;
+    append_n(&store, "acme", 40, 5).await;
+    let next = process();
+    hooked.page_reads.store(0, Ordering::SeqCst);
+    let refused = next.checkpoint_now(&acme).await.expect_err("rewritten unsigned leaf");
+    assert!(
+        matches!(
+            refused,
+            Error::RewrittenTree { checkpoint_size: 10, .. } | Error::Forked { checkpoint_size: 10, .. }
+        ),
+        "{refused:?}"
+    );
+    assert!(hooked.page_reads.load(Ordering::SeqCst) > 0, "the crashed run's entries were read again");
+    nothing_signed_after(&next).await;
+
+    // The refused run's extension committed leaves 41 to 45 onto the rewritten tile; the DBA puts
+    // back the 40 original leaves in front of them.
+    let mut restored = original;
+    restored.extend_from_slice(&raw.tile(0, 0).await[40 * 32..]);
+    raw.set_tile(0, 0, restored).await;
+    let signed = next.checkpoint_now(&acme).await.expect("restored tile");
+    assert_eq!((signed.size(), signed.root()), (45, independent_root(&store, 45).await));
+}
+
+#[tokio::test]
+async fn crash_between_extension_and_signing_then_rewritten_tile_is_refused_postgres() {
+    let (store, raw) = postgres().await;
+    crash_between_extension_and_signing_then_rewritten_tile_is_refused(store, raw).await;
+}
+
+#[tokio::test]
+async fn crash_between_extension_and_signing_then_rewritten_tile_is_refused_sqlite() {
+    let (store, raw) = sqlite().await;
+    crash_between_extension_and_signing_then_rewritten_tile_is_refused(store, raw).await;
+}
+
+/// Signed at 10, the single pass extends to 300 (completing tile 0/000 and writing its interior
+/// hash into tile 1/000). A DBA rewrites that interior hash after the extension committed and
+/// before the checkpointer reads the stored tiles: the stored tree no longer extends the signed
+/// one, and nothing is signed.
+async fn interior_tile_rewritten_after_the_extension_across_a_tile_boundary_is_refused<
+    S: MerkleStore + Clone,
+>(
+    store: S,
+    raw: RawDb,
+) {
+    let hooked = Hooked::new(store);
+    let checkpointer = signed_ten_appended_to(&hooked, 300).await;
+    let raw = Arc::new(raw);
+    let dba = Arc::clone(&raw);
+    hooked.after_extension(Box::pin(async move {
+        let mut tile = dba.tile(1, 0).await;
+        assert_eq!(tile.len(), 32, "one full level-0 tile below");
+        tile.fill(6);
+        dba.set_tile(1, 0, tile).await;
+    }));
+    let refused = checkpointer.checkpoint_now(&tenant("acme")).await.expect_err("rewritten interior tile");
+    assert!(hooked.after_extension.lock().expect("lock").is_none(), "the DBA ran after the extension");
+    // The consistency proof from the signed head reads that hash first; the single pass would
+    // name the tile.
+    assert!(
+        matches!(
+            refused,
+            Error::Forked { checkpoint_size: 10, .. } | Error::RewrittenTree { checkpoint_size: 10, .. }
+        ),
+        "{refused:?}"
+    );
+    nothing_signed_after(&checkpointer).await;
+}
+
+#[tokio::test]
+async fn interior_tile_rewritten_after_the_extension_across_a_tile_boundary_is_refused_postgres() {
+    let (store, raw) = postgres().await;
+    interior_tile_rewritten_after_the_extension_across_a_tile_boundary_is_refused(store, raw).await;
+}
+
+#[tokio::test]
+async fn interior_tile_rewritten_after_the_extension_across_a_tile_boundary_is_refused_sqlite() {
+    let (store, raw) = sqlite().await;
+    interior_tile_rewritten_after_the_extension_across_a_tile_boundary_is_refused(store, raw).await;
+}
+
+/// A second checkpointer process with the same key runs a whole checkpoint (appending 34 entries
+/// and signing 300) between the first one's extension (10 → 266) and its signature. The first
+/// still signs only what its extension read, the view does not split, and every recorded
+/// checkpoint is the root an auditor recomputes from the chain.
+async fn second_checkpointer_between_extension_and_signing_agrees<S: MerkleStore + Clone + 'static>(
+    store: S,
+) {
+    let acme = tenant("acme");
+    let hooked = Hooked::new(store.clone());
+    let key = signer().to_key_string();
+    let first = Checkpointer::new(hooked.clone(), NoteSigner::from_key_string(&key).expect("key"));
+    append_n(&store, "acme", 0, 10).await;
+    assert_eq!(first.checkpoint_now(&acme).await.expect("checkpoint").size(), 10);
+    append_n(&store, "acme", 10, 256).await;
+    let second = Checkpointer::new(store.clone(), NoteSigner::from_key_string(&key).expect("key"));
+    let other = store.clone();
+    hooked.after_extension(Box::pin(async move {
+        append_n(&other, "acme", 266, 34).await;
+        let signed = second.checkpoint_now(&tenant("acme")).await.expect("the second process signs");
+        assert_eq!(signed.size(), 300);
+    }));
+    let returned = first.checkpoint_now(&acme).await.expect("the first process signs");
+    assert!(hooked.after_extension.lock().expect("lock").is_none(), "the second process ran");
+    assert!(matches!(returned.size(), 266 | 300), "{returned:?}");
+    assert_eq!(returned.root(), independent_root(&store, returned.size()).await);
+    let latest = first.checkpoint_now(&acme).await.expect("again");
+    assert_eq!((latest.size(), latest.root()), (300, independent_root(&store, 300).await));
+    for size in [10, 266, 300] {
+        if let Some(recorded) = store.checkpoint_at(&acme, size).await.expect("checkpoint row") {
+            assert_eq!(recorded.root(), independent_root(&store, size).await, "size {size}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn second_checkpointer_between_extension_and_signing_agrees_postgres() {
+    let (store, _raw) = postgres().await;
+    second_checkpointer_between_extension_and_signing_agrees(store).await;
+}
+
+#[tokio::test]
+async fn second_checkpointer_between_extension_and_signing_agrees_sqlite() {
+    let (store, _raw) = sqlite().await;
+    second_checkpointer_between_extension_and_signing_agrees(store).await;
+}
+
+/// Checkpoints at sizes that are not multiples of 256 (and at the tile boundaries around them),
+/// each taken by the single pass (no second read of the new entries): every signed note opens
+/// with the key and holds the root an auditor recomputes from the chain.
+async fn single_pass_checkpoints_at_odd_sizes_match_an_independent_tree<S: MerkleStore + Clone>(store: S) {
+    let acme = tenant("acme");
+    let hooked = Hooked::new(store.clone());
+    let key = signer();
+    let verifier = key.verifier();
+    let origin = tlog::origin_for(key.name(), &acme);
+    let checkpointer = Checkpointer::new(hooked.clone(), key);
+    let mut appended = 0;
+    for size in [1u64, 10, 255, 256, 257, 511, 513, 700, 1_000] {
+        append_n(&store, "acme", appended, size - appended).await;
+        appended = size;
+        hooked.page_reads.store(0, Ordering::SeqCst);
+        let signed = checkpointer.checkpoint_now(&acme).await.expect("checkpoint");
+        assert_eq!(hooked.page_reads.load(Ordering::SeqCst), 0, "size {size}: the single pass was taken");
+        let opened = Checkpoint::open(signed.note.as_bytes(), &verifier, &origin).expect("the note opens");
+        assert_eq!((opened.size, opened.root), (size, independent_root(&store, size).await), "size {size}");
+    }
+}
+
+#[tokio::test]
+async fn single_pass_checkpoints_at_odd_sizes_match_an_independent_tree_postgres() {
+    let (store, _raw) = postgres().await;
+    single_pass_checkpoints_at_odd_sizes_match_an_independent_tree(store).await;
+}
+
+#[tokio::test]
+async fn single_pass_checkpoints_at_odd_sizes_match_an_independent_tree_sqlite() {
+    let (store, _raw) = sqlite().await;
+    single_pass_checkpoints_at_odd_sizes_match_an_independent_tree(store).await;
+}
