@@ -101,11 +101,10 @@ pub(crate) async fn evaluate(app: &App, tenant: &TenantId) -> Result<EvaluationR
         for (index, agent) in agents.iter().enumerate() {
             let Some(pack) = app.settings.packs.get(&agent.vertical) else { continue };
             for hit in pack.engine().evaluate_batch(now, &records) {
-                fired
-                    .entry(hit.signal.id())
-                    .or_insert_with(|| (hit.signal.clone(), hit.class, Vec::new()))
-                    .2
-                    .push(index);
+                let class = hit.class;
+                // The signal with its `because` line (the engine keeps it unrendered).
+                let signal = hit.into_signal();
+                fired.entry(signal.id()).or_insert_with(|| (signal, class, Vec::new())).2.push(index);
             }
         }
         report.fired = fired.len();

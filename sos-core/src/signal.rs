@@ -309,6 +309,13 @@ impl Signal {
     pub fn evidence(&self) -> &serde_json::Value {
         &self.fields.evidence
     }
+
+    /// The evidence, to add to it after the signal was built (for instance a line explaining
+    /// it, rendered only when the signal is about to be sent). The evidence is not part of the
+    /// signal's id or cause, and nothing else of the signal can change.
+    pub fn evidence_mut(&mut self) -> &mut serde_json::Value {
+        &mut self.fields.evidence
+    }
 }
 
 /// Builds a [`Signal`]; see [`Signal::builder`].

@@ -208,6 +208,9 @@ impl Ruliad<Record> for StaleDealNudge {
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Deal(_))
     }
+    fn applies_per_variant(&self) -> bool {
+        true
+    }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
         let deal = expect_record!(record, Deal, "deal", why);
@@ -287,6 +290,9 @@ impl Ruliad<Record> for HotOpportunityFlag {
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Deal(_))
     }
+    fn applies_per_variant(&self) -> bool {
+        true
+    }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
         let deal = expect_record!(record, Deal, "deal", why);
@@ -356,6 +362,9 @@ impl Ruliad<Record> for FollowUpOverdue {
     }
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Contact(_))
+    }
+    fn applies_per_variant(&self) -> bool {
+        true
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
@@ -437,6 +446,9 @@ impl Ruliad<Record> for LeadSpike {
     }
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::LeadLog(_))
+    }
+    fn applies_per_variant(&self) -> bool {
+        true
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
@@ -523,6 +535,9 @@ impl Ruliad<Record> for LeadRhythm {
     }
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::LeadLog(_))
+    }
+    fn applies_per_variant(&self) -> bool {
+        true
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
@@ -631,6 +646,9 @@ impl Ruliad<Record> for ResponseTimeRising {
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Member(_))
     }
+    fn applies_per_variant(&self) -> bool {
+        true
+    }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
         let member = expect_record!(record, Member, "member", why);
@@ -716,6 +734,9 @@ impl Ruliad<Record> for CloseDatePassed {
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Deal(_))
     }
+    fn applies_per_variant(&self) -> bool {
+        true
+    }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
         let deal = expect_record!(record, Deal, "deal", why);
@@ -783,6 +804,9 @@ impl Ruliad<Record> for DealWithoutNextStep {
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Deal(_))
     }
+    fn applies_per_variant(&self) -> bool {
+        true
+    }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
         let deal = expect_record!(record, Deal, "deal", why);
@@ -841,6 +865,9 @@ impl Ruliad<Record> for UnansweredMessage {
     }
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Message(_))
+    }
+    fn applies_per_variant(&self) -> bool {
+        true
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
@@ -902,6 +929,9 @@ impl Ruliad<Record> for NewLeadUncontacted {
     }
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Lead(_))
+    }
+    fn applies_per_variant(&self) -> bool {
+        true
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
@@ -971,6 +1001,9 @@ impl Ruliad<Record> for ContactGoneQuiet {
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Contact(_))
     }
+    fn applies_per_variant(&self) -> bool {
+        true
+    }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
         let contact = expect_record!(record, Contact, "contact", why);
@@ -1034,6 +1067,9 @@ impl Ruliad<Record> for StuckInStage {
     }
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Deal(_))
+    }
+    fn applies_per_variant(&self) -> bool {
+        true
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();
@@ -1106,6 +1142,9 @@ impl Ruliad<Record> for RenewalUpcoming {
     }
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Contact(_))
+    }
+    fn applies_per_variant(&self) -> bool {
+        true
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
         let mut why = Explain::new();

@@ -165,6 +165,9 @@ impl<E: ?Sized, C: Condition<E>, R: Ruliad<E>> Ruliad<E> for When<C, R> {
     fn applies_to(&self, entity: &E) -> bool {
         self.ruliad.applies_to(entity)
     }
+    fn applies_per_variant(&self) -> bool {
+        self.ruliad.applies_per_variant()
+    }
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
         let mut why = Explain::new();
         let held = if self.negate {
@@ -215,6 +218,9 @@ impl<E: ?Sized> Ruliad<E> for FirstOf<E> {
     }
     fn applies_to(&self, entity: &E) -> bool {
         self.ruliads.iter().any(|ruliad| ruliad.applies_to(entity))
+    }
+    fn applies_per_variant(&self) -> bool {
+        self.ruliads.iter().all(|ruliad| ruliad.applies_per_variant())
     }
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
         let mut explanation = Explanation::new();
@@ -273,6 +279,9 @@ impl<E: ?Sized, R: Ruliad<E>, F: Fn(Signal) -> Signal + Send + Sync> Ruliad<E> f
     }
     fn applies_to(&self, entity: &E) -> bool {
         self.ruliad.applies_to(entity)
+    }
+    fn applies_per_variant(&self) -> bool {
+        self.ruliad.applies_per_variant()
     }
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
         self.ruliad.evaluate(now, entity).map_signal(&self.function)
@@ -397,9 +406,13 @@ impl<E: ?Sized, R: Ruliad<E>> Ruliad<E> for DedupeByCause<R> {
     fn applies_to(&self, entity: &E) -> bool {
         self.ruliad.applies_to(entity)
     }
+    fn applies_per_variant(&self) -> bool {
+        self.ruliad.applies_per_variant()
+    }
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
         let evaluation = self.ruliad.evaluate(now, entity);
-        let Some(signal) = evaluation.signal() else { return evaluation };
+        // Only the cause is read: the `because` line stays unrendered.
+        let Some(signal) = evaluation.raw_signal() else { return evaluation };
         let key = signal.cause().to_hex();
         let mut state = self.lock();
         if let Some(first) = state.get(&key).copied() {
@@ -439,6 +452,9 @@ impl<E: Entity + ?Sized, R: Ruliad<E>> Ruliad<E> for AtMost<R> {
     }
     fn applies_to(&self, entity: &E) -> bool {
         self.ruliad.applies_to(entity)
+    }
+    fn applies_per_variant(&self) -> bool {
+        self.ruliad.applies_per_variant()
     }
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
         let evaluation = self.ruliad.evaluate(now, entity);
@@ -493,6 +509,9 @@ impl<E: Entity + ?Sized, R: Ruliad<E>> Ruliad<E> for PendingFor<R> {
     }
     fn applies_to(&self, entity: &E) -> bool {
         self.ruliad.applies_to(entity)
+    }
+    fn applies_per_variant(&self) -> bool {
+        self.ruliad.applies_per_variant()
     }
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
         let evaluation = self.ruliad.evaluate(now, entity);
@@ -553,6 +572,9 @@ impl<E: Entity + ?Sized, R: Ruliad<E>> Ruliad<E> for KeepFiringFor<R> {
     fn applies_to(&self, entity: &E) -> bool {
         self.ruliad.applies_to(entity)
     }
+    fn applies_per_variant(&self) -> bool {
+        self.ruliad.applies_per_variant()
+    }
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
         let evaluation = self.ruliad.evaluate(now, entity);
         let key = state_key(entity);
@@ -606,6 +628,9 @@ impl<E: Entity + ?Sized, R: Ruliad<E>, C: Condition<E>> Ruliad<E> for Hysteresis
     }
     fn applies_to(&self, entity: &E) -> bool {
         self.ruliad.applies_to(entity)
+    }
+    fn applies_per_variant(&self) -> bool {
+        self.ruliad.applies_per_variant()
     }
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
         let evaluation = self.ruliad.evaluate(now, entity);

@@ -1,17 +1,24 @@
 //! The engine: a fixed set of ruliads evaluated over batches of entities.
 
 use std::fmt;
+use std::mem::Discriminant;
 
 use chrono::{DateTime, Utc};
 use sos_core::Signal;
 
 use crate::error::Result;
-use crate::explain::{Evaluation, recycle, trace_enabled, with_trace};
+use crate::explain::{Evaluation, Explanation, recycle, trace_enabled, with_trace, write_because};
 use crate::gate::{Gate, Round};
 use crate::ruliad::{Class, Ruliad};
 use crate::store::StateStore;
 
-/// A signal fired by the engine, with where it came from.
+/// A signal fired by the engine, with where it came from and why.
+///
+/// With the trace on, the explanation is kept as packed data ([`Fired::explanation`]) and the
+/// signal's `because` line is not rendered yet: [`Fired::into_signal`] and
+/// [`Fired::render_because`] write it, and [`Gate::round`] writes it when the signal joins its
+/// group (signals held back as repeats, inhibited or flapping are never rendered). Read
+/// `signal` directly only for what the engine decided (id, cause, labels, subject).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fired {
     /// The index of the entity in the batch.
@@ -20,8 +27,55 @@ pub struct Fired {
     pub ruliad: usize,
     /// Whether it is an insight or an intervention.
     pub class: Class,
-    /// The signal.
+    /// The signal; its `because` line is written by [`Fired::into_signal`] (see above).
     pub signal: Signal,
+    /// The explanation whose line the signal's evidence does not hold yet.
+    because: Option<Explanation>,
+}
+
+impl Fired {
+    /// A fired signal whose evidence is complete (nothing left to render).
+    pub fn new(entity: usize, ruliad: usize, class: Class, signal: Signal) -> Self {
+        Self { entity, ruliad, class, signal, because: None }
+    }
+
+    /// The fired signal of `evaluation`, its `because` line left to render (as the engine keeps
+    /// it); `None` when it did not fire.
+    pub fn from_evaluation(
+        entity: usize,
+        ruliad: usize,
+        class: Class,
+        evaluation: Evaluation,
+    ) -> Option<Self> {
+        let (signal, explanation, pending) = evaluation.into_signal_and_buffer();
+        let signal = *signal?;
+        Some(Self { entity, ruliad, class, signal, because: pending.then_some(explanation) })
+    }
+
+    /// The explanation whose `because` line is still to be written into the signal's evidence;
+    /// `None` when there is none (trace off) or it was written.
+    pub fn explanation(&self) -> Option<&Explanation> {
+        self.because.as_ref()
+    }
+
+    /// Writes the pending `because` line into the signal's evidence (nothing when there is
+    /// none).
+    pub fn render_because(&mut self) {
+        if let Some(explanation) = self.because.take() {
+            write_because(&mut self.signal, &explanation);
+        }
+    }
+
+    /// The signal, with its `because` line written.
+    pub fn into_signal(mut self) -> Signal {
+        self.render_because();
+        self.signal
+    }
+
+    /// The signal and the explanation whose line it does not hold yet.
+    pub(crate) fn into_parts(self) -> (Signal, Option<Explanation>) {
+        (self.signal, self.because)
+    }
 }
 
 /// Batches at least this large are split across threads.
@@ -123,23 +177,66 @@ impl<E: Sync> Engine<E> {
 
     fn evaluate_range(&self, now: DateTime<Utc>, entities: &[E], offset: usize) -> Vec<Fired> {
         let mut fired = Vec::new();
+        // Which ruliads to try for each variant of `E` met so far: a ruliad whose `applies_to`
+        // depends only on the variant is asked once per variant here, not once per entity; the
+        // others stay in the plan with `check` set and are asked per entity. Batches usually
+        // hold one or a few variants, so the last plan used is tried first.
+        let mut plans: Vec<(Discriminant<E>, Vec<Step>)> = Vec::new();
+        let mut last = usize::MAX;
         for (index, entity) in entities.iter().enumerate() {
-            for (ruliad_index, ruliad) in self.ruliads.iter().enumerate() {
-                if !ruliad.applies_to(entity) {
+            let variant = std::mem::discriminant(entity);
+            if plans.get(last).is_none_or(|(known, _)| *known != variant) {
+                last = match plans.iter().position(|(known, _)| *known == variant) {
+                    Some(found) => found,
+                    None => {
+                        plans.push((variant, self.plan(entity)));
+                        plans.len() - 1
+                    }
+                };
+            }
+            let Some((_, steps)) = plans.get(last) else { continue };
+            for step in steps {
+                let Some(ruliad) = self.ruliads.get(step.ruliad) else { continue };
+                if step.check && !ruliad.applies_to(entity) {
                     continue;
                 }
-                let (signal, explanation) = ruliad.evaluate(now, entity).into_signal_and_buffer();
-                recycle(explanation);
+                let (signal, explanation, pending) = ruliad.evaluate(now, entity).into_signal_and_buffer();
                 if let Some(signal) = signal {
+                    // The explanation is kept as data (one exact-size copy; the buffer is reused)
+                    // and its line rendered only when someone reads it.
+                    let because = pending.then(|| explanation.clone());
                     fired.push(Fired {
                         entity: offset + index,
-                        ruliad: ruliad_index,
+                        ruliad: step.ruliad,
                         class: ruliad.class(),
                         signal: *signal,
+                        because,
                     });
                 }
+                recycle(explanation);
             }
         }
         fired
     }
+
+    /// The ruliads to try, in order, for entities of `entity`'s variant.
+    fn plan(&self, entity: &E) -> Vec<Step> {
+        self.ruliads
+            .iter()
+            .enumerate()
+            .filter_map(|(index, ruliad)| {
+                if !ruliad.applies_per_variant() {
+                    return Some(Step { ruliad: index, check: true });
+                }
+                ruliad.applies_to(entity).then_some(Step { ruliad: index, check: false })
+            })
+            .collect()
+    }
+}
+
+/// One ruliad of a plan, and whether its `applies_to` must still be asked per entity.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    ruliad: usize,
+    check: bool,
 }

@@ -9,6 +9,7 @@
 
 use std::cell::Cell;
 use std::fmt;
+use std::sync::OnceLock;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
@@ -817,7 +818,13 @@ impl Explain {
             self.failed = u32::try_from(self.explanation.len()).unwrap_or(NONE);
             self.explanation.push(Predicate::is_true("condition", false));
         }
-        Evaluation { signal: None, guard: self.failed, explanation: self.explanation }
+        Evaluation {
+            signal: None,
+            guard: self.failed,
+            because: false,
+            shown: OnceLock::new(),
+            explanation: self.explanation,
+        }
     }
 
     /// Stops the evaluation at `guard`, recorded as the last predicate.
@@ -854,12 +861,10 @@ impl Explain {
         }
         let mut evidence = serde_json::Map::new();
         evidence.insert("labels".to_owned(), serde_json::Value::Object(labels));
-        if self.enabled {
-            // One line, as people read it: "idle 9 d > 7 d; stage negotiation not in [...]".
-            let mut because = String::with_capacity(40 * self.explanation.len());
-            self.explanation.write_line(&mut because);
-            evidence.insert("because".to_owned(), serde_json::Value::String(because));
-        }
+        // The `because` line is not rendered here: the explanation is kept as packed data and
+        // the line is written when the signal is handed out (see `Evaluation::signal`), or by
+        // the gate when the signal joins its group; most fired signals of a periodic
+        // evaluation are repeats that nobody reads again.
         let built = Signal::builder(draft.tenant, kind)
             .subject(draft.subject)
             .text(draft.text)
@@ -869,9 +874,13 @@ impl Explain {
             .evidence(serde_json::Value::Object(evidence))
             .build();
         match built {
-            Ok(signal) => {
-                Evaluation { signal: Some(Box::new(signal)), guard: NONE, explanation: self.explanation }
-            }
+            Ok(signal) => Evaluation {
+                signal: Some(Box::new(signal)),
+                guard: NONE,
+                because: self.enabled,
+                shown: OnceLock::new(),
+                explanation: self.explanation,
+            },
             Err(error) => {
                 let observed = self.text(&error.to_string());
                 self.fail(Predicate::custom("signal", observed, Op::Eq, "valid", false))
@@ -899,12 +908,34 @@ pub enum Outcome {
 ///
 /// The guard is always part of the explanation, also with the trace off (then the explanation
 /// holds only the predicates that failed).
+///
+/// A signal fired through [`Explain::fire`] with the trace on carries the explanation as one
+/// line in its evidence (`"because"`). That line is rendered from the packed predicates only
+/// when the signal is handed out ([`Evaluation::signal`], [`Evaluation::into_signal`],
+/// [`Evaluation::into_parts`]), so it always says what the final explanation says, predicates
+/// added by combinators included.
 #[derive(Debug, Clone)]
 pub struct Evaluation {
+    /// The signal as fired; without its `because` line while `because` is set.
     signal: Option<Box<Signal>>,
     /// Where the guard is in `explanation` when it did not fire.
     guard: u32,
+    /// Whether the signal's `because` line is still to be rendered from `explanation`.
+    because: bool,
+    /// The signal with its `because` line, rendered on the first [`Evaluation::signal`] call.
+    shown: OnceLock<Box<Signal>>,
     explanation: Explanation,
+}
+
+/// Adds `explanation` as one line (`"because"`) to `signal`'s evidence, when the evidence is an
+/// object (as [`Explain::fire`] builds it).
+pub(crate) fn write_because(signal: &mut Signal, explanation: &Explanation) {
+    if let serde_json::Value::Object(evidence) = signal.evidence_mut() {
+        // One line, as people read it: "idle 9 d > 7 d; stage negotiation not in [...]".
+        let mut because = String::with_capacity(40 * explanation.len());
+        explanation.write_line(&mut because);
+        evidence.insert("because".to_owned(), serde_json::Value::String(because));
+    }
 }
 
 /// Equal when they fired the same signal or stopped at the same guard, with the same
@@ -913,7 +944,7 @@ impl PartialEq for Evaluation {
     fn eq(&self, other: &Self) -> bool {
         let same_outcome = match (self.guard(), other.guard()) {
             (Some(a), Some(b)) => self.explanation.same(a, &other.explanation, b),
-            (None, None) => self.signal == other.signal,
+            (None, None) => self.signal() == other.signal(),
             _ => false,
         };
         same_outcome && self.explanation == other.explanation
@@ -925,11 +956,17 @@ impl Evaluation {
     /// `explanation`; its interned text, if any, must come from `explanation`.
     pub fn new(outcome: Outcome, mut explanation: Explanation) -> Self {
         match outcome {
-            Outcome::Fired(signal) => Self { signal: Some(signal), guard: NONE, explanation },
+            Outcome::Fired(signal) => Self {
+                signal: Some(signal),
+                guard: NONE,
+                because: false,
+                shown: OnceLock::new(),
+                explanation,
+            },
             Outcome::Stopped { guard } => {
                 let index = u32::try_from(explanation.len()).unwrap_or(NONE);
                 explanation.push(guard);
-                Self { signal: None, guard: index, explanation }
+                Self { signal: None, guard: index, because: false, shown: OnceLock::new(), explanation }
             }
         }
     }
@@ -941,17 +978,47 @@ impl Evaluation {
 
     /// A stopped evaluation whose guard is the predicate at `index` of `explanation`.
     pub(crate) fn stopped_at(index: usize, explanation: Explanation) -> Self {
-        Self { signal: None, guard: u32::try_from(index).unwrap_or(NONE), explanation }
+        Self {
+            signal: None,
+            guard: u32::try_from(index).unwrap_or(NONE),
+            because: false,
+            shown: OnceLock::new(),
+            explanation,
+        }
     }
 
-    /// The signal, when it fired.
+    /// The signal, when it fired (with its `because` line; the first call renders it).
     pub fn signal(&self) -> Option<&Signal> {
+        let signal = self.signal.as_deref()?;
+        if !self.because {
+            return Some(signal);
+        }
+        Some(self.shown.get_or_init(|| {
+            let mut shown = Box::new(signal.clone());
+            write_because(&mut shown, &self.explanation);
+            shown
+        }))
+    }
+
+    /// The signal as fired, without rendering its `because` line (for its id and cause).
+    pub(crate) fn raw_signal(&self) -> Option<&Signal> {
         self.signal.as_deref()
     }
 
-    /// The signal, when it fired, by value.
-    pub fn into_signal(self) -> Option<Signal> {
+    /// The signal, when it fired, by value (with its `because` line).
+    pub fn into_signal(mut self) -> Option<Signal> {
+        self.render();
         self.signal.map(|signal| *signal)
+    }
+
+    /// Writes the pending `because` line into the signal.
+    fn render(&mut self) {
+        if std::mem::take(&mut self.because) {
+            if let Some(signal) = self.signal.as_deref_mut() {
+                write_because(signal, &self.explanation);
+            }
+        }
+        self.shown = OnceLock::new();
     }
 
     /// The guard that stopped it, when it did not fire.
@@ -984,6 +1051,7 @@ impl Evaluation {
 
     /// Puts `prefix`'s predicates before this evaluation's own (used by combinators).
     pub fn with_prefix(mut self, mut prefix: Explanation) -> Self {
+        self.shown = OnceLock::new();
         if self.signal.is_none() {
             self.guard = self.guard.saturating_add(u32::try_from(prefix.len()).unwrap_or(NONE));
         }
@@ -995,18 +1063,21 @@ impl Evaluation {
     /// Appends a predicate to the explanation (used by combinators); its interned text, if
     /// any, must come from this evaluation's explanation.
     pub fn push(&mut self, predicate: Predicate) {
+        self.shown = OnceLock::new();
         self.explanation.push(predicate);
     }
 
-    /// Applies `map` to the signal, when it fired.
+    /// Applies `map` to the signal, when it fired (with its `because` line).
     pub fn map_signal(mut self, map: impl FnOnce(Signal) -> Signal) -> Self {
+        self.render();
         self.signal = self.signal.map(|signal| Box::new(map(*signal)));
         self
     }
 
     /// Splits the evaluation into its parts; the guard is also the explanation's last failed
     /// predicate.
-    pub fn into_parts(self) -> (Outcome, Explanation) {
+    pub fn into_parts(mut self) -> (Outcome, Explanation) {
+        self.render();
         let outcome = match self.signal {
             Some(signal) => Outcome::Fired(signal),
             None => {
@@ -1017,9 +1088,10 @@ impl Evaluation {
         (outcome, self.explanation)
     }
 
-    /// The signal, when it fired, and the explanation buffer (the engine's hot path).
+    /// The signal, when it fired, the explanation buffer, and whether the signal's `because`
+    /// line is still to be rendered from that explanation (the engine's hot path).
     #[inline]
-    pub(crate) fn into_signal_and_buffer(self) -> (Option<Box<Signal>>, Explanation) {
-        (self.signal, self.explanation)
+    pub(crate) fn into_signal_and_buffer(self) -> (Option<Box<Signal>>, Explanation, bool) {
+        (self.signal, self.explanation, self.because)
     }
 }

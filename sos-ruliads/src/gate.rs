@@ -35,6 +35,7 @@ use sos_core::{Sha256Digest, Signal, SignalKind, TenantId};
 use crate::ceiling::{Admission, Attempt, TriggerCeiling};
 use crate::engine::Fired;
 use crate::error::Result;
+use crate::explain::Explanation;
 use crate::grouping::{Grouper, GroupingConfig, GroupingState, Members, Notification, Suppressed};
 use crate::ruliad::Class;
 use crate::store::{CauseClaim, StateStore};
@@ -70,7 +71,30 @@ pub struct GateState {
     /// Causes this gate claimed whose message could not be sent yet (a later claim in the same
     /// group failed); they are sent in a later round without claiming again.
     #[serde(default)]
-    pub claimed_unsent: BTreeSet<(TenantId, Sha256Digest)>,
+    pub claimed_unsent: BTreeSet<ClaimedCause>,
+}
+
+/// A cause this gate claimed in the [`StateStore`] and has not sent yet.
+///
+/// Keyed as the store keys its claims: (tenant, scope, cause), the scope being the signal's
+/// kind. Two signals of different kinds with the same cause digest are different signals, and
+/// each has its own claim.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+#[non_exhaustive]
+pub enum ClaimedCause {
+    /// `[tenant, kind, cause]`: the claim of `cause` in scope `kind` for `tenant`.
+    Scoped(TenantId, SignalKind, Sha256Digest),
+    /// `[tenant, cause]`, as saved before the kind was part of the key: it stands for the
+    /// first member of any kind with that cause (the behaviour of the saved gate).
+    Unscoped(TenantId, Sha256Digest),
+}
+
+impl ClaimedCause {
+    /// The claim of `signal`'s cause.
+    pub fn of(signal: &Signal) -> Self {
+        Self::Scoped(signal.tenant().clone(), signal.kind().clone(), *signal.cause())
+    }
 }
 
 /// The full gate of one agent; see the module docs.
@@ -79,7 +103,7 @@ pub struct Gate {
     grouper: Grouper,
     trust: TrustGate,
     classes: BTreeMap<SignalKind, Class>,
-    claimed_unsent: BTreeSet<(TenantId, Sha256Digest)>,
+    claimed_unsent: BTreeSet<ClaimedCause>,
     /// Buffers reused across rounds (empty between rounds).
     buffers: Buffers,
 }
@@ -87,6 +111,8 @@ pub struct Gate {
 #[derive(Debug, Clone, PartialEq, Default)]
 struct Buffers {
     signals: Vec<Signal>,
+    /// The explanations whose `because` line `signals` do not hold yet, one per signal.
+    explanations: Vec<Option<Explanation>>,
     due: Vec<Notification>,
     claimed: Vec<bool>,
 }
@@ -169,15 +195,20 @@ impl Gate {
         fired: Vec<Fired>,
     ) -> Result<Round> {
         let mut signals = std::mem::take(&mut self.buffers.signals);
+        let mut explanations = std::mem::take(&mut self.buffers.explanations);
         for fired in fired {
             if self.classes.get(fired.signal.kind()) != Some(&fired.class) {
                 self.classes.insert(fired.signal.kind().clone(), fired.class);
             }
-            signals.push(fired.signal);
+            let (signal, because) = fired.into_parts();
+            signals.push(signal);
+            explanations.push(because);
         }
         let mut round = Round::default();
-        self.grouper.observe_into(now, &mut signals, &mut round.suppressed);
+        // The grouper writes each signal's `because` line when it joins its group.
+        self.grouper.observe_into(now, &mut signals, &mut explanations, &mut round.suppressed);
         self.buffers.signals = signals;
+        self.buffers.explanations = explanations;
         let mut due = std::mem::take(&mut self.buffers.due);
         self.grouper.flush_into(now, &mut due);
         if due.is_empty() {
@@ -193,7 +224,7 @@ impl Gate {
                 let members = notification.into_members();
                 for member in &members {
                     if flags.next() == Some(&true) {
-                        self.claimed_unsent.insert((member.tenant().clone(), *member.cause()));
+                        self.claimed_unsent.insert(ClaimedCause::of(member));
                     }
                 }
                 self.grouper.requeue(now, members);
@@ -252,11 +283,15 @@ impl Gate {
         // Which members are ours without a claim, decided once and in order before claiming:
         // only the first member with a remembered cause takes it (as one claim after the other
         // did), so the claims' outcomes stay aligned with the members that made them.
-        let mut taken: BTreeSet<(TenantId, Sha256Digest)> = BTreeSet::new();
+        let mut taken: BTreeSet<ClaimedCause> = BTreeSet::new();
         let ours: Vec<bool> = members()
             .map(|member| {
-                let key = (member.tenant().clone(), *member.cause());
-                self.claimed_unsent.contains(&key) && taken.insert(key)
+                let scoped = ClaimedCause::of(member);
+                if self.claimed_unsent.contains(&scoped) {
+                    return taken.insert(scoped);
+                }
+                let unscoped = ClaimedCause::Unscoped(member.tenant().clone(), *member.cause());
+                self.claimed_unsent.contains(&unscoped) && taken.insert(unscoped)
             })
             .collect();
         let claims: SmallVec<[CauseClaim<'_>; 4]> = members()

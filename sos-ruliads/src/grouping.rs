@@ -17,6 +17,7 @@
 //! a trace. The state is plain serde data, bounded by expiry.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
@@ -24,7 +25,7 @@ use smallvec::SmallVec;
 use sos_core::{Sha256Digest, Signal, SignalId, SignalKind, TenantId};
 
 use crate::error::{Error, Result};
-use crate::explain::time_text;
+use crate::explain::{Explanation, time_text, write_because};
 use crate::trust::Reason;
 
 /// An inhibition rule: active `source` signals suppress `target` signals with equal labels.
@@ -246,23 +247,61 @@ impl Group {
     }
 }
 
-/// When an entity (flap key) appeared after being absent, oldest first; serialized as a list, as
-/// in format 1. Up to the default flap threshold fits inline.
+/// When an entity (flap key) appeared after being absent, oldest first; serialized as a list.
+/// Up to the default flap threshold fits inline.
 type Appearances = SmallVec<[DateTime<Utc>; 3]>;
+
+/// Rounds are numbered from 1; a key never seen was last active in no round.
+const NO_ROUND: u64 = u64::MAX;
+
+/// The flapping history of one entity (one flap key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Flap {
+    /// The last round in which it was active.
+    seen: u64,
+    /// The round in which it was active before `seen` ([`NO_ROUND`] when none).
+    before: u64,
+    /// When it appeared after being absent, within the flap window, oldest first.
+    times: Appearances,
+}
+
+/// The flap histories by their full key (see [`flap_key`]); saved sorted by key.
+type Flaps = HashMap<Arc<str>, Flap>;
+
+mod flaps_serde {
+    use super::{Arc, BTreeMap, Flap, Flaps};
+
+    pub(super) fn serialize<S: serde::Serializer>(flaps: &Flaps, serializer: S) -> Result<S::Ok, S::Error> {
+        let sorted: BTreeMap<&str, &Flap> = flaps.iter().map(|(key, flap)| (&**key, flap)).collect();
+        serde::Serialize::serialize(&sorted, serializer)
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Flaps, D::Error> {
+        let sorted: BTreeMap<String, Flap> = serde::Deserialize::deserialize(deserializer)?;
+        Ok(sorted.into_iter().map(|(key, flap)| (Arc::from(key), flap)).collect())
+    }
+}
 
 /// The grouper's serializable state. Maps are keyed by tenant first, so that lookups borrow the
 /// signal's own values instead of building keys.
+///
+/// Format 2: flapping is tracked by the full key (tenant, kind, subject) instead of its 64-bit
+/// hash, so that no crafted subject can merge its history with another entity's. A format-1
+/// state's hashed flap history (`previous_keys`, `appearances`) is ignored on restore: every
+/// entity starts counting its appearances again.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct GroupingState {
     /// tenant → kind → group.
     groups: BTreeMap<TenantId, BTreeMap<SignalKind, Group>>,
     /// tenant → cause → when it was last notified.
     notified: BTreeMap<TenantId, BTreeMap<Sha256Digest, DateTime<Utc>>>,
-    /// The flap keys (tenant, kind, subject) active in the previous round, sorted and unique
-    /// (serialized as the set of format 1).
-    previous_keys: Vec<u64>,
-    /// flap key → when it appeared after being absent, within the flap window.
-    appearances: BTreeMap<u64, Appearances>,
+    /// The number of the last round observed.
+    #[serde(default)]
+    round: u64,
+    /// flap key → its history: the rounds it was last active in and when it appeared after being
+    /// absent, within the flap window.
+    #[serde(default, with = "flaps_serde")]
+    flaps: Flaps,
     log: VecDeque<Suppressed>,
     /// When expired entries were last swept; sweeps run at most once per minute of clock time.
     #[serde(default)]
@@ -279,56 +318,52 @@ pub struct Grouper {
     /// tenant is named by its index in `tenants`, so that recording a notification allocates
     /// nothing.
     notified_order: VecDeque<(DateTime<Utc>, u32, Sha256Digest)>,
-    appearance_order: VecDeque<(DateTime<Utc>, u64)>,
+    /// Appearances and new flap keys in time order; an entry whose key is still active when its
+    /// window ends is queued again, so that every key is looked at once per window at least.
+    appearance_order: VecDeque<(DateTime<Utc>, Arc<str>)>,
     /// Every tenant notified since the start (a gate serves one agent: few).
     tenants: Tenants,
-    /// Buffers reused across rounds: this round's flap keys and the inhibitors' index.
-    current_keys: Vec<u64>,
-    inhibitors: HashMap<u64, usize>,
+    /// Buffers reused across rounds: a flap or inhibition key being built, and the inhibitors'
+    /// index (full key → rule).
+    key: String,
+    inhibitors: HashMap<String, usize>,
 }
 
 fn label<'a>(signal: &'a Signal, name: &str) -> Option<&'a str> {
     signal.evidence().get("labels")?.get(name)?.as_str()
 }
 
-/// A stable 64-bit FNV-1a hash over length-prefixed parts: the same on every machine and
-/// release, so saved state keeps its meaning; used only to recognise an entity again (flapping)
-/// and to match inhibition labels, never for anything a collision could make unsafe.
-fn stable_hash(parts: &[&[u8]]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for byte in bytes {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    for part in parts {
-        eat(&(part.len() as u64).to_le_bytes());
-        eat(part);
-    }
-    hash
+/// Appends `part` with its length in front (`5:acme,`), so that a sequence of parts is
+/// written one way only: no two different sequences give the same key.
+fn push_part(key: &mut String, part: &str) {
+    use std::fmt::Write as _;
+    // Writing into a String cannot fail.
+    let _ = write!(key, "{}:", part.len());
+    key.push_str(part);
+    key.push(',');
 }
 
-fn flap_key(signal: &Signal) -> u64 {
-    stable_hash(&[
-        signal.tenant().as_str().as_bytes(),
-        signal.kind().as_str().as_bytes(),
-        signal.subject().as_bytes(),
-    ])
+/// Writes the full flap key of `signal` (tenant, kind, subject) into `key`. Keys are compared
+/// whole, never by a hash alone, so that a crafted subject cannot pass for another entity.
+fn flap_key(key: &mut String, signal: &Signal) {
+    key.clear();
+    push_part(key, signal.tenant().as_str());
+    push_part(key, signal.kind().as_str());
+    push_part(key, signal.subject());
 }
 
-/// The key under which a signal of `rule` (by index) meets its inhibitors: tenant and the values
-/// of the `equal` labels; `None` when the signal lacks one of them (it can then neither inhibit
-/// nor be inhibited by that rule).
-fn inhibition_key(signal: &Signal, index: usize, rule: &InhibitRule) -> Option<u64> {
-    let index = (index as u64).to_le_bytes();
-    let mut parts: Vec<&[u8]> = Vec::with_capacity(rule.equal.len() + 2);
-    parts.push(&index);
-    parts.push(signal.tenant().as_str().as_bytes());
+/// Writes the full key under which a signal of `rule` (by index) meets its inhibitors: the rule,
+/// the tenant and the values of the `equal` labels; `false` when the signal lacks one of them
+/// (it can then neither inhibit nor be inhibited by that rule).
+fn inhibition_key(key: &mut String, signal: &Signal, index: usize, rule: &InhibitRule) -> bool {
+    key.clear();
+    push_part(key, &index.to_string());
+    push_part(key, signal.tenant().as_str());
     for name in &rule.equal {
-        parts.push(label(signal, name)?.as_bytes());
+        let Some(value) = label(signal, name) else { return false };
+        push_part(key, value);
     }
-    Some(stable_hash(&parts))
+    true
 }
 
 /// The group of `signal`'s (tenant, kind), created at `now` when new. Looks up by reference first;
@@ -374,14 +409,16 @@ impl Grouper {
             notified_order.extend(causes.iter().map(|(cause, at)| (*at, index, *cause)));
         }
         notified_order.sort();
-        let mut appearance_order: Vec<_> = state
-            .appearances
-            .iter()
-            .flat_map(|(key, times)| times.iter().map(move |at| (*at, *key)))
-            .collect();
+        // Every key is queued at its appearances; a key without one (active, not appearing
+        // again) is queued at its oldest possible time, so that it is looked at again.
+        let mut appearance_order: Vec<(DateTime<Utc>, Arc<str>)> = Vec::new();
+        for (key, flap) in &state.flaps {
+            if flap.times.is_empty() {
+                appearance_order.push((DateTime::UNIX_EPOCH, Arc::clone(key)));
+            }
+            appearance_order.extend(flap.times.iter().map(|at| (*at, Arc::clone(key))));
+        }
         appearance_order.sort();
-        state.previous_keys.sort_unstable();
-        state.previous_keys.dedup();
         for group in state.groups.values_mut().flat_map(BTreeMap::values_mut) {
             group.reindex();
         }
@@ -391,7 +428,7 @@ impl Grouper {
             notified_order: notified_order.into(),
             appearance_order: appearance_order.into(),
             tenants,
-            current_keys: Vec::new(),
+            key: String::new(),
             inhibitors: HashMap::new(),
         })
     }
@@ -420,36 +457,62 @@ impl Grouper {
     /// simply join its group (every one of them is also in [`Grouper::suppressed`]).
     pub fn observe(&mut self, now: DateTime<Utc>, mut active: Vec<Signal>) -> Vec<Suppressed> {
         let mut outcomes = Vec::new();
-        self.observe_into(now, &mut active, &mut outcomes);
+        self.observe_into(now, &mut active, &mut Vec::new(), &mut outcomes);
         outcomes
     }
 
     /// As [`Grouper::observe`], taking the signals out of `active` (whose buffer the caller
-    /// reuses) and appending to `outcomes`.
+    /// reuses) and appending to `outcomes`. `explanations[i]`, when given, is the explanation
+    /// whose `because` line `active[i]` does not hold yet: it is written when the signal joins
+    /// its group, and never for a signal held back.
     pub(crate) fn observe_into(
         &mut self,
         now: DateTime<Utc>,
         active: &mut Vec<Signal>,
+        explanations: &mut Vec<Option<Explanation>>,
         outcomes: &mut Vec<Suppressed>,
     ) {
         self.expire(now);
+        self.state.round = self.state.round.saturating_add(1);
+        let round = self.state.round;
         // Inhibitors, indexed once per round: (rule, tenant, equal label values) of every active
-        // source signal, so that checking a target is one lookup, not a scan of the round.
+        // source signal, so that checking a target is one lookup, not a scan of the round. Keys
+        // are full keys: a crafted label value cannot pass for another's.
         let mut inhibitors = std::mem::take(&mut self.inhibitors);
+        let mut key = std::mem::take(&mut self.key);
         inhibitors.clear();
         for (index, rule) in self.config.inhibit.iter().enumerate() {
             for source in active.iter().filter(|signal| signal.kind().as_str() == rule.source) {
-                if let Some(key) = inhibition_key(source, index, rule) {
-                    inhibitors.entry(key).or_insert(index);
+                if inhibition_key(&mut key, source, index, rule) && !inhibitors.contains_key(&key) {
+                    inhibitors.insert(key.clone(), index);
                 }
             }
         }
-        let mut keys = std::mem::take(&mut self.current_keys);
-        keys.clear();
+        let mut pending = explanations.drain(..);
         for signal in active.drain(..) {
-            let flap = flap_key(&signal);
-            keys.push(flap);
-            if let Some(detail) = self.inhibited_by(&signal, &inhibitors) {
+            let because = pending.next().flatten();
+            // Whether the entity appeared after being absent: it was not active in the round
+            // before this one (several signals of one entity in a round count once).
+            flap_key(&mut key, &signal);
+            // A new key is queued at once (so that it expires even if it never appears); its
+            // shared name is kept for its first appearance.
+            let (appeared, new_key) = match self.state.flaps.get_mut(key.as_str()) {
+                Some(flap) => {
+                    if flap.seen != round {
+                        flap.before = flap.seen;
+                        flap.seen = round;
+                    }
+                    (flap.before != round - 1, None)
+                }
+                None => {
+                    let shared: Arc<str> = Arc::from(key.as_str());
+                    self.appearance_order.push_back((now, Arc::clone(&shared)));
+                    let flap = Flap { seen: round, before: NO_ROUND, times: Appearances::new() };
+                    self.state.flaps.insert(Arc::clone(&shared), flap);
+                    (true, Some(shared))
+                }
+            };
+            if let Some(detail) = self.inhibited_by(&signal, &inhibitors, &mut key) {
                 outcomes.push(self.record(now, &signal, Reason::Inhibited, detail));
                 continue;
             }
@@ -460,11 +523,20 @@ impl Grouper {
                 outcomes.push(self.record(now, &signal, Reason::Repeat, detail));
                 continue;
             }
-            if self.state.previous_keys.binary_search(&flap).is_err() {
-                self.state.appearances.entry(flap).or_default().push(now);
-                self.appearance_order.push_back((now, flap));
+            let (mut appearances, mut queue) = (0, false);
+            if let Some(flap) = self.state.flaps.get_mut(key.as_str()) {
+                if appeared && flap.times.last() != Some(&now) {
+                    flap.times.push(now);
+                    // A new key is queued at `now` already.
+                    queue = new_key.is_none();
+                }
+                appearances = flap.times.len();
             }
-            let appearances = self.state.appearances.get(&flap).map_or(0, SmallVec::len);
+            if queue {
+                if let Some((shared, _)) = self.state.flaps.get_key_value(key.as_str()) {
+                    self.appearance_order.push_back((now, Arc::clone(shared)));
+                }
+            }
             if appearances >= self.config.flap_threshold as usize {
                 let detail =
                     ["flapping: appeared ", &appearances.to_string(), " times within the flap window"]
@@ -478,6 +550,10 @@ impl Grouper {
             }
             let due = group.due(&self.config);
             let delayed = (due > now).then(|| (signal.id(), signal.kind().clone()));
+            let mut signal = signal;
+            if let Some(explanation) = because {
+                write_because(&mut signal, &explanation);
+            }
             group.join(signal);
             if let Some((id, kind)) = delayed {
                 let detail = ["grouped; the group is due at ", &time_text(due)].concat();
@@ -490,11 +566,8 @@ impl Grouper {
                 }));
             }
         }
-        keys.sort_unstable();
-        keys.dedup();
-        // This round's keys become the previous ones; the old buffer is reused next round.
-        std::mem::swap(&mut self.state.previous_keys, &mut keys);
-        self.current_keys = keys;
+        drop(pending);
+        self.key = key;
         self.inhibitors = inhibitors;
     }
 
@@ -544,7 +617,12 @@ impl Grouper {
         }
     }
 
-    fn inhibited_by(&self, signal: &Signal, inhibitors: &HashMap<u64, usize>) -> Option<String> {
+    fn inhibited_by(
+        &self,
+        signal: &Signal,
+        inhibitors: &HashMap<String, usize>,
+        key: &mut String,
+    ) -> Option<String> {
         if inhibitors.is_empty() {
             return None;
         }
@@ -553,7 +631,7 @@ impl Grouper {
                 continue;
             }
             // The key includes the rule's index, so a hit is a source of this very rule.
-            if !inhibition_key(signal, index, rule).is_some_and(|key| inhibitors.contains_key(&key)) {
+            if !(inhibition_key(key, signal, index, rule) && inhibitors.contains_key(key.as_str())) {
                 continue;
             }
             return Some(["inhibited by ", &rule.source, " with equal ", &rule.equal.join(", ")].concat());
@@ -596,18 +674,27 @@ impl Grouper {
             }
         }
         let window = TimeDelta::seconds(self.config.flap_window_seconds);
+        // The round that is about to be observed is `round + 1`: a key last active in `round`
+        // may still be active in it, and is kept.
+        let round = self.state.round;
         while let Some((at, _)) = self.appearance_order.front() {
             if now - *at < window {
                 break;
             }
             let Some((at, key)) = self.appearance_order.pop_front() else { break };
-            if let Some(times) = self.state.appearances.get_mut(&key) {
-                if times.first() == Some(&at) {
-                    times.remove(0);
-                }
-                if times.is_empty() {
-                    self.state.appearances.remove(&key);
-                }
+            let Some(flap) = self.state.flaps.get_mut(&*key) else { continue };
+            if flap.times.first() == Some(&at) {
+                flap.times.remove(0);
+            }
+            if !flap.times.is_empty() {
+                // A later appearance is queued: it is looked at again then.
+                continue;
+            }
+            if flap.seen == round {
+                // Still active: looked at again one window from now.
+                self.appearance_order.push_back((now, key));
+            } else {
+                self.state.flaps.remove(&*key);
             }
         }
         // Groups are few (one per tenant and ruliad): they are swept at most once per minute of

@@ -45,3 +45,103 @@ fn trace_off_keeps_the_guard_and_drops_the_held_predicates() {
     let fired = with_trace(false, || engine(2, 8).evaluate_batch(at(10, 9), &batch));
     assert!(fired.iter().all(|fired| fired.signal.evidence().get("because").is_none()));
 }
+
+/// A host rule whose `applies_to` reads a field, so the engine must ask it for every entity.
+#[derive(Debug)]
+struct OddDealsOnly;
+
+impl sos_ruliads::Ruliad<sos_ruliads::crm::Record> for OddDealsOnly {
+    fn name(&self) -> &str {
+        "odd-deals"
+    }
+    fn applies_to(&self, record: &sos_ruliads::crm::Record) -> bool {
+        matches!(record, sos_ruliads::crm::Record::Deal(deal) if deal.id.ends_with(['1', '3', '5', '7', '9']))
+    }
+    fn evaluate(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        record: &sos_ruliads::crm::Record,
+    ) -> sos_ruliads::Evaluation {
+        let sos_ruliads::crm::Record::Deal(deal) = record else { return sos_ruliads::Explain::new().stop() };
+        sos_ruliads::Explain::new().fire(
+            sos_ruliads::Draft::new(&deal.tenant, "odd-deals", now)
+                .subject(deal.id.clone())
+                .text("An odd deal."),
+        )
+    }
+}
+
+/// The engine asks a catalog rule's `applies_to` once per variant of the batch (they promise it
+/// depends on nothing else) and a host rule's for every entity: the signals are exactly those of
+/// asking every rule about every entity, in the same order.
+#[test]
+fn per_variant_plans_fire_what_asking_every_entity_fires() {
+    use sos_ruliads::Ruliad;
+    use sos_ruliads::crm::Contact;
+    let mut ruliads: Vec<Box<dyn Ruliad<sos_ruliads::crm::Record>>> =
+        ["stale-deal-nudge", "contact-gone-quiet", "close-date-passed"]
+            .iter()
+            .map(|name| catalog::build(name, &serde_json::Value::Null).expect("defaults"))
+            .collect();
+    ruliads.insert(1, Box::new(OddDealsOnly));
+    assert!(ruliads[0].applies_per_variant() && !ruliads[1].applies_per_variant());
+    let batch: Vec<_> = (0..60)
+        .map(|index| {
+            if index % 3 == 0 {
+                let contact: Contact = serde_json::from_value(serde_json::json!({
+                    "tenant": "acme", "id": format!("c{index}"), "name": format!("Contact {index}"),
+                    "last_interaction_at": "2026-01-01T09:00:00Z", "interactions": 10
+                }))
+                .expect("contact");
+                sos_ruliads::crm::Record::Contact(contact)
+            } else {
+                deal(&format!("d{index}"), Stage::Negotiation, Some(1 + (index % 9) as u32))
+            }
+        })
+        .collect();
+    let expected: Vec<(usize, usize, sos_core::SignalId)> = batch
+        .iter()
+        .enumerate()
+        .flat_map(|(entity, record)| {
+            ruliads.iter().enumerate().filter(|(_, ruliad)| ruliad.applies_to(record)).filter_map(
+                move |(index, ruliad)| {
+                    ruliad.evaluate(at(10, 9), record).signal().map(|signal| (entity, index, signal.id()))
+                },
+            )
+        })
+        .collect();
+    let engine = Engine::new(ruliads).with_parallelism(1, usize::MAX);
+    let fired: Vec<_> = engine
+        .evaluate_batch(at(10, 9), &batch)
+        .iter()
+        .map(|fired| (fired.entity, fired.ruliad, fired.signal.id()))
+        .collect();
+    assert!(fired.iter().any(|(_, ruliad, _)| *ruliad == 1), "the host rule fired for odd deals");
+    assert!(fired.iter().any(|(_, ruliad, _)| *ruliad == 2), "the contact rule fired for contacts");
+    assert_eq!(fired, expected);
+}
+
+/// The engine keeps a fired signal's explanation as data; its `because` line is the line the
+/// evaluation itself shows, written when asked for, and absent with the trace off.
+#[test]
+fn the_because_line_is_rendered_on_demand_from_the_kept_explanation() {
+    let serial = engine(1, usize::MAX);
+    let entity = deal("d1", Stage::Negotiation, Some(1));
+    let direct = serial.explain(at(10, 9), &entity);
+    let line = direct[0].1.explain();
+    assert_eq!(direct[0].1.signal().expect("fires").evidence()["because"], line.as_str());
+    let mut fired = serial.evaluate_batch(at(10, 9), std::slice::from_ref(&entity));
+    let first = fired.remove(0);
+    assert!(first.signal.evidence().get("because").is_none(), "not rendered while evaluating");
+    assert_eq!(first.explanation().map(ToString::to_string), Some(line.clone()));
+    let signal = first.clone().into_signal();
+    assert_eq!(signal.evidence()["because"], line.as_str());
+    assert_eq!(signal.id(), first.signal.id());
+    let mut rendered = first;
+    rendered.render_because();
+    assert!(rendered.explanation().is_none());
+    assert_eq!(rendered.signal, signal);
+    let quiet = with_trace(false, || serial.evaluate_batch(at(10, 9), std::slice::from_ref(&entity)));
+    assert!(quiet[0].explanation().is_none());
+    assert!(quiet[0].clone().into_signal().evidence().get("because").is_none());
+}

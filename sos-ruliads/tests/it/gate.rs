@@ -115,7 +115,7 @@ fn inhibited_signals_are_recorded_and_never_sent() {
         .fire(Draft::new(&tenant(), "deal-lost", at(10, 9)).subject("Deal with Contact d1").text("Lost."))
         .into_signal()
         .expect("valid");
-    fired.push(Fired { entity: 1, ruliad: 1, class: Class::Insight, signal: lost });
+    fired.push(Fired::new(1, 1, Class::Insight, lost));
     let round = futures::executor::block_on(gate.round(&store, at(10, 9), fired)).expect("works");
     assert_eq!(reasons(&round, Reason::Inhibited), 1);
     let inhibited = round.suppressed.iter().find(|s| s.reason == Reason::Inhibited).expect("one");
@@ -324,7 +324,7 @@ async fn a_failed_claim_loses_no_other_group() {
                     .fire(Draft::new(&tenant(), kind, at(10, 9)).subject(kind).text("Look at this."))
                     .into_signal()
                     .expect("valid");
-                Fired { entity: 0, ruliad, class: Class::Insight, signal }
+                Fired::new(0, ruliad, Class::Insight, signal)
             })
             .collect::<Vec<_>>()
     };
@@ -461,7 +461,8 @@ async fn a_remembered_cause_in_two_groups_does_not_shift_the_batch_outcomes() {
     let shared = Sha256Digest::of(b"shared cause");
     let fresh = Sha256Digest::of(b"fresh cause");
     let mut state = trusted_gate(grouping.clone(), generous_trust()).state();
-    state.claimed_unsent.insert((tenant(), shared));
+    // As an older release saved it: (tenant, cause), for the first member of any kind.
+    state.claimed_unsent.insert(sos_ruliads::gate::ClaimedCause::Unscoped(tenant(), shared));
     let mut gate = Gate::restore(grouping, generous_trust(), state).expect("valid state");
     let fired = || {
         [("lead-rhythm", shared), ("stale-deal-nudge", shared), ("win-back", fresh)]
@@ -475,7 +476,7 @@ async fn a_remembered_cause_in_two_groups_does_not_shift_the_batch_outcomes() {
                     .cause(cause)
                     .build()
                     .expect("valid signal");
-                Fired { entity: 0, ruliad, class: Class::Insight, signal }
+                Fired::new(0, ruliad, Class::Insight, signal)
             })
             .collect::<Vec<_>>()
     };
@@ -486,4 +487,108 @@ async fn a_remembered_cause_in_two_groups_does_not_shift_the_batch_outcomes() {
     assert_eq!(sent.len(), 3, "{round:?}");
     let again = gate.round(&store, at(10, 10), fired()).await.expect("works");
     assert!(again.released.is_empty(), "and each is sent once: {again:?}");
+}
+
+/// A memory store whose claims of one cause digest fail while `failing` is set.
+struct FailingCause {
+    inner: MemoryStore,
+    cause: sos_core::Sha256Digest,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl StateStore for FailingCause {
+    async fn claim_cause(
+        &self,
+        now: DateTime<Utc>,
+        tenant: &TenantId,
+        scope: &str,
+        cause: &sos_core::Sha256Digest,
+    ) -> sos_ruliads::Result<bool> {
+        if *cause == self.cause && self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(sos_ruliads::Error::Storage("disk full".into()));
+        }
+        self.inner.claim_cause(now, tenant, scope, cause).await
+    }
+    async fn forget_causes_before(
+        &self,
+        tenant: &TenantId,
+        before: DateTime<Utc>,
+    ) -> sos_ruliads::Result<u64> {
+        self.inner.forget_causes_before(tenant, before).await
+    }
+    async fn put(
+        &self,
+        now: DateTime<Utc>,
+        tenant: &TenantId,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> sos_ruliads::Result<()> {
+        self.inner.put(now, tenant, key, value).await
+    }
+    async fn get(&self, tenant: &TenantId, key: &str) -> sos_ruliads::Result<Option<serde_json::Value>> {
+        self.inner.get(tenant, key).await
+    }
+}
+
+/// Review finding: the gate remembered the causes it claimed but could not send yet by
+/// (tenant, cause), while the store claims by (tenant, scope = kind, cause). A signal of another
+/// kind with the same cause digest then passed as already claimed (sent without its own claim,
+/// so a second evaluator could send it too), and the signal that really was claimed met its own
+/// claim in the store and was dropped as `repeat`. Both now use (tenant, kind, cause).
+#[test]
+fn a_remembered_claim_belongs_to_its_kind_not_to_every_kind_with_that_cause() {
+    let shared = sos_core::Sha256Digest::of(b"one cause, two kinds");
+    let other = sos_core::Sha256Digest::of(b"another cause");
+    let signal = |kind: &str, cause: sos_core::Sha256Digest| {
+        Signal::builder(tenant(), kind.parse().expect("kind"))
+            .subject(kind)
+            .text("Look at this.")
+            .cause(cause)
+            .observed_at(at(10, 9))
+            .build()
+            .expect("valid")
+    };
+    let store = FailingCause { inner: MemoryStore::new(), cause: other, failing: true.into() };
+    let grouping = GroupingConfig { group_wait_seconds: 0, ..GroupingConfig::default() };
+    let mut gate = trusted_gate(grouping, generous_trust());
+    // Round 1: "b-kind" claims the shared cause, then the claim of "c-kind" fails: nothing is
+    // sent and "b-kind"'s claim is remembered as this gate's.
+    let first = vec![
+        Fired::new(0, 0, Class::Insight, signal("b-kind", shared)),
+        Fired::new(1, 1, Class::Insight, signal("c-kind", other)),
+    ];
+    futures::executor::block_on(gate.round(&store, at(10, 9), first)).expect_err("the claim fails");
+    let remembered = &gate.state().claimed_unsent;
+    assert_eq!(remembered.len(), 1);
+    assert!(
+        remembered.contains(&sos_ruliads::gate::ClaimedCause::of(&signal("b-kind", shared))),
+        "{remembered:?}"
+    );
+    // Round 2: an "a-kind" signal with the same cause digest comes first in the round.
+    store.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let second = vec![Fired::new(2, 2, Class::Insight, signal("a-kind", shared))];
+    let round = futures::executor::block_on(gate.round(&store, at(10, 10), second)).expect("works");
+    let mut sent: Vec<&str> = round.released_signals().map(|signal| signal.kind().as_str()).collect();
+    sent.sort_unstable();
+    assert_eq!(sent, ["a-kind", "b-kind", "c-kind"], "{:?}", round.suppressed);
+    assert!(round.suppressed.is_empty(), "{:?}", round.suppressed);
+    // "a-kind" was sent under its own claim: another evaluator cannot claim it again.
+    let again =
+        futures::executor::block_on(store.inner.claim_cause(at(10, 11), &tenant(), "a-kind", &shared));
+    assert!(!again.expect("memory store works"), "a-kind's cause was claimed before it was sent");
+}
+
+/// A remembered claim saved by an earlier release as `[tenant, cause]` still loads, and still
+/// stands for that cause.
+#[test]
+fn an_unscoped_remembered_claim_from_an_older_state_still_loads() {
+    let mut gate = trusted_gate(GroupingConfig::default(), generous_trust());
+    let mut saved = serde_json::to_value(gate.state()).expect("serializes");
+    let cause = sos_core::Sha256Digest::of(b"old");
+    saved["claimed_unsent"] = serde_json::json!([["acme", cause]]);
+    let state: GateState = serde_json::from_value(saved).expect("the older form loads");
+    assert!(state.claimed_unsent.contains(&sos_ruliads::gate::ClaimedCause::Unscoped(tenant(), cause)));
+    gate = Gate::restore(GroupingConfig::default(), generous_trust(), state).expect("valid");
+    let round_trip = serde_json::to_value(gate.state()).expect("serializes");
+    assert_eq!(round_trip["claimed_unsent"], serde_json::json!([["acme", cause]]));
 }

@@ -43,7 +43,7 @@ fn a_decision_through_the_gate_allocates_about_once() {
         .map(|index| {
             let record = deal(&format!("d{index}"), sos_ruliads::crm::Stage::Discovery, Some(1));
             let signal = rule.evaluate(start, &record).into_signal().expect("fires");
-            vec![Fired { entity: index, ruliad: 0, class: rule.class(), signal }]
+            vec![Fired::new(index, 0, rule.class(), signal)]
         })
         .collect();
     let mut second = 0;

@@ -126,13 +126,105 @@ fn format_one_state_loads_and_keeps_its_groups_deduplicated() {
     assert_eq!(group["pending"].as_array().map(Vec::len), Some(12), "pending members are a list");
     group["pending_causes"] =
         serde_json::to_value(signals.iter().map(Signal::cause).collect::<Vec<_>>()).expect("causes");
-    assert!(saved["previous_keys"].is_array(), "previous keys are a list, as format 1's set");
+    // Format 1 also kept the flap history under 64-bit hashes: read and ignored.
+    saved["previous_keys"] = serde_json::json!([1_u64, 2_u64]);
+    saved["appearances"] = serde_json::json!({ "1": ["2026-03-10T09:00:00Z"] });
     let state: GroupingState = serde_json::from_value(saved).expect("format 1 loads");
     let mut restored = Grouper::restore(GroupingConfig::default(), state).expect("valid");
     restored.observe(at(10, 9) + TimeDelta::minutes(5), signals);
     let due = restored.flush(at(10, 10));
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].members().len(), 12, "no member twice");
+}
+
+/// Review finding: flap history was keyed by a 64-bit FNV hash of (tenant, kind, subject) with no
+/// check of the key itself, so a subject crafted to collide with another entity's hash would
+/// add its appearances to that entity's history (and hold the victim back as flapping). The
+/// history is now keyed by the full, length-prefixed key; entities whose parts only differ in
+/// where one ends and the next begins stay apart.
+#[test]
+fn flap_history_is_keyed_by_the_full_key_so_a_crafted_subject_cannot_merge_entities() {
+    let config =
+        GroupingConfig { group_wait_seconds: 0, repeat_interval_seconds: 60, ..GroupingConfig::default() };
+    let mut grouper = Grouper::new(config).expect("valid");
+    let signal = |subject: &str, hour: u32| {
+        let mut why = Explain::new();
+        why.label("deal_id", subject);
+        why.fire(
+            Draft::new(&"acme".parse().expect("tenant"), "stale-deal-nudge", at(10, hour))
+                .subject(subject)
+                .text("Look at this."),
+        )
+        .into_signal()
+        .expect("valid")
+    };
+    // The attacker's entity flaps: present every other hour. The victim is present every hour
+    // with a subject that only differs by a separator-like suffix.
+    let (attacker, victim) = ("Deal 7", "Deal 7,");
+    for hour in 0..8 {
+        let mut active = vec![signal(victim, hour)];
+        if hour % 2 == 0 {
+            active.push(signal(attacker, hour));
+        }
+        grouper.observe(at(10, hour), active);
+        grouper.flush(at(10, hour));
+    }
+    let cooldowns: Vec<_> =
+        grouper.suppressed().filter(|outcome| outcome.reason == Reason::Cooldown).collect();
+    assert!(!cooldowns.is_empty(), "the flapping entity is held back");
+    let victim_id = signal(victim, 0).id();
+    assert!(
+        cooldowns.iter().all(|outcome| outcome.signal != victim_id),
+        "the steady entity never inherits the flapping one's history: {cooldowns:?}"
+    );
+    // The saved history names each entity by its whole key, not a hash.
+    let saved = serde_json::to_value(grouper.state()).expect("serializes");
+    let keys: Vec<&String> = saved["flaps"].as_object().expect("a map").keys().collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.iter().any(|key| key.ends_with("6:Deal 7,")), "{keys:?}");
+    assert!(keys.iter().any(|key| key.ends_with("7:Deal 7,,")), "{keys:?}");
+}
+
+/// Review finding: inhibition matched a 64-bit hash of (rule, tenant, label values) without a
+/// check of the values, so a crafted label value colliding with another deal's could inhibit
+/// that deal's signal. The inhibitors are now indexed by the full key: only equal values
+/// inhibit, however the values are split.
+#[test]
+fn inhibition_compares_full_label_values_not_their_hash() {
+    let config = GroupingConfig {
+        inhibit: vec![InhibitRule {
+            source: "deal-lost".into(),
+            target: "stale-deal-nudge".into(),
+            equal: vec!["deal_id".into(), "owner".into()],
+        }],
+        ..GroupingConfig::default()
+    };
+    let labelled = |kind: &'static str, deal_id: &str, owner: &str| {
+        let mut why = Explain::new();
+        why.label("deal_id", deal_id).label("owner", owner);
+        why.fire(
+            Draft::new(&"acme".parse().expect("tenant"), kind, at(10, 9))
+                .subject(format!("{kind} {deal_id} {owner}"))
+                .text("Look at this."),
+        )
+        .into_signal()
+        .expect("valid")
+    };
+    let mut grouper = Grouper::new(config).expect("valid");
+    let outcomes = grouper.observe(
+        at(10, 9),
+        vec![
+            labelled("deal-lost", "d1,", "2:x"),
+            // The same bytes split differently: a different deal.
+            labelled("stale-deal-nudge", "d1", ",2:x"),
+            labelled("stale-deal-nudge", "d1,2:", "x"),
+            // Equal values: inhibited.
+            labelled("stale-deal-nudge", "d1,", "2:x"),
+        ],
+    );
+    let inhibited: Vec<_> = outcomes.iter().filter(|outcome| outcome.reason == Reason::Inhibited).collect();
+    assert_eq!(inhibited.len(), 1, "{outcomes:?}");
+    assert_eq!(inhibited[0].signal, labelled("stale-deal-nudge", "d1,", "2:x").id());
 }
 
 #[test]
