@@ -265,6 +265,23 @@ struct Flap {
     times: Appearances,
 }
 
+/// tenant → cause → when it was last notified.
+type Notified = BTreeMap<TenantId, HashMap<Sha256Digest, DateTime<Utc>>>;
+
+mod notified_serde {
+    use super::{BTreeMap, DateTime, Notified, Sha256Digest, TenantId, Utc};
+
+    pub(super) fn serialize<S: serde::Serializer>(notified: &Notified, serializer: S) -> Result<S::Ok, S::Error> {
+        let sorted: BTreeMap<&TenantId, BTreeMap<&Sha256Digest, &DateTime<Utc>>> =
+            notified.iter().map(|(tenant, causes)| (tenant, causes.iter().collect())).collect();
+        serde::Serialize::serialize(&sorted, serializer)
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Notified, D::Error> {
+        serde::Deserialize::deserialize(deserializer)
+    }
+}
+
 /// The flap histories by their full key (see [`flap_key`]); saved sorted by key.
 type Flaps = HashMap<Arc<str>, Flap>;
 
@@ -293,8 +310,10 @@ mod flaps_serde {
 pub struct GroupingState {
     /// tenant → kind → group.
     groups: BTreeMap<TenantId, BTreeMap<SignalKind, Group>>,
-    /// tenant → cause → when it was last notified.
-    notified: BTreeMap<TenantId, BTreeMap<Sha256Digest, DateTime<Utc>>>,
+    /// tenant → cause → when it was last notified; hashed (one probe instead of a walk down a
+    /// tree of every cause notified within `repeat_interval`), saved sorted.
+    #[serde(with = "notified_serde")]
+    notified: Notified,
     /// The number of the last round observed.
     #[serde(default)]
     round: u64,
@@ -336,11 +355,27 @@ fn label<'a>(signal: &'a Signal, name: &str) -> Option<&'a str> {
 /// Appends `part` with its length in front (`5:acme,`), so that a sequence of parts is
 /// written one way only: no two different sequences give the same key.
 fn push_part(key: &mut String, part: &str) {
-    use std::fmt::Write as _;
-    // Writing into a String cannot fail.
-    let _ = write!(key, "{}:", part.len());
+    // The length in decimal, without `core::fmt` (this runs for every signal of every round).
+    key.push_str(decimal(part.len(), &mut [0_u8; 20]));
+    key.push(':');
     key.push_str(part);
     key.push(',');
+}
+
+/// `value` in decimal, written into `buffer`.
+fn decimal(value: usize, buffer: &mut [u8; 20]) -> &str {
+    let mut at = buffer.len();
+    let mut rest = value;
+    loop {
+        at -= 1;
+        buffer[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    // ASCII digits are valid UTF-8.
+    std::str::from_utf8(&buffer[at..]).unwrap_or("0")
 }
 
 /// Writes the full flap key of `signal` (tenant, kind, subject) into `key`. Keys are compared
@@ -357,7 +392,7 @@ fn flap_key(key: &mut String, signal: &Signal) {
 /// (it can then neither inhibit nor be inhibited by that rule).
 fn inhibition_key(key: &mut String, signal: &Signal, index: usize, rule: &InhibitRule) -> bool {
     key.clear();
-    push_part(key, &index.to_string());
+    push_part(key, decimal(index, &mut [0_u8; 20]));
     push_part(key, signal.tenant().as_str());
     for name in &rule.equal {
         let Some(value) = label(signal, name) else { return false };
@@ -589,7 +624,7 @@ impl Grouper {
                 let members = group.take_pending();
                 group.last_flush_at = Some(now);
                 if !self.state.notified.contains_key(tenant) {
-                    self.state.notified.insert(tenant.clone(), BTreeMap::new());
+                    self.state.notified.insert(tenant.clone(), HashMap::new());
                 }
                 let notified = self.state.notified.get_mut(tenant).expect("inserted above");
                 let index = *tenant_index.get_or_insert_with(|| self.tenants.intern(tenant));

@@ -5,7 +5,7 @@
 //! [`MemoryStore`] is always available; `PgStore` and `SqliteStore` come with the `postgres` and
 //! `sqlite` features, over the migrations in `migrations/` (version range `0300000001…`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Mutex, PoisonError};
 
@@ -115,8 +115,31 @@ pub async fn claim_new<S: StateStore>(
 struct MemoryState {
     /// tenant → scope → cause → when claimed; nested so that a claim looks up borrowed keys and
     /// allocates only for a new tenant or scope.
-    causes: BTreeMap<TenantId, BTreeMap<String, BTreeMap<Sha256Digest, DateTime<Utc>>>>,
+    /// The causes of one scope are hashed: one probe per claim instead of a walk down a tree of
+    /// every cause claimed.
+    causes: BTreeMap<TenantId, BTreeMap<String, HashMap<Sha256Digest, DateTime<Utc>>>>,
     values: BTreeMap<(String, String), serde_json::Value>,
+}
+
+impl MemoryState {
+    /// Claims one cause: `true` for the first claim ever.
+    fn claim(&mut self, now: DateTime<Utc>, claim: &CauseClaim<'_>) -> bool {
+        if !self.causes.contains_key(claim.tenant) {
+            self.causes.insert(claim.tenant.clone(), BTreeMap::new());
+        }
+        let scopes = self.causes.get_mut(claim.tenant).expect("inserted above");
+        if !scopes.contains_key(claim.scope) {
+            scopes.insert(claim.scope.to_owned(), HashMap::new());
+        }
+        let causes = scopes.get_mut(claim.scope).expect("inserted above");
+        match causes.entry(*claim.cause) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                vacant.insert(now);
+                true
+            }
+        }
+    }
 }
 
 /// The in-memory store, for one process and for tests.
@@ -145,20 +168,22 @@ impl StateStore for MemoryStore {
         scope: &str,
         cause: &Sha256Digest,
     ) -> Result<bool> {
+        Ok(self.lock().claim(now, &CauseClaim { tenant, scope, cause }))
+    }
+
+    async fn claim_causes(
+        &self,
+        now: DateTime<Utc>,
+        claims: &[CauseClaim<'_>],
+        claimed: &mut Vec<bool>,
+    ) -> Result<()> {
+        // One lock for the whole batch.
+        claimed.clear();
         let mut state = self.lock();
-        if !state.causes.contains_key(tenant) {
-            state.causes.insert(tenant.clone(), BTreeMap::new());
+        for claim in claims {
+            claimed.push(state.claim(now, claim));
         }
-        let scopes = state.causes.get_mut(tenant).expect("inserted above");
-        if !scopes.contains_key(scope) {
-            scopes.insert(scope.to_owned(), BTreeMap::new());
-        }
-        let causes = scopes.get_mut(scope).expect("inserted above");
-        if causes.contains_key(cause) {
-            return Ok(false);
-        }
-        causes.insert(*cause, now);
-        Ok(true)
+        Ok(())
     }
 
     async fn forget_causes_before(&self, tenant: &TenantId, before: DateTime<Utc>) -> Result<u64> {
