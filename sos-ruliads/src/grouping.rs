@@ -271,13 +271,18 @@ type Notified = BTreeMap<TenantId, HashMap<Sha256Digest, DateTime<Utc>>>;
 mod notified_serde {
     use super::{BTreeMap, DateTime, Notified, Sha256Digest, TenantId, Utc};
 
-    pub(super) fn serialize<S: serde::Serializer>(notified: &Notified, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: serde::Serializer>(
+        notified: &Notified,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         let sorted: BTreeMap<&TenantId, BTreeMap<&Sha256Digest, &DateTime<Utc>>> =
             notified.iter().map(|(tenant, causes)| (tenant, causes.iter().collect())).collect();
         serde::Serialize::serialize(&sorted, serializer)
     }
 
-    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Notified, D::Error> {
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Notified, D::Error> {
         serde::Deserialize::deserialize(deserializer)
     }
 }

@@ -11,7 +11,7 @@
 //! speak never falls silent for ever. Withheld signals are kept with their reason. The whole
 //! state is plain serde data.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -234,8 +234,10 @@ pub struct TrustState {
     pub tokens: f64,
     /// When the bucket was last refilled.
     pub refilled_at: DateTime<Utc>,
-    /// Released signals awaiting feedback: id → (class, released at).
-    pub outstanding: BTreeMap<SignalId, (Class, DateTime<Utc>)>,
+    /// Released signals awaiting feedback: id → (class, released at). Hashed (one probe per
+    /// release and per feedback), saved sorted by id.
+    #[serde(with = "outstanding_serde")]
+    pub outstanding: HashMap<SignalId, (Class, DateTime<Utc>)>,
     /// Withheld signals, oldest first.
     pub withheld: VecDeque<Withheld>,
     /// How many withheld signals were dropped because the list was full.
@@ -245,17 +247,47 @@ pub struct TrustState {
     pub swept_at: Option<DateTime<Utc>>,
 }
 
+mod outstanding_serde {
+    use super::{BTreeMap, Class, DateTime, HashMap, SignalId, Utc};
+
+    type Outstanding = HashMap<SignalId, (Class, DateTime<Utc>)>;
+
+    pub(super) fn serialize<S: serde::Serializer>(
+        outstanding: &Outstanding,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let sorted: BTreeMap<&SignalId, &(Class, DateTime<Utc>)> = outstanding.iter().collect();
+        serde::Serialize::serialize(&sorted, serializer)
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Outstanding, D::Error> {
+        serde::Deserialize::deserialize(deserializer)
+    }
+}
+
 /// The most released signals kept awaiting feedback; the oldest count as ignored beyond this.
 pub const OUTSTANDING_CAPACITY: usize = 10_000;
 
 /// The trust gate of one agent; see the module docs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct TrustGate {
     config: TrustConfig,
     state: TrustState,
-    /// `state.outstanding` ordered by release time, so that expiry and eviction take the oldest
-    /// without scanning; derived from the state (rebuilt on restore), never persisted.
-    order: BTreeSet<(DateTime<Utc>, SignalId)>,
+    /// `state.outstanding` in release-time order, so that expiry and eviction take the oldest
+    /// without scanning; derived from the state (rebuilt on restore), never persisted. Entries
+    /// are dropped lazily: one whose signal was answered or released again no longer matches
+    /// `outstanding` and is skipped when it comes up (and compacted away when the stale
+    /// entries outnumber the live ones).
+    order: VecDeque<(DateTime<Utc>, SignalId)>,
+}
+
+/// Equal when configuration and state are (the time-ordered index is derived from the state).
+impl PartialEq for TrustGate {
+    fn eq(&self, other: &Self) -> bool {
+        self.config == other.config && self.state == other.state
+    }
 }
 
 impl TrustGate {
@@ -275,12 +307,12 @@ impl TrustGate {
             budget_per_day: config.initial_per_day,
             tokens: 1.0,
             refilled_at: now,
-            outstanding: BTreeMap::new(),
+            outstanding: HashMap::new(),
             withheld: VecDeque::new(),
             withheld_dropped: 0,
             swept_at: None,
         };
-        Ok(Self { config, state, order: BTreeSet::new() })
+        Ok(Self { config, state, order: VecDeque::new() })
     }
 
     /// Restores a gate from saved state.
@@ -293,8 +325,9 @@ impl TrustGate {
         if !(config.floor_per_day..=config.ceiling_per_day).contains(&state.budget_per_day) {
             return Err(Error::TrustConfig("the saved budget lies outside the configured floor and ceiling"));
         }
-        let order = state.outstanding.iter().map(|(id, (_, at))| (*at, *id)).collect();
-        Ok(Self { config, state, order })
+        let mut order: Vec<_> = state.outstanding.iter().map(|(id, (_, at))| (*at, *id)).collect();
+        order.sort_unstable();
+        Ok(Self { config, state, order: order.into() })
     }
 
     /// The state, to persist.
@@ -417,16 +450,37 @@ impl TrustGate {
             self.state.phase = self.state.phase.max(Phase::Insight);
         }
         while self.state.outstanding.len() >= OUTSTANDING_CAPACITY {
-            let Some((_, oldest)) = self.order.pop_first() else { break };
-            if self.state.outstanding.remove(&oldest).is_some() {
+            let Some((at, oldest)) = self.order.pop_front() else { break };
+            if self.is_current(at, oldest) {
+                self.state.outstanding.remove(&oldest);
                 self.adjust(Feedback::Ignored);
             }
         }
-        if let Some((_, at)) = self.state.outstanding.insert(id, (class, now)) {
-            self.order.remove(&(at, id));
-        }
-        self.order.insert((now, id));
+        // A signal released again replaces its entry; the old queue entry goes stale.
+        self.state.outstanding.insert(id, (class, now));
+        self.enqueue(now, id);
         None
+    }
+
+    /// Whether the queue entry (`at`, `id`) is the outstanding signal's current one.
+    fn is_current(&self, at: DateTime<Utc>, id: SignalId) -> bool {
+        self.state.outstanding.get(&id).is_some_and(|(_, released)| *released == at)
+    }
+
+    /// Adds (`at`, `id`) to the time-ordered queue, compacting it when stale entries outnumber
+    /// the live ones (so that it stays within twice the outstanding signals).
+    fn enqueue(&mut self, at: DateTime<Utc>, id: SignalId) {
+        if self.order.len() >= 2 * self.state.outstanding.len() + 64 {
+            let outstanding = &self.state.outstanding;
+            self.order.retain(|(at, id)| outstanding.get(id).is_some_and(|(_, released)| released == at));
+        }
+        // Releases come in time order; a clock that went back is placed where it belongs.
+        if self.order.back().is_none_or(|(last, _)| *last <= at) {
+            self.order.push_back((at, id));
+        } else {
+            let index = self.order.partition_point(|(queued, _)| *queued <= at);
+            self.order.insert(index, (at, id));
+        }
     }
 
     /// Keeps a signal that [`TrustGate::admit`] held back.
@@ -444,8 +498,8 @@ impl TrustGate {
     /// Records feedback on a released signal; returns `false` when the signal is unknown (never
     /// released, or already answered).
     pub fn feedback(&mut self, now: DateTime<Utc>, signal: SignalId, feedback: Feedback) -> bool {
-        let Some((class, at)) = self.state.outstanding.remove(&signal) else { return false };
-        self.order.remove(&(at, signal));
+        // Its queue entry goes stale and is skipped when it comes up.
+        let Some((class, _)) = self.state.outstanding.remove(&signal) else { return false };
         if class == Class::Insight && matches!(feedback, Feedback::Accepted | Feedback::Acknowledged) {
             self.state.insight_accepted = true;
         }
@@ -468,12 +522,12 @@ impl TrustGate {
         // Released signals unanswered for `ignore_after_days` count as ignored; the time-ordered
         // index makes this one comparison when nothing expired.
         let limit = TimeDelta::days(i64::from(self.config.ignore_after_days));
-        while let Some(&(at, id)) = self.order.first() {
+        while let Some(&(at, id)) = self.order.front() {
             if now - at < limit {
                 break;
             }
-            self.order.pop_first();
-            if self.state.outstanding.contains_key(&id) {
+            self.order.pop_front();
+            if self.is_current(at, id) {
                 self.feedback(now, id, Feedback::Ignored);
             }
         }

@@ -240,3 +240,37 @@ proptest! {
         }
     }
 }
+
+/// The release-time index drops entries lazily: a signal that was answered, or released again,
+/// leaves a stale entry behind that must never count as ignored when it comes up; only the
+/// signals still awaiting feedback do, once each.
+#[test]
+fn answered_or_re_released_signals_are_not_counted_ignored_later() {
+    let config = TrustConfig {
+        initial_per_day: 8.0,
+        ceiling_per_day: 64.0,
+        accept_factor: 2.0,
+        ignore_factor: 0.5,
+        ..TrustConfig::default()
+    };
+    let mut gate = TrustGate::plant(config.clone(), at(1, 9)).expect("valid");
+    gate.introduce(at(1, 9), &tenant(), "Nova").expect("valid");
+    for _ in 0..20 {
+        gate.observe_message();
+    }
+    let signals: Vec<Signal> = (0..3).map(|number| signal("lead-rhythm", number)).collect();
+    for (hour, signal) in signals.iter().enumerate() {
+        assert_eq!(gate.offer(at(5, 9 + hour as u32), signal.clone(), Class::Insight), Decision::Release);
+    }
+    // Answered: its entry goes stale. Released again later: its first entry goes stale.
+    assert!(gate.feedback(at(5, 12), signals[0].id(), Feedback::Accepted));
+    assert_eq!(gate.offer(at(6, 9), signals[1].clone(), Class::Insight), Decision::Release);
+    assert_eq!(gate.state().outstanding.len(), 2);
+    let budget = gate.state().budget_per_day;
+    // Past `ignore_after_days` of every release: the two outstanding signals are ignored, once.
+    let later = at(6, 9) + TimeDelta::days(i64::from(config.ignore_after_days));
+    gate.offer(later, signal("lead-rhythm", 9), Class::Insight);
+    assert_eq!(gate.state().budget_per_day, (budget * 0.25).max(config.floor_per_day));
+    assert_eq!(gate.state().outstanding.len(), 1, "only the new release is outstanding");
+    assert!(!gate.feedback(later, signals[1].id(), Feedback::Accepted), "already counted ignored");
+}
