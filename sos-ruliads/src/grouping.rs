@@ -531,51 +531,27 @@ impl Grouper {
         let mut pending = explanations.drain(..);
         for signal in active.drain(..) {
             let because = pending.next().flatten();
-            // Whether the entity appeared after being absent: it was not active in the round
-            // before this one (several signals of one entity in a round count once).
+            let inhibited = self.inhibited_by(&signal, &inhibitors, &mut key);
+            let notified_at = self
+                .state
+                .notified
+                .get(signal.tenant())
+                .and_then(|causes| causes.get(signal.cause()))
+                .copied();
+            // Every active signal marks its entity active in this round; only one that is not
+            // held back by inhibition or repeat records an appearance (as before the change to
+            // full keys). One lookup either way.
             flap_key(&mut key, &signal);
-            // A new key is queued at once (so that it expires even if it never appears); its
-            // shared name is kept for its first appearance.
-            let (appeared, new_key) = match self.state.flaps.get_mut(key.as_str()) {
-                Some(flap) => {
-                    if flap.seen != round {
-                        flap.before = flap.seen;
-                        flap.seen = round;
-                    }
-                    (flap.before != round - 1, None)
-                }
-                None => {
-                    let shared: Arc<str> = Arc::from(key.as_str());
-                    self.appearance_order.push_back((now, Arc::clone(&shared)));
-                    let flap = Flap { seen: round, before: NO_ROUND, times: Appearances::new() };
-                    self.state.flaps.insert(Arc::clone(&shared), flap);
-                    (true, Some(shared))
-                }
-            };
-            if let Some(detail) = self.inhibited_by(&signal, &inhibitors, &mut key) {
+            let held = inhibited.is_some() || notified_at.is_some();
+            let appearances = self.touch_flap(&key, round, now, !held);
+            if let Some(detail) = inhibited {
                 outcomes.push(self.record(now, &signal, Reason::Inhibited, detail));
                 continue;
             }
-            let notified_at =
-                self.state.notified.get(signal.tenant()).and_then(|causes| causes.get(signal.cause()));
             if let Some(notified_at) = notified_at {
-                let detail = ["already notified at ", &time_text(*notified_at)].concat();
+                let detail = ["already notified at ", &time_text(notified_at)].concat();
                 outcomes.push(self.record(now, &signal, Reason::Repeat, detail));
                 continue;
-            }
-            let (mut appearances, mut queue) = (0, false);
-            if let Some(flap) = self.state.flaps.get_mut(key.as_str()) {
-                if appeared && flap.times.last() != Some(&now) {
-                    flap.times.push(now);
-                    // A new key is queued at `now` already.
-                    queue = new_key.is_none();
-                }
-                appearances = flap.times.len();
-            }
-            if queue {
-                if let Some((shared, _)) = self.state.flaps.get_key_value(key.as_str()) {
-                    self.appearance_order.push_back((now, Arc::clone(shared)));
-                }
             }
             if appearances >= self.config.flap_threshold as usize {
                 let detail =
@@ -655,6 +631,37 @@ impl Grouper {
             group.created_at = now - TimeDelta::seconds(self.config.group_wait_seconds);
             group.join(member);
         }
+    }
+
+    /// Marks the entity of flap key `key` active in `round`; when `record`, records an
+    /// appearance at `now` if it was not active in the round before (several signals of one
+    /// entity in a round count once). Returns its appearances within the flap window.
+    fn touch_flap(&mut self, key: &str, round: u64, now: DateTime<Utc>, record: bool) -> usize {
+        if let Some(flap) = self.state.flaps.get_mut(key) {
+            if flap.seen != round {
+                flap.before = flap.seen;
+                flap.seen = round;
+            }
+            let appeared = flap.before != round - 1;
+            if !(record && appeared && flap.times.last() != Some(&now)) {
+                return flap.times.len();
+            }
+            flap.times.push(now);
+            let count = flap.times.len();
+            // The queue needs the shared key: a second lookup, only when an entity reappears.
+            if let Some((shared, _)) = self.state.flaps.get_key_value(key) {
+                self.appearance_order.push_back((now, Arc::clone(shared)));
+            }
+            return count;
+        }
+        // A new entity is queued at once, also when it records no appearance, so that it is
+        // looked at again (and forgotten once inactive) one window from now.
+        let shared: Arc<str> = Arc::from(key);
+        self.appearance_order.push_back((now, Arc::clone(&shared)));
+        let times: Appearances = if record { smallvec::smallvec![now] } else { Appearances::new() };
+        let count = times.len();
+        self.state.flaps.insert(shared, Flap { seen: round, before: NO_ROUND, times });
+        count
     }
 
     fn inhibited_by(

@@ -232,3 +232,31 @@ fn invalid_timers_are_rejected() {
     assert!(Grouper::new(GroupingConfig { group_interval_seconds: 0, ..GroupingConfig::default() }).is_err());
     assert!(Grouper::new(GroupingConfig { flap_threshold: 1, ..GroupingConfig::default() }).is_err());
 }
+
+/// Flap history stays bounded: an entity that went quiet is forgotten one flap window after its
+/// last appearance, while one that stays active is kept (and does not count as appearing again).
+#[test]
+fn flap_history_forgets_quiet_entities_and_keeps_active_ones() {
+    let config =
+        GroupingConfig { group_wait_seconds: 0, repeat_interval_seconds: 60, ..GroupingConfig::default() };
+    let mut grouper = Grouper::new(config).expect("valid");
+    let signals = stale_signals(5);
+    grouper.observe(at(10, 9), signals.clone());
+    let flaps = |grouper: &Grouper| {
+        serde_json::to_value(grouper.state()).expect("serializes")["flaps"]
+            .as_object()
+            .map_or(0, |map| map.len())
+    };
+    assert_eq!(flaps(&grouper), 5);
+    // One entity stays active every hour for two days; the others are gone.
+    for hour in 1..48 {
+        let now = at(10, 9) + TimeDelta::hours(hour);
+        grouper.observe(now, vec![signals[0].clone()]);
+        grouper.flush(now);
+    }
+    assert_eq!(flaps(&grouper), 1, "the quiet entities were forgotten");
+    assert!(
+        grouper.suppressed().all(|outcome| outcome.reason != Reason::Cooldown),
+        "staying active is not flapping"
+    );
+}
