@@ -1013,10 +1013,10 @@ impl Evaluation {
 
     /// Writes the pending `because` line into the signal.
     fn render(&mut self) {
-        if std::mem::take(&mut self.because) {
-            if let Some(signal) = self.signal.as_deref_mut() {
-                write_because(signal, &self.explanation);
-            }
+        if std::mem::take(&mut self.because)
+            && let Some(signal) = self.signal.as_deref_mut()
+        {
+            write_because(signal, &self.explanation);
         }
         self.shown = OnceLock::new();
     }
