@@ -188,10 +188,7 @@ impl<E: Sync> Engine<E> {
             if plans.get(last).is_none_or(|(known, _)| *known != variant) {
                 last = match plans.iter().position(|(known, _)| *known == variant) {
                     Some(found) => found,
-                    None => {
-                        plans.push((variant, self.plan(entity)));
-                        plans.len() - 1
-                    }
+                    None => self.add_plan(&mut plans, variant, entity),
                 };
             }
             let Some((_, steps)) = plans.get(last) else { continue };
@@ -202,16 +199,8 @@ impl<E: Sync> Engine<E> {
                 }
                 let (signal, explanation, pending) = ruliad.evaluate(now, entity).into_signal_and_buffer();
                 if let Some(signal) = signal {
-                    // The explanation is kept as data (one exact-size copy; the buffer is reused)
-                    // and its line rendered only when someone reads it.
-                    let because = pending.then(|| explanation.clone());
-                    fired.push(Fired {
-                        entity: offset + index,
-                        ruliad: step.ruliad,
-                        class: ruliad.class(),
-                        signal: *signal,
-                        because,
-                    });
+                    let because = pending.then_some(&explanation);
+                    fired.push(keep(offset + index, step.ruliad, ruliad.class(), signal, because));
                 }
                 recycle(explanation);
             }
@@ -219,9 +208,18 @@ impl<E: Sync> Engine<E> {
         fired
     }
 
-    /// The ruliads to try, in order, for entities of `entity`'s variant.
-    fn plan(&self, entity: &E) -> Vec<Step> {
-        self.ruliads
+    /// Adds the plan of `entity`'s variant; returns its index. Out of line: it runs once per
+    /// variant, and a smaller loop keeps the hot path (the thread-local buffer) inlined.
+    #[cold]
+    #[inline(never)]
+    fn add_plan(
+        &self,
+        plans: &mut Vec<(Discriminant<E>, Vec<Step>)>,
+        variant: Discriminant<E>,
+        entity: &E,
+    ) -> usize {
+        let steps = self
+            .ruliads
             .iter()
             .enumerate()
             .filter_map(|(index, ruliad)| {
@@ -230,8 +228,24 @@ impl<E: Sync> Engine<E> {
                 }
                 ruliad.applies_to(entity).then_some(Step { ruliad: index, check: false })
             })
-            .collect()
+            .collect();
+        plans.push((variant, steps));
+        plans.len() - 1
     }
+}
+
+/// A fired signal as the engine keeps it: the explanation, when its `because` line is still to
+/// be written, copied as data (one exact-size copy; the buffer is reused). Out of line: few
+/// evaluations fire, and a smaller loop keeps the hot path inlined.
+#[inline(never)]
+fn keep(
+    entity: usize,
+    ruliad: usize,
+    class: Class,
+    signal: Box<Signal>,
+    because: Option<&Explanation>,
+) -> Fired {
+    Fired { entity, ruliad, class, signal: *signal, because: because.cloned() }
 }
 
 /// One ruliad of a plan, and whether its `applies_to` must still be asked per entity.

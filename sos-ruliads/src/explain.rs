@@ -40,7 +40,9 @@ fn start() -> (bool, Explanation) {
 
 /// Hands an explanation buffer back for reuse (used by the engine once it kept the signal).
 /// Clearing it is O(1): predicates are `Copy`, interned text is one `String`.
-#[inline]
+// Always inlined: as a call (with the thread-local access outlined) it cost the engine about 40
+// instructions per evaluation.
+#[inline(always)]
 pub(crate) fn recycle(mut explanation: Explanation) {
     if explanation.predicates.capacity() == 0 && explanation.texts.capacity() == 0 {
         return;
