@@ -200,7 +200,7 @@ impl<E: Sync> Engine<E> {
                 let (signal, explanation, pending) = ruliad.evaluate(now, entity).into_signal_and_buffer();
                 if let Some(signal) = signal {
                     let because = pending.then_some(&explanation);
-                    fired.push(keep(offset + index, step.ruliad, ruliad.class(), signal, because));
+                    fired.push(keep(offset + index, step.ruliad, ruliad.class(), *signal, because));
                 }
                 recycle(explanation);
             }
@@ -238,14 +238,8 @@ impl<E: Sync> Engine<E> {
 /// be written, copied as data (one exact-size copy; the buffer is reused). Out of line: few
 /// evaluations fire, and a smaller loop keeps the hot path inlined.
 #[inline(never)]
-fn keep(
-    entity: usize,
-    ruliad: usize,
-    class: Class,
-    signal: Box<Signal>,
-    because: Option<&Explanation>,
-) -> Fired {
-    Fired { entity, ruliad, class, signal: *signal, because: because.cloned() }
+fn keep(entity: usize, ruliad: usize, class: Class, signal: Signal, because: Option<&Explanation>) -> Fired {
+    Fired { entity, ruliad, class, signal, because: because.cloned() }
 }
 
 /// One ruliad of a plan, and whether its `applies_to` must still be asked per entity.
