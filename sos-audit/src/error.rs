@@ -180,6 +180,22 @@ pub enum Error {
         /// The checkpoint size.
         size: u64,
     },
+    /// An anchor sink files, under one tree size, a checkpoint of another size: its rows or files
+    /// were written by something other than a sink (a forged row, a renamed file). Picking the
+    /// latest anchor by the filed size would then hide the real latest one.
+    #[error(
+        "anchor {location} is filed under size {filed} but holds a checkpoint of size {held}; \
+         the anchor store was tampered with: compare it with another copy of the anchors before \
+         checkpointing this tenant again"
+    )]
+    AnchorMisfiled {
+        /// Where the anchor is (a path, or a table and key).
+        location: String,
+        /// The size it is filed under (row column or file name).
+        filed: u64,
+        /// The size of the checkpoint the note holds.
+        held: u64,
+    },
     /// A key file cannot be read, is too widely readable, or does not hold a key.
     #[error("key file {path}: {reason}")]
     KeyFile {

@@ -16,7 +16,7 @@ use sos_audit::merkle::{InclusionProof, ProofError};
 use sos_audit::note::{Checkpoint, NoteError, NoteSigner};
 use sos_audit::tlog::{
     self, Anchor, AnchorReceipt, AnchorSink, Checkpointer, EntryProof, FsAnchorSink, MerkleStore,
-    SignedCheckpoint,
+    PgAnchorSink, SignedCheckpoint, SqliteAnchorSink,
 };
 use sos_audit::{AuditStore, Error, MemoryAuditStore, NewEntry, PgAuditChain, SqliteAuditChain};
 use sos_core::{Sha256Digest, TenantId};
@@ -1778,4 +1778,98 @@ async fn single_pass_checkpoints_at_odd_sizes_match_an_independent_tree_postgres
 async fn single_pass_checkpoints_at_odd_sizes_match_an_independent_tree_sqlite() {
     let (store, _raw) = sqlite().await;
     single_pass_checkpoints_at_odd_sizes_match_an_independent_tree(store).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Misfiled anchors
+// ---------------------------------------------------------------------------------------------
+
+/// Where an anchor sink keeps its anchors, and how someone with write access to it (a database
+/// administrator of the anchor table, a user of the anchor directory) files a genuine older note
+/// under a larger size, next to the sink's own writes.
+enum MisfiledAnchor {
+    Pg(sqlx::PgPool),
+    Sqlite(sqlx::SqlitePool),
+    Dir(PathBuf),
+}
+
+impl MisfiledAnchor {
+    async fn file_under(&self, tenant_name: &str, size: u64, older: &SignedCheckpoint) {
+        // A plain INSERT: the table is write-once against UPDATE and DELETE, not against new rows.
+        let forge = format!(
+            "INSERT INTO audit_anchors (tenant, size, root, note, anchored_us) \
+             SELECT tenant, {size}, root, note, anchored_us FROM audit_anchors \
+             WHERE tenant = '{tenant_name}' AND size = {}",
+            older.size()
+        );
+        match self {
+            Self::Pg(pool) => {
+                sqlx::query(&forge).execute(pool).await.expect("forged anchor row");
+            }
+            Self::Sqlite(pool) => {
+                sqlx::query(&forge).execute(pool).await.expect("forged anchor row");
+            }
+            Self::Dir(dir) => {
+                let sink = FsAnchorSink::new(dir);
+                std::fs::copy(
+                    sink.path_of(&tenant(tenant_name), older.size()),
+                    sink.path_of(&tenant(tenant_name), size),
+                )
+                .expect("forged anchor file");
+            }
+        }
+    }
+}
+
+/// Finding (fixed): an anchor sink's `latest` chose the anchor by the size it is filed under (row
+/// column, file name) alone. A genuine older note (size 3) filed under a larger size (1000) was
+/// then taken as the latest anchor and opened as size 3, hiding the real latest anchor (6): a
+/// process whose checkpoint rows were deleted could sign a fork of it. A note must now hold the
+/// size it is filed under, and a misfiled one is refused loudly (`Error::AnchorMisfiled`).
+async fn misfiled_older_anchor_is_refused<S: AuditStore + MerkleStore + Clone>(
+    store: S,
+    sink: Arc<dyn AnchorSink>,
+    forger: MisfiledAnchor,
+) {
+    let acme = tenant("acme");
+    let checkpointer = Checkpointer::new(store.clone(), signer()).with_anchor(Arc::clone(&sink));
+    append_n(&store, "acme", 0, 3).await;
+    let older = checkpointer.checkpoint_now(&acme).await.expect("checkpoint 3");
+    append_n(&store, "acme", 3, 3).await;
+    assert_eq!(checkpointer.checkpoint_now(&acme).await.expect("checkpoint 6").size(), 6);
+    assert_eq!(sink.latest(&acme).await.expect("latest").map(|anchor| anchor.size), Some(6));
+
+    forger.file_under("acme", 1000, &older).await;
+    let refused = sink.latest(&acme).await.expect_err("a note of size 3 filed under 1000");
+    assert!(matches!(refused, Error::AnchorMisfiled { filed: 1000, held: 3, .. }), "{refused:?}");
+    append_n(&store, "acme", 6, 1).await;
+    let refused = checkpointer.checkpoint_now(&acme).await.expect_err("the anchors were tampered with");
+    assert!(matches!(refused, Error::AnchorMisfiled { filed: 1000, held: 3, .. }), "{refused:?}");
+    assert!(refused.to_string().contains("tampered"), "{refused}");
+    assert_eq!(store.latest_checkpoint(&acme).await.expect("latest").map(|latest| latest.size()), Some(6));
+}
+
+#[tokio::test]
+async fn misfiled_older_anchor_is_refused_postgres_table() {
+    let database = PgTestDatabase::new(&[&sos_audit::postgres_migrator()]).await;
+    let store = PgAuditChain::new(database.pool().clone());
+    let sink = Arc::new(PgAnchorSink::new(database.pool().clone()));
+    misfiled_older_anchor_is_refused(store, sink, MisfiledAnchor::Pg(database.pool().clone())).await;
+}
+
+#[tokio::test]
+async fn misfiled_older_anchor_is_refused_sqlite_table() {
+    let database = SqliteTestDatabase::new(&[&sos_audit::sqlite_migrator()]).await;
+    let store = SqliteAuditChain::new(database.pool().clone());
+    let sink = Arc::new(SqliteAnchorSink::new(database.pool().clone()));
+    misfiled_older_anchor_is_refused(store, sink, MisfiledAnchor::Sqlite(database.pool().clone())).await;
+}
+
+#[tokio::test]
+async fn misfiled_older_anchor_is_refused_fs() {
+    let database = SqliteTestDatabase::new(&[&sos_audit::sqlite_migrator()]).await;
+    let store = SqliteAuditChain::new(database.pool().clone());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sink = Arc::new(FsAnchorSink::new(dir.path()));
+    misfiled_older_anchor_is_refused(store, sink, MisfiledAnchor::Dir(dir.path().to_owned())).await;
 }

@@ -72,14 +72,16 @@ pub trait AnchorSink: Send + Sync + fmt::Debug {
 
     /// The anchor of `tenant` with the largest size, if any. A [`Checkpointer`](super::Checkpointer)
     /// reads it before each checkpoint and refuses to sign a tree that does not extend it, so
-    /// neither a restarted process nor one overtaken by another can be led past what was anchored (the log's own
-    /// checkpoint rows are in the database an administrator can rewrite). A sink that cannot be
+    /// neither a restarted process nor one overtaken by another can be led past what was
+    /// anchored (the log's own checkpoint rows are in the database an administrator can rewrite). A sink that cannot be
     /// read back (a remote append-only service) answers `Ok(None)`; say so in its docs.
     ///
     /// # Errors
     ///
     /// [`Error::Io`] or [`Error::Storage`] when the sink cannot be read, [`Error::Note`] when what
-    /// it holds is not a checkpoint.
+    /// it holds is not a checkpoint, [`Error::AnchorMisfiled`] when the note holds a checkpoint
+    /// of another size than the one it is filed under (the sink was written to by something
+    /// else: a genuine older note filed under a larger size would hide the real latest anchor).
     fn latest<'a>(&'a self, tenant: &'a TenantId) -> BoxFuture<'a, Result<Option<Anchor>>>;
 }
 
@@ -89,17 +91,25 @@ const MAX_ANCHOR_NOTE_BYTES: u64 = 64 * 1024;
 /// The largest timestamp token file read back (as `timestamp::MAX_TOKEN_BYTES`).
 const MAX_ANCHOR_TOKEN_BYTES: u64 = 1 << 20;
 
-/// An anchor read back from a note (its root parsed from the note's body, which the checkpointer
-/// verifies before relying on it).
+/// An anchor read back from a note filed under `size` at `location` (its root parsed from the
+/// note's body, which the checkpointer verifies before relying on it).
+///
+/// The note must hold a checkpoint of the size it is filed under: the latest anchor is chosen by
+/// that size, so a forged row or file with a large size and an older genuine note would
+/// otherwise hide the real latest anchor, and let a process sign a fork of it.
 fn anchor_from_note(
     tenant: &TenantId,
     size: u64,
     note: String,
     timestamp_token: Option<Vec<u8>>,
+    location: impl FnOnce() -> String,
 ) -> Result<Anchor> {
     let body = note.rfind("\n\n").map_or(note.as_str(), |split| &note[..=split]);
-    let root = crate::note::Checkpoint::parse(body)?.root;
-    Ok(Anchor { tenant: tenant.clone(), size, root, note, timestamp_token })
+    let checkpoint = crate::note::Checkpoint::parse(body)?;
+    if checkpoint.size != size {
+        return Err(Error::AnchorMisfiled { location: location(), filed: size, held: checkpoint.size });
+    }
+    Ok(Anchor { tenant: tenant.clone(), size, root: checkpoint.root, note, timestamp_token })
 }
 
 /// Writes each checkpoint to `<dir>/<tenant>/<size, 20 digits>.checkpoint` (and its timestamp
@@ -145,9 +155,9 @@ fn largest_anchor_file(dir: &Path) -> std::io::Result<Option<(u64, PathBuf)>> {
     Ok(largest)
 }
 
-/// An anchor file read back: its size (from the file name), the note's bytes and the timestamp
-/// token's, when there is one.
-type HeldAnchorFile = (u64, Vec<u8>, Option<Vec<u8>>);
+/// An anchor file read back: its size (from the file name), its path, the note's bytes and the
+/// timestamp token's, when there is one.
+type HeldAnchorFile = (u64, PathBuf, Vec<u8>, Option<Vec<u8>>);
 
 /// Reads a file of at most `limit` bytes.
 fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
@@ -256,19 +266,19 @@ impl AnchorSink for FsAnchorSink {
                     Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
                     Err(error) => return Err(error),
                 };
-                Ok(Some((size, note, token)))
+                Ok(Some((size, path, note, token)))
             })
             .await
             .map_err(|join| Error::Io(std::io::Error::other(join)))?
             .map_err(Error::Io)?;
-            let Some((size, note, token)) = read else { return Ok(None) };
+            let Some((size, path, note, token)) = read else { return Ok(None) };
             let note = String::from_utf8(note).map_err(|_| {
                 Error::Io(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     "the anchor note is not UTF-8",
                 ))
             })?;
-            anchor_from_note(tenant, size, note, token).map(Some)
+            anchor_from_note(tenant, size, note, token, || path.display().to_string()).map(Some)
         })
     }
 }
@@ -293,7 +303,7 @@ fn anchor_row(tenant: &TenantId, size: i64, note: String, token: Option<Vec<u8>>
         tenant: tenant.to_string(),
         reason: "an anchor has a negative size",
     })?;
-    anchor_from_note(tenant, size, note, token)
+    anchor_from_note(tenant, size, note, token, || format!("audit_anchors ({tenant}, {size})"))
 }
 
 #[cfg(feature = "postgres")]
