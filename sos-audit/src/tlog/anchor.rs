@@ -73,8 +73,9 @@ pub trait AnchorSink: Send + Sync + fmt::Debug {
     /// The anchor of `tenant` with the largest size, if any. A [`Checkpointer`](super::Checkpointer)
     /// reads it before each checkpoint and refuses to sign a tree that does not extend it, so
     /// neither a restarted process nor one overtaken by another can be led past what was
-    /// anchored (the log's own checkpoint rows are in the database an administrator can rewrite). A sink that cannot be
-    /// read back (a remote append-only service) answers `Ok(None)`; say so in its docs.
+    /// anchored (the log's own checkpoint rows are in the database an administrator can
+    /// rewrite). A sink that cannot be read back (a remote append-only service) answers
+    /// `Ok(None)`; say so in its docs.
     ///
     /// # Errors
     ///
@@ -90,6 +91,18 @@ const MAX_ANCHOR_NOTE_BYTES: u64 = 64 * 1024;
 
 /// The largest timestamp token file read back (as `timestamp::MAX_TOKEN_BYTES`).
 const MAX_ANCHOR_TOKEN_BYTES: u64 = 1 << 20;
+
+/// Refuses to file `anchor` when its note does not hold a checkpoint of its size and root, so
+/// that a sink never files a note under a size it does not hold.
+fn check_filing(anchor: &Anchor, location: impl FnOnce() -> String) -> Result<()> {
+    let read = anchor_from_note(&anchor.tenant, anchor.size, anchor.note.clone(), None, location)?;
+    if read.root != anchor.root {
+        return Err(Error::Note(crate::note::NoteError::MalformedCheckpoint {
+            reason: "the anchor's root is not the root of the checkpoint its note holds",
+        }));
+    }
+    Ok(())
+}
 
 /// An anchor read back from a note filed under `size` at `location` (its root parsed from the
 /// note's body, which the checkpointer verifies before relying on it).
@@ -217,6 +230,9 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 impl AnchorSink for FsAnchorSink {
     fn write<'a>(&'a self, anchor: &'a Anchor) -> BoxFuture<'a, Result<AnchorReceipt>> {
         let path = self.path_of(&anchor.tenant, anchor.size);
+        if let Err(refused) = check_filing(anchor, || path.display().to_string()) {
+            return Box::pin(async move { Err(refused) });
+        }
         let note = anchor.note.clone().into_bytes();
         let token = anchor.timestamp_token.clone();
         let size = anchor.size;
@@ -337,6 +353,9 @@ mod pg {
     impl AnchorSink for PgAnchorSink {
         fn write<'a>(&'a self, anchor: &'a Anchor) -> BoxFuture<'a, Result<AnchorReceipt>> {
             Box::pin(async move {
+                super::check_filing(anchor, || {
+                    format!("audit_anchors ({}, {})", anchor.tenant, anchor.size)
+                })?;
                 let size = crate::tlog::db_size(anchor.size);
                 let inserted = sqlx::query(
                     "INSERT INTO audit_anchors (tenant, size, root, note, timestamp_token, anchored_us)
@@ -417,6 +436,9 @@ mod lite {
     impl AnchorSink for SqliteAnchorSink {
         fn write<'a>(&'a self, anchor: &'a Anchor) -> BoxFuture<'a, Result<AnchorReceipt>> {
             Box::pin(async move {
+                super::check_filing(anchor, || {
+                    format!("audit_anchors ({}, {})", anchor.tenant, anchor.size)
+                })?;
                 let size = crate::tlog::db_size(anchor.size);
                 let inserted = sqlx::query(
                     "INSERT INTO audit_anchors (tenant, size, root, note, timestamp_token, anchored_us)

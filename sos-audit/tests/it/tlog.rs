@@ -494,23 +494,30 @@ pub(crate) async fn a_replicas_newer_checkpoint_is_not_a_cut_tail<S: MerkleStore
 pub(crate) async fn anchors_are_write_once(sink: Arc<dyn AnchorSink>) {
     let signer = signer();
     let acme = tenant("acme");
-    let make = |root_byte: u8| {
+    let make_sized = |size: u64, root_byte: u8| {
         let checkpoint = Checkpoint {
             origin: "example.com/sos-audit/acme".to_owned(),
-            size: 7,
+            size,
             root: sos_core::Sha256Digest::from_bytes([root_byte; 32]),
             extensions: Vec::new(),
         };
         let note = checkpoint.sign(&signer).expect("sign");
-        Anchor { tenant: acme.clone(), size: 7, root: checkpoint.root, note, timestamp_token: None }
+        Anchor { tenant: acme.clone(), size, root: checkpoint.root, note, timestamp_token: None }
     };
+    let make = |root_byte: u8| make_sized(7, root_byte);
     let first = sink.write(&make(1)).await.expect("first write");
     assert!(!first.already_present);
     let again = sink.write(&make(1)).await.expect("same note again is a retry");
     assert!(again.already_present);
     let refused = sink.write(&make(2)).await.expect_err("a different note for size 7");
     assert!(matches!(refused, Error::AnchorConflict { size: 7, .. }), "{refused:?}");
-    let with_token = Anchor { size: 8, ..make(3) }.with_timestamp_token(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
+    // A note filed under another size, or with another root, than it holds is never filed.
+    let misfiled = sink.write(&Anchor { size: 9, ..make(4) }).await.expect_err("a note of size 7 filed as 9");
+    assert!(matches!(misfiled, Error::AnchorMisfiled { filed: 9, held: 7, .. }), "{misfiled:?}");
+    let wrong_root = Anchor { root: sos_core::Sha256Digest::from_bytes([5; 32]), ..make(4) };
+    let misfiled = sink.write(&wrong_root).await.expect_err("a root the note does not hold");
+    assert!(matches!(misfiled, Error::Note(_)), "{misfiled:?}");
+    let with_token = make_sized(8, 3).with_timestamp_token(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
     sink.write(&with_token).await.expect("an anchor with a timestamp token");
     // Read back: the largest size, with its token; nothing for another tenant.
     let latest = sink.latest(&acme).await.expect("read back").expect("anchors are held");
