@@ -740,6 +740,13 @@ async fn chain_seq_stale_read_child_appender() {
             let count: u64 = std::env::var(COUNT_VAR).unwrap().parse().unwrap();
             println!("APPENDED {}", sqlite_appenders(&path, count).await);
         }
+        Ok("adv-audit-sqlite-autocommit") => {
+            let path = std::env::var(URL_VAR).unwrap();
+            let count: u64 = std::env::var(COUNT_VAR).unwrap().parse().unwrap();
+            let (entries, writes) = sqlite_autocommit_appenders(&path, count).await;
+            println!("APPENDED {entries}");
+            println!("AUDITED {writes}");
+        }
         _ => {
             let (database, chain) = pg_setup().await;
             let committed = pg_appenders(database.url(), 15).await;
@@ -1902,4 +1909,348 @@ async fn time_edges_before_1970_far_future_and_sub_microsecond() {
     let chain = chain.with_clock(clock.clone());
     check_time_edges(&chain, &clock, "acme").await;
     drop(database);
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQLite one-statement appends: `append` on a remembered head is one autocommit INSERT into the
+// view `audit_appends`, and `audited` on a connection outside a transaction opens a deferred
+// BEGIN (migrations 0100000011 and 0100000012).
+// ---------------------------------------------------------------------------------------------
+
+/// One child's tasks on one SQLite file: even rounds `append` (one autocommit statement on the
+/// remembered head, or a deferred transaction that reads the head), odd rounds an audited write
+/// on a pooled connection outside any transaction (deferred BEGIN), every third of which fails
+/// its row check. Returns (entries committed, host writes committed).
+async fn sqlite_autocommit_appenders(path: &str, count: u64) -> (u64, u64) {
+    let pool = sos_testkit::sqlite_pool(std::path::Path::new(path), TASKS as u32).await;
+    let chain = SqliteAuditChain::new(pool.clone());
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let chain = chain.clone();
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let (mut entries, mut writes) = (0, 0);
+                for index in 0..count {
+                    let entry = entry("acme", task * 1_000_000 + index);
+                    if index % 2 == 0 {
+                        // A busy timeout is an honest failure; the parent's invariants check
+                        // that it left nothing behind.
+                        if chain.append(entry).await.is_ok() {
+                            entries += 1;
+                        }
+                        continue;
+                    }
+                    let fail = index % 3 == 2;
+                    let Ok(mut conn) = pool.acquire().await else { continue };
+                    let result = chain
+                        .audited(&mut conn, entry, ExpectRows::Exactly(if fail { 2 } else { 1 }), |conn| {
+                            Box::pin(async move {
+                                let done = sqlx::query(
+                                    "UPDATE deals SET n = n + 1 WHERE tenant = 'acme' AND id = 1",
+                                )
+                                .execute(conn)
+                                .await?;
+                                Ok::<_, sqlx::Error>(done.rows_affected())
+                            })
+                        })
+                        .await;
+                    match result {
+                        Ok(_) => {
+                            entries += 1;
+                            writes += 1;
+                        }
+                        Err(Error::UnexpectedRows { .. }) => assert!(fail, "only the rigged writes fail"),
+                        Err(_) => {}
+                    }
+                }
+                (entries, writes)
+            })
+        })
+        .collect();
+    let (mut entries, mut writes) = (0, 0);
+    for task in tasks {
+        let (task_entries, task_writes) = task.await.expect("task");
+        entries += task_entries;
+        writes += task_writes;
+    }
+    (entries, writes)
+}
+
+/// Named shape `chain-seq-stale-read` on the one-statement append path: three OS processes × four
+/// tasks on one SQLite file, mixing autocommit appends through the view `audit_appends` (each
+/// process's remembered head goes stale whenever another process appends) with audited writes
+/// that open a deferred transaction on a connection outside one, a third of them rolling back.
+/// One gap-free chain, one entry per committed append or write, no seq reused, the head row on
+/// the last entry, and exactly the committed host writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_seq_stale_read_processes_autocommit_and_deferred_appends_sqlite() {
+    let (database, chain) = sqlite_setup().await;
+    let path = database.path().to_str().unwrap().to_owned();
+    let children = spawn_children("adv-audit-sqlite-autocommit", &path, 40, 3);
+    let (mut entries, mut writes) = (0u64, 0u64);
+    for child in children {
+        let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+        let stdout = text(&output.stdout);
+        assert!(output.status.success(), "a child failed: {stdout}");
+        let count = |prefix: &str| -> u64 {
+            let line = stdout.lines().find_map(|line| line.strip_prefix(prefix)).expect("the child's count");
+            line.trim().parse().unwrap()
+        };
+        entries += count("APPENDED ");
+        writes += count("AUDITED ");
+    }
+    assert!(writes > 0 && entries > writes, "both paths committed: {entries} entries, {writes} writes");
+    let verdict = verify_store(&chain, &tenant("acme"), None, |_| {}).await.unwrap();
+    match verdict {
+        Verdict::Intact(verified) => assert_eq!(verified.entries, entries),
+        other => panic!("forked, gapped or reused: {other:?}"),
+    }
+    let (stored, _, counter, _) = sqlite_state(&database).await;
+    assert_eq!((stored, counter), (entries as i64, writes as i64));
+    let head: i64 = sqlx::query_scalar("SELECT seq FROM audit_heads WHERE tenant = 'acme'")
+        .fetch_one(database.pool())
+        .await
+        .unwrap();
+    assert_eq!(head, entries as i64, "the head row is on the last entry");
+}
+
+/// Named shape `audit-before-write` on a connection outside any transaction (the store opens a
+/// deferred BEGIN itself, on SQLite): 0 rows where 1 was expected, a host error after a real
+/// change, and a dropped future after every await point leave neither an entry nor a write, read
+/// back from the tables; a good write commits both. The same test on PostgreSQL.
+#[tokio::test]
+async fn audit_before_write_outside_a_transaction_sqlite() {
+    let (database, chain) = sqlite_setup().await;
+    let mut conn = database.pool().acquire().await.unwrap();
+    let error = chain
+        .audited(&mut conn, entry("acme", 1), ExpectRows::Exactly(1), |conn| {
+            Box::pin(async move {
+                let done = sqlx::query("UPDATE deals SET stage = 'won' WHERE tenant = 'acme' AND id = 999")
+                    .execute(conn)
+                    .await?;
+                Ok::<_, sqlx::Error>(done.rows_affected())
+            })
+        })
+        .await
+        .expect_err("0 rows");
+    assert!(matches!(error, Error::UnexpectedRows { .. }), "{error:?}");
+    assert_eq!(sqlite_state(&database).await, (0, 0, 0, 0));
+    let error = chain
+        .audited(&mut conn, entry("acme", 2), ExpectRows::Exactly(1), |conn| {
+            Box::pin(async move {
+                sqlx::query("UPDATE deals SET stage = 'won' WHERE tenant = 'acme' AND id = 1")
+                    .execute(&mut *conn)
+                    .await?;
+                Err::<u64, _>(Injected)
+            })
+        })
+        .await
+        .expect_err("host error");
+    assert!(matches!(error, Error::HostWrite(_)), "{error:?}");
+    assert_eq!(sqlite_state(&database).await, (0, 0, 0, 0));
+    let mut completed = 0i64;
+    for polls in 1..=16u32 {
+        let outcome = PollLimit {
+            inner: Some(Box::pin(chain.audited(
+                &mut conn,
+                entry("acme", 10 + u64::from(polls)),
+                ExpectRows::Exactly(1),
+                |conn| {
+                    Box::pin(async move {
+                        let done = sqlx::query("UPDATE deals SET n = n + 1 WHERE tenant = 'acme' AND id = 1")
+                            .execute(&mut *conn)
+                            .await?;
+                        tokio::task::yield_now().await;
+                        Ok::<_, sqlx::Error>(done.rows_affected())
+                    })
+                },
+            ))),
+            polls,
+        }
+        .await;
+        if let Some(result) = outcome {
+            result.expect("an audited write that ran to completion succeeds");
+            completed += 1;
+        }
+        let (entries, _, counter, _) = sqlite_state(&database).await;
+        assert_eq!(entries, counter, "after cancelling at poll {polls}: entries and writes disagree");
+    }
+    assert!(completed > 0, "some rounds ran to completion");
+    drop(conn);
+    let (entries, _, _, _) = sqlite_state(&database).await;
+    let next = tokio::time::timeout(Duration::from_secs(10), chain.append(entry("acme", 99)))
+        .await
+        .expect("no write lock left behind")
+        .unwrap();
+    assert_eq!(next.seq as i64, entries + 1);
+    let verdict = verify_store(&chain, &tenant("acme"), None, |_| {}).await.unwrap();
+    assert!(verdict.is_intact(), "{verdict:?}");
+}
+
+#[tokio::test]
+async fn audit_before_write_outside_a_transaction_pg() {
+    let (database, chain) = pg_setup().await;
+    let mut conn = database.pool().acquire().await.unwrap();
+    let error = chain
+        .audited(&mut conn, entry("acme", 1), ExpectRows::Exactly(1), |conn| {
+            Box::pin(async move {
+                let done = sqlx::query("UPDATE deals SET stage = 'won' WHERE tenant = 'acme' AND id = 999")
+                    .execute(conn)
+                    .await?;
+                Ok::<_, sqlx::Error>(done.rows_affected())
+            })
+        })
+        .await
+        .expect_err("0 rows");
+    assert!(matches!(error, Error::UnexpectedRows { .. }), "{error:?}");
+    assert_eq!(pg_state(&database).await, (0, 0, 0, 0));
+    let error = chain
+        .audited(&mut conn, entry("acme", 2), ExpectRows::Exactly(1), |conn| {
+            Box::pin(async move {
+                sqlx::query("UPDATE deals SET stage = 'won' WHERE tenant = 'acme' AND id = 1")
+                    .execute(&mut *conn)
+                    .await?;
+                Err::<u64, _>(Injected)
+            })
+        })
+        .await
+        .expect_err("host error");
+    assert!(matches!(error, Error::HostWrite(_)), "{error:?}");
+    assert_eq!(pg_state(&database).await, (0, 0, 0, 0));
+    let mut completed = 0i64;
+    for polls in 1..=16u32 {
+        let outcome = PollLimit {
+            inner: Some(Box::pin(chain.audited(
+                &mut conn,
+                entry("acme", 10 + u64::from(polls)),
+                ExpectRows::Exactly(1),
+                |conn| {
+                    Box::pin(async move {
+                        let done = sqlx::query("UPDATE deals SET n = n + 1 WHERE tenant = 'acme' AND id = 1")
+                            .execute(&mut *conn)
+                            .await?;
+                        tokio::task::yield_now().await;
+                        Ok::<_, sqlx::Error>(done.rows_affected())
+                    })
+                },
+            ))),
+            polls,
+        }
+        .await;
+        if let Some(result) = outcome {
+            result.expect("an audited write that ran to completion succeeds");
+            completed += 1;
+        }
+        let (entries, _, counter, _) = pg_state(&database).await;
+        assert_eq!(entries, counter, "after cancelling at poll {polls}: entries and writes disagree");
+    }
+    assert!(completed > 0, "some rounds ran to completion");
+    drop(conn);
+    let (entries, _, _, _) = pg_state(&database).await;
+    let next = tokio::time::timeout(Duration::from_secs(10), chain.append(entry("acme", 99)))
+        .await
+        .expect("no head lock left behind")
+        .unwrap();
+    assert_eq!(next.seq as i64, entries + 1);
+    let verdict = verify_store(&chain, &tenant("acme"), None, |_| {}).await.unwrap();
+    assert!(verdict.is_intact(), "{verdict:?}");
+}
+
+/// (entries, head seq, head hash) of `tenant_name` on SQLite.
+async fn sqlite_chain_state(database: &SqliteTestDatabase, tenant_name: &str) -> (i64, i64, Vec<u8>) {
+    let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_entries WHERE tenant = ?1")
+        .bind(tenant_name)
+        .fetch_one(database.pool())
+        .await
+        .unwrap();
+    let (seq, hash): (i64, Vec<u8>) = sqlx::query_as("SELECT seq, hash FROM audit_heads WHERE tenant = ?1")
+        .bind(tenant_name)
+        .fetch_one(database.pool())
+        .await
+        .unwrap();
+    (entries, seq, hash)
+}
+
+/// Named shape `injection` through the view `audit_appends`: a caller who may insert into it
+/// picks every column, including `hash` (SQL cannot recompute SHA-256, so the database takes a
+/// self-declared hash that links, exactly as a direct INSERT with a moved head row did before
+/// the view). The verifier names that entry as modified, also after the store's next append
+/// (whose remembered head went stale) chained a genuine entry onto it.
+#[tokio::test]
+async fn injection_sqlite_append_view_forged_hash_is_found_by_the_verifier() {
+    let (database, chain) = sqlite_setup().await;
+    let mut last = None;
+    for index in 0..3 {
+        last = Some(chain.append(entry("acme", index)).await.unwrap());
+    }
+    let head = last.expect("three entries");
+    let forged = Sha256Digest::of(b"a hash the caller chose");
+    sqlx::query(
+        "INSERT INTO audit_appends VALUES ('acme', 4, ?1, 'mallory', 'grant', 'admin', '{}', ?2, ?3)",
+    )
+    .bind(head.time_us)
+    .bind(head.hash.as_bytes().as_slice())
+    .bind(forged.as_bytes().as_slice())
+    .execute(database.pool())
+    .await
+    .expect("the view links the entry; it cannot check its hash");
+    let fifth = chain.append(entry("acme", 4)).await.expect("append on the moved head");
+    assert_eq!((fifth.seq, fifth.prev_hash), (5, forged), "the store read the moved head");
+    let verdict = verify_store(&chain, &tenant("acme"), None, |_| {}).await.unwrap();
+    assert!(matches!(verdict.finding(), Some(Finding::Modified { seq: 4, .. })), "{verdict:?}");
+}
+
+/// Tenant isolation through the view `audit_appends`: an entry of tenant B built on
+/// tenant A's head (A's next seq and A's head hash as its link), or on A's head hash at B's next
+/// seq, is refused under every conflict clause, also as the second row of a two-row insert whose
+/// first row is good (the statement is undone whole); neither chain nor head row moves, and both
+/// chains continue and verify.
+#[tokio::test]
+async fn tenant_boundary_sqlite_append_view_refuses_another_tenants_head() {
+    let (database, chain) = sqlite_setup().await;
+    let mut acme_head = None;
+    for index in 0..3 {
+        acme_head = Some(chain.append(entry("acme", index)).await.unwrap());
+    }
+    let globex_head = chain.append(entry("globex", 0)).await.unwrap();
+    let acme_head = acme_head.expect("three entries");
+    let before = (sqlite_chain_state(&database, "acme").await, sqlite_chain_state(&database, "globex").await);
+    for verb in ["INSERT", "INSERT OR REPLACE", "INSERT OR IGNORE", "REPLACE"] {
+        for (label, seq) in [("acme's next seq", 4i64), ("globex's next seq", 2)] {
+            let result = sqlx::query(&format!(
+                "{verb} INTO audit_appends VALUES ('globex', ?1, 0, 'mallory', 'grant', 'admin', '{{}}', ?2, ?3)"
+            ))
+            .bind(seq)
+            .bind(acme_head.hash.as_bytes().as_slice())
+            .bind(Sha256Digest::of(label.as_bytes()).as_bytes().as_slice())
+            .execute(database.pool())
+            .await;
+            let error = result.expect_err("another tenant's head");
+            assert!(error.to_string().contains("audit head moved"), "{verb}, {label}: {error}");
+            let after =
+                (sqlite_chain_state(&database, "acme").await, sqlite_chain_state(&database, "globex").await);
+            assert_eq!(after, before, "{verb}, {label}: nothing written, no head moved");
+        }
+    }
+    // One statement is atomic: a two-row insert whose first row extends acme's head and whose
+    // second builds globex on acme's head writes neither.
+    let error = sqlx::query(
+        "INSERT INTO audit_appends VALUES ('acme', 4, 0, 'mallory', 'grant', 'admin', '{}', ?1, ?2), \
+         ('globex', 2, 0, 'mallory', 'grant', 'admin', '{}', ?1, ?3)",
+    )
+    .bind(acme_head.hash.as_bytes().as_slice())
+    .bind(Sha256Digest::of(b"acme 4").as_bytes().as_slice())
+    .bind(Sha256Digest::of(b"globex 2").as_bytes().as_slice())
+    .execute(database.pool())
+    .await
+    .expect_err("the second row builds on another tenant's head");
+    assert!(error.to_string().contains("audit head moved"), "{error}");
+    let after = (sqlite_chain_state(&database, "acme").await, sqlite_chain_state(&database, "globex").await);
+    assert_eq!(after, before, "the first row was undone with the second");
+    assert_eq!(chain.append(entry("globex", 1)).await.unwrap().prev_hash, globex_head.hash);
+    assert_eq!(chain.append(entry("acme", 3)).await.unwrap().prev_hash, acme_head.hash);
+    for name in ["acme", "globex"] {
+        let verdict = verify_store(&chain, &tenant(name), None, |_| {}).await.unwrap();
+        assert!(verdict.is_intact(), "{name}: {verdict:?}");
+    }
 }
