@@ -2072,6 +2072,10 @@ async fn audit_before_write_outside_a_transaction_sqlite() {
             result.expect("an audited write that ran to completion succeeds");
             completed += 1;
         }
+        // A COMMIT, or the ROLLBACK of the dropped transaction, may still be in flight on this
+        // connection when the future is dropped (sent, not yet answered); one round trip on it
+        // settles that before the tables are read.
+        sqlx::query("SELECT 1").execute(&mut *conn).await.expect("the connection still works");
         let (entries, _, counter, _) = sqlite_state(&database).await;
         assert_eq!(entries, counter, "after cancelling at poll {polls}: entries and writes disagree");
     }
@@ -2141,6 +2145,10 @@ async fn audit_before_write_outside_a_transaction_pg() {
             result.expect("an audited write that ran to completion succeeds");
             completed += 1;
         }
+        // A COMMIT, or the ROLLBACK of the dropped transaction, may still be in flight on this
+        // connection when the future is dropped (sent, not yet answered); one round trip on it
+        // settles that before the tables are read.
+        sqlx::query("SELECT 1").execute(&mut *conn).await.expect("the connection still works");
         let (entries, _, counter, _) = pg_state(&database).await;
         assert_eq!(entries, counter, "after cancelling at poll {polls}: entries and writes disagree");
     }
