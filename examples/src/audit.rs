@@ -5,6 +5,7 @@ use std::sync::Arc;
 use sos_audit::note::NoteSigner;
 use sos_audit::tlog::{Checkpointer, EntryProof};
 use sos_audit::{AuditEntry, AuditStore as _, ExpectRows, NewEntry, PgAuditChain, SqliteAuditChain};
+use sos_core::postgres::PgTxConnection;
 use sos_core::{Clock, TenantId};
 use sqlx::{PgConnection, SqliteConnection};
 
@@ -24,14 +25,20 @@ pub(crate) enum Conn<'a> {
     Postgres(&'a mut PgConnection),
 }
 
-/// An open transaction of the server's own, on either backend.
+/// An open transaction of the server's own, on either backend. A PostgreSQL one borrows its
+/// connection from a [`TxSlot`] (see [`Chain::begin`]).
 #[derive(Debug)]
-pub(crate) enum Tx {
-    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
-    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+pub(crate) enum Tx<'c> {
+    Sqlite(sqlx::Transaction<'c, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'c, sqlx::Postgres>),
 }
 
-impl Tx {
+/// Holds the connection of a PostgreSQL [`Tx`] while the transaction borrows it: the
+/// connection's owner closes it if its `BEGIN` is cancelled (sqlx#4393, see
+/// `sos_core::postgres`). Unused on SQLite.
+pub(crate) type TxSlot = Option<PgTxConnection>;
+
+impl Tx<'_> {
     pub(crate) fn conn(&mut self) -> Conn<'_> {
         match self {
             Self::Sqlite(tx) => Conn::Sqlite(&mut *tx),
@@ -141,11 +148,20 @@ impl Chain {
         }
     }
 
-    /// Opens a transaction for audited writes (`BEGIN IMMEDIATE` on SQLite).
-    pub(crate) async fn begin(&self) -> sos_audit::Result<Tx> {
+    /// Opens a transaction for audited writes (`BEGIN IMMEDIATE` on SQLite). On PostgreSQL the
+    /// connection goes into `slot` and the transaction borrows it, so that a request dropped
+    /// mid-`BEGIN` closes the connection instead of returning it to the pool inside a
+    /// transaction nobody owns.
+    pub(crate) async fn begin<'c>(&self, slot: &'c mut TxSlot) -> sos_audit::Result<Tx<'c>> {
         match self {
             Self::Sqlite(chain) => Ok(Tx::Sqlite(chain.begin().await?)),
-            Self::Postgres(chain) => Ok(Tx::Postgres(chain.pool().begin().await.map_err(storage)?)),
+            Self::Postgres(chain) => {
+                let connection = match slot {
+                    Some(connection) => connection,
+                    None => slot.insert(PgTxConnection::acquire(chain.pool()).await.map_err(storage)?),
+                };
+                Ok(Tx::Postgres(connection.begin().await.map_err(storage)?))
+            }
         }
     }
 
@@ -156,7 +172,8 @@ impl Chain {
         expect: ExpectRows,
         statements: Vec<Statement>,
     ) -> sos_audit::Result<AuditEntry> {
-        let mut tx = self.begin().await?;
+        let mut slot = None;
+        let mut tx = self.begin(&mut slot).await?;
         let appended = tx.conn().audited(self, entry, expect, statements).await?;
         tx.commit().await.map_err(storage)?;
         Ok(appended)

@@ -187,7 +187,8 @@ async fn commit_decisions(
     released: &[(Signal, String, Class)],
     now: DateTime<Utc>,
 ) -> Result<(), ApiError> {
-    let mut tx = app.chain.begin().await?;
+    let mut slot = None;
+    let mut tx = app.chain.begin(&mut slot).await?;
     {
         let mut conn = tx.conn();
         for agent in agents {

@@ -160,7 +160,8 @@ pub(crate) async fn write_record(
     now_us: i64,
     actor: &str,
 ) -> Result<(Written, i64, u64), ApiError> {
-    let mut tx = chain.begin().await?;
+    let mut slot = None;
+    let mut tx = chain.begin(&mut slot).await?;
     let written = upsert_record(&mut tx.conn(), chain, record, now_us, actor).await?;
     tx.commit().await?;
     Ok(written)

@@ -89,7 +89,9 @@
 //!
 //! # Crate features
 //!
-//! - `postgres`: `PgAuditChain`, `postgres_migrator`.
+//! - `postgres`: `PgAuditChain`, `postgres_migrator`. Enables `sos-core`'s `postgres`
+//!   feature: transactions on the host's pool open through `sos_core::postgres::PgTxConnection`
+//!   (cancel-safe `BEGIN`, see `docs/webhooks.md`, "Sharing the host's pool").
 //! - `sqlite`: `SqliteAuditChain`, `sqlite_migrator`.
 //! - `cli`: the `sos-audit` binary (enables both backends).
 //! - `tsa`: RFC 3161 timestamps of checkpoints (`timestamp`): the `TimestampAuthority` trait, an

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use sos_core::postgres::PgTxConnection;
 use sos_core::{Clock, Sha256Digest, SystemClock, TenantId};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnection, PgPool, PgRow};
@@ -67,6 +68,12 @@ impl PgAuditChain {
     /// [`Error::UnexpectedRows`] or [`Error::HostWrite`]. The head lock is held until the host's
     /// transaction ends; keep audited transactions short.
     ///
+    /// Pass a connection inside the host's transaction. Open that transaction with
+    /// `sos_core::postgres::PgTxConnection` (as below): a plain `pool.begin()` dropped while its
+    /// `BEGIN` is in flight returns the connection to the pool inside an open transaction (an
+    /// sqlx bug, `docs/webhooks.md`, "Sharing the host's pool"); so does this call, dropped
+    /// mid-`BEGIN`, on a connection that was in no transaction.
+    ///
     /// `write` must not end the transaction itself (a raw `COMMIT` or `ROLLBACK` statement):
     /// the audit entry is already inserted when it runs; a deferred trigger (migration `0100000003`) then refuses the
     /// commit and the transaction rolls back.
@@ -75,7 +82,9 @@ impl PgAuditChain {
     /// # async fn example(chain: sos_audit::PgAuditChain, entry: sos_audit::NewEntry) -> sos_audit::Result<()> {
     /// use sos_audit::ExpectRows;
     ///
-    /// let mut tx = chain.pool().begin().await.map_err(|error| sos_audit::Error::Storage(error.into()))?;
+    /// let storage = |error: sqlx::Error| sos_audit::Error::Storage(error.into());
+    /// let mut connection = sos_core::postgres::PgTxConnection::acquire(chain.pool()).await.map_err(storage)?;
+    /// let mut tx = connection.begin().await.map_err(storage)?;
     /// chain
     ///     .audited(&mut tx, entry, ExpectRows::Exactly(1), |conn| {
     ///         Box::pin(async move {
@@ -84,7 +93,7 @@ impl PgAuditChain {
     ///         })
     ///     })
     ///     .await?;
-    /// tx.commit().await.map_err(|error| sos_audit::Error::Storage(error.into()))?;
+    /// tx.commit().await.map_err(storage)?;
     /// # Ok(())
     /// # }
     /// ```
@@ -310,7 +319,9 @@ fn entry_from_row(row: &PgRow) -> Result<AuditEntry> {
 
 impl AuditStore for PgAuditChain {
     async fn append(&self, entry: NewEntry) -> Result<AuditEntry> {
-        let mut conn = self.pool.acquire().await.map_err(storage)?;
+        // Its BEGIN below is cancel-safe (sqlx#4393; see `sos_core::postgres`): an append dropped
+        // mid-BEGIN closes the connection instead of handing the host's pool a stray transaction.
+        let mut conn = PgTxConnection::acquire(&self.pool).await.map_err(storage)?;
         let guess = self.heads.get(entry.tenant().as_str());
         let (last_seq, prev_hash) = guess.unwrap_or((0, Sha256Digest::ZERO));
         let mut stored = entry.into_entry(next_seq(last_seq)?, self.clock.now(), prev_hash)?;

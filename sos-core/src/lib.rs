@@ -14,7 +14,8 @@
 //! - [`DomainHasher`] (streaming), [`DomainEncoder`] (into a buffer) and [`Sha256Digest`]:
 //!   domain-separated, length-prefixed SHA-256, specified in `docs/hashing.md` with test vectors.
 //!
-//! `sos-core` depends on no database, no async runtime and no HTTP crate.
+//! `sos-core` depends on no database, no async runtime and no HTTP crate; its one optional
+//! feature, `postgres`, adds the infrastructure every PostgreSQL backend of the SOS crates shares.
 //!
 //! # Usage
 //!
@@ -59,12 +60,17 @@
 //!
 //! # Crate features
 //!
-//! None: this crate is always the same small thing.
+//! - `postgres` (off by default): [`postgres::PgTxConnection`], the cancel-safe way the SOS
+//!   crates open a transaction on a host's `PgPool` (works around an sqlx bug where a cancelled
+//!   `BEGIN` returns the connection to the pool inside an open transaction). It adds sqlx with
+//!   its PostgreSQL driver and nothing else; the vocabulary above never depends on it.
 
 mod channel;
 mod clock;
 mod error;
 mod hash;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod signal;
 mod tenant;
 

@@ -73,7 +73,9 @@
 //! # Crate features
 //!
 //! - `sqlite`: the SQLite registry store.
-//! - `postgres`: the PostgreSQL registry store.
+//! - `postgres`: the PostgreSQL registry store. Enables `sos-core`'s `postgres`
+//!   feature: transactions on the host's pool open through `sos_core::postgres::PgTxConnection`
+//!   (cancel-safe `BEGIN`, see `docs/webhooks.md`, "Sharing the host's pool").
 //! - `audit`: RFC 9162 Merkle checkpoints, inclusion and consistency proofs of the registry,
 //!   reusing `sos-audit`'s Merkle module. Without it `sos-identity` depends on `sos-core` only.
 //!

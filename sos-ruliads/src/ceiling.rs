@@ -13,6 +13,8 @@ use std::sync::{Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+#[cfg(feature = "postgres")]
+use sos_core::postgres::PgTxConnection;
 use sos_core::{Sha256Digest, TenantId};
 
 use crate::error::{Error, Result};
@@ -273,7 +275,9 @@ impl TriggerCeiling for PgCeiling {
     async fn try_start(&self, now: DateTime<Utc>, attempt: &Attempt) -> Result<Admission> {
         let tenant = attempt.tenant.as_str();
         let cause = attempt.cause.to_hex();
-        let mut transaction = self.pool.begin().await.map_err(storage)?;
+        // Cancel-safe BEGIN on the host's pool (sqlx#4393; see `sos_core::postgres`).
+        let mut connection = PgTxConnection::acquire(&self.pool).await.map_err(storage)?;
+        let mut transaction = connection.begin().await.map_err(storage)?;
         let inserted = sqlx::query(
             "INSERT INTO sos_ruliads_triggers (tenant, cause, attribute, status, started_at) \
              VALUES ($1, $2, $3, 'running', $4) ON CONFLICT (tenant, cause) DO NOTHING",
@@ -288,6 +292,8 @@ impl TriggerCeiling for PgCeiling {
         .rows_affected();
         if inserted == 0 {
             transaction.rollback().await.map_err(storage)?;
+            // The refusal is written through the pool: give the connection back first.
+            drop(connection);
             return self.refuse(now, attempt, Refused::Replay).await;
         }
         for (scope, limit) in self.config.scopes(&attempt.attribute) {
@@ -313,6 +319,8 @@ impl TriggerCeiling for PgCeiling {
             .rows_affected();
             if taken == 0 {
                 transaction.rollback().await.map_err(storage)?;
+                // The refusal is written through the pool: give the connection back first.
+                drop(connection);
                 return self.refuse(now, attempt, Refused::Ceiling).await;
             }
         }
@@ -322,7 +330,9 @@ impl TriggerCeiling for PgCeiling {
 
     async fn finish(&self, now: DateTime<Utc>, tenant: &TenantId, cause: &Sha256Digest) -> Result<bool> {
         use sqlx::Row;
-        let mut transaction = self.pool.begin().await.map_err(storage)?;
+        // Cancel-safe BEGIN on the host's pool (sqlx#4393; see `sos_core::postgres`).
+        let mut connection = PgTxConnection::acquire(&self.pool).await.map_err(storage)?;
+        let mut transaction = connection.begin().await.map_err(storage)?;
         let row = sqlx::query(
             "UPDATE sos_ruliads_triggers SET status = 'finished', finished_at = $3 \
              WHERE tenant = $1 AND cause = $2 AND status = 'running' RETURNING attribute",

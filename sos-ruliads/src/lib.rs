@@ -113,7 +113,9 @@
 //!
 //! - `cli`: the `sos-ruliads` binary: `check <packs dir>` validates packs (like `promtool check
 //!   rules`) and `test <fixture files…>` runs fixtures.
-//! - `postgres`: `PgCeiling`, `PgStore` and `store::postgres_migrator`.
+//! - `postgres`: `PgCeiling`, `PgStore` and `store::postgres_migrator`. Enables `sos-core`'s `postgres`
+//!   feature: transactions on the host's pool open through `sos_core::postgres::PgTxConnection`
+//!   (cancel-safe `BEGIN`, see `docs/webhooks.md`, "Sharing the host's pool").
 //! - `sqlite`: `SqliteCeiling`, `SqliteStore` and `store::sqlite_migrator`.
 //!
 //! The in-memory ceiling and store are always available. Migrations use the version range

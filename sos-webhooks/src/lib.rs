@@ -100,7 +100,10 @@
 //!
 //! # Crate features
 //!
-//! - `postgres`: [`PgStore`], transactional and two-phase modes, migrations.
+//! - `postgres`: [`PgStore`], transactional and two-phase modes, migrations. Enables `sos-core`'s
+//!   `postgres` feature: the guard opens its transactions with `sos_core::postgres::PgTxConnection`,
+//!   so a delivery dropped mid-`BEGIN` never returns the host's pooled connection inside an open
+//!   transaction (an sqlx bug; `docs/webhooks.md`, "Sharing the host's pool").
 //! - `sqlite`: [`SqliteStore`], transactional and two-phase modes, migrations.
 //! - `axum`: `axum::response::IntoResponse` for [`HttpAnswer`], [`Outcome`], [`RunError`] and
 //!   [`Error`], so an axum handler can return the guard's answer directly; and the extractor

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use sos_core::postgres::PgTxConnection;
 use sos_core::{Sha256Digest, TenantId};
 use sqlx::Row as _;
 use sqlx::postgres::{PgConnection, PgRow};
@@ -115,7 +116,9 @@ impl MerkleStore for PgAuditChain {
         tenant: &TenantId,
         max_entries: u32,
     ) -> Result<(TreeState, Option<TreeExtension>)> {
-        let mut tx = self.pool().begin().await.map_err(storage)?;
+        // Cancel-safe BEGIN on the host's pool (sqlx#4393; see `sos_core::postgres`).
+        let mut connection = PgTxConnection::acquire(self.pool()).await.map_err(storage)?;
+        let mut tx = connection.begin().await.map_err(storage)?;
         // The tenant's tree head row, locked until commit, serializes extenders of one tenant.
         sqlx::query(
             "INSERT INTO audit_tree_heads (tenant, size, last_entry_hash) VALUES ($1, 0, $2)

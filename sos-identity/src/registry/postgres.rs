@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use sos_core::postgres::PgTxConnection;
 use sos_core::{Clock, Sha256Digest, TenantId};
 use sqlx::Row as _;
 use sqlx::migrate::Migrator;
@@ -58,7 +59,9 @@ impl PostgresRegistry {
 
 impl IdentityRegistry for PostgresRegistry {
     async fn register(&self, tenant: &TenantId, name: &AgentName, role: &AgentRole) -> Result<Registration> {
-        let mut tx = self.pool.begin().await.map_err(storage)?;
+        // Cancel-safe BEGIN on the host's pool (sqlx#4393; see `sos_core::postgres`).
+        let mut connection = PgTxConnection::acquire(&self.pool).await.map_err(storage)?;
+        let mut tx = connection.begin().await.map_err(storage)?;
         // The head-row lock below serialises appends; READ COMMITTED is what lets a waiter read
         // the head its predecessor committed. Under a stricter database default (REPEATABLE READ,
         // SERIALIZABLE) the waiter would fail with a serialization error instead of losing
@@ -113,6 +116,8 @@ impl IdentityRegistry for PostgresRegistry {
             return Ok(Registration::Created(entry));
         }
         tx.rollback().await.map_err(storage)?;
+        // The lookup reads through the pool: give the connection back first.
+        drop(connection);
         // The insert lost to a committed row with this name; that row is the answer.
         let existing = self.lookup(tenant, name).await?.ok_or_else(|| Error::CorruptRow {
             reason: format!("name {name:?} of tenant {tenant} conflicted but cannot be read back"),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
+use sos_core::postgres::PgTxConnection;
 use sos_core::{Sha256Digest, TenantId};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, types::PgInterval};
@@ -316,7 +317,10 @@ impl WebhookGuard<PgStore> {
             }
         }
         let token = new_token();
-        let mut transaction = self.store().pool.begin().await.map_err(Error::from)?;
+        // Cancel-safe BEGIN (sqlx#4393): a delivery dropped mid-BEGIN must not hand the host's
+        // pool a connection inside a stray transaction, where later claims would be invisible.
+        let mut connection = PgTxConnection::acquire(&self.store().pool).await.map_err(Error::from)?;
+        let mut transaction = connection.begin().await.map_err(Error::from)?;
         let row = sqlx::query(TRANSACTIONAL_CLAIM)
             .bind(key.tenant().as_str())
             .bind(key.provider().as_str())
@@ -336,6 +340,8 @@ impl WebhookGuard<PgStore> {
             // ROLLBACK with a fresh snapshot.
             Err(error) if is_serialization_failure(&error) => {
                 transaction.rollback().await.map_err(Error::from)?;
+                // Back to the pool before the read takes one (a pool of one must not wait on us).
+                drop(connection);
                 let record = self.store().record(&self.store().pool, key).await?;
                 return Ok(self.answer_from_record(key, &body_hash, record)?.into());
             }
@@ -350,6 +356,7 @@ impl WebhookGuard<PgStore> {
         // answers every later delivery, and an uncommitted one holds its own lock), so the
         // ROLLBACK rides on the pool's release ping instead of taking a round trip.
         drop(transaction);
+        drop(connection);
         let state: Option<String> = row.try_get(1).map_err(Error::from)?;
         let hash: Option<Vec<u8>> = row.try_get(2).map_err(Error::from)?;
         let record = state.zip(hash);
