@@ -4,6 +4,7 @@
 //! that once worked or was tried, kept so that it keeps failing.
 
 mod adversarial_audit;
+mod adversarial_cancel;
 mod adversarial_identity;
 mod adversarial_server;
 mod adversarial_tlog;
