@@ -14,6 +14,28 @@
 -- would make a checked rename fail ("no such table"), so the rename runs with legacy_alter_table
 -- on (it renames without checking other objects; the view reads the new table by its name
 -- afterwards), and the pragma is set back to its default at the end.
+--
+-- Dropping the old table would also drop, silently, whatever a host put on it (its own indexes
+-- and triggers), and a host table whose foreign key references an entry would make the drop
+-- fail. So the migration first refuses, before anything changes, when such objects exist: the
+-- CHECK below fails with its constraint's name as the message, and the host drops its objects,
+-- runs the migrations and creates them again (docs/audit-format.md, "Upgrading SQLite").
+CREATE TEMP TABLE audit_upgrade_host_objects (
+    found INTEGER NOT NULL
+        CONSTRAINT "audit_entries carries indexes, triggers or incoming foreign keys that are not sos-audit's own; drop them, run the migrations, then create them again (see docs/audit-format.md, Upgrading SQLite)"
+        CHECK (found = 0)
+);
+INSERT INTO audit_upgrade_host_objects
+    SELECT (SELECT count(*) FROM sqlite_master
+            WHERE tbl_name = 'audit_entries' AND type IN ('index', 'trigger')
+              AND name NOT LIKE 'sqlite_autoindex_audit_entries_%'
+              AND name NOT IN ('audit_entries_no_update', 'audit_entries_no_delete',
+                               'audit_entries_well_formed', 'audit_entries_no_replace',
+                               'audit_entries_linked'))
+         + (SELECT count(*) FROM sqlite_master AS host, pragma_foreign_key_list(host.name) AS fk
+            WHERE host.type = 'table' AND fk."table" = 'audit_entries');
+DROP TABLE audit_upgrade_host_objects;
+
 PRAGMA legacy_alter_table = ON;
 
 DROP TRIGGER audit_entries_no_update;

@@ -484,62 +484,91 @@ mod sqlite_upgrade {
         database
     }
 
-    /// Finding (not fixed: the fix is in migration 0100000011 itself): the migration drops the
-    /// old entry table, and SQLite drops every index and trigger on a table with it. A host's own
-    /// index on `audit_entries` (a report by actor) and a host's own trigger on it (mirroring each
-    /// new entry to a replication outbox) are gone after the upgrade, silently: the migration
-    /// succeeds, the report gets slow and the outbox stops receiving entries.
+    /// Runs the migrations on `database`, expecting 0100000011 to refuse because of the host's
+    /// own objects, and checks that nothing changed: the entries, the host's objects, and the
+    /// migrations recorded as applied.
+    async fn upgrade_is_refused_and_changes_nothing(database: &SqliteTestDatabase) {
+        let pool = database.pool();
+        let schema = || async {
+            sqlx::query_as::<_, (String, String)>(
+                "SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name",
+            )
+            .fetch_all(pool)
+            .await
+            .expect("schema")
+        };
+        let (schema_before, rows_before) = (schema().await, rows(pool).await);
+        // On its own connection, closed afterwards: sqlx's migrator leaves the connection of a
+        // failed migration inside its transaction, on a snapshot from before it.
+        let mut connection = pool.acquire().await.expect("connection");
+        let refused =
+            sos_audit::sqlite_migrator().run(&mut *connection).await.expect_err("the upgrade refuses");
+        connection.close().await.expect("close");
+        let message = refused.to_string();
+        assert!(
+            message.contains("not sos-audit's own") && message.contains("create them again"),
+            "{message}"
+        );
+        assert_eq!(schema().await, schema_before, "no schema object changed");
+        assert_eq!(rows(pool).await, rows_before, "no entry changed");
+        let applied: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE version >= 100000011")
+                .fetch_one(pool)
+                .await
+                .expect("migrations table");
+        assert_eq!(applied, 0, "0100000011 is not recorded as applied");
+    }
+
+    /// Finding (fixed): migration 0100000011 drops the old entry table, and SQLite drops every
+    /// index and trigger on a table with it. A host's own index on `audit_entries` (a report by
+    /// actor) and a host's own trigger on it (mirroring each new entry to an outbox) were gone
+    /// after the upgrade, silently. The migration now refuses first, naming what to do, and
+    /// changes nothing; after the host drops its objects the upgrade applies, and the host
+    /// creates them again.
     #[tokio::test]
-    #[ignore = "finding: migration 0100000011 silently drops a host's own indexes and triggers on audit_entries"]
-    async fn upgrade_to_clustered_entries_keeps_a_hosts_index_and_trigger() {
-        let database = chain_before_clustered(&[
+    async fn upgrade_to_clustered_entries_refuses_a_hosts_index_and_trigger() {
+        let host_objects = [
             "CREATE INDEX host_entries_by_actor ON audit_entries (actor)",
-            "CREATE TABLE host_outbox (tenant TEXT NOT NULL, seq INTEGER NOT NULL)",
             "CREATE TRIGGER host_entries_outbox AFTER INSERT ON audit_entries \
              BEGIN INSERT INTO host_outbox VALUES (NEW.tenant, NEW.seq); END",
-        ])
-        .await;
+        ];
+        let mut host_sql = vec!["CREATE TABLE host_outbox (tenant TEXT NOT NULL, seq INTEGER NOT NULL)"];
+        host_sql.extend(host_objects);
+        let database = chain_before_clustered(&host_sql).await;
+        upgrade_is_refused_and_changes_nothing(&database).await;
+
         let pool = database.pool();
+        for drop in ["DROP INDEX host_entries_by_actor", "DROP TRIGGER host_entries_outbox"] {
+            sqlx::query(drop).execute(pool).await.expect(drop);
+        }
         sos_audit::sqlite_migrator().run(pool).await.expect("the upgrade applies");
-        let host_objects: Vec<String> = sqlx::query_scalar(
-            "SELECT name FROM sqlite_master WHERE tbl_name = 'audit_entries' AND name LIKE 'host_%' ORDER BY name",
-        )
-        .fetch_all(pool)
-        .await
-        .expect("schema");
+        for create in host_objects {
+            sqlx::query(create).execute(pool).await.expect(create);
+        }
         let chain = SqliteAuditChain::new(pool.clone());
         chain.append(entry("acme", 4)).await.expect("append after the upgrade");
         let mirrored: i64 =
             sqlx::query_scalar("SELECT count(*) FROM host_outbox").fetch_one(pool).await.expect("outbox");
-        assert_eq!(
-            (host_objects, mirrored),
-            (vec!["host_entries_by_actor".to_owned(), "host_entries_outbox".to_owned()], 4),
-            "the host's index and trigger survive the upgrade, and the trigger still fires"
-        );
+        assert_eq!(mirrored, 4, "three entries mirrored before the upgrade, and the one after it");
+        assert!(verify_store(&chain, &tenant("acme"), None, |_| {}).await.expect("verify").is_intact());
     }
 
-    /// Finding (not fixed: the fix is in migration 0100000011 itself): a host table whose foreign
-    /// key references an entry (`REFERENCES audit_entries (tenant, seq)`, e.g. "this change was
-    /// audited by that entry") makes the upgrade fail with `FOREIGN KEY constraint failed`: sqlx
-    /// opens SQLite connections with `foreign_keys` on, the pragma cannot change inside the
-    /// migration's transaction, and DROP TABLE runs an implicit DELETE of every entry first. The
-    /// transaction rolls back (nothing is lost), but such a host cannot upgrade.
+    /// Finding (fixed): a host table whose foreign key references an entry (`REFERENCES
+    /// audit_entries (tenant, seq)`) made the upgrade fail with a bare `FOREIGN KEY constraint
+    /// failed` (sqlx opens SQLite connections with `foreign_keys` on, and DROP TABLE deletes every
+    /// entry first). The migration now refuses first with a message that says what to do.
     #[tokio::test]
-    #[ignore = "finding: migration 0100000011 fails on a database where a host table references audit_entries"]
-    async fn upgrade_to_clustered_entries_with_a_hosts_foreign_key() {
+    async fn upgrade_to_clustered_entries_refuses_a_hosts_foreign_key() {
         let database = chain_before_clustered(&[
             "CREATE TABLE host_changes (id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, seq INTEGER NOT NULL, \
              FOREIGN KEY (tenant, seq) REFERENCES audit_entries (tenant, seq))",
         ])
         .await;
-        let pool = database.pool();
         sqlx::query("INSERT INTO host_changes (tenant, seq) VALUES ('acme', 2)")
-            .execute(pool)
+            .execute(database.pool())
             .await
             .expect("a host row referencing entry 2");
-        sos_audit::sqlite_migrator().run(pool).await.expect("the upgrade applies");
-        let chain = SqliteAuditChain::new(pool.clone());
-        assert!(verify_store(&chain, &tenant("acme"), None, |_| {}).await.expect("verify").is_intact());
+        upgrade_is_refused_and_changes_nothing(&database).await;
     }
 
     /// Migration 0100000011 on a database that already holds a Merkle tree and a signed
