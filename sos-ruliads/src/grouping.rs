@@ -7,7 +7,8 @@
 //! - Signals are grouped by (tenant, kind): 30 stale deals make one notification listing 30 deals.
 //! - `group_wait`: how long a new group waits for more members before its first notification.
 //! - `group_interval`: how long a group waits before notifying about new members.
-//! - `repeat_interval`: a cause already notified is not notified again within it.
+//! - `repeat_interval`: a cause already notified for a kind is not notified again for that kind
+//!   within it.
 //! - Inhibition: an active signal of kind `source` suppresses signals of kind `target` whose
 //!   `equal` labels have the same values (a lost deal inhibits the stale nudge for that deal).
 //! - Flapping: a key that appears again after being absent `flap_threshold` times within
@@ -265,27 +266,87 @@ struct Flap {
     times: Appearances,
 }
 
-/// tenant → cause → when it was last notified.
-type Notified = BTreeMap<TenantId, HashMap<Sha256Digest, DateTime<Utc>>>;
+/// cause → when it was last notified.
+type NotifiedCauses = HashMap<Sha256Digest, DateTime<Utc>>;
 
-mod notified_serde {
-    use super::{BTreeMap, DateTime, Notified, Sha256Digest, TenantId, Utc};
+/// The causes notified for one tenant: by kind, as the store keys its claims (two signals of
+/// different kinds with the same cause digest are different signals), and, from a state saved
+/// before the kind was part of the key, causes that hold back a signal of any kind until they
+/// expire.
+///
+/// Saved as `{kind: {cause: time}}`, the causes of any kind under the key `*` (never a kind's
+/// name); a state saved as `{cause: time}` loads as causes of any kind.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct TenantNotified {
+    by_kind: BTreeMap<SignalKind, NotifiedCauses>,
+    any_kind: NotifiedCauses,
+}
 
-    pub(super) fn serialize<S: serde::Serializer>(
-        notified: &Notified,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        let sorted: BTreeMap<&TenantId, BTreeMap<&Sha256Digest, &DateTime<Utc>>> =
-            notified.iter().map(|(tenant, causes)| (tenant, causes.iter().collect())).collect();
-        serde::Serialize::serialize(&sorted, serializer)
+impl TenantNotified {
+    /// When the cause of `signal` was last notified for its kind (or for any kind).
+    fn at(&self, signal: &Signal) -> Option<DateTime<Utc>> {
+        let by_kind = self.by_kind.get(signal.kind()).and_then(|causes| causes.get(signal.cause()));
+        by_kind.or_else(|| self.any_kind.get(signal.cause())).copied()
     }
 
-    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Notified, D::Error> {
-        serde::Deserialize::deserialize(deserializer)
+    fn is_empty(&self) -> bool {
+        self.by_kind.is_empty() && self.any_kind.is_empty()
     }
 }
+
+/// The key under which causes of any kind are saved.
+const ANY_KIND: &str = "*";
+
+impl Serialize for TenantNotified {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let sorted = |causes: &NotifiedCauses| -> BTreeMap<Sha256Digest, DateTime<Utc>> {
+            causes.iter().map(|(cause, at)| (*cause, *at)).collect()
+        };
+        let extra = usize::from(!self.any_kind.is_empty());
+        let mut map = serializer.serialize_map(Some(self.by_kind.len() + extra))?;
+        if !self.any_kind.is_empty() {
+            map.serialize_entry(ANY_KIND, &sorted(&self.any_kind))?;
+        }
+        for (kind, causes) in &self.by_kind {
+            map.serialize_entry(kind.as_str(), &sorted(causes))?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for TenantNotified {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        /// A kind's causes (format 3), or one cause's time (format 1 and 2: the key is the
+        /// cause).
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Entry {
+            Causes(BTreeMap<Sha256Digest, DateTime<Utc>>),
+            At(DateTime<Utc>),
+        }
+        let entries: BTreeMap<String, Entry> = Deserialize::deserialize(deserializer)?;
+        let mut notified = Self::default();
+        for (key, entry) in entries {
+            match entry {
+                Entry::At(at) => {
+                    let cause = Sha256Digest::from_hex(&key).map_err(D::Error::custom)?;
+                    notified.any_kind.insert(cause, at);
+                }
+                Entry::Causes(causes) if key == ANY_KIND => notified.any_kind.extend(causes),
+                Entry::Causes(causes) => {
+                    let kind = SignalKind::new(key).map_err(D::Error::custom)?;
+                    notified.by_kind.insert(kind, causes.into_iter().collect());
+                }
+            }
+        }
+        Ok(notified)
+    }
+}
+
+/// tenant → the causes notified (see [`TenantNotified`]).
+type Notified = BTreeMap<TenantId, TenantNotified>;
 
 /// The flap histories by their full key (see [`flap_key`]); saved sorted by key.
 type Flaps = HashMap<Arc<str>, Flap>;
@@ -311,13 +372,15 @@ mod flaps_serde {
 /// hash, so that no crafted subject can merge its history with another entity's. A format-1
 /// state's hashed flap history (`previous_keys`, `appearances`) is ignored on restore: every
 /// entity starts counting its appearances again.
+///
+/// Format 3: notified causes are kept per (tenant, kind, cause), the key of the store's claims;
+/// a cause saved per (tenant, cause) holds back signals of any kind until it expires.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct GroupingState {
     /// tenant → kind → group.
     groups: BTreeMap<TenantId, BTreeMap<SignalKind, Group>>,
-    /// tenant → cause → when it was last notified; hashed (one probe instead of a walk down a
-    /// tree of every cause notified within `repeat_interval`), saved sorted.
-    #[serde(with = "notified_serde")]
+    /// tenant → kind → cause → when it was last notified; causes hashed (one probe instead of a
+    /// walk down a tree of every cause notified within `repeat_interval`), saved sorted.
     notified: Notified,
     /// The number of the last round observed.
     #[serde(default)]
@@ -444,9 +507,15 @@ impl Grouper {
         config.validate()?;
         let mut tenants = Tenants::default();
         let mut notified_order = Vec::new();
-        for (tenant, causes) in &state.notified {
-            let index = tenants.intern(tenant);
-            notified_order.extend(causes.iter().map(|(cause, at)| (*at, index, *cause)));
+        for (tenant, notified) in &state.notified {
+            if !notified.any_kind.is_empty() {
+                let index = tenants.intern(tenant, None);
+                notified_order.extend(notified.any_kind.iter().map(|(cause, at)| (*at, index, *cause)));
+            }
+            for (kind, causes) in &notified.by_kind {
+                let index = tenants.intern(tenant, Some(kind));
+                notified_order.extend(causes.iter().map(|(cause, at)| (*at, index, *cause)));
+            }
         }
         notified_order.sort();
         // Every key is queued at its appearances; a key without one (active, not appearing
@@ -532,12 +601,8 @@ impl Grouper {
         for signal in active.drain(..) {
             let because = pending.next().flatten();
             let inhibited = self.inhibited_by(&signal, &inhibitors, &mut key);
-            let notified_at = self
-                .state
-                .notified
-                .get(signal.tenant())
-                .and_then(|causes| causes.get(signal.cause()))
-                .copied();
+            let notified_at =
+                self.state.notified.get(signal.tenant()).and_then(|notified| notified.at(&signal));
             // Every active signal marks its entity active in this round; only one that is not
             // held back by inhibition or repeat records an appearance (as before the change to
             // full keys). One lookup either way.
@@ -597,18 +662,21 @@ impl Grouper {
     /// As [`Grouper::flush`], appending to `notifications` (a buffer the caller reuses).
     pub(crate) fn flush_into(&mut self, now: DateTime<Utc>, notifications: &mut Vec<Notification>) {
         for (tenant, kinds) in &mut self.state.groups {
-            let mut tenant_index = None;
-            for group in kinds.values_mut() {
+            for (kind, group) in kinds.iter_mut() {
                 if group.pending.is_empty() || group.due(&self.config) > now {
                     continue;
                 }
                 let members = group.take_pending();
                 group.last_flush_at = Some(now);
                 if !self.state.notified.contains_key(tenant) {
-                    self.state.notified.insert(tenant.clone(), HashMap::new());
+                    self.state.notified.insert(tenant.clone(), TenantNotified::default());
                 }
                 let notified = self.state.notified.get_mut(tenant).expect("inserted above");
-                let index = *tenant_index.get_or_insert_with(|| self.tenants.intern(tenant));
+                if !notified.by_kind.contains_key(kind) {
+                    notified.by_kind.insert(kind.clone(), HashMap::new());
+                }
+                let notified = notified.by_kind.get_mut(kind).expect("inserted above");
+                let index = self.tenants.intern(tenant, Some(kind));
                 for member in &members {
                     notified.insert(*member.cause(), now);
                     self.notified_order.push_back((now, index, *member.cause()));
@@ -622,7 +690,8 @@ impl Grouper {
     /// forgets that they were notified, so the next round offers them again.
     pub(crate) fn requeue(&mut self, now: DateTime<Utc>, members: impl IntoIterator<Item = Signal>) {
         for member in members {
-            if let Some(causes) = self.state.notified.get_mut(member.tenant()) {
+            let notified = self.state.notified.get_mut(member.tenant());
+            if let Some(causes) = notified.and_then(|notified| notified.by_kind.get_mut(member.kind())) {
                 causes.remove(member.cause());
             }
             let group = group_mut(&mut self.state, now, &member);
@@ -709,13 +778,25 @@ impl Grouper {
                 break;
             }
             let Some((at, tenant, cause)) = self.notified_order.pop_front() else { break };
-            let Some(tenant) = self.tenants.name(tenant) else { continue };
-            if let Some(causes) = self.state.notified.get_mut(tenant) {
-                // A cause notified again later has a newer entry; only the matching one expires.
-                if causes.get(&cause) == Some(&at) {
-                    causes.remove(&cause);
+            let Some((tenant, kind)) = self.tenants.name(tenant) else { continue };
+            if let Some(notified) = self.state.notified.get_mut(tenant) {
+                let causes = match kind {
+                    Some(kind) => notified.by_kind.get_mut(kind),
+                    None => Some(&mut notified.any_kind),
+                };
+                if let Some(causes) = causes {
+                    // A cause notified again later has a newer entry; only the matching one
+                    // expires.
+                    if causes.get(&cause) == Some(&at) {
+                        causes.remove(&cause);
+                    }
+                    if causes.is_empty()
+                        && let Some(kind) = kind
+                    {
+                        notified.by_kind.remove(kind);
+                    }
                 }
-                if causes.is_empty() {
+                if notified.is_empty() {
                     self.state.notified.remove(tenant);
                 }
             }
@@ -760,27 +841,40 @@ impl Grouper {
     }
 }
 
-/// Tenants named by a small number, so that a queue entry holds no string.
+/// The (tenant, kind) scopes of notified causes named by a small number, so that a queue entry
+/// holds no string; the kind is `None` for causes of any kind (from an older state).
 #[derive(Debug, Clone, PartialEq, Default)]
 struct Tenants {
-    names: Vec<TenantId>,
-    indexes: BTreeMap<TenantId, u32>,
+    names: Vec<(TenantId, Option<SignalKind>)>,
+    indexes: BTreeMap<TenantId, (Option<u32>, BTreeMap<SignalKind, u32>)>,
 }
 
 impl Tenants {
-    /// The index of `tenant`, added when new (cloning it once).
-    fn intern(&mut self, tenant: &TenantId) -> u32 {
-        if let Some(index) = self.indexes.get(tenant) {
-            return *index;
+    /// The index of (`tenant`, `kind`), added when new (cloning them once).
+    fn intern(&mut self, tenant: &TenantId, kind: Option<&SignalKind>) -> u32 {
+        let next = self.names.len() as u32;
+        if !self.indexes.contains_key(tenant) {
+            self.indexes.insert(tenant.clone(), (None, BTreeMap::new()));
         }
-        let index = self.names.len() as u32;
-        self.names.push(tenant.clone());
-        self.indexes.insert(tenant.clone(), index);
+        let (any_kind, by_kind) = self.indexes.get_mut(tenant).expect("inserted above");
+        let index = match kind {
+            None => *any_kind.get_or_insert(next),
+            Some(kind) => match by_kind.get(kind) {
+                Some(index) => *index,
+                None => {
+                    by_kind.insert(kind.clone(), next);
+                    next
+                }
+            },
+        };
+        if index == next {
+            self.names.push((tenant.clone(), kind.cloned()));
+        }
         index
     }
 
-    fn name(&self, index: u32) -> Option<&TenantId> {
-        self.names.get(index as usize)
+    fn name(&self, index: u32) -> Option<(&TenantId, Option<&SignalKind>)> {
+        self.names.get(index as usize).map(|(tenant, kind)| (tenant, kind.as_ref()))
     }
 }
 

@@ -592,3 +592,57 @@ fn an_unscoped_remembered_claim_from_an_older_state_still_loads() {
     let round_trip = serde_json::to_value(gate.state()).expect("serializes");
     assert_eq!(round_trip["claimed_unsent"], serde_json::json!([["acme", cause]]));
 }
+
+/// A signal of `kind` with the host's own cause digest, the same for every kind.
+fn with_shared_cause(kind: &str, now: DateTime<Utc>) -> Fired {
+    let signal = Signal::builder(tenant(), kind.parse().expect("kind"))
+        .subject("Deal 42")
+        .text("Deal 42 needs attention.")
+        .observed_at(now)
+        .cause(sos_core::Sha256Digest::of(b"deal-42@2026-03-10"))
+        .build()
+        .expect("valid");
+    Fired::new(0, 0, Class::Insight, signal)
+}
+
+/// Review finding (`replay-same` across kinds), on the gate's whole path: a cause notified for
+/// one kind held back a later signal of another kind with the same cause digest as `repeat`
+/// (the repeat check was keyed by (tenant, cause)), although the store claims causes per kind
+/// and sends both when they are due in one round. Now each kind is sent once, whatever the
+/// round, and a repeat of either is held back.
+async fn a_cause_is_sent_once_per_kind<S: StateStore>(store: &S) {
+    let grouping = GroupingConfig { group_wait_seconds: 0, ..GroupingConfig::default() };
+    let mut gate = trusted_gate(grouping, generous_trust());
+    let first =
+        gate.round(store, at(10, 9), vec![with_shared_cause("deal-lost", at(10, 9))]).await.expect("round");
+    assert_eq!(first.released_signals().count(), 1, "{first:?}");
+    let both = |now| vec![with_shared_cause("deal-lost", now), with_shared_cause("stale-deal-nudge", now)];
+    let second = gate.round(store, at(10, 10), both(at(10, 10))).await.expect("round");
+    let sent: Vec<&str> = second.released_signals().map(|signal| signal.kind().as_str()).collect();
+    assert_eq!(sent, ["stale-deal-nudge"], "{second:?}");
+    assert_eq!(reasons(&second, Reason::Repeat), 1, "the deal-lost signal is a repeat: {second:?}");
+    let third = gate.round(store, at(10, 11), both(at(10, 11))).await.expect("round");
+    assert!(third.released.is_empty(), "{third:?}");
+    assert_eq!(reasons(&third, Reason::Repeat), 2, "{third:?}");
+}
+
+#[tokio::test]
+async fn a_cause_is_sent_once_per_kind_memory() {
+    a_cause_is_sent_once_per_kind(&MemoryStore::new()).await;
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn a_cause_is_sent_once_per_kind_sqlite() {
+    use sos_ruliads::store::{SqliteStore, sqlite_migrator};
+    let database = sos_testkit::SqliteTestDatabase::new(&[&sqlite_migrator()]).await;
+    a_cause_is_sent_once_per_kind(&SqliteStore::new(database.pool().clone())).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_cause_is_sent_once_per_kind_postgres() {
+    use sos_ruliads::store::{PgStore, postgres_migrator};
+    let database = sos_testkit::PgTestDatabase::new(&[&postgres_migrator()]).await;
+    a_cause_is_sent_once_per_kind(&PgStore::new(database.pool().clone())).await;
+}

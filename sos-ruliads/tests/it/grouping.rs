@@ -260,3 +260,104 @@ fn flap_history_forgets_quiet_entities_and_keeps_active_ones() {
         "staying active is not flapping"
     );
 }
+
+/// A signal of `kind` for tenant `acme` with the host's own cause digest (a host building
+/// signals itself may derive a cause from the entity's event alone, the same for every kind).
+fn with_cause(kind: &str, cause: &[u8]) -> Signal {
+    Signal::builder("acme".parse().expect("tenant"), kind.parse().expect("kind"))
+        .subject("Deal 42")
+        .text("Deal 42 needs attention.")
+        .observed_at(at(10, 9))
+        .cause(sos_core::Sha256Digest::of(cause))
+        .build()
+        .expect("valid")
+}
+
+/// Review finding (`replay-same` across kinds): the repeat check remembered notified causes
+/// per (tenant, cause) while the store claims them per (tenant, kind, cause), so a signal of
+/// another kind with the same cause digest was held back as `repeat` for a week once the first
+/// kind was notified (and went out when both happened to be due in one round). A cause is now
+/// remembered per kind, as the store claims it; the same kind is still a repeat.
+#[test]
+fn a_cause_notified_for_one_kind_does_not_hold_back_another_kind() {
+    let mut grouper = Grouper::new(GroupingConfig::default()).expect("valid");
+    grouper.observe(at(10, 9), vec![with_cause("deal-lost", b"deal-42@2026-03-10")]);
+    assert_eq!(grouper.flush(at(10, 10)).len(), 1);
+    let later = at(10, 11);
+    let outcomes = grouper.observe(
+        later,
+        vec![
+            with_cause("deal-lost", b"deal-42@2026-03-10"),
+            with_cause("stale-deal-nudge", b"deal-42@2026-03-10"),
+        ],
+    );
+    let reasons: Vec<(&str, Reason)> =
+        outcomes.iter().map(|outcome| (outcome.kind.as_str(), outcome.reason)).collect();
+    assert_eq!(reasons, [("deal-lost", Reason::Repeat), ("stale-deal-nudge", Reason::Grouped)]);
+    let due = grouper.flush(later + TimeDelta::hours(1));
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].summary().kind().as_str(), "stale-deal-nudge");
+    // Both kinds are remembered after a restart, each under its own kind.
+    let saved = serde_json::to_value(grouper.state()).expect("serializes");
+    let causes = &saved["notified"]["acme"];
+    assert!(causes["deal-lost"].is_object() && causes["stale-deal-nudge"].is_object(), "{causes}");
+    let state: GroupingState = serde_json::from_value(saved).expect("deserializes");
+    let mut restored = Grouper::restore(GroupingConfig::default(), state).expect("valid");
+    let again = restored.observe(
+        at(11, 9),
+        vec![
+            with_cause("deal-lost", b"deal-42@2026-03-10"),
+            with_cause("stale-deal-nudge", b"deal-42@2026-03-10"),
+        ],
+    );
+    assert!(again.iter().all(|outcome| outcome.reason == Reason::Repeat), "{again:?}");
+}
+
+/// A state saved while notified causes were kept per (tenant, cause) still loads: each such
+/// cause holds back signals of every kind until `repeat_interval` has passed since it was
+/// notified, survives another save, and then expires.
+#[test]
+fn notified_causes_saved_without_their_kind_hold_back_every_kind_until_they_expire() {
+    let cause = sos_core::Sha256Digest::of(b"deal-42@2026-03-10");
+    let saved = serde_json::json!({
+        "groups": {},
+        "notified": { "acme": { cause.to_hex(): "2026-03-10T10:00:00Z" } },
+        "log": [],
+    });
+    let state: GroupingState = serde_json::from_value(saved).expect("the older format loads");
+    let mut grouper = Grouper::restore(GroupingConfig::default(), state).expect("valid");
+    let resaved = serde_json::to_value(grouper.state()).expect("serializes");
+    assert_eq!(resaved["notified"]["acme"]["*"][cause.to_hex()], "2026-03-10T10:00:00Z");
+    let state: GroupingState = serde_json::from_value(resaved).expect("the new format loads");
+    let mut grouper_again = Grouper::restore(GroupingConfig::default(), state).expect("valid");
+    for grouper in [&mut grouper, &mut grouper_again] {
+        let both = || {
+            vec![
+                with_cause("deal-lost", b"deal-42@2026-03-10"),
+                with_cause("stale-deal-nudge", b"deal-42@2026-03-10"),
+            ]
+        };
+        let held = grouper.observe(at(12, 9), both());
+        assert!(held.iter().all(|outcome| outcome.reason == Reason::Repeat), "{held:?}");
+        let expired = grouper.observe(at(17, 10), both());
+        assert!(expired.iter().all(|outcome| outcome.reason == Reason::Grouped), "{expired:?}");
+    }
+}
+
+/// Notified causes are remembered per tenant: tenant `acme`'s notified cause does not hold back
+/// tenant `other`'s signal with the same kind and cause digest.
+#[test]
+fn a_cause_notified_for_one_tenant_does_not_hold_back_another_tenant() {
+    let mut grouper = Grouper::new(GroupingConfig::default()).expect("valid");
+    grouper.observe(at(10, 9), vec![with_cause("deal-lost", b"deal-42")]);
+    assert_eq!(grouper.flush(at(10, 10)).len(), 1);
+    let other = Signal::builder("other".parse().expect("tenant"), "deal-lost".parse().expect("kind"))
+        .subject("Deal 42")
+        .text("Deal 42 needs attention.")
+        .observed_at(at(10, 9))
+        .cause(sos_core::Sha256Digest::of(b"deal-42"))
+        .build()
+        .expect("valid");
+    let outcomes = grouper.observe(at(10, 11), vec![other]);
+    assert_eq!(outcomes.iter().map(|outcome| outcome.reason).collect::<Vec<_>>(), [Reason::Grouped]);
+}
