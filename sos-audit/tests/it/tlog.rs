@@ -784,3 +784,47 @@ async fn run_signs_in_the_background_until_shutdown() {
     let reports = reports.lock().expect("reports").clone();
     assert_eq!(reports, vec![(Some(tenant("acme")), Some(2))]);
 }
+
+/// Review attack on the directory sink: whoever can write the anchor directory plants names
+/// that are not `<20 digits>.checkpoint` (21 digits with a leading zero, a `+` sign that
+/// `u64::from_str` would accept, a size past `u64::MAX`, a hex digit, a backup copy, a token
+/// alone), each holding the genuine older note: none of them hides the real latest anchor.
+/// A symlink under a larger, well-formed name to a genuine older note is refused as misfiled.
+#[cfg(unix)]
+#[tokio::test]
+async fn fs_anchor_names_that_are_not_sizes_cannot_hide_the_latest_anchor() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sink = FsAnchorSink::new(dir.path());
+    let acme = tenant("acme");
+    let signer = signer();
+    let anchor = |size: u64| {
+        let checkpoint = Checkpoint {
+            origin: "example.com/sos-audit/acme".to_owned(),
+            size,
+            root: sos_core::Sha256Digest::from_bytes([size as u8; 32]),
+            extensions: Vec::new(),
+        };
+        let note = checkpoint.sign(&signer).expect("sign");
+        Anchor { tenant: acme.clone(), size, root: checkpoint.root, note, timestamp_token: None }
+    };
+    let older = anchor(7);
+    let latest = anchor(8);
+    sink.write(&older).await.expect("older");
+    sink.write(&latest).await.expect("latest");
+    let tenant_dir = dir.path().join("acme");
+    for planted in [
+        "000000000000000000099.checkpoint",
+        "+0000000000000000099.checkpoint",
+        "99999999999999999999.checkpoint",
+        "0000000000000000009a.checkpoint",
+        "00000000000000000099.checkpoint.bak",
+        "00000000000000000099.tsr",
+        "00000000000000000099",
+    ] {
+        std::fs::write(tenant_dir.join(planted), older.note.as_bytes()).expect("plant");
+    }
+    assert_eq!(sink.latest(&acme).await.expect("read back"), Some(latest), "the planted names are ignored");
+    std::os::unix::fs::symlink(sink.path_of(&acme, 7), sink.path_of(&acme, 99)).expect("symlink");
+    let refused = sink.latest(&acme).await.expect_err("a symlink to an older note under a larger size");
+    assert!(matches!(refused, Error::AnchorMisfiled { filed: 99, held: 7, .. }), "{refused:?}");
+}
