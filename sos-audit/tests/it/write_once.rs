@@ -537,7 +537,10 @@ mod sqlite_upgrade {
         let database = chain_before_clustered(&host_sql).await;
         upgrade_is_refused_and_changes_nothing(&database).await;
 
-        let pool = database.pool();
+        // A fresh pool: a connection of the first one may still read a snapshot from before
+        // (sqlx resets a SQLite statement lazily), whose schema still holds the host's index.
+        let fresh = sos_testkit::sqlite_pool(database.path(), 1).await;
+        let pool = &fresh;
         for drop in ["DROP INDEX host_entries_by_actor", "DROP TRIGGER host_entries_outbox"] {
             sqlx::query(drop).execute(pool).await.expect(drop);
         }
