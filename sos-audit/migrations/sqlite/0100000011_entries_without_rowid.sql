@@ -27,13 +27,17 @@ CREATE TEMP TABLE audit_upgrade_host_objects (
 );
 INSERT INTO audit_upgrade_host_objects
     SELECT (SELECT count(*) FROM sqlite_master
-            WHERE tbl_name = 'audit_entries' AND type IN ('index', 'trigger')
-              AND name NOT LIKE 'sqlite_autoindex_audit_entries_%'
-              AND name NOT IN ('audit_entries_no_update', 'audit_entries_no_delete',
-                               'audit_entries_well_formed', 'audit_entries_no_replace',
-                               'audit_entries_linked'))
+            -- A table name is matched as SQLite resolves it: without regard to ASCII case (a
+            -- trigger or a foreign key keeps the name as its statement spelled it).
+            WHERE tbl_name = 'audit_entries' COLLATE NOCASE
+              -- The primary key's own index is the only one with no SQL; a host's has its CREATE.
+              AND (type = 'index' AND sql IS NOT NULL
+                   OR type = 'trigger'
+                      AND name NOT IN ('audit_entries_no_update', 'audit_entries_no_delete',
+                                       'audit_entries_well_formed', 'audit_entries_no_replace',
+                                       'audit_entries_linked')))
          + (SELECT count(*) FROM sqlite_master AS host, pragma_foreign_key_list(host.name) AS fk
-            WHERE host.type = 'table' AND fk."table" = 'audit_entries');
+            WHERE host.type = 'table' AND fk."table" = 'audit_entries' COLLATE NOCASE);
 DROP TABLE audit_upgrade_host_objects;
 
 PRAGMA legacy_alter_table = ON;

@@ -574,6 +574,41 @@ mod sqlite_upgrade {
         upgrade_is_refused_and_changes_nothing(&database).await;
     }
 
+    /// Finding (fixed): the guard of 0100000011 matched the table name case-sensitively and told
+    /// its own objects from a host's by name alone. SQLite resolves `AUDIT_ENTRIES` to
+    /// `audit_entries` but keeps the spelling in a trigger's `tbl_name` and a foreign key's
+    /// target, so a host trigger `ON AUDIT_ENTRIES` was dropped silently and a foreign key to
+    /// `"Audit_Entries"` failed the drop with a bare `FOREIGN KEY constraint failed` (leaving
+    /// `legacy_alter_table` on for the connection); a host index named like one of sos-audit's
+    /// triggers (`audit_entries_linked`) or like the primary key's index was dropped silently.
+    /// Each is now refused up front like the objects above.
+    #[tokio::test]
+    async fn upgrade_to_clustered_entries_refuses_host_objects_named_in_another_case_or_like_its_own() {
+        let cases: [&[&str]; 4] = [
+            &[
+                "CREATE TABLE host_outbox (tenant TEXT NOT NULL, seq INTEGER NOT NULL)",
+                "CREATE TRIGGER host_entries_outbox AFTER INSERT ON AUDIT_ENTRIES \
+                 BEGIN INSERT INTO host_outbox VALUES (NEW.tenant, NEW.seq); END",
+            ],
+            &[
+                "CREATE TABLE host_changes (id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, seq INTEGER NOT NULL, \
+               FOREIGN KEY (tenant, seq) REFERENCES \"Audit_Entries\" (tenant, seq))",
+            ],
+            &["CREATE INDEX audit_entries_linked ON audit_entries (actor)"],
+            &["CREATE INDEX sqlite1autoindex_audit_entries_1 ON audit_entries (subject)"],
+        ];
+        for host_sql in cases {
+            let database = chain_before_clustered(host_sql).await;
+            if host_sql[0].contains("host_changes") {
+                sqlx::query("INSERT INTO host_changes (tenant, seq) VALUES ('acme', 2)")
+                    .execute(database.pool())
+                    .await
+                    .expect("a host row referencing entry 2");
+            }
+            upgrade_is_refused_and_changes_nothing(&database).await;
+        }
+    }
+
     /// Migration 0100000011 on a database that already holds a Merkle tree and a signed
     /// checkpoint (0100000010 comes first): the checkpointer continues on the moved entries, its
     /// next checkpoint (after appends through the view `audit_appends`, its extension starting at
