@@ -385,10 +385,16 @@ pub const DEFAULT_STATE_CAPACITY: usize = 100_000;
 #[derive(Debug, Clone, Copy)]
 pub struct DedupeParams;
 
-/// A cause digest fires at most once (named shape `replay-same`); see [`dedupe_by_cause`].
+/// A cause digest fires at most once per tenant (named shape `replay-same`); see [`dedupe_by_cause`].
 pub type DedupeByCause<R> = Stateful<R, DateTime<Utc>, DedupeParams>;
 
-/// Never fires the same cause digest twice; remembers up to `capacity` causes.
+/// Never fires the same cause digest twice for one tenant; remembers up to `capacity` causes.
+///
+/// Causes are remembered per (tenant, cause): a custom ruliad that gives two tenants' signals the
+/// same cause digest fires once for each tenant, never letting one tenant's signal hold back
+/// another's (named shape `tenant-crosstalk`). A state saved before the tenant was part of the
+/// key holds bare causes; each of those still holds back that cause for every tenant (the saved
+/// behaviour, never a replay) until it is evicted.
 pub fn dedupe_by_cause<R>(ruliad: R, capacity: usize) -> DedupeByCause<R> {
     Stateful::with(ruliad, DedupeParams, capacity)
 }
@@ -413,9 +419,13 @@ impl<E: ?Sized, R: Ruliad<E>> Ruliad<E> for DedupeByCause<R> {
         let evaluation = self.ruliad.evaluate(now, entity);
         // Only the cause is read: the `because` line stays unrendered.
         let Some(signal) = evaluation.raw_signal() else { return evaluation };
-        let key = signal.cause().to_hex();
+        let cause = signal.cause().to_hex();
+        // A tenant id never holds the separator (`a-z`, `0-9`, `-`, `_`), and a cause is 64 hex
+        // digits: the key names one (tenant, cause) only.
+        let key = [signal.tenant().as_str(), "\u{1f}", &cause].concat();
         let mut state = self.lock();
-        if let Some(first) = state.get(&key).copied() {
+        // A bare cause comes from a state saved before the tenant was part of the key.
+        if let Some(first) = state.get(&key).or_else(|| state.get(&cause)).copied() {
             let (_, explanation) = evaluation.into_parts();
             let guard = Predicate::custom("cause first fired", first, Op::Eq, Value::Missing, false);
             return Evaluation::stopped(guard, explanation);

@@ -17,7 +17,7 @@
 //! Every signal held back or delayed is recorded with its [`Reason`]; nothing disappears without
 //! a trace. The state is plain serde data, bounded by expiry.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -27,6 +27,7 @@ use sos_core::{Sha256Digest, Signal, SignalId, SignalKind, TenantId};
 
 use crate::error::{Error, Result};
 use crate::explain::{Explanation, time_text, write_because};
+use crate::hashing::SeededMap;
 use crate::trust::Reason;
 
 /// An inhibition rule: active `source` signals suppress `target` signals with equal labels.
@@ -267,7 +268,7 @@ struct Flap {
 }
 
 /// cause → when it was last notified.
-type NotifiedCauses = HashMap<Sha256Digest, DateTime<Utc>>;
+type NotifiedCauses = SeededMap<Sha256Digest, DateTime<Utc>>;
 
 /// The causes notified for one tenant: by kind, as the store keys its claims (two signals of
 /// different kinds with the same cause digest are different signals), and, from a state saved
@@ -349,7 +350,7 @@ impl<'de> Deserialize<'de> for TenantNotified {
 type Notified = BTreeMap<TenantId, TenantNotified>;
 
 /// The flap histories by their full key (see [`flap_key`]); saved sorted by key.
-type Flaps = HashMap<Arc<str>, Flap>;
+type Flaps = SeededMap<Arc<str>, Flap>;
 
 mod flaps_serde {
     use super::{Arc, BTreeMap, Flap, Flaps};
@@ -413,7 +414,7 @@ pub struct Grouper {
     /// Buffers reused across rounds: a flap or inhibition key being built, and the inhibitors'
     /// index (full key → rule).
     key: String,
-    inhibitors: HashMap<String, usize>,
+    inhibitors: SeededMap<String, usize>,
 }
 
 fn label<'a>(signal: &'a Signal, name: &str) -> Option<&'a str> {
@@ -538,7 +539,7 @@ impl Grouper {
             appearance_order: appearance_order.into(),
             tenants,
             key: String::new(),
-            inhibitors: HashMap::new(),
+            inhibitors: SeededMap::default(),
         })
     }
 
@@ -673,7 +674,7 @@ impl Grouper {
                 }
                 let notified = self.state.notified.get_mut(tenant).expect("inserted above");
                 if !notified.by_kind.contains_key(kind) {
-                    notified.by_kind.insert(kind.clone(), HashMap::new());
+                    notified.by_kind.insert(kind.clone(), SeededMap::default());
                 }
                 let notified = notified.by_kind.get_mut(kind).expect("inserted above");
                 let index = self.tenants.intern(tenant, Some(kind));
@@ -736,7 +737,7 @@ impl Grouper {
     fn inhibited_by(
         &self,
         signal: &Signal,
-        inhibitors: &HashMap<String, usize>,
+        inhibitors: &SeededMap<String, usize>,
         key: &mut String,
     ) -> Option<String> {
         if inhibitors.is_empty() {

@@ -131,6 +131,7 @@ mod explain;
 pub mod fixture;
 pub mod gate;
 pub mod grouping;
+pub mod hashing;
 pub mod pack;
 mod ruliad;
 pub mod store;

@@ -5,7 +5,7 @@
 //! [`MemoryStore`] is always available; `PgStore` and `SqliteStore` come with the `postgres` and
 //! `sqlite` features, over the migrations in `migrations/` (version range `0300000001…`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Mutex, PoisonError};
 
@@ -15,6 +15,7 @@ use sos_core::{Sha256Digest, Signal, TenantId};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 use crate::error::Error;
 use crate::error::Result;
+use crate::hashing::SeededMap;
 
 /// One cause to claim with [`StateStore::claim_causes`]: `cause` within `scope` (such as a
 /// ruliad name) for `tenant`.
@@ -117,7 +118,7 @@ struct MemoryState {
     /// allocates only for a new tenant or scope.
     /// The causes of one scope are hashed: one probe per claim instead of a walk down a tree of
     /// every cause claimed.
-    causes: BTreeMap<TenantId, BTreeMap<String, HashMap<Sha256Digest, DateTime<Utc>>>>,
+    causes: BTreeMap<TenantId, BTreeMap<String, SeededMap<Sha256Digest, DateTime<Utc>>>>,
     values: BTreeMap<(String, String), serde_json::Value>,
 }
 
@@ -129,7 +130,7 @@ impl MemoryState {
         }
         let scopes = self.causes.get_mut(claim.tenant).expect("inserted above");
         if !scopes.contains_key(claim.scope) {
-            scopes.insert(claim.scope.to_owned(), HashMap::new());
+            scopes.insert(claim.scope.to_owned(), SeededMap::default());
         }
         let causes = scopes.get_mut(claim.scope).expect("inserted above");
         match causes.entry(*claim.cause) {

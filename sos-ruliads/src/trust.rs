@@ -11,7 +11,7 @@
 //! speak never falls silent for ever. Withheld signals are kept with their reason. The whole
 //! state is plain serde data.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use sos_core::{Signal, SignalId, SignalKind, TenantId};
 
 use crate::error::{Error, Result};
+use crate::hashing::SeededMap;
 use crate::ruliad::Class;
 
 /// Why a signal did not go out (yet). Every suppressed or delayed signal records one.
@@ -237,7 +238,7 @@ pub struct TrustState {
     /// Released signals awaiting feedback: id → (class, released at). Hashed (one probe per
     /// release and per feedback), saved sorted by id.
     #[serde(with = "outstanding_serde")]
-    pub outstanding: HashMap<SignalId, (Class, DateTime<Utc>)>,
+    pub outstanding: SeededMap<SignalId, (Class, DateTime<Utc>)>,
     /// Withheld signals, oldest first.
     pub withheld: VecDeque<Withheld>,
     /// How many withheld signals were dropped because the list was full.
@@ -248,9 +249,9 @@ pub struct TrustState {
 }
 
 mod outstanding_serde {
-    use super::{BTreeMap, Class, DateTime, HashMap, SignalId, Utc};
+    use super::{BTreeMap, Class, DateTime, SeededMap, SignalId, Utc};
 
-    type Outstanding = HashMap<SignalId, (Class, DateTime<Utc>)>;
+    type Outstanding = SeededMap<SignalId, (Class, DateTime<Utc>)>;
 
     pub(super) fn serialize<S: serde::Serializer>(
         outstanding: &Outstanding,
@@ -307,7 +308,7 @@ impl TrustGate {
             budget_per_day: config.initial_per_day,
             tokens: 1.0,
             refilled_at: now,
-            outstanding: HashMap::new(),
+            outstanding: SeededMap::default(),
             withheld: VecDeque::new(),
             withheld_dropped: 0,
             swept_at: None,

@@ -139,6 +139,67 @@ mod replay_same {
     }
 }
 
+/// Named shape `tenant-crosstalk`: state keyed without its tenant lets one tenant's signal hold
+/// back another tenant's.
+mod tenant_crosstalk {
+    use sos_core::{Sha256Digest, Signal, TenantId};
+
+    use super::*;
+
+    /// The stale-deal rule with every cause replaced by one digest: a custom ruliad whose cause
+    /// ignores the tenant.
+    fn same_cause_for_everyone() -> impl Ruliad<Record> {
+        map_signal(stale(), |signal: Signal| {
+            Signal::builder(signal.tenant().clone(), signal.kind().clone())
+                .subject(signal.subject())
+                .text(signal.text())
+                .cause(Sha256Digest::of(b"one cause for every tenant"))
+                .build()
+                .expect("still valid")
+        })
+    }
+
+    fn of_tenant(tenant: &str, record: Record) -> Record {
+        let Record::Deal(mut deal) = record else { unreachable!("a deal") };
+        deal.tenant = tenant.parse::<TenantId>().expect("valid tenant");
+        Record::Deal(deal)
+    }
+
+    #[test]
+    fn tenant_crosstalk_dedupe_by_cause_keeps_tenants_apart() {
+        let once = dedupe_by_cause(same_cause_for_everyone(), 10);
+        let acme = of_tenant("acme", deal("d1", Stage::Discovery, Some(1)));
+        let globex = of_tenant("globex", deal("d1", Stage::Discovery, Some(1)));
+        assert!(once.evaluate(at(10, 9), &acme).fired());
+        // The same cause digest for another tenant is that tenant's first: it fires.
+        let other = once.evaluate(at(10, 10), &globex);
+        assert!(other.fired(), "acme's cause held back globex's signal: {}", other.explain());
+        // Within each tenant the cause still fires once (`replay-same`).
+        for entity in [&acme, &globex] {
+            let replay = once.evaluate(at(11, 9), entity);
+            assert_eq!(replay.guard().expect("stopped").name, "cause first fired");
+        }
+    }
+
+    #[test]
+    fn tenant_crosstalk_dedupe_state_saved_with_bare_causes_still_holds_them_back() {
+        // A state saved before the tenant was part of the key: a bare cause, of unknown tenant,
+        // keeps holding that cause back for every tenant (never a replay) until evicted.
+        let cause = Sha256Digest::of(b"one cause for every tenant").to_hex();
+        let saved = serde_json::json!({
+            "capacity": 10,
+            "entries": { cause: { "touched": "2026-03-10T09:00:00Z", "value": "2026-03-10T09:00:00Z" } }
+        });
+        let once = dedupe_by_cause(same_cause_for_everyone(), 10);
+        once.restore(serde_json::from_value(saved).expect("the saved format loads"));
+        for tenant in ["acme", "globex"] {
+            let entity = of_tenant(tenant, deal("d1", Stage::Discovery, Some(1)));
+            let replay = once.evaluate(at(11, 9), &entity);
+            assert_eq!(replay.guard().expect("stopped").name, "cause first fired", "{tenant}");
+        }
+    }
+}
+
 #[test]
 fn state_is_bounded() {
     let once = dedupe_by_cause(stale(), 3);

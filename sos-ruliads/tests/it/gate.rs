@@ -646,3 +646,72 @@ async fn a_cause_is_sent_once_per_kind_postgres() {
     let database = sos_testkit::PgTestDatabase::new(&[&postgres_migrator()]).await;
     a_cause_is_sent_once_per_kind(&PgStore::new(database.pool().clone())).await;
 }
+
+/// `with_shared_cause` for `tenant`.
+fn with_shared_cause_for(tenant: &str, now: DateTime<Utc>) -> Fired {
+    let signal =
+        Signal::builder(tenant.parse().expect("valid tenant"), "stale-deal-nudge".parse().expect("kind"))
+            .subject("Deal 42")
+            .text("Deal 42 needs attention.")
+            .observed_at(now)
+            .cause(sos_core::Sha256Digest::of(b"deal-42@2026-03-10"))
+            .build()
+            .expect("valid");
+    Fired::new(0, 0, Class::Insight, signal)
+}
+
+/// Named shape `tenant-crosstalk` on the gate's whole path: two tenants' signals of one kind with
+/// the same cause digest (a host's own cause that ignores the tenant) are two signals. The
+/// repeat check, the claim and the claims remembered unsent are keyed by (tenant, kind, cause),
+/// so neither tenant's signal holds back the other's, in one round or across rounds, and each is
+/// still sent once.
+async fn tenant_crosstalk_the_gate_claims_a_cause_per_tenant<S: StateStore>(store: &S) {
+    let grouping = GroupingConfig { group_wait_seconds: 0, ..GroupingConfig::default() };
+    let mut gate = trusted_gate(grouping, generous_trust());
+    let first =
+        gate.round(store, at(10, 9), vec![with_shared_cause_for("acme", at(10, 9))]).await.expect("round");
+    assert_eq!(first.released_signals().count(), 1, "{first:?}");
+    let both = |now| vec![with_shared_cause_for("acme", now), with_shared_cause_for("globex", now)];
+    let second = gate.round(store, at(10, 10), both(at(10, 10))).await.expect("round");
+    let sent: Vec<&str> = second.released_signals().map(|signal| signal.tenant().as_str()).collect();
+    assert_eq!(sent, ["globex"], "acme's cause must not hold back globex's signal: {second:?}");
+    assert_eq!(reasons(&second, Reason::Repeat), 1, "acme's signal is a repeat: {second:?}");
+    let third = gate.round(store, at(10, 11), both(at(10, 11))).await.expect("round");
+    assert!(third.released.is_empty(), "{third:?}");
+    assert_eq!(reasons(&third, Reason::Repeat), 2, "{third:?}");
+    // A second gate (another evaluator) sharing the store: each tenant's claim is taken, and
+    // only that tenant's.
+    let mut other =
+        trusted_gate(GroupingConfig { group_wait_seconds: 0, ..GroupingConfig::default() }, generous_trust());
+    let elsewhere = other
+        .round(
+            store,
+            at(10, 12),
+            vec![with_shared_cause_for("initech", at(10, 12)), with_shared_cause_for("acme", at(10, 12))],
+        )
+        .await
+        .expect("round");
+    let sent: Vec<&str> = elsewhere.released_signals().map(|signal| signal.tenant().as_str()).collect();
+    assert_eq!(sent, ["initech"], "{elsewhere:?}");
+}
+
+#[tokio::test]
+async fn tenant_crosstalk_the_gate_claims_a_cause_per_tenant_memory() {
+    tenant_crosstalk_the_gate_claims_a_cause_per_tenant(&MemoryStore::new()).await;
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn tenant_crosstalk_the_gate_claims_a_cause_per_tenant_sqlite() {
+    use sos_ruliads::store::{SqliteStore, sqlite_migrator};
+    let database = sos_testkit::SqliteTestDatabase::new(&[&sqlite_migrator()]).await;
+    tenant_crosstalk_the_gate_claims_a_cause_per_tenant(&SqliteStore::new(database.pool().clone())).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn tenant_crosstalk_the_gate_claims_a_cause_per_tenant_postgres() {
+    use sos_ruliads::store::{PgStore, postgres_migrator};
+    let database = sos_testkit::PgTestDatabase::new(&[&postgres_migrator()]).await;
+    tenant_crosstalk_the_gate_claims_a_cause_per_tenant(&PgStore::new(database.pool().clone())).await;
+}
