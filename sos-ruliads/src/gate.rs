@@ -233,10 +233,26 @@ impl Gate {
             self.buffers.claimed = claimed;
             return Err(error);
         }
-        let mut flags = claimed.iter().copied();
+        // Exactly as many messages as due groups at most: one small allocation, not a doubling
+        // buffer of four.
+        round.released.reserve_exact(due.len());
+        let mut offset = 0;
         for notification in due.drain(..) {
-            let Some(notification) = self.keep_claimed(now, notification, &mut flags, &mut round) else {
-                continue;
+            // This notification's claim outcomes, one per member (a missing flag is not ours).
+            let count = notification.members().len();
+            let end = (offset + count).min(claimed.len());
+            let flags = &claimed[offset.min(end)..end];
+            offset += count;
+            let notification = if flags.len() == count && flags.iter().all(|&ours| ours) {
+                // Every member's cause is ours: the message goes on as it is, without moving
+                // its members.
+                notification
+            } else {
+                let mut flags = flags.iter().copied();
+                let Some(notification) = self.keep_claimed(now, notification, &mut flags, &mut round) else {
+                    continue;
+                };
+                notification
             };
             let class = self.classes.get(notification.summary().kind()).copied().unwrap_or_default();
             match self.trust.admit(now, notification.summary().id(), class) {

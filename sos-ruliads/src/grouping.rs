@@ -425,26 +425,29 @@ fn label<'a>(signal: &'a Signal, name: &str) -> Option<&'a str> {
 /// written one way only: no two different sequences give the same key.
 fn push_part(key: &mut String, part: &str) {
     // The length in decimal, without `core::fmt` (this runs for every signal of every round).
-    key.push_str(decimal(part.len(), &mut [0_u8; 20]));
+    push_decimal(key, part.len());
     key.push(':');
     key.push_str(part);
     key.push(',');
 }
 
-/// `value` in decimal, written into `buffer`.
-fn decimal(value: usize, buffer: &mut [u8; 20]) -> &str {
-    let mut at = buffer.len();
-    let mut rest = value;
-    loop {
-        at -= 1;
-        buffer[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
+/// Appends `value` in decimal, digit by digit (no `core::fmt`, no UTF-8 check of a buffer).
+fn push_decimal(key: &mut String, value: usize) {
+    if value >= 10 {
+        push_decimal(key, value / 10);
     }
-    // ASCII digits are valid UTF-8.
-    std::str::from_utf8(&buffer[at..]).unwrap_or("0")
+    key.push(char::from(b'0' + (value % 10) as u8));
+}
+
+/// The number of decimal digits of `value`.
+fn decimal_digits(value: usize) -> usize {
+    let mut digits = 1;
+    let mut rest = value;
+    while rest >= 10 {
+        rest /= 10;
+        digits += 1;
+    }
+    digits
 }
 
 /// Writes the full flap key of `signal` (tenant, kind, subject) into `key`. Keys are compared
@@ -461,7 +464,11 @@ fn flap_key(key: &mut String, signal: &Signal) {
 /// (it can then neither inhibit nor be inhibited by that rule).
 fn inhibition_key(key: &mut String, signal: &Signal, index: usize, rule: &InhibitRule) -> bool {
     key.clear();
-    push_part(key, decimal(index, &mut [0_u8; 20]));
+    // The rule's index as a part, as `push_part` writes its decimal text.
+    push_decimal(key, decimal_digits(index));
+    key.push(':');
+    push_decimal(key, index);
+    key.push(',');
     push_part(key, signal.tenant().as_str());
     for name in &rule.equal {
         let Some(value) = label(signal, name) else { return false };
@@ -908,4 +915,25 @@ fn summarise(now: DateTime<Utc>, members: &[Signal]) -> Option<Signal> {
         .cause(cause.finish())
         .build()
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{decimal_digits, push_decimal, push_part};
+
+    /// Flap keys are saved: the length-prefixed format (`5:acme,`) must not change.
+    #[test]
+    fn key_parts_are_length_prefixed_in_decimal() {
+        let mut key = String::new();
+        push_part(&mut key, "acme");
+        push_part(&mut key, "");
+        push_part(&mut key, &"x".repeat(123));
+        assert_eq!(key, ["4:acme,0:,123:", &"x".repeat(123), ","].concat());
+        for value in [0, 7, 9, 10, 99, 100, 12_345, usize::MAX] {
+            let mut text = String::new();
+            push_decimal(&mut text, value);
+            assert_eq!(text, value.to_string());
+            assert_eq!(decimal_digits(value), text.len());
+        }
+    }
 }

@@ -414,7 +414,9 @@ impl TrustGate {
     ) -> Option<(Reason, String)> {
         self.expire_feedback(now);
         self.update_phase(now);
-        let age = now - self.state.planted_at;
+        // The agent's age, only where a rule reads it (an intervening agent's interventions
+        // never do).
+        let age = || now - self.state.planted_at;
         let blocked = match (self.state.phase, class) {
             (Phase::Planted, _) => Some("the agent has not introduced itself yet".to_owned()),
             (_, Class::Insight) if self.state.observed_messages < u64::from(self.config.min_messages) => {
@@ -423,8 +425,8 @@ impl TrustGate {
                     self.state.observed_messages, self.config.min_messages
                 ))
             }
-            (_, Class::Insight) if age < TimeDelta::days(i64::from(self.config.insight_after_days)) => {
-                Some(format!("observing: day {} of {}", age.num_days(), self.config.insight_after_days))
+            (_, Class::Insight) if age() < TimeDelta::days(i64::from(self.config.insight_after_days)) => {
+                Some(format!("observing: day {} of {}", age().num_days(), self.config.insight_after_days))
             }
             (Phase::Intervening, Class::Intervention) => None,
             (_, Class::Intervention) if !self.state.insight_accepted => {
@@ -433,7 +435,7 @@ impl TrustGate {
             (_, Class::Intervention) => Some(format!(
                 "interventions start on day {}; this is day {}",
                 self.config.intervene_after_days,
-                age.num_days()
+                age().num_days()
             )),
             (_, Class::Insight) => None,
         };
@@ -536,6 +538,10 @@ impl TrustGate {
     }
 
     fn update_phase(&mut self, now: DateTime<Utc>) {
+        if self.state.phase == Phase::Intervening {
+            // The last phase: nothing to compute.
+            return;
+        }
         let intervene_at = TimeDelta::days(i64::from(self.config.intervene_after_days));
         if self.state.phase >= Phase::Observing
             && self.state.insight_accepted
