@@ -22,7 +22,7 @@
 //! - **Every map has its own secret key, drawn from the operating system's random source.**
 //!   [`SeededState`] mixes two 64-bit values into foldhash's seeds: one drawn once per process,
 //!   one per map (per [`SeededState::default`] call). Each is the output of a fresh std
-//!   [`RandomState`](std::hash::RandomState) (SipHash keyed by 128 bits from the OS: `getrandom`
+//!   [`std::hash::RandomState`] (SipHash keyed by 128 bits from the OS: `getrandom`
 //!   on Linux), not foldhash's own default seed, which is derived from addresses and the clock
 //!   (ASLR) and is weaker than we want. An attacker who does not know the key cannot compute
 //!   which digests collide, and grinding offline against one process's key is impossible without
