@@ -9,12 +9,21 @@ use std::collections::BTreeMap;
 use chrono::{Datelike, TimeDelta, Timelike, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sos_core::Severity;
+use sos_core::{Severity, Signal};
 
 use crate::crm::{Direction, Record, Stage};
 use crate::error::{Error, Result};
 use crate::explain::{Draft, Evaluation, Explain, Op, Predicate, Value, time_text};
 use crate::ruliad::{Class, Ruliad};
+
+/// A catalog rule's [`Ruliad::evaluate`]: its [`Ruliad::evaluate_into`] (where each rule is
+/// written once) into a recorder of its own.
+#[inline]
+fn evaluation_of<R: Ruliad<Record>>(ruliad: &R, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
+    let mut why = Explain::new();
+    let fired = ruliad.evaluate_into(now, record, &mut why);
+    why.into_evaluation(fired)
+}
 
 /// The names of every ruliad in the catalog, sorted.
 pub const NAMES: &[&str] = &[
@@ -113,7 +122,7 @@ macro_rules! expect_record {
             Record::$variant(inner) => inner,
             other => {
                 $why.check(Predicate::eq("record", other.type_name(), $expected));
-                return $why.stop();
+                return $why.stop_here();
             }
         }
     };
@@ -123,7 +132,7 @@ macro_rules! require {
     ($why:ident, $predicate:expr) => {
         let predicate = $predicate;
         if !$why.check(predicate) {
-            return $why.stop();
+            return $why.stop_here();
         }
     };
 }
@@ -137,7 +146,7 @@ macro_rules! present {
             }
             None => {
                 $why.check(Predicate::present::<chrono::DateTime<Utc>>($name, None));
-                return $why.stop();
+                return $why.stop_here();
             }
         }
     };
@@ -212,16 +221,23 @@ impl Ruliad<Record> for StaleDealNudge {
         true
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        let mut why = Explain::new();
+        evaluation_of(self, now, record)
+    }
+    fn evaluate_into(
+        &self,
+        now: chrono::DateTime<Utc>,
+        record: &Record,
+        why: &mut Explain,
+    ) -> Option<Signal> {
         let deal = expect_record!(record, Deal, "deal", why);
         let last = present!(why, "last activity", deal.last_activity_at());
-        require!(why, open_stage(&mut why, &deal.stage));
+        require!(why, open_stage(why, &deal.stage));
         let limit = self.params.stage_days.for_stage(deal.stage.as_str(), self.params.stale_days);
         let idle_days = (now - last).num_days();
         require!(why, Predicate::gt("idle", TimeDelta::days(idle_days), days(limit)));
         // The idle episode is part of the cause: after new activity, a new staleness is news.
         why.label("deal_id", deal.id.clone()).label("idle_since", time_text(last));
-        why.fire(
+        why.fire_here(
             Draft::new(&deal.tenant, "stale-deal-nudge", now)
                 .subject(["Deal with ", &deal.contact_name].concat())
                 .text(
@@ -294,9 +310,16 @@ impl Ruliad<Record> for HotOpportunityFlag {
         true
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        let mut why = Explain::new();
+        evaluation_of(self, now, record)
+    }
+    fn evaluate_into(
+        &self,
+        now: chrono::DateTime<Utc>,
+        record: &Record,
+        why: &mut Explain,
+    ) -> Option<Signal> {
         let deal = expect_record!(record, Deal, "deal", why);
-        require!(why, open_stage(&mut why, &deal.stage));
+        require!(why, open_stage(why, &deal.stage));
         let value = present!(why, "value", deal.value_cents);
         require!(why, Predicate::ge("value_cents", value, self.params.min_value_cents));
         let probability = present!(why, "probability", deal.probability);
@@ -304,7 +327,7 @@ impl Ruliad<Record> for HotOpportunityFlag {
         let last = present!(why, "last activity", deal.last_activity_at());
         require!(why, Predicate::le("since activity", now - last, days(self.params.active_within_days)));
         why.label("deal_id", deal.id.clone());
-        why.fire(
+        why.fire_here(
             Draft::new(&deal.tenant, "hot-opportunity-flag", now)
                 .severity(Severity::Warning)
                 .subject(["Deal with ", &deal.contact_name].concat())
@@ -367,7 +390,14 @@ impl Ruliad<Record> for FollowUpOverdue {
         true
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        let mut why = Explain::new();
+        evaluation_of(self, now, record)
+    }
+    fn evaluate_into(
+        &self,
+        now: chrono::DateTime<Utc>,
+        record: &Record,
+        why: &mut Explain,
+    ) -> Option<Signal> {
         let contact = expect_record!(record, Contact, "contact", why);
         let due = present!(why, "follow-up due", contact.follow_up_due_at);
         let done = contact.followed_up_at.is_some_and(|done| done >= due);
@@ -375,7 +405,7 @@ impl Ruliad<Record> for FollowUpOverdue {
         require!(why, Predicate::gt("overdue", now - due, hours(self.params.grace_hours)));
         why.label("contact_id", contact.id.clone());
         let overdue_days = (now - due).num_days();
-        why.fire(
+        why.fire_here(
             Draft::new(&contact.tenant, "follow-up-overdue", now)
                 .subject(["Follow-up with ", &contact.name].concat())
                 .text(
@@ -451,7 +481,14 @@ impl Ruliad<Record> for LeadSpike {
         true
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        let mut why = Explain::new();
+        evaluation_of(self, now, record)
+    }
+    fn evaluate_into(
+        &self,
+        now: chrono::DateTime<Utc>,
+        record: &Record,
+        why: &mut Explain,
+    ) -> Option<Signal> {
         let log = expect_record!(record, LeadLog, "lead_log", why);
         let window = hours(self.params.window_hours);
         let baseline = days(self.params.baseline_days);
@@ -464,7 +501,7 @@ impl Ruliad<Record> for LeadSpike {
         let baseline_rate = before as f64 / windows_in_baseline;
         require!(why, Predicate::gt("leads in window", recent as f64, self.params.factor * baseline_rate));
         why.label("window_end", now.format("%Y-%m-%dT%H").to_string());
-        why.fire(
+        why.fire_here(
             Draft::new(&log.tenant, "lead-spike", now).subject("Lead spike").text(
                 [
                     &recent.to_string(),
@@ -540,7 +577,14 @@ impl Ruliad<Record> for LeadRhythm {
         true
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        let mut why = Explain::new();
+        evaluation_of(self, now, record)
+    }
+    fn evaluate_into(
+        &self,
+        now: chrono::DateTime<Utc>,
+        record: &Record,
+        why: &mut Explain,
+    ) -> Option<Signal> {
         let log = expect_record!(record, LeadLog, "lead_log", why);
         let lookback = days(self.params.lookback_days);
         let mut slots = [0_u32; 28];
@@ -563,7 +607,7 @@ impl Ruliad<Record> for LeadRhythm {
         let part = PARTS_OF_DAY[busiest % 4];
         let weekday_singular = weekday.trim_end_matches('s');
         why.label("slot", [weekday, "-", part].concat());
-        why.fire(
+        why.fire_here(
             Draft::new(&log.tenant, "lead-rhythm", now).severity(Severity::Info).subject("Lead rhythm").text(
                 [
                     "I noticed you get most leads on ",
@@ -650,7 +694,14 @@ impl Ruliad<Record> for ResponseTimeRising {
         true
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        let mut why = Explain::new();
+        evaluation_of(self, now, record)
+    }
+    fn evaluate_into(
+        &self,
+        now: chrono::DateTime<Utc>,
+        record: &Record,
+        why: &mut Explain,
+    ) -> Option<Signal> {
         let member = expect_record!(record, Member, "member", why);
         require!(why, Predicate::is_true("consent", member.consent));
         let recent_window = days(self.params.recent_days);
@@ -683,7 +734,7 @@ impl Ruliad<Record> for ResponseTimeRising {
             Predicate::gt("recent median minutes", recent_median, self.params.factor * baseline_median)
         );
         why.label("member_id", member.id.clone());
-        why.fire(
+        why.fire_here(
             Draft::new(&member.tenant, "response-time-rising", now)
                 .severity(Severity::Info)
                 .subject(["Check-in with ", &member.name].concat())
@@ -738,13 +789,20 @@ impl Ruliad<Record> for CloseDatePassed {
         true
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        let mut why = Explain::new();
+        evaluation_of(self, now, record)
+    }
+    fn evaluate_into(
+        &self,
+        now: chrono::DateTime<Utc>,
+        record: &Record,
+        why: &mut Explain,
+    ) -> Option<Signal> {
         let deal = expect_record!(record, Deal, "deal", why);
-        require!(why, open_stage(&mut why, &deal.stage));
+        require!(why, open_stage(why, &deal.stage));
         let expected = present!(why, "expected close", deal.expected_close_at);
         require!(why, Predicate::gt("past close date", now - expected, days(self.params.grace_days)));
         why.label("deal_id", deal.id.clone());
-        why.fire(
+        why.fire_here(
             Draft::new(&deal.tenant, "close-date-passed", now)
                 .subject(["Deal with ", &deal.contact_name].concat())
                 .text(
@@ -808,15 +866,22 @@ impl Ruliad<Record> for DealWithoutNextStep {
         true
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        let mut why = Explain::new();
+        evaluation_of(self, now, record)
+    }
+    fn evaluate_into(
+        &self,
+        now: chrono::DateTime<Utc>,
+        record: &Record,
+        why: &mut Explain,
+    ) -> Option<Signal> {
         let deal = expect_record!(record, Deal, "deal", why);
-        require!(why, open_stage(&mut why, &deal.stage));
+        require!(why, open_stage(why, &deal.stage));
         let created = present!(why, "created", deal.created_at);
         require!(why, Predicate::gt("age", now - created, days(self.params.min_age_days)));
         let planned = deal.next_step_at.is_some_and(|next| next >= now);
         require!(why, Predicate::is_true("no next step planned", !planned));
         why.label("deal_id", deal.id.clone());
-        why.fire(
+        why.fire_here(
             Draft::new(&deal.tenant, "deal-without-next-step", now)
                 .subject(["Deal with ", &deal.contact_name].concat())
                 .text(["The deal with ", &deal.contact_name, " has no next step planned."].concat()),
@@ -870,14 +935,21 @@ impl Ruliad<Record> for UnansweredMessage {
         true
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        let mut why = Explain::new();
+        evaluation_of(self, now, record)
+    }
+    fn evaluate_into(
+        &self,
+        now: chrono::DateTime<Utc>,
+        record: &Record,
+        why: &mut Explain,
+    ) -> Option<Signal> {
         let message = expect_record!(record, Message, "message", why);
         require!(why, Predicate::is_true("inbound", message.direction == Direction::Inbound));
         require!(why, Predicate::is_true("not answered", message.answered_at.is_none()));
         require!(why, Predicate::gt("waiting", now - message.at, hours(self.params.hours)));
         why.label("message_id", message.id.clone());
         let waited = (now - message.at).num_hours();
-        why.fire(
+        why.fire_here(
             Draft::new(&message.tenant, "unanswered-message", now)
                 .subject(["Message from ", &message.contact_name, ": ", &message.subject].concat())
                 .text(
@@ -934,12 +1006,19 @@ impl Ruliad<Record> for NewLeadUncontacted {
         true
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        let mut why = Explain::new();
+        evaluation_of(self, now, record)
+    }
+    fn evaluate_into(
+        &self,
+        now: chrono::DateTime<Utc>,
+        record: &Record,
+        why: &mut Explain,
+    ) -> Option<Signal> {
         let lead = expect_record!(record, Lead, "lead", why);
         require!(why, Predicate::is_true("not contacted", lead.contacted_at.is_none()));
         require!(why, Predicate::gt("waiting", now - lead.created_at, hours(self.params.hours)));
         why.label("lead_id", lead.id.clone());
-        why.fire(
+        why.fire_here(
             Draft::new(&lead.tenant, "new-lead-uncontacted", now)
                 .severity(Severity::Warning)
                 .subject(["New lead ", &lead.name].concat())
@@ -1005,13 +1084,20 @@ impl Ruliad<Record> for ContactGoneQuiet {
         true
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        let mut why = Explain::new();
+        evaluation_of(self, now, record)
+    }
+    fn evaluate_into(
+        &self,
+        now: chrono::DateTime<Utc>,
+        record: &Record,
+        why: &mut Explain,
+    ) -> Option<Signal> {
         let contact = expect_record!(record, Contact, "contact", why);
         require!(why, Predicate::ge("interactions", contact.interactions, self.params.min_interactions));
         let last = present!(why, "last interaction", contact.last_interaction_at);
         require!(why, Predicate::gt("quiet", now - last, days(self.params.quiet_days)));
         why.label("contact_id", contact.id.clone());
-        why.fire(
+        why.fire_here(
             Draft::new(&contact.tenant, "contact-gone-quiet", now)
                 .severity(Severity::Info)
                 .subject(["Contact ", &contact.name].concat())
@@ -1072,14 +1158,21 @@ impl Ruliad<Record> for StuckInStage {
         true
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        let mut why = Explain::new();
+        evaluation_of(self, now, record)
+    }
+    fn evaluate_into(
+        &self,
+        now: chrono::DateTime<Utc>,
+        record: &Record,
+        why: &mut Explain,
+    ) -> Option<Signal> {
         let deal = expect_record!(record, Deal, "deal", why);
-        require!(why, open_stage(&mut why, &deal.stage));
+        require!(why, open_stage(why, &deal.stage));
         let entered = present!(why, "stage entered", deal.stage_entered_at);
         let limit = self.params.stage_days.for_stage(deal.stage.as_str(), self.params.days);
         require!(why, Predicate::gt("in stage", now - entered, days(limit)));
         why.label("deal_id", deal.id.clone());
-        why.fire(
+        why.fire_here(
             Draft::new(&deal.tenant, "stuck-in-stage", now)
                 .subject(["Deal with ", &deal.contact_name].concat())
                 .text(
@@ -1147,13 +1240,20 @@ impl Ruliad<Record> for RenewalUpcoming {
         true
     }
     fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        let mut why = Explain::new();
+        evaluation_of(self, now, record)
+    }
+    fn evaluate_into(
+        &self,
+        now: chrono::DateTime<Utc>,
+        record: &Record,
+        why: &mut Explain,
+    ) -> Option<Signal> {
         let contact = expect_record!(record, Contact, "contact", why);
         let renewal = present!(why, "renewal", contact.renewal_at);
         require!(why, Predicate::ge("until renewal", renewal - now, TimeDelta::zero()));
         require!(why, Predicate::le("until renewal", renewal - now, days(self.params.days_ahead)));
         why.label("contact_id", contact.id.clone());
-        why.fire(
+        why.fire_here(
             Draft::new(&contact.tenant, "renewal-upcoming", now)
                 .severity(Severity::Info)
                 .subject(["Renewal for ", &contact.name].concat())

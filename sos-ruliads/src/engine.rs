@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sos_core::Signal;
 
 use crate::error::Result;
-use crate::explain::{Evaluation, Explanation, recycle, trace_enabled, with_trace, write_because};
+use crate::explain::{Evaluation, Explain, Explanation, trace_enabled, with_trace, write_because};
 use crate::gate::{Gate, Round};
 use crate::ruliad::{Class, Ruliad};
 use crate::store::StateStore;
@@ -177,74 +177,80 @@ impl<E: Sync> Engine<E> {
 
     fn evaluate_range(&self, now: DateTime<Utc>, entities: &[E], offset: usize) -> Vec<Fired> {
         let mut fired = Vec::new();
+        // One recorder for the whole range, passed down to every evaluation and emptied between
+        // two: no per-evaluation buffer to take from and hand back to a thread-local.
+        let mut why = Explain::new();
         // Which ruliads to try for each variant of `E` met so far: a ruliad whose `applies_to`
         // depends only on the variant is asked once per variant here, not once per entity; the
         // others stay in the plan with `check` set and are asked per entity. Batches usually
         // hold one or a few variants, so the last plan used is tried first.
-        let mut plans: Vec<(Discriminant<E>, Vec<Step>)> = Vec::new();
+        let mut plans: Vec<Plan<'_, E>> = Vec::new();
         let mut last = usize::MAX;
         for (index, entity) in entities.iter().enumerate() {
             let variant = std::mem::discriminant(entity);
-            if plans.get(last).is_none_or(|(known, _)| *known != variant) {
-                last = match plans.iter().position(|(known, _)| *known == variant) {
+            if plans.get(last).is_none_or(|plan| plan.variant != variant) {
+                last = match plans.iter().position(|plan| plan.variant == variant) {
                     Some(found) => found,
                     None => self.add_plan(&mut plans, variant, entity),
                 };
             }
-            let Some((_, steps)) = plans.get(last) else { continue };
-            for step in steps {
-                let Some(ruliad) = self.ruliads.get(step.ruliad) else { continue };
-                if step.check && !ruliad.applies_to(entity) {
+            let Some(plan) = plans.get(last) else { continue };
+            for step in &plan.steps {
+                if step.check && !step.ruliad.applies_to(entity) {
                     continue;
                 }
-                let (signal, explanation, pending) = ruliad.evaluate(now, entity).into_signal_and_buffer();
-                if let Some(signal) = signal {
-                    let because = pending.then_some(&explanation);
-                    fired.push(keep(offset + index, step.ruliad, ruliad.class(), *signal, because));
+                why.reset();
+                if let Some(signal) = step.ruliad.evaluate_into(now, entity, &mut why) {
+                    fired.push(keep(offset + index, step.index, step.ruliad.class(), signal, &why));
                 }
-                recycle(explanation);
             }
         }
+        why.recycle();
         fired
     }
 
     /// Adds the plan of `entity`'s variant; returns its index. Out of line: it runs once per
-    /// variant, and a smaller loop keeps the hot path (the thread-local buffer) inlined.
+    /// variant.
     #[cold]
     #[inline(never)]
-    fn add_plan(
-        &self,
-        plans: &mut Vec<(Discriminant<E>, Vec<Step>)>,
-        variant: Discriminant<E>,
-        entity: &E,
-    ) -> usize {
+    fn add_plan<'a>(&'a self, plans: &mut Vec<Plan<'a, E>>, variant: Discriminant<E>, entity: &E) -> usize {
         let steps = self
             .ruliads
             .iter()
             .enumerate()
             .filter_map(|(index, ruliad)| {
+                let ruliad: &dyn Ruliad<E> = &**ruliad;
                 if !ruliad.applies_per_variant() {
-                    return Some(Step { ruliad: index, check: true });
+                    return Some(Step { ruliad, index, check: true });
                 }
-                ruliad.applies_to(entity).then_some(Step { ruliad: index, check: false })
+                ruliad.applies_to(entity).then_some(Step { ruliad, index, check: false })
             })
             .collect();
-        plans.push((variant, steps));
+        plans.push(Plan { variant, steps });
         plans.len() - 1
     }
 }
 
 /// A fired signal as the engine keeps it: the explanation, when its `because` line is still to
-/// be written, copied as data (one exact-size copy; the buffer is reused). Out of line: few
+/// be written, copied as data (one exact-size copy; the recorder is reused). Out of line: few
 /// evaluations fire, and a smaller loop keeps the hot path inlined.
+#[cold]
 #[inline(never)]
-fn keep(entity: usize, ruliad: usize, class: Class, signal: Signal, because: Option<&Explanation>) -> Fired {
-    Fired { entity, ruliad, class, signal, because: because.cloned() }
+fn keep(entity: usize, ruliad: usize, class: Class, signal: Signal, why: &Explain) -> Fired {
+    let because = why.because_pending().then(|| why.explanation().clone());
+    Fired { entity, ruliad, class, signal, because }
 }
 
-/// One ruliad of a plan, and whether its `applies_to` must still be asked per entity.
-#[derive(Debug, Clone, Copy)]
-struct Step {
-    ruliad: usize,
+/// The ruliads to try for one variant of the batch's entities, in the engine's order.
+struct Plan<'a, E> {
+    variant: Discriminant<E>,
+    steps: Vec<Step<'a, E>>,
+}
+
+/// One ruliad of a plan, its index in the engine, and whether its `applies_to` must still be
+/// asked per entity.
+struct Step<'a, E> {
+    ruliad: &'a dyn Ruliad<E>,
+    index: usize,
     check: bool,
 }

@@ -753,6 +753,11 @@ impl Draft {
 const NONE: u32 = u32::MAX;
 
 /// Records the predicates of one evaluation; see the crate docs for a ruliad that uses it.
+///
+/// A ruliad either owns one for a single evaluation ([`Explain::new`], then [`Explain::stop`]
+/// or [`Explain::fire`] into an [`Evaluation`]), or records into one its caller passes down and
+/// reuses from one evaluation to the next ([`Ruliad::evaluate_into`](crate::Ruliad::evaluate_into),
+/// the engine's path), with [`Explain::stop_here`] and [`Explain::fire_here`].
 #[derive(Debug, Clone)]
 pub struct Explain {
     explanation: Explanation,
@@ -761,6 +766,9 @@ pub struct Explain {
     /// Where the last failed predicate (the guard) is in `explanation`, or [`NONE`].
     failed: u32,
     enabled: bool,
+    /// Whether a signal fired by [`Explain::fire_here`] (or adopted) still needs its `because`
+    /// line rendered from `explanation`.
+    because: bool,
 }
 
 impl Default for Explain {
@@ -774,13 +782,46 @@ impl Explain {
     #[inline]
     pub fn new() -> Self {
         let (enabled, explanation) = start();
-        Self { explanation, labels: Vec::new(), failed: NONE, enabled }
+        Self { explanation, labels: Vec::new(), failed: NONE, enabled, because: false }
     }
 
     /// Whether predicates that held are recorded (the trace is on).
     #[inline]
     pub fn tracing(&self) -> bool {
         self.enabled
+    }
+
+    /// Empties the recorder for the next evaluation, keeping its buffers and its trace setting
+    /// (what the engine does between two [`Ruliad::evaluate_into`](crate::Ruliad::evaluate_into)
+    /// calls). O(1) unless labels were left behind.
+    #[inline]
+    pub fn reset(&mut self) {
+        self.explanation.clear();
+        if !self.labels.is_empty() {
+            self.labels.clear();
+        }
+        self.failed = NONE;
+        self.because = false;
+    }
+
+    /// The predicates recorded so far (after [`Explain::stop_here`], the guard is the last
+    /// failed one: [`Explain::guard`]).
+    #[inline]
+    pub fn explanation(&self) -> &Explanation {
+        &self.explanation
+    }
+
+    /// The last predicate that failed, which is the guard once the evaluation stopped.
+    pub fn guard(&self) -> Option<&Predicate> {
+        self.explanation.predicates.get(self.failed as usize)
+    }
+
+    /// Whether the signal returned by [`Explain::fire_here`] (or by
+    /// [`Ruliad::evaluate_into`](crate::Ruliad::evaluate_into)) does not hold its `because`
+    /// line yet: it is to be written from [`Explain::explanation`] (the trace was on).
+    #[inline]
+    pub fn because_pending(&self) -> bool {
+        self.because
     }
 
     /// Records `predicate` and returns whether it held. A predicate that failed is always
@@ -816,28 +857,35 @@ impl Explain {
     // evaluation (124 M instructions over the benchmark's million deals).
     #[inline(always)]
     pub fn stop(mut self) -> Evaluation {
+        self.stop_here();
+        self.into_evaluation(None)
+    }
+
+    /// Stops the evaluation in place, at the last failed predicate (a synthetic
+    /// `condition = true` guard when none failed); returns `None`, what
+    /// [`Ruliad::evaluate_into`](crate::Ruliad::evaluate_into) returns for a rule that did not
+    /// fire.
+    #[inline(always)]
+    pub fn stop_here(&mut self) -> Option<Signal> {
         if self.failed == NONE {
             self.failed = u32::try_from(self.explanation.len()).unwrap_or(NONE);
             self.explanation.push(Predicate::is_true("condition", false));
         }
-        Evaluation {
-            signal: None,
-            guard: self.failed,
-            because: false,
-            shown: OnceLock::new(),
-            explanation: self.explanation,
-        }
-    }
-
-    /// Stops the evaluation at `guard`, recorded as the last predicate.
-    fn fail(mut self, guard: Predicate) -> Evaluation {
-        self.check(guard);
-        self.stop()
+        None
     }
 
     /// Validates the draft and fires it, with the explanation and labels as evidence and a cause
     /// digest over the tenant, the kind and the labels.
     pub fn fire(mut self, draft: Draft) -> Evaluation {
+        let signal = self.fire_here(draft);
+        self.into_evaluation(signal)
+    }
+
+    /// [`Explain::fire`] in place, for a recorder passed down by the caller: the signal, or
+    /// `None` when the draft is invalid (the failed check is then the guard). With the trace
+    /// on, the signal's `because` line is left to write from [`Explain::explanation`]
+    /// ([`Explain::because_pending`]).
+    pub fn fire_here(&mut self, draft: Draft) -> Option<Signal> {
         let kind = match SignalKind::new(draft.kind) {
             Ok(kind) => kind,
             Err(_) => return self.fail(Predicate::custom("kind", draft.kind, Op::Eq, "a slug", false)),
@@ -858,7 +906,7 @@ impl Explain {
             return self.fail(Predicate::custom("labels", "too long", Op::Le, "4 GiB", false));
         }
         let mut labels = serde_json::Map::new();
-        for (name, value) in std::mem::take(&mut self.labels) {
+        for (name, value) in self.labels.drain(..) {
             labels.insert(name, serde_json::Value::String(value));
         }
         let mut evidence = serde_json::Map::new();
@@ -876,18 +924,78 @@ impl Explain {
             .evidence(serde_json::Value::Object(evidence))
             .build();
         match built {
-            Ok(signal) => Evaluation {
-                signal: Some(Box::new(signal)),
-                guard: NONE,
-                because: self.enabled,
-                shown: OnceLock::new(),
-                explanation: self.explanation,
-            },
+            Ok(signal) => {
+                self.failed = NONE;
+                self.because = self.enabled;
+                Some(signal)
+            }
             Err(error) => {
                 let observed = self.text(&error.to_string());
                 self.fail(Predicate::custom("signal", observed, Op::Eq, "valid", false))
             }
         }
+    }
+
+    /// Stops the evaluation at `guard`, recorded as the last predicate.
+    fn fail(&mut self, guard: Predicate) -> Option<Signal> {
+        self.check(guard);
+        self.stop_here()
+    }
+
+    /// The evaluation this recorder describes, `fired` being what the rule returned (see
+    /// [`Ruliad::evaluate_into`](crate::Ruliad::evaluate_into)): a rule written once against
+    /// a passed-down recorder gets its [`Ruliad::evaluate`](crate::Ruliad::evaluate) as
+    /// `let mut why = Explain::new(); let fired = self.evaluate_into(now, entity, &mut why);
+    /// why.into_evaluation(fired)`.
+    #[inline(always)]
+    pub fn into_evaluation(mut self, fired: Option<Signal>) -> Evaluation {
+        match fired {
+            Some(signal) => Evaluation {
+                signal: Some(Box::new(signal)),
+                guard: NONE,
+                because: self.because,
+                shown: OnceLock::new(),
+                explanation: self.explanation,
+            },
+            None => {
+                self.stop_here();
+                Evaluation {
+                    signal: None,
+                    guard: self.failed,
+                    because: false,
+                    shown: OnceLock::new(),
+                    explanation: self.explanation,
+                }
+            }
+        }
+    }
+
+    /// Takes `evaluation` as this recorder's state and returns its signal (the default
+    /// [`Ruliad::evaluate_into`](crate::Ruliad::evaluate_into)): the recorder's own buffer goes
+    /// back to the per-thread spare, which the next [`Explain::new`] takes, so nothing is
+    /// allocated from one evaluation to the next.
+    pub(crate) fn adopt(&mut self, evaluation: Evaluation) -> Option<Signal> {
+        let Evaluation { signal, guard, because, explanation, .. } = evaluation;
+        recycle(std::mem::replace(&mut self.explanation, explanation));
+        self.labels.clear();
+        match signal {
+            Some(signal) => {
+                self.failed = NONE;
+                self.because = because;
+                Some(*signal)
+            }
+            None => {
+                self.failed = guard;
+                self.because = false;
+                None
+            }
+        }
+    }
+
+    /// Hands the recorder's buffer back to the per-thread spare (the engine, at the end of a
+    /// batch).
+    pub(crate) fn recycle(self) {
+        recycle(self.explanation);
     }
 }
 

@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sos_core::TenantId;
 
-use crate::explain::Evaluation;
+use sos_core::Signal;
+
+use crate::explain::{Evaluation, Explain};
 
 /// What a signal is for a person, which decides how the trust gate treats it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -65,6 +67,21 @@ pub trait Ruliad<E: ?Sized>: Send + Sync + fmt::Debug {
 
     /// Evaluates the rule at `now` against `entity`.
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation;
+
+    /// Evaluates the rule like [`Ruliad::evaluate`], recording into `why`, a recorder the
+    /// caller passes down empty (new, or [`Explain::reset`]) and reuses from one evaluation to
+    /// the next: the engine's path, with no per-evaluation buffer to take and hand back.
+    /// Returns the signal when it fired; `why` then holds the evaluation's predicates, the
+    /// guard when it did not fire ([`Explain::guard`]), and whether the signal's `because` line
+    /// is still to be written from them ([`Explain::because_pending`]).
+    ///
+    /// The default runs [`Ruliad::evaluate`] and takes its result into `why`. A rule that
+    /// overrides it must say the same as its `evaluate` (the catalog writes each rule once,
+    /// here, with [`Explain::stop_here`] and [`Explain::fire_here`], and its `evaluate` as
+    /// [`Explain::into_evaluation`] of this).
+    fn evaluate_into(&self, now: DateTime<Utc>, entity: &E, why: &mut Explain) -> Option<Signal> {
+        why.adopt(self.evaluate(now, entity))
+    }
 }
 
 impl<E: ?Sized, R: Ruliad<E> + ?Sized> Ruliad<E> for Box<R> {
@@ -88,6 +105,9 @@ impl<E: ?Sized, R: Ruliad<E> + ?Sized> Ruliad<E> for Box<R> {
     }
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
         (**self).evaluate(now, entity)
+    }
+    fn evaluate_into(&self, now: DateTime<Utc>, entity: &E, why: &mut Explain) -> Option<Signal> {
+        (**self).evaluate_into(now, entity, why)
     }
 }
 
@@ -113,6 +133,9 @@ impl<E: ?Sized, R: Ruliad<E> + ?Sized> Ruliad<E> for &R {
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
         (**self).evaluate(now, entity)
     }
+    fn evaluate_into(&self, now: DateTime<Utc>, entity: &E, why: &mut Explain) -> Option<Signal> {
+        (**self).evaluate_into(now, entity, why)
+    }
 }
 
 impl<E: ?Sized, R: Ruliad<E> + ?Sized> Ruliad<E> for Arc<R> {
@@ -136,6 +159,9 @@ impl<E: ?Sized, R: Ruliad<E> + ?Sized> Ruliad<E> for Arc<R> {
     }
     fn evaluate(&self, now: DateTime<Utc>, entity: &E) -> Evaluation {
         (**self).evaluate(now, entity)
+    }
+    fn evaluate_into(&self, now: DateTime<Utc>, entity: &E, why: &mut Explain) -> Option<Signal> {
+        (**self).evaluate_into(now, entity, why)
     }
 }
 
