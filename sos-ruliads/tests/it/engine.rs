@@ -145,3 +145,61 @@ fn the_because_line_is_rendered_on_demand_from_the_kept_explanation() {
     assert!(quiet[0].explanation().is_none());
     assert!(quiet[0].clone().into_signal().evidence().get("because").is_none());
 }
+
+/// One recorder passed down and reused across evaluations (the engine's path) says exactly what
+/// each rule's own `evaluate` says: the same signal, the same guard, the same predicates, and a
+/// pending `because` line only with the trace on; a host rule that implements only `evaluate`
+/// goes through the default `evaluate_into`.
+#[test]
+fn a_reused_recorder_says_what_evaluate_says() {
+    use sos_ruliads::{Explain, Ruliad};
+    let mut ruliads: Vec<Box<dyn Ruliad<sos_ruliads::crm::Record>>> = [
+        "stale-deal-nudge",
+        "close-date-passed",
+        "stuck-in-stage",
+        "hot-opportunity-flag",
+        "contact-gone-quiet",
+    ]
+    .iter()
+    .map(|name| catalog::build(name, &serde_json::Value::Null).expect("defaults"))
+    .collect();
+    ruliads.push(Box::new(OddDealsOnly));
+    let stages = [Stage::Discovery, Stage::ClosedWon, Stage::Other("pilot".into()), Stage::Negotiation];
+    let batch: Vec<_> = (0..40)
+        .map(|index| deal(&format!("d{index}"), stages[index % 4].clone(), Some(1 + (index % 12) as u32)))
+        .collect();
+    for trace in [true, false] {
+        with_trace(trace, || {
+            let mut why = Explain::new();
+            let (mut fired, mut stopped) = (0, 0);
+            for record in &batch {
+                for ruliad in &ruliads {
+                    why.reset();
+                    let signal = ruliad.evaluate_into(at(10, 9), record, &mut why);
+                    let direct = ruliad.evaluate(at(10, 9), record);
+                    assert_eq!(why.explanation(), direct.explanation(), "{}", ruliad.name());
+                    match signal {
+                        Some(signal) => {
+                            fired += 1;
+                            let expected = direct.into_signal().expect("fired too");
+                            assert_eq!(signal.id(), expected.id());
+                            assert_eq!(why.because_pending(), trace);
+                            assert!(signal.evidence().get("because").is_none());
+                            assert_eq!(
+                                expected.evidence().get("because").and_then(|line| line.as_str()),
+                                trace.then(|| why.explanation().to_string()).as_deref()
+                            );
+                        }
+                        None => {
+                            stopped += 1;
+                            assert!(!why.because_pending());
+                            let guard = why.guard().expect("a stopped evaluation names its guard");
+                            assert_eq!(Some(guard.name), direct.guard().map(|guard| guard.name));
+                        }
+                    }
+                }
+            }
+            assert!(fired > 0 && stopped > 0, "both outcomes were checked: {fired} fired, {stopped} stopped");
+        });
+    }
+}
