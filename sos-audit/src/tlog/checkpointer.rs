@@ -319,7 +319,7 @@ impl<S: MerkleStore> Checkpointer<S> {
             && latest.size() == size
         {
             self.remember(tenant, size, root);
-            return self.newest(tenant, &origin, (size, root), latest.clone()).await;
+            return self.newest(tenant, &origin, (size, root), latest.clone(), None).await;
         }
 
         let checkpoint = Checkpoint { origin: origin.clone(), size, root, extensions: Vec::new() };
@@ -336,7 +336,7 @@ impl<S: MerkleStore> Checkpointer<S> {
         }
         // The latest checkpoint is the largest, so none of this size can be recorded yet unless a
         // concurrent checkpointer just recorded one: the store keeps the first and returns it.
-        let recorded = self.store.record_checkpoint(&signed).await?;
+        let (recorded, newest) = self.store.record_checkpoint_and_latest(&signed).await?;
         if recorded.note != signed.note {
             // Recorded meanwhile by someone else: trusted, and handed out, only once its
             // signature verifies with our key (a forged row is no split view either).
@@ -351,7 +351,7 @@ impl<S: MerkleStore> Checkpointer<S> {
             });
         }
         self.remember(tenant, size, root);
-        self.newest(tenant, &origin, (size, root), recorded).await
+        self.newest(tenant, &origin, (size, root), recorded, Some(newest)).await
     }
 
     /// The latest checkpoint each anchor sink holds for `tenant`, opened with this checkpointer's
@@ -470,14 +470,21 @@ impl<S: MerkleStore> Checkpointer<S> {
     /// Hands out the largest recorded checkpoint once `ours` is recorded: a concurrent
     /// checkpointer may have recorded a larger one meanwhile. The larger one is returned only if it
     /// verifies with this key and extends `ours` (a consistency proof between the two roots).
+    /// `read` is the largest recorded checkpoint as read after `ours` was recorded, when the
+    /// caller has it (read here otherwise).
     async fn newest(
         &self,
         tenant: &TenantId,
         origin: &str,
         (size, root): (u64, Sha256Digest),
         ours: SignedCheckpoint,
+        read: Option<SignedCheckpoint>,
     ) -> Result<SignedCheckpoint> {
-        let Some(newer) = self.store.latest_checkpoint(tenant).await? else { return Ok(ours) };
+        let newer = match read {
+            Some(read) => Some(read),
+            None => self.store.latest_checkpoint(tenant).await?,
+        };
+        let Some(newer) = newer else { return Ok(ours) };
         if newer.size() <= size {
             return Ok(ours);
         }

@@ -305,6 +305,26 @@ pub trait MerkleStore: AuditStore {
         &self,
         checkpoint: &SignedCheckpoint,
     ) -> impl Future<Output = Result<SignedCheckpoint>> + Send;
+
+    /// As [`MerkleStore::record_checkpoint`], and also returns the recorded checkpoint with the
+    /// largest size as read after recording (`checkpoint`'s own size or larger: a concurrent
+    /// checkpointer may have recorded a larger one), so that a [`Checkpointer`] learns both in
+    /// one call. The SQLite store answers in one round trip; the default makes the two calls.
+    ///
+    /// # Errors
+    ///
+    /// As [`MerkleStore::record_checkpoint`] and [`MerkleStore::latest_checkpoint`].
+    fn record_checkpoint_and_latest(
+        &self,
+        checkpoint: &SignedCheckpoint,
+    ) -> impl Future<Output = Result<(SignedCheckpoint, SignedCheckpoint)>> + Send {
+        async move {
+            let recorded = self.record_checkpoint(checkpoint).await?;
+            let latest =
+                self.latest_checkpoint(&checkpoint.tenant).await?.unwrap_or_else(|| recorded.clone());
+            Ok((recorded, latest))
+        }
+    }
 }
 
 /// Reads the tree state and the tiles that a proof computation on the tree of `size` leaves

@@ -721,6 +721,50 @@ async fn checkpointer_refuses_rewritten_tiles_sqlite() {
     assert!(deleted.is_err(), "checkpoint rows cannot be deleted");
 }
 
+/// The SQLite extension reads the new entries as one JSON value (not a row each). A database
+/// administrator who drops the write-once trigger and stores a column under another SQL type with
+/// the same bytes (a payload as a BLOB), or rewrites an entry's text without its hash, is refused
+/// before anything is signed, and nothing of the unsigned part is extended or recorded.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sqlite_extension_refuses_mistyped_and_rewritten_entries() {
+    let database = sos_testkit::SqliteTestDatabase::new(&[&sos_audit::sqlite_migrator()]).await;
+    let store = sos_audit::SqliteAuditChain::new(database.pool().clone());
+    let checkpointer = Checkpointer::new(store.clone(), signer());
+    let acme = tenant("acme");
+    append_n(&store, "acme", 0, 5).await;
+    assert_eq!(checkpointer.checkpoint_now(&acme).await.expect("checkpoint").size(), 5);
+    append_n(&store, "acme", 5, 4).await;
+    sqlx::query("DROP TRIGGER audit_entries_no_update").execute(database.pool()).await.expect("drop");
+    let original: String =
+        sqlx::query_scalar("SELECT payload FROM audit_entries WHERE tenant = 'acme' AND seq = 7")
+            .fetch_one(database.pool())
+            .await
+            .expect("payload");
+    sqlx::query("UPDATE audit_entries SET payload = CAST(payload AS BLOB) WHERE tenant = 'acme' AND seq = 7")
+        .execute(database.pool())
+        .await
+        .expect("store the payload as a BLOB");
+    let refused = checkpointer.checkpoint_now(&acme).await.expect_err("a mistyped column");
+    assert!(matches!(refused, Error::CorruptTree { .. }), "{refused:?}");
+    assert_eq!(store.tree_state(&acme).await.expect("state").size, 5, "nothing was extended");
+    sqlx::query("UPDATE audit_entries SET payload = ?1 WHERE tenant = 'acme' AND seq = 7")
+        .bind(original.replace("index", "indey"))
+        .execute(database.pool())
+        .await
+        .expect("rewrite the payload as text");
+    let refused = checkpointer.checkpoint_now(&acme).await.expect_err("a rewritten entry");
+    assert!(matches!(refused, Error::ChainBroken { seq: 7, .. }), "{refused:?}");
+    assert_eq!(store.tree_state(&acme).await.expect("state").size, 5, "nothing was extended");
+    sqlx::query("UPDATE audit_entries SET payload = ?1 WHERE tenant = 'acme' AND seq = 7")
+        .bind(original)
+        .execute(database.pool())
+        .await
+        .expect("restore the payload");
+    assert_eq!(checkpointer.checkpoint_now(&acme).await.expect("restored chain").size(), 9);
+    assert!(store.checkpoint_at(&acme, 9).await.expect("read").is_some());
+}
+
 /// The proof file of `docs/audit-format.md` verifies with the documented key, and only with it.
 #[test]
 fn proof_file_example_from_docs() {
