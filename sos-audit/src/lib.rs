@@ -135,6 +135,25 @@ pub use sqlite::{SqliteAuditChain, sqlite_migrator};
 pub use store::{AuditStore, ExpectRows};
 pub use verify::{ChainVerifier, Finding, PAGE_SIZE, Verdict, VerifiedChain, verify_jsonl, verify_store};
 
+/// The tenants of a database store: those with a head row and those with entries, sorted.
+///
+/// The entries' tenants are found by a loose index scan (one index seek per tenant, the next
+/// tenant above the last one found), not `SELECT DISTINCT tenant`, which reads every entry: the
+/// checkpointer lists tenants on every poll, and at 10 million entries a full read per poll
+/// costs more than the appends it signs. Entries are searched as well as heads so that a
+/// tenant whose head row was deleted is still listed (and its checkpoint then reports the cut).
+/// Both SQLite and PostgreSQL answer `MIN(tenant) … WHERE tenant > ?` from the `(tenant, seq)`
+/// key with one seek.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) const TENANTS_SQL: &str = "WITH RECURSIVE entry_tenants(tenant) AS ( \
+         SELECT MIN(tenant) FROM audit_entries \
+         UNION ALL \
+         SELECT (SELECT MIN(e.tenant) FROM audit_entries AS e WHERE e.tenant > entry_tenants.tenant) \
+         FROM entry_tenants WHERE entry_tenants.tenant IS NOT NULL) \
+     SELECT tenant FROM audit_heads \
+     UNION SELECT tenant FROM entry_tenants WHERE tenant IS NOT NULL \
+     ORDER BY 1";
+
 /// The columns of a stored row, before they are checked.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) struct RowParts {

@@ -356,12 +356,7 @@ impl AuditStore for SqliteAuditChain {
     }
 
     async fn tenants(&self) -> Result<Vec<TenantId>> {
-        let rows = sqlx::query(
-            "SELECT tenant FROM audit_heads UNION SELECT DISTINCT tenant FROM audit_entries ORDER BY 1",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(storage)?;
+        let rows = sqlx::query(crate::TENANTS_SQL).fetch_all(&self.pool).await.map_err(storage)?;
         rows.iter()
             .map(|row| {
                 let tenant: String = row.try_get(0).map_err(storage)?;

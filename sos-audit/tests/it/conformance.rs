@@ -65,6 +65,21 @@ pub(crate) async fn tenants_have_separate_chains<S: AuditStore>(store: S) {
     );
 }
 
+/// Tenants whose names are prefixes of one another, or differ only in `-` and `_`, each listed
+/// once (the database stores find them by seeking from one tenant to the next).
+pub(crate) async fn every_tenant_is_listed_once<S: AuditStore>(store: S) {
+    let names = ["t", "t-a", "t_a", "ta", "t-aa", "t0", "t-", "u", "a", "a-", "9", "zz_z", "z-z"];
+    for (round, name) in names.iter().chain(names.iter().rev()).enumerate() {
+        store.append(entry(name, round as u64)).await.expect("append");
+    }
+    let mut listed = store.tenants().await.expect("tenants");
+    // "Sorted" is the database's collation; compare as sets, and without repeats.
+    listed.sort();
+    let mut expected: Vec<_> = names.iter().map(|name| tenant(name)).collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+}
+
 pub(crate) async fn concurrent_appends_never_fork<S: AuditStore + Clone + 'static>(store: S) {
     let mut tasks = Vec::new();
     for task in 0..8u64 {
@@ -111,6 +126,12 @@ macro_rules! conformance_suite {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn every_tenant_is_listed_once() {
+                let (store, _guard) = $make(clock()).await;
+                super::every_tenant_is_listed_once(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_appends_never_fork() {
                 let (store, _guard) = $make(clock()).await;
                 super::concurrent_appends_never_fork(store).await;
@@ -142,3 +163,35 @@ async fn postgres_store(clock: ManualClock) -> (sos_audit::PgAuditChain, sos_tes
 
 #[cfg(feature = "postgres")]
 conformance_suite!(postgres, postgres_store);
+
+/// A tenant whose head row an administrator deleted (the no-delete trigger dropped first) is
+/// still listed from its entries, so the checkpointer visits it and reports the cut.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sqlite_tenant_without_head_row_is_still_listed() {
+    let (store, database) = sqlite_store(clock()).await;
+    store.append(entry("alpha", 0)).await.expect("append");
+    store.append(entry("beta", 0)).await.expect("append");
+    for statement in ["DROP TRIGGER audit_heads_no_delete", "DELETE FROM audit_heads WHERE tenant = 'beta'"] {
+        sqlx::query(statement).execute(database.pool()).await.expect(statement);
+    }
+    assert_eq!(store.tenants().await.expect("tenants"), vec![tenant("alpha"), tenant("beta")]);
+}
+
+/// As above, on PostgreSQL.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn postgres_tenant_without_head_row_is_still_listed() {
+    let (store, database) = postgres_store(clock()).await;
+    store.append(entry("alpha", 0)).await.expect("append");
+    store.append(entry("beta", 0)).await.expect("append");
+    for statement in [
+        "ALTER TABLE audit_heads DISABLE TRIGGER audit_heads_no_delete",
+        "DELETE FROM audit_heads WHERE tenant = 'beta'",
+    ] {
+        sqlx::query(statement).execute(database.pool()).await.expect(statement);
+    }
+    let mut listed = store.tenants().await.expect("tenants");
+    listed.sort();
+    assert_eq!(listed, vec![tenant("alpha"), tenant("beta")]);
+}
