@@ -9,7 +9,7 @@
 //! touched entry is evicted when it is full). Save it with `snapshot` and put it back after a
 //! restart with `restore`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
 
@@ -289,10 +289,35 @@ impl<E: ?Sized, R: Ruliad<E>, F: Fn(Signal) -> Signal + Send + Sync> Ruliad<E> f
 }
 
 /// Bounded, serializable state kept per key by the stateful combinators.
+///
+/// When full, a new key evicts the least recently touched one (the smallest key among those
+/// touched at the same time). The keys are ordered by (touched, key) in an index derived from
+/// the entries (rebuilt on load, never saved), so that eviction takes the oldest in O(log n)
+/// instead of scanning every entry: an outsider feeding new keys (new causes, new entities)
+/// cannot make each one cost a scan of the whole map (named shape `hash-flood`, the quadratic
+/// form).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "SavedStateMap<T>", bound(deserialize = "T: Deserialize<'de>"))]
 pub struct StateMap<T> {
     capacity: usize,
     entries: BTreeMap<String, Slot<T>>,
+    /// Every key by (touched, key): the first is the next to evict.
+    #[serde(skip)]
+    by_touched: BTreeSet<(DateTime<Utc>, String)>,
+}
+
+/// A [`StateMap`] as saved (the eviction index is derived on load).
+#[derive(Deserialize)]
+struct SavedStateMap<T> {
+    capacity: usize,
+    entries: BTreeMap<String, Slot<T>>,
+}
+
+impl<T> From<SavedStateMap<T>> for StateMap<T> {
+    fn from(saved: SavedStateMap<T>) -> Self {
+        let by_touched = saved.entries.iter().map(|(key, slot)| (slot.touched, key.clone())).collect();
+        Self { capacity: saved.capacity.max(1), entries: saved.entries, by_touched }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -304,7 +329,7 @@ struct Slot<T> {
 impl<T> StateMap<T> {
     /// An empty map holding at most `capacity` keys (at least 1).
     pub fn new(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), entries: BTreeMap::new() }
+        Self { capacity: capacity.max(1), entries: BTreeMap::new(), by_touched: BTreeSet::new() }
     }
 
     /// The number of keys held.
@@ -327,20 +352,31 @@ impl<T> StateMap<T> {
         self.entries.get(key).map(|slot| &slot.value)
     }
 
-    /// Stores `value` under `key`, evicting the least recently touched key when full.
+    /// Stores `value` under `key` as touched at `now`, evicting the least recently touched key
+    /// (the smallest of those touched at the same time) when full. O(log n).
     pub fn insert(&mut self, key: String, now: DateTime<Utc>, value: T) {
-        if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
-            let oldest = self.entries.iter().min_by_key(|(_, slot)| slot.touched).map(|(key, _)| key.clone());
-            if let Some(oldest) = oldest {
-                self.entries.remove(&oldest);
+        if let Some(slot) = self.entries.get_mut(&key) {
+            slot.value = value;
+            if slot.touched != now {
+                let entry = (std::mem::replace(&mut slot.touched, now), key);
+                self.by_touched.remove(&entry);
+                self.by_touched.insert((now, entry.1));
             }
+            return;
         }
+        while self.entries.len() >= self.capacity {
+            let Some((_, oldest)) = self.by_touched.pop_first() else { break };
+            self.entries.remove(&oldest);
+        }
+        self.by_touched.insert((now, key.clone()));
         self.entries.insert(key, Slot { touched: now, value });
     }
 
     /// Removes and returns the value under `key`.
     pub fn remove(&mut self, key: &str) -> Option<T> {
-        self.entries.remove(key).map(|slot| slot.value)
+        let (key, slot) = self.entries.remove_entry(key)?;
+        self.by_touched.remove(&(slot.touched, key));
+        Some(slot.value)
     }
 }
 
