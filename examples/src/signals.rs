@@ -500,7 +500,7 @@ pub(crate) async fn feedback(
     };
     // An introduction or a signal the gate already counted as ignored moves nothing; the answer
     // is still recorded for people.
-    let moved = agent.gate.feedback(now, signal_id, feedback);
+    let moved = agent.gate.feedback(now, tenant, signal_id, feedback);
     let verdict_text = match verdict {
         Verdict::Accepted => "accepted",
         Verdict::Rejected => "rejected",

@@ -362,7 +362,7 @@ fn gate(records: &[Record]) {
             .expect("valid");
         let at = planted + TimeDelta::days(5);
         assert_eq!(trust.offer(at, insight.clone(), sos_ruliads::Class::Insight), Decision::Release);
-        trust.feedback(at, insight.id(), Feedback::Accepted);
+        trust.feedback(at, insight.tenant(), insight.id(), Feedback::Accepted);
         gate
     };
     // Returns (full decision, gate part) samples.

@@ -255,7 +255,8 @@ impl Gate {
                 notification
             };
             let class = self.classes.get(notification.summary().kind()).copied().unwrap_or_default();
-            match self.trust.admit(now, notification.summary().id(), class) {
+            let summary = notification.summary();
+            match self.trust.admit(now, summary.tenant(), summary.id(), class) {
                 None => round.released.push(notification),
                 Some((reason, detail)) => {
                     for member in notification.members() {

@@ -42,7 +42,8 @@
 //! [`std::hash::RandomState`] is a one-line change: every map of the gate names this type.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::fmt;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::OnceLock;
 
 use foldhash::SharedSeed;
@@ -60,8 +61,81 @@ impl std::fmt::Debug for SeededState {
     }
 }
 
-/// A hash map keyed with [`SeededState`].
-pub type SeededMap<K, V> = HashMap<K, V, SeededState>;
+/// A hash map keyed with [`SeededState`]: a std [`HashMap`] (it dereferences to one) whose
+/// `Debug` lists the entries sorted by key.
+///
+/// A hash map's iteration order is its bucket order, a function of the secret key: printed as it
+/// is, a `Debug` of the gate's state in a host's log would hand its reader the relative hash
+/// order of keys they chose (enough to search for keys that share buckets), and it would make
+/// two gates' logs of the same state differ (named shapes `hash-flood`, `seed-order`). The
+/// sorted `Debug` shows neither; nothing else iterates these maps into output (see the
+/// [module docs](self)).
+#[derive(Clone)]
+pub struct SeededMap<K, V>(HashMap<K, V, SeededState>);
+
+impl<K, V> Default for SeededMap<K, V> {
+    /// An empty map with a fresh key.
+    fn default() -> Self {
+        Self(HashMap::with_hasher(SeededState::default()))
+    }
+}
+
+impl<K, V> std::ops::Deref for SeededMap<K, V> {
+    type Target = HashMap<K, V, SeededState>;
+
+    #[inline]
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<K, V> std::ops::DerefMut for SeededMap<K, V> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+/// Equal when they hold the same entries (whatever their keys).
+impl<K: Eq + Hash, V: PartialEq> PartialEq for SeededMap<K, V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl<K: Eq + Hash, V: Eq> Eq for SeededMap<K, V> {}
+
+/// The entries sorted by key: neither the bucket order nor the seed shows.
+impl<K: Ord + fmt::Debug, V: fmt::Debug> fmt::Debug for SeededMap<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut entries: Vec<(&K, &V)> = self.0.iter().collect();
+        entries.sort_unstable_by_key(|(key, _)| *key);
+        f.debug_map().entries(entries).finish()
+    }
+}
+
+impl<K: Eq + Hash, V> FromIterator<(K, V)> for SeededMap<K, V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(entries: I) -> Self {
+        let mut map = Self::default();
+        map.0.extend(entries);
+        map
+    }
+}
+
+impl<K: Eq + Hash, V> Extend<(K, V)> for SeededMap<K, V> {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, entries: I) {
+        self.0.extend(entries);
+    }
+}
+
+impl<'a, K, V> IntoIterator for &'a SeededMap<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = std::collections::hash_map::Iter<'a, K, V>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
 
 /// 64 bits from the operating system's random source: std seeds each thread's `RandomState`
 /// keys from it (and increments them per instance), and SipHash under an unknown 128-bit key is

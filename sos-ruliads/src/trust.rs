@@ -235,10 +235,8 @@ pub struct TrustState {
     pub tokens: f64,
     /// When the bucket was last refilled.
     pub refilled_at: DateTime<Utc>,
-    /// Released signals awaiting feedback: id → (class, released at). Hashed (one probe per
-    /// release and per feedback), saved sorted by id.
-    #[serde(with = "outstanding_serde")]
-    pub outstanding: SeededMap<SignalId, (Class, DateTime<Utc>)>,
+    /// Released signals awaiting feedback, per tenant: (tenant, id) → (class, released at).
+    pub outstanding: Outstanding,
     /// Withheld signals, oldest first.
     pub withheld: VecDeque<Withheld>,
     /// How many withheld signals were dropped because the list was full.
@@ -248,23 +246,124 @@ pub struct TrustState {
     pub swept_at: Option<DateTime<Utc>>,
 }
 
-mod outstanding_serde {
-    use super::{BTreeMap, Class, DateTime, SeededMap, SignalId, Utc};
+/// A released signal's class and when it was released.
+type Released = (Class, DateTime<Utc>);
 
-    type Outstanding = SeededMap<SignalId, (Class, DateTime<Utc>)>;
+/// The released signals awaiting feedback, keyed per tenant: (tenant, [`SignalId`]).
+///
+/// A host may set a signal's id itself, so two tenants served by one agent can release signals
+/// with the same id; keyed by the id alone, one tenant's feedback answered (and moved the budget
+/// for) the other tenant's signal, and one tenant's release replaced the other's outstanding
+/// entry (named shape `tenant-crosstalk`). Each tenant's ids are hashed (one probe per release
+/// and per feedback).
+///
+/// Saved as `{tenant: {id: [class, released at]}}`, sorted. A state saved before the tenant was
+/// part of the key (`{id: [class, released at]}`) loads its signals as of no known tenant (saved
+/// under `*`, never a tenant id): feedback from any tenant still answers them, as it did, until
+/// they count as ignored after `ignore_after_days`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Outstanding {
+    by_tenant: BTreeMap<TenantId, SeededMap<SignalId, Released>>,
+    /// From a state saved without tenants.
+    any_tenant: SeededMap<SignalId, Released>,
+}
 
-    pub(super) fn serialize<S: serde::Serializer>(
-        outstanding: &Outstanding,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        let sorted: BTreeMap<&SignalId, &(Class, DateTime<Utc>)> = outstanding.iter().collect();
-        serde::Serialize::serialize(&sorted, serializer)
+/// The key under which signals of no known tenant are saved.
+const ANY_TENANT: &str = "*";
+
+impl Outstanding {
+    /// The number of signals awaiting feedback.
+    pub fn len(&self) -> usize {
+        self.any_tenant.len() + self.by_tenant.values().map(|ids| ids.len()).sum::<usize>()
     }
 
-    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Outstanding, D::Error> {
-        serde::Deserialize::deserialize(deserializer)
+    /// Whether no signal awaits feedback.
+    pub fn is_empty(&self) -> bool {
+        self.any_tenant.is_empty() && self.by_tenant.is_empty()
+    }
+
+    /// The class and release time of `tenant`'s signal `id`, if it awaits feedback (also one of
+    /// no known tenant, from an older state).
+    pub fn get(&self, tenant: &TenantId, id: SignalId) -> Option<&(Class, DateTime<Utc>)> {
+        self.get_in(Some(tenant), id).or_else(|| self.get_in(None, id))
+    }
+
+    /// Exactly the entry of (`tenant`, `id`); `None` names the signals of no known tenant.
+    fn get_in(&self, tenant: Option<&TenantId>, id: SignalId) -> Option<&Released> {
+        match tenant {
+            Some(tenant) => self.by_tenant.get(tenant)?.get(&id),
+            None => self.any_tenant.get(&id),
+        }
+    }
+
+    fn insert(&mut self, tenant: &TenantId, id: SignalId, released: Released) {
+        if let Some(ids) = self.by_tenant.get_mut(tenant) {
+            ids.insert(id, released);
+            return;
+        }
+        let mut ids = SeededMap::default();
+        ids.insert(id, released);
+        self.by_tenant.insert(tenant.clone(), ids);
+    }
+
+    /// Removes exactly the entry of (`tenant`, `id`) (no tenant map is left empty).
+    fn remove_in(&mut self, tenant: Option<&TenantId>, id: SignalId) -> Option<Released> {
+        let Some(tenant) = tenant else { return self.any_tenant.remove(&id) };
+        let ids = self.by_tenant.get_mut(tenant)?;
+        let removed = ids.remove(&id);
+        if ids.is_empty() {
+            self.by_tenant.remove(tenant);
+        }
+        removed
+    }
+}
+
+impl Serialize for Outstanding {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let sorted = |ids: &SeededMap<SignalId, Released>| -> BTreeMap<SignalId, Released> {
+            ids.iter().map(|(id, released)| (*id, *released)).collect()
+        };
+        let extra = usize::from(!self.any_tenant.is_empty());
+        let mut map = serializer.serialize_map(Some(self.by_tenant.len() + extra))?;
+        if !self.any_tenant.is_empty() {
+            map.serialize_entry(ANY_TENANT, &sorted(&self.any_tenant))?;
+        }
+        for (tenant, ids) in &self.by_tenant {
+            map.serialize_entry(tenant.as_str(), &sorted(ids))?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Outstanding {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        /// A tenant's signals (now), or one signal of no known tenant (saved before the tenant
+        /// was part of the key: the key is its id).
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Entry {
+            Ids(BTreeMap<SignalId, Released>),
+            Released(Released),
+        }
+        let entries: BTreeMap<String, Entry> = Deserialize::deserialize(deserializer)?;
+        let mut outstanding = Self::default();
+        for (key, entry) in entries {
+            match entry {
+                Entry::Released(released) => {
+                    let id: SignalId = key.parse().map_err(D::Error::custom)?;
+                    outstanding.any_tenant.insert(id, released);
+                }
+                Entry::Ids(ids) if key == ANY_TENANT => outstanding.any_tenant.extend(ids),
+                Entry::Ids(ids) if ids.is_empty() => {}
+                Entry::Ids(ids) => {
+                    let tenant = TenantId::new(key).map_err(D::Error::custom)?;
+                    outstanding.by_tenant.insert(tenant, ids.into_iter().collect());
+                }
+            }
+        }
+        Ok(outstanding)
     }
 }
 
@@ -280,8 +379,22 @@ pub struct TrustGate {
     /// without scanning; derived from the state (rebuilt on restore), never persisted. Entries
     /// are dropped lazily: one whose signal was answered or released again no longer matches
     /// `outstanding` and is skipped when it comes up (and compacted away when the stale
-    /// entries outnumber the live ones).
-    order: VecDeque<(DateTime<Utc>, SignalId)>,
+    /// entries outnumber the live ones). A tenant is named by its index in `tenants`
+    /// ([`NO_TENANT`] for signals of no known tenant), so that a release allocates nothing.
+    order: VecDeque<(DateTime<Utc>, u32, SignalId)>,
+    /// The tenants of `order`, derived like it.
+    tenants: Vec<TenantId>,
+}
+
+/// The tenant index of signals of no known tenant (from a state saved without tenants).
+const NO_TENANT: u32 = u32::MAX;
+
+/// The tenant of a queue entry (`None` for signals of no known tenant).
+fn tenant_name(tenants: &[TenantId], index: u32) -> Option<&TenantId> {
+    if index == NO_TENANT {
+        return None;
+    }
+    tenants.get(index as usize)
 }
 
 /// Equal when configuration and state are (the time-ordered index is derived from the state).
@@ -308,12 +421,12 @@ impl TrustGate {
             budget_per_day: config.initial_per_day,
             tokens: 1.0,
             refilled_at: now,
-            outstanding: SeededMap::default(),
+            outstanding: Outstanding::default(),
             withheld: VecDeque::new(),
             withheld_dropped: 0,
             swept_at: None,
         };
-        Ok(Self { config, state, order: VecDeque::new() })
+        Ok(Self { config, state, order: VecDeque::new(), tenants: Vec::new() })
     }
 
     /// Restores a gate from saved state.
@@ -326,9 +439,17 @@ impl TrustGate {
         if !(config.floor_per_day..=config.ceiling_per_day).contains(&state.budget_per_day) {
             return Err(Error::TrustConfig("the saved budget lies outside the configured floor and ceiling"));
         }
-        let mut order: Vec<_> = state.outstanding.iter().map(|(id, (_, at))| (*at, *id)).collect();
+        // Tenants are numbered in name order and every entry is sorted: the index does not
+        // depend on any map's (seeded) iteration order.
+        let tenants: Vec<TenantId> = state.outstanding.by_tenant.keys().cloned().collect();
+        let mut order: Vec<_> =
+            state.outstanding.any_tenant.iter().map(|(id, (_, at))| (*at, NO_TENANT, *id)).collect();
+        for (index, ids) in state.outstanding.by_tenant.values().enumerate() {
+            let index = u32::try_from(index).unwrap_or(NO_TENANT - 1);
+            order.extend(ids.iter().map(|(id, (_, at))| (*at, index, *id)));
+        }
         order.sort_unstable();
-        Ok(Self { config, state, order: order.into() })
+        Ok(Self { config, state, order: order.into(), tenants })
     }
 
     /// The state, to persist.
@@ -397,7 +518,7 @@ impl TrustGate {
     /// Decides whether `signal` of `class` may go out at `now`. A withheld signal is kept with
     /// its reason.
     pub fn offer(&mut self, now: DateTime<Utc>, signal: Signal, class: Class) -> Decision {
-        match self.admit(now, signal.id(), class) {
+        match self.admit(now, signal.tenant(), signal.id(), class) {
             None => Decision::Release,
             Some((reason, detail)) => self.withhold(now, signal, class, reason, detail),
         }
@@ -409,6 +530,7 @@ impl TrustGate {
     pub(crate) fn admit(
         &mut self,
         now: DateTime<Utc>,
+        tenant: &TenantId,
         id: SignalId,
         class: Class,
     ) -> Option<(Reason, String)> {
@@ -453,36 +575,53 @@ impl TrustGate {
             self.state.phase = self.state.phase.max(Phase::Insight);
         }
         while self.state.outstanding.len() >= OUTSTANDING_CAPACITY {
-            let Some((at, oldest)) = self.order.pop_front() else { break };
-            if self.is_current(at, oldest) {
-                self.state.outstanding.remove(&oldest);
+            let Some((at, tenant, oldest)) = self.order.pop_front() else { break };
+            if self.is_current(at, tenant, oldest) {
+                self.state.outstanding.remove_in(tenant_name(&self.tenants, tenant), oldest);
                 self.adjust(Feedback::Ignored);
             }
         }
-        // A signal released again replaces its entry; the old queue entry goes stale.
-        self.state.outstanding.insert(id, (class, now));
-        self.enqueue(now, id);
+        // A signal released again by its tenant replaces that tenant's entry; the old queue
+        // entry goes stale.
+        self.state.outstanding.insert(tenant, id, (class, now));
+        let tenant = self.tenant_index(tenant);
+        self.enqueue(now, tenant, id);
         None
     }
 
-    /// Whether the queue entry (`at`, `id`) is the outstanding signal's current one.
-    fn is_current(&self, at: DateTime<Utc>, id: SignalId) -> bool {
-        self.state.outstanding.get(&id).is_some_and(|(_, released)| *released == at)
+    /// The index of `tenant` in the queue's tenants, added when new (cloned once).
+    fn tenant_index(&mut self, tenant: &TenantId) -> u32 {
+        // An agent serves few tenants: a short scan.
+        if let Some(index) = self.tenants.iter().position(|known| known == tenant) {
+            return u32::try_from(index).unwrap_or(NO_TENANT - 1);
+        }
+        self.tenants.push(tenant.clone());
+        u32::try_from(self.tenants.len() - 1).unwrap_or(NO_TENANT - 1)
     }
 
-    /// Adds (`at`, `id`) to the time-ordered queue, compacting it when stale entries outnumber
-    /// the live ones (so that it stays within twice the outstanding signals).
-    fn enqueue(&mut self, at: DateTime<Utc>, id: SignalId) {
+    /// Whether the queue entry (`at`, `tenant`, `id`) is the outstanding signal's current one.
+    fn is_current(&self, at: DateTime<Utc>, tenant: u32, id: SignalId) -> bool {
+        if tenant != NO_TENANT && tenant as usize >= self.tenants.len() {
+            return false;
+        }
+        let released = self.state.outstanding.get_in(tenant_name(&self.tenants, tenant), id);
+        released.is_some_and(|(_, released)| *released == at)
+    }
+
+    /// Adds (`at`, `tenant`, `id`) to the time-ordered queue, compacting it when stale entries
+    /// outnumber the live ones (so that it stays within twice the outstanding signals).
+    fn enqueue(&mut self, at: DateTime<Utc>, tenant: u32, id: SignalId) {
         if self.order.len() >= 2 * self.state.outstanding.len() + 64 {
-            let outstanding = &self.state.outstanding;
-            self.order.retain(|(at, id)| outstanding.get(id).is_some_and(|(_, released)| released == at));
+            let mut order = std::mem::take(&mut self.order);
+            order.retain(|&(at, tenant, id)| self.is_current(at, tenant, id));
+            self.order = order;
         }
         // Releases come in time order; a clock that went back is placed where it belongs.
-        if self.order.back().is_none_or(|(last, _)| *last <= at) {
-            self.order.push_back((at, id));
+        if self.order.back().is_none_or(|(last, _, _)| *last <= at) {
+            self.order.push_back((at, tenant, id));
         } else {
-            let index = self.order.partition_point(|(queued, _)| *queued <= at);
-            self.order.insert(index, (at, id));
+            let index = self.order.partition_point(|(queued, _, _)| *queued <= at);
+            self.order.insert(index, (at, tenant, id));
         }
     }
 
@@ -498,17 +637,33 @@ impl TrustGate {
         self.withhold(now, signal, class, reason, detail);
     }
 
-    /// Records feedback on a released signal; returns `false` when the signal is unknown (never
-    /// released, or already answered).
-    pub fn feedback(&mut self, now: DateTime<Utc>, signal: SignalId, feedback: Feedback) -> bool {
+    /// Records `tenant`'s feedback on its released signal; returns `false` when the signal is
+    /// unknown (never released for `tenant`, or already answered). Another tenant's signal with
+    /// the same id is never answered (named shape `tenant-crosstalk`); a signal of no known
+    /// tenant (from a state saved without tenants) is, as it was before.
+    pub fn feedback(
+        &mut self,
+        now: DateTime<Utc>,
+        tenant: &TenantId,
+        signal: SignalId,
+        feedback: Feedback,
+    ) -> bool {
         // Its queue entry goes stale and is skipped when it comes up.
-        let Some((class, _)) = self.state.outstanding.remove(&signal) else { return false };
+        let removed = self.state.outstanding.remove_in(Some(tenant), signal);
+        let Some((class, _)) = removed.or_else(|| self.state.outstanding.remove_in(None, signal)) else {
+            return false;
+        };
+        self.answer(now, class, feedback);
+        true
+    }
+
+    /// Moves the budget and the phase for feedback on a signal of `class`.
+    fn answer(&mut self, now: DateTime<Utc>, class: Class, feedback: Feedback) {
         if class == Class::Insight && matches!(feedback, Feedback::Accepted | Feedback::Acknowledged) {
             self.state.insight_accepted = true;
         }
         self.adjust(feedback);
         self.update_phase(now);
-        true
     }
 
     fn adjust(&mut self, feedback: Feedback) {
@@ -525,13 +680,16 @@ impl TrustGate {
         // Released signals unanswered for `ignore_after_days` count as ignored; the time-ordered
         // index makes this one comparison when nothing expired.
         let limit = TimeDelta::days(i64::from(self.config.ignore_after_days));
-        while let Some(&(at, id)) = self.order.front() {
+        while let Some(&(at, tenant, id)) = self.order.front() {
             if now - at < limit {
                 break;
             }
             self.order.pop_front();
-            if self.is_current(at, id) {
-                self.feedback(now, id, Feedback::Ignored);
+            if self.is_current(at, tenant, id) {
+                let tenant = tenant_name(&self.tenants, tenant);
+                if let Some((class, _)) = self.state.outstanding.remove_in(tenant, id) {
+                    self.answer(now, class, Feedback::Ignored);
+                }
             }
         }
         self.state.swept_at = Some(now);

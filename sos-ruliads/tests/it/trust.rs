@@ -73,7 +73,7 @@ fn interventions_need_day_fourteen_and_an_accepted_insight() {
         gate.offer(at(16, 9), signal("stale-deal-nudge", 1), Class::Intervention),
         Decision::Withhold { reason: Reason::Trust, .. }
     ));
-    assert!(gate_accepting_early.feedback(at(5, 9), insight.id(), Feedback::Accepted));
+    assert!(gate_accepting_early.feedback(at(5, 9), &tenant(), insight.id(), Feedback::Accepted));
     assert!(matches!(
         gate_accepting_early.offer(at(14, 8), signal("stale-deal-nudge", 2), Class::Intervention),
         Decision::Withhold { reason: Reason::Trust, .. }
@@ -84,7 +84,7 @@ fn interventions_need_day_fourteen_and_an_accepted_insight() {
     );
     assert_eq!(gate_accepting_early.phase(), Phase::Intervening);
     assert!(
-        !gate_accepting_early.feedback(at(15, 10), insight.id(), Feedback::Accepted),
+        !gate_accepting_early.feedback(at(15, 10), &tenant(), insight.id(), Feedback::Accepted),
         "feedback counts once"
     );
 }
@@ -162,7 +162,7 @@ fn simulated_month() {
             released.iter().find(|(at, _, _)| now - *at == TimeDelta::hours(1)).copied()
         {
             let feedback = if index % 3 == 2 { Feedback::Rejected } else { Feedback::Accepted };
-            gate.feedback(now, id, feedback);
+            gate.feedback(now, &tenant(), id, feedback);
         }
         assert!(
             gate.budget_per_day() >= config.floor_per_day && gate.budget_per_day() <= config.ceiling_per_day
@@ -225,7 +225,7 @@ proptest! {
                     if let Some(id) = released.pop() {
                         let before = gate.budget_per_day();
                         let feedback = [Feedback::Accepted, Feedback::Acknowledged, Feedback::Rejected, Feedback::Ignored][usize::from(kind)];
-                        if gate.feedback(now, id, feedback) {
+                        if gate.feedback(now, &tenant(), id, feedback) {
                             match feedback {
                                 Feedback::Accepted | Feedback::Acknowledged => prop_assert!(gate.budget_per_day() >= before),
                                 Feedback::Rejected | Feedback::Ignored => prop_assert!(gate.budget_per_day() <= before),
@@ -263,7 +263,7 @@ fn answered_or_re_released_signals_are_not_counted_ignored_later() {
         assert_eq!(gate.offer(at(5, 9 + hour as u32), signal.clone(), Class::Insight), Decision::Release);
     }
     // Answered: its entry goes stale. Released again later: its first entry goes stale.
-    assert!(gate.feedback(at(5, 12), signals[0].id(), Feedback::Accepted));
+    assert!(gate.feedback(at(5, 12), &tenant(), signals[0].id(), Feedback::Accepted));
     assert_eq!(gate.offer(at(6, 9), signals[1].clone(), Class::Insight), Decision::Release);
     assert_eq!(gate.state().outstanding.len(), 2);
     let budget = gate.state().budget_per_day;
@@ -272,5 +272,104 @@ fn answered_or_re_released_signals_are_not_counted_ignored_later() {
     gate.offer(later, signal("lead-rhythm", 9), Class::Insight);
     assert_eq!(gate.state().budget_per_day, (budget * 0.25).max(config.floor_per_day));
     assert_eq!(gate.state().outstanding.len(), 1, "only the new release is outstanding");
-    assert!(!gate.feedback(later, signals[1].id(), Feedback::Accepted), "already counted ignored");
+    assert!(!gate.feedback(later, &tenant(), signals[1].id(), Feedback::Accepted), "already counted ignored");
+}
+
+/// A signal of `tenant` whose id the host set to `id`.
+fn with_host_id(tenant: &str, id: sos_core::SignalId, number: u64) -> Signal {
+    Signal::builder(tenant.parse().expect("valid tenant"), SignalKind::new("lead-rhythm").expect("slug"))
+        .id(id)
+        .subject(format!("Subject {number}"))
+        .text("Something happened.")
+        .build()
+        .expect("valid signal")
+}
+
+/// An agent trusted with insights (20 messages observed, day 5).
+fn observing_agent() -> TrustGate {
+    let config = TrustConfig { initial_per_day: 8.0, ceiling_per_day: 64.0, ..TrustConfig::default() };
+    let mut gate = TrustGate::plant(config, at(1, 9)).expect("valid");
+    gate.introduce(at(1, 9), &tenant(), "Nova").expect("valid");
+    for _ in 0..20 {
+        gate.observe_message();
+    }
+    gate
+}
+
+/// Two tenants of one agent release signals with the same host-set id: each stays outstanding,
+/// and one tenant's feedback never answers (nor moves the budget for) the other's signal. Before,
+/// the outstanding signals were keyed by the id alone: globex's release replaced acme's entry and
+/// globex's "rejected" answered acme's signal.
+#[test]
+fn tenant_crosstalk_trust_outstanding_signals_are_keyed_per_tenant() {
+    let (acme, globex): (TenantId, TenantId) =
+        ("acme".parse().expect("valid"), "globex".parse().expect("valid"));
+    let id: sos_core::SignalId = "0b0e6f4e-59a4-4b8a-9d3c-5f3e5a1c2d7f".parse().expect("a uuid");
+    let mut gate = observing_agent();
+    assert_eq!(gate.offer(at(5, 9), with_host_id("acme", id, 1), Class::Insight), Decision::Release);
+    assert_eq!(gate.offer(at(5, 10), with_host_id("globex", id, 2), Class::Insight), Decision::Release);
+    assert_eq!(gate.state().outstanding.len(), 2, "one entry per tenant");
+    assert_eq!(gate.state().outstanding.get(&acme, id).map(|(_, at)| *at), Some(at(5, 9)));
+    assert_eq!(gate.state().outstanding.get(&globex, id).map(|(_, at)| *at), Some(at(5, 10)));
+
+    // A tenant that released nothing under this id answers nothing.
+    let initech: TenantId = "initech".parse().expect("valid");
+    let budget = gate.budget_per_day();
+    assert!(!gate.feedback(at(5, 11), &initech, id, Feedback::Rejected));
+    assert_eq!(gate.budget_per_day(), budget);
+
+    // Globex's answer is globex's: acme's signal still awaits its own.
+    assert!(gate.feedback(at(5, 11), &globex, id, Feedback::Rejected));
+    assert!(!gate.feedback(at(5, 11), &globex, id, Feedback::Rejected), "answered once");
+    assert_eq!(gate.state().outstanding.get(&globex, id), None);
+    assert!(gate.state().outstanding.get(&acme, id).is_some(), "acme's signal is not answered");
+    assert!(gate.feedback(at(5, 12), &acme, id, Feedback::Accepted));
+    assert!(gate.state().outstanding.is_empty());
+
+    // Saved per tenant, sorted, and restored equal (also the time-ordered index: both expire).
+    let mut gate = observing_agent();
+    gate.offer(at(5, 9), with_host_id("globex", id, 1), Class::Insight);
+    gate.offer(at(5, 10), with_host_id("acme", id, 2), Class::Insight);
+    let saved = serde_json::to_value(gate.state()).expect("serializes");
+    assert_eq!(
+        saved["outstanding"],
+        serde_json::json!({
+            "acme": { id.to_string(): ["insight", "2026-03-05T10:00:00Z"] },
+            "globex": { id.to_string(): ["insight", "2026-03-05T09:00:00Z"] },
+        })
+    );
+    let state: TrustState = serde_json::from_value(saved).expect("deserializes");
+    let mut restored = TrustGate::restore(gate.config().clone(), state).expect("valid");
+    assert_eq!(restored, gate);
+    let later = at(9, 11);
+    restored.offer(later, signal("lead-rhythm", 7), Class::Insight);
+    assert_eq!(restored.state().outstanding.len(), 1, "both tenants' signals counted as ignored");
+}
+
+/// A trust state saved when outstanding signals were keyed by id alone (`{id: [class, at]}`)
+/// still loads: those signals belong to no known tenant, any tenant's feedback answers them (as
+/// before), and they are saved under `*`, never a tenant id.
+#[test]
+fn tenant_crosstalk_trust_state_saved_without_tenants_still_loads() {
+    let id: sos_core::SignalId = "0b0e6f4e-59a4-4b8a-9d3c-5f3e5a1c2d7f".parse().expect("a uuid");
+    let gate = observing_agent();
+    let mut saved = serde_json::to_value(gate.state()).expect("serializes");
+    saved["outstanding"] = serde_json::json!({ id.to_string(): ["insight", "2026-03-05T09:00:00Z"] });
+    let state: TrustState = serde_json::from_value(saved).expect("the older format loads");
+    let mut restored = TrustGate::restore(gate.config().clone(), state).expect("valid");
+    assert_eq!(restored.state().outstanding.get(&tenant(), id).map(|(_, at)| *at), Some(at(5, 9)));
+    let resaved = serde_json::to_value(restored.state()).expect("serializes");
+    assert_eq!(
+        resaved["outstanding"],
+        serde_json::json!({ "*": { id.to_string(): ["insight", "2026-03-05T09:00:00Z"] } })
+    );
+    let reloaded: TrustState = serde_json::from_value(resaved).expect("loads again");
+    assert_eq!(&reloaded, restored.state());
+    assert!(restored.feedback(at(5, 12), &tenant(), id, Feedback::Accepted));
+    assert!(restored.state().outstanding.is_empty());
+    // "*" is never read as a tenant, and a tenant that is not an id is refused.
+    let mut bad = serde_json::to_value(gate.state()).expect("serializes");
+    bad["outstanding"] =
+        serde_json::json!({ "Not A Tenant": { id.to_string(): ["insight", "2026-03-05T09:00:00Z"] } });
+    assert!(serde_json::from_value::<TrustState>(bad).is_err());
 }
