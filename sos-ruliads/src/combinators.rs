@@ -6,8 +6,8 @@
 //! Stateful: [`dedupe_by_cause`] (named shape `replay-same`), [`at_most`], [`pending_for`],
 //! [`keep_firing_for`] and [`hysteresis`]. Each keeps its state per (tenant, entity) in a
 //! [`StateMap`]: explicit, serializable ([`StateMap`] is serde) and bounded (the least recently
-//! touched entry is evicted when it is full). Save it with `snapshot` and put it back after a
-//! restart with `restore`.
+//! touched entry is evicted when it is full, in O(log n)). Save it with `snapshot` and put it
+//! back after a restart with `restore`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;

@@ -431,12 +431,19 @@ fn push_part(key: &mut String, part: &str) {
     key.push(',');
 }
 
-/// Appends `value` in decimal, digit by digit (no `core::fmt`, no UTF-8 check of a buffer).
+/// Appends `value` in decimal, digit by digit (no `core::fmt`, no UTF-8 check of a buffer, no
+/// copy call). Lengths of tenants, kinds, subjects and labels are almost always below 100: one
+/// or two digits without recursion.
+#[inline]
 fn push_decimal(key: &mut String, value: usize) {
-    if value >= 10 {
-        push_decimal(key, value / 10);
+    let digit = |value: usize| char::from(b'0' + (value % 10) as u8);
+    if value >= 100 {
+        push_decimal(key, value / 100);
+        key.push(digit(value / 10));
+    } else if value >= 10 {
+        key.push(digit(value / 10));
     }
-    key.push(char::from(b'0' + (value % 10) as u8));
+    key.push(digit(value));
 }
 
 /// The number of decimal digits of `value`.
@@ -929,7 +936,7 @@ mod tests {
         push_part(&mut key, "");
         push_part(&mut key, &"x".repeat(123));
         assert_eq!(key, ["4:acme,0:,123:", &"x".repeat(123), ","].concat());
-        for value in [0, 7, 9, 10, 99, 100, 12_345, usize::MAX] {
+        for value in [0, 7, 9, 10, 42, 99, 100, 101, 110, 999, 1_000, 1_009, 12_345, 99_999, usize::MAX] {
             let mut text = String::new();
             push_decimal(&mut text, value);
             assert_eq!(text, value.to_string());

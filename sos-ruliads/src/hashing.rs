@@ -261,4 +261,23 @@ mod tests {
         // The seeds never show in a log.
         assert_eq!(format!("{state:?}"), "SeededState { .. }");
     }
+
+    #[test]
+    fn seed_order_debug_lists_entries_sorted() {
+        // Two maps, two keys, the same entries inserted in opposite orders: their bucket orders
+        // differ, their `Debug` does not, and it is the sorted map's.
+        let keys: Vec<Sha256Digest> =
+            (0_u32..500).map(|index| Sha256Digest::of(&index.to_be_bytes())).collect();
+        let forward: SeededMap<Sha256Digest, usize> =
+            keys.iter().enumerate().map(|(i, key)| (*key, i)).collect();
+        let backward: SeededMap<Sha256Digest, usize> =
+            keys.iter().enumerate().rev().map(|(i, key)| (*key, i)).collect();
+        let sorted: std::collections::BTreeMap<Sha256Digest, usize> =
+            keys.iter().enumerate().map(|(i, key)| (*key, i)).collect();
+        assert_eq!(format!("{forward:?}"), format!("{sorted:?}"));
+        assert_eq!(format!("{backward:?}"), format!("{sorted:?}"));
+        assert_eq!(forward, backward);
+        let orders_differ = forward.keys().zip(backward.keys()).any(|(left, right)| left != right);
+        assert!(orders_differ, "two keys gave 500 entries one bucket order: the test shows nothing");
+    }
 }

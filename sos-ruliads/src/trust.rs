@@ -254,85 +254,101 @@ type Released = (Class, DateTime<Utc>);
 /// A host may set a signal's id itself, so two tenants served by one agent can release signals
 /// with the same id; keyed by the id alone, one tenant's feedback answered (and moved the budget
 /// for) the other tenant's signal, and one tenant's release replaced the other's outstanding
-/// entry (named shape `tenant-crosstalk`). Each tenant's ids are hashed (one probe per release
-/// and per feedback).
+/// entry (named shape `tenant-crosstalk`). A tenant is named by a small number in memory (an
+/// agent serves few tenants), so that a release or a feedback is one hash probe and allocates
+/// nothing.
 ///
 /// Saved as `{tenant: {id: [class, released at]}}`, sorted. A state saved before the tenant was
 /// part of the key (`{id: [class, released at]}`) loads its signals as of no known tenant (saved
 /// under `*`, never a tenant id): feedback from any tenant still answers them, as it did, until
 /// they count as ignored after `ignore_after_days`.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Outstanding {
-    by_tenant: BTreeMap<TenantId, SeededMap<SignalId, Released>>,
-    /// From a state saved without tenants.
-    any_tenant: SeededMap<SignalId, Released>,
+    /// The tenants named by `entries`, by number (never removed: an agent serves few tenants;
+    /// only those with signals are saved).
+    tenants: Vec<TenantId>,
+    /// (tenant number or [`NO_TENANT`], id) → class and release time.
+    entries: SeededMap<(u32, SignalId), Released>,
 }
+
+/// The tenant number of signals of no known tenant (from a state saved without tenants).
+const NO_TENANT: u32 = u32::MAX;
 
 /// The key under which signals of no known tenant are saved.
 const ANY_TENANT: &str = "*";
 
+/// Equal when they hold the same signals for the same tenants (however the tenants are numbered).
+impl PartialEq for Outstanding {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries.len() == other.entries.len()
+            && self.entries.iter().all(|((tenant, id), released)| {
+                let number = match self.tenant_name(*tenant) {
+                    Some(name) => other.number_of(name),
+                    None => Some(NO_TENANT),
+                };
+                number.is_some_and(|number| other.entries.get(&(number, *id)) == Some(released))
+            })
+    }
+}
+
 impl Outstanding {
     /// The number of signals awaiting feedback.
     pub fn len(&self) -> usize {
-        self.any_tenant.len() + self.by_tenant.values().map(|ids| ids.len()).sum::<usize>()
+        self.entries.len()
     }
 
     /// Whether no signal awaits feedback.
     pub fn is_empty(&self) -> bool {
-        self.any_tenant.is_empty() && self.by_tenant.is_empty()
+        self.entries.is_empty()
     }
 
     /// The class and release time of `tenant`'s signal `id`, if it awaits feedback (also one of
     /// no known tenant, from an older state).
     pub fn get(&self, tenant: &TenantId, id: SignalId) -> Option<&(Class, DateTime<Utc>)> {
-        self.get_in(Some(tenant), id).or_else(|| self.get_in(None, id))
+        let own = self.number_of(tenant).and_then(|number| self.entries.get(&(number, id)));
+        own.or_else(|| self.entries.get(&(NO_TENANT, id)))
     }
 
-    /// Exactly the entry of (`tenant`, `id`); `None` names the signals of no known tenant.
-    fn get_in(&self, tenant: Option<&TenantId>, id: SignalId) -> Option<&Released> {
-        match tenant {
-            Some(tenant) => self.by_tenant.get(tenant)?.get(&id),
-            None => self.any_tenant.get(&id),
-        }
+    /// The number of `tenant`, if it has one.
+    #[inline]
+    fn number_of(&self, tenant: &TenantId) -> Option<u32> {
+        // An agent serves few tenants: a short scan.
+        let index = self.tenants.iter().position(|known| known == tenant)?;
+        u32::try_from(index).ok()
     }
 
-    fn insert(&mut self, tenant: &TenantId, id: SignalId, released: Released) {
-        if let Some(ids) = self.by_tenant.get_mut(tenant) {
-            ids.insert(id, released);
-            return;
+    /// The number of `tenant`, given one when new (cloned once).
+    #[inline]
+    fn number(&mut self, tenant: &TenantId) -> u32 {
+        if let Some(number) = self.number_of(tenant) {
+            return number;
         }
-        let mut ids = SeededMap::default();
-        ids.insert(id, released);
-        self.by_tenant.insert(tenant.clone(), ids);
+        self.tenants.push(tenant.clone());
+        u32::try_from(self.tenants.len() - 1).unwrap_or(NO_TENANT - 1)
     }
 
-    /// Removes exactly the entry of (`tenant`, `id`) (no tenant map is left empty).
-    fn remove_in(&mut self, tenant: Option<&TenantId>, id: SignalId) -> Option<Released> {
-        let Some(tenant) = tenant else { return self.any_tenant.remove(&id) };
-        let ids = self.by_tenant.get_mut(tenant)?;
-        let removed = ids.remove(&id);
-        if ids.is_empty() {
-            self.by_tenant.remove(tenant);
+    /// The tenant numbered `number` (`None` for signals of no known tenant).
+    fn tenant_name(&self, number: u32) -> Option<&TenantId> {
+        if number == NO_TENANT {
+            return None;
         }
-        removed
+        self.tenants.get(number as usize)
+    }
+
+    /// The tenants' signals sorted for saving: `*` first, then by tenant.
+    fn sorted(&self) -> BTreeMap<&str, BTreeMap<SignalId, Released>> {
+        let mut sorted: BTreeMap<&str, BTreeMap<SignalId, Released>> = BTreeMap::new();
+        for ((tenant, id), released) in self.entries.iter() {
+            let name = self.tenant_name(*tenant).map_or(ANY_TENANT, TenantId::as_str);
+            sorted.entry(name).or_default().insert(*id, *released);
+        }
+        sorted
     }
 }
 
 impl Serialize for Outstanding {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap as _;
-        let sorted = |ids: &SeededMap<SignalId, Released>| -> BTreeMap<SignalId, Released> {
-            ids.iter().map(|(id, released)| (*id, *released)).collect()
-        };
-        let extra = usize::from(!self.any_tenant.is_empty());
-        let mut map = serializer.serialize_map(Some(self.by_tenant.len() + extra))?;
-        if !self.any_tenant.is_empty() {
-            map.serialize_entry(ANY_TENANT, &sorted(&self.any_tenant))?;
-        }
-        for (tenant, ids) in &self.by_tenant {
-            map.serialize_entry(tenant.as_str(), &sorted(ids))?;
-        }
-        map.end()
+        self.sorted().serialize(serializer)
     }
 }
 
@@ -353,13 +369,20 @@ impl<'de> Deserialize<'de> for Outstanding {
             match entry {
                 Entry::Released(released) => {
                     let id: SignalId = key.parse().map_err(D::Error::custom)?;
-                    outstanding.any_tenant.insert(id, released);
+                    outstanding.entries.insert((NO_TENANT, id), released);
                 }
-                Entry::Ids(ids) if key == ANY_TENANT => outstanding.any_tenant.extend(ids),
+                Entry::Ids(ids) if key == ANY_TENANT => {
+                    outstanding
+                        .entries
+                        .extend(ids.into_iter().map(|(id, released)| ((NO_TENANT, id), released)));
+                }
                 Entry::Ids(ids) if ids.is_empty() => {}
                 Entry::Ids(ids) => {
                     let tenant = TenantId::new(key).map_err(D::Error::custom)?;
-                    outstanding.by_tenant.insert(tenant, ids.into_iter().collect());
+                    let number = outstanding.number(&tenant);
+                    outstanding
+                        .entries
+                        .extend(ids.into_iter().map(|(id, released)| ((number, id), released)));
                 }
             }
         }
@@ -379,22 +402,8 @@ pub struct TrustGate {
     /// without scanning; derived from the state (rebuilt on restore), never persisted. Entries
     /// are dropped lazily: one whose signal was answered or released again no longer matches
     /// `outstanding` and is skipped when it comes up (and compacted away when the stale
-    /// entries outnumber the live ones). A tenant is named by its index in `tenants`
-    /// ([`NO_TENANT`] for signals of no known tenant), so that a release allocates nothing.
-    order: VecDeque<(DateTime<Utc>, u32, SignalId)>,
-    /// The tenants of `order`, derived like it.
-    tenants: Vec<TenantId>,
-}
-
-/// The tenant index of signals of no known tenant (from a state saved without tenants).
-const NO_TENANT: u32 = u32::MAX;
-
-/// The tenant of a queue entry (`None` for signals of no known tenant).
-fn tenant_name(tenants: &[TenantId], index: u32) -> Option<&TenantId> {
-    if index == NO_TENANT {
-        return None;
-    }
-    tenants.get(index as usize)
+    /// entries outnumber the live ones). Keys are `outstanding`'s: (tenant number, id).
+    order: VecDeque<(DateTime<Utc>, (u32, SignalId))>,
 }
 
 /// Equal when configuration and state are (the time-ordered index is derived from the state).
@@ -426,7 +435,7 @@ impl TrustGate {
             withheld_dropped: 0,
             swept_at: None,
         };
-        Ok(Self { config, state, order: VecDeque::new(), tenants: Vec::new() })
+        Ok(Self { config, state, order: VecDeque::new() })
     }
 
     /// Restores a gate from saved state.
@@ -439,17 +448,11 @@ impl TrustGate {
         if !(config.floor_per_day..=config.ceiling_per_day).contains(&state.budget_per_day) {
             return Err(Error::TrustConfig("the saved budget lies outside the configured floor and ceiling"));
         }
-        // Tenants are numbered in name order and every entry is sorted: the index does not
-        // depend on any map's (seeded) iteration order.
-        let tenants: Vec<TenantId> = state.outstanding.by_tenant.keys().cloned().collect();
-        let mut order: Vec<_> =
-            state.outstanding.any_tenant.iter().map(|(id, (_, at))| (*at, NO_TENANT, *id)).collect();
-        for (index, ids) in state.outstanding.by_tenant.values().enumerate() {
-            let index = u32::try_from(index).unwrap_or(NO_TENANT - 1);
-            order.extend(ids.iter().map(|(id, (_, at))| (*at, index, *id)));
-        }
+        // Tenants are numbered in name order on load and every entry is sorted: the index does
+        // not depend on any map's (seeded) iteration order.
+        let mut order: Vec<_> = state.outstanding.entries.iter().map(|(key, (_, at))| (*at, *key)).collect();
         order.sort_unstable();
-        Ok(Self { config, state, order: order.into(), tenants })
+        Ok(Self { config, state, order: order.into() })
     }
 
     /// The state, to persist.
@@ -575,53 +578,38 @@ impl TrustGate {
             self.state.phase = self.state.phase.max(Phase::Insight);
         }
         while self.state.outstanding.len() >= OUTSTANDING_CAPACITY {
-            let Some((at, tenant, oldest)) = self.order.pop_front() else { break };
-            if self.is_current(at, tenant, oldest) {
-                self.state.outstanding.remove_in(tenant_name(&self.tenants, tenant), oldest);
+            let Some((at, oldest)) = self.order.pop_front() else { break };
+            if self.is_current(at, oldest) {
+                self.state.outstanding.entries.remove(&oldest);
                 self.adjust(Feedback::Ignored);
             }
         }
         // A signal released again by its tenant replaces that tenant's entry; the old queue
         // entry goes stale.
-        self.state.outstanding.insert(tenant, id, (class, now));
-        let tenant = self.tenant_index(tenant);
-        self.enqueue(now, tenant, id);
+        let key = (self.state.outstanding.number(tenant), id);
+        self.state.outstanding.entries.insert(key, (class, now));
+        self.enqueue(now, key);
         None
     }
 
-    /// The index of `tenant` in the queue's tenants, added when new (cloned once).
-    fn tenant_index(&mut self, tenant: &TenantId) -> u32 {
-        // An agent serves few tenants: a short scan.
-        if let Some(index) = self.tenants.iter().position(|known| known == tenant) {
-            return u32::try_from(index).unwrap_or(NO_TENANT - 1);
-        }
-        self.tenants.push(tenant.clone());
-        u32::try_from(self.tenants.len() - 1).unwrap_or(NO_TENANT - 1)
+    /// Whether the queue entry (`at`, `key`) is the outstanding signal's current one.
+    fn is_current(&self, at: DateTime<Utc>, key: (u32, SignalId)) -> bool {
+        self.state.outstanding.entries.get(&key).is_some_and(|(_, released)| *released == at)
     }
 
-    /// Whether the queue entry (`at`, `tenant`, `id`) is the outstanding signal's current one.
-    fn is_current(&self, at: DateTime<Utc>, tenant: u32, id: SignalId) -> bool {
-        if tenant != NO_TENANT && tenant as usize >= self.tenants.len() {
-            return false;
-        }
-        let released = self.state.outstanding.get_in(tenant_name(&self.tenants, tenant), id);
-        released.is_some_and(|(_, released)| *released == at)
-    }
-
-    /// Adds (`at`, `tenant`, `id`) to the time-ordered queue, compacting it when stale entries
-    /// outnumber the live ones (so that it stays within twice the outstanding signals).
-    fn enqueue(&mut self, at: DateTime<Utc>, tenant: u32, id: SignalId) {
+    /// Adds (`at`, `key`) to the time-ordered queue, compacting it when stale entries outnumber
+    /// the live ones (so that it stays within twice the outstanding signals).
+    fn enqueue(&mut self, at: DateTime<Utc>, key: (u32, SignalId)) {
         if self.order.len() >= 2 * self.state.outstanding.len() + 64 {
-            let mut order = std::mem::take(&mut self.order);
-            order.retain(|&(at, tenant, id)| self.is_current(at, tenant, id));
-            self.order = order;
+            let entries = &self.state.outstanding.entries;
+            self.order.retain(|(at, key)| entries.get(key).is_some_and(|(_, released)| released == at));
         }
         // Releases come in time order; a clock that went back is placed where it belongs.
-        if self.order.back().is_none_or(|(last, _, _)| *last <= at) {
-            self.order.push_back((at, tenant, id));
+        if self.order.back().is_none_or(|(last, _)| *last <= at) {
+            self.order.push_back((at, key));
         } else {
-            let index = self.order.partition_point(|(queued, _, _)| *queued <= at);
-            self.order.insert(index, (at, tenant, id));
+            let index = self.order.partition_point(|(queued, _)| *queued <= at);
+            self.order.insert(index, (at, key));
         }
     }
 
@@ -649,8 +637,10 @@ impl TrustGate {
         feedback: Feedback,
     ) -> bool {
         // Its queue entry goes stale and is skipped when it comes up.
-        let removed = self.state.outstanding.remove_in(Some(tenant), signal);
-        let Some((class, _)) = removed.or_else(|| self.state.outstanding.remove_in(None, signal)) else {
+        let outstanding = &mut self.state.outstanding;
+        let own =
+            outstanding.number_of(tenant).and_then(|number| outstanding.entries.remove(&(number, signal)));
+        let Some((class, _)) = own.or_else(|| outstanding.entries.remove(&(NO_TENANT, signal))) else {
             return false;
         };
         self.answer(now, class, feedback);
@@ -680,16 +670,15 @@ impl TrustGate {
         // Released signals unanswered for `ignore_after_days` count as ignored; the time-ordered
         // index makes this one comparison when nothing expired.
         let limit = TimeDelta::days(i64::from(self.config.ignore_after_days));
-        while let Some(&(at, tenant, id)) = self.order.front() {
+        while let Some(&(at, key)) = self.order.front() {
             if now - at < limit {
                 break;
             }
             self.order.pop_front();
-            if self.is_current(at, tenant, id) {
-                let tenant = tenant_name(&self.tenants, tenant);
-                if let Some((class, _)) = self.state.outstanding.remove_in(tenant, id) {
-                    self.answer(now, class, Feedback::Ignored);
-                }
+            if self.is_current(at, key)
+                && let Some((class, _)) = self.state.outstanding.entries.remove(&key)
+            {
+                self.answer(now, class, Feedback::Ignored);
             }
         }
         self.state.swept_at = Some(now);
