@@ -102,7 +102,7 @@ async fn append_for<S: MerkleStore>(store: &S, tenant_name: &str, first: u64) ->
 }
 
 /// The overhead as deployed: one task appends to a tenant of `store` while
-/// [`Checkpointer::run`] polls every 10 ms in another (as the reference server runs it),
+/// [`Checkpointer::run`] polls every `poll` in another (as the reference server runs it),
 /// against windows of the same appender on `unsigned`, a second database on the same server or
 /// disk that no checkpointer reads (one checkpointer signs every tenant of its store, and a
 /// tenant left unsigned during the other windows would be signed in one large catch-up here).

@@ -144,6 +144,12 @@ pub use verify::{ChainVerifier, Finding, PAGE_SIZE, Verdict, VerifiedChain, veri
 /// tenant whose head row was deleted is still listed (and its checkpoint then reports the cut).
 /// Both SQLite and PostgreSQL answer `MIN(tenant) … WHERE tenant > ?` from the `(tenant, seq)`
 /// key with one seek.
+///
+/// `MIN` skips NULL, so the scan alone would pass over entries whose tenant is NULL (possible
+/// only after an administrator dropped the key and the NOT NULL constraint, or rebuilt the
+/// SQLite table without them); `SELECT DISTINCT` returned that NULL and listing failed. The
+/// last branch, one more seek, keeps that: a NULL tenant comes back as a row, and the stores
+/// report it as [`Error::CorruptEntry`] instead of leaving those entries unchecked.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) const TENANTS_SQL: &str = "WITH RECURSIVE entry_tenants(tenant) AS ( \
          SELECT MIN(tenant) FROM audit_entries \
@@ -152,7 +158,26 @@ pub(crate) const TENANTS_SQL: &str = "WITH RECURSIVE entry_tenants(tenant) AS ( 
          FROM entry_tenants WHERE entry_tenants.tenant IS NOT NULL) \
      SELECT tenant FROM audit_heads \
      UNION SELECT tenant FROM entry_tenants WHERE tenant IS NOT NULL \
+     UNION SELECT tenant FROM (SELECT tenant FROM audit_entries WHERE tenant IS NULL LIMIT 1) AS null_tenant \
      ORDER BY 1";
+
+/// Turns one row of [`TENANTS_SQL`] (its tenant column, NULL as `None`) into a tenant id, or
+/// into [`Error::CorruptEntry`] when the stored value is NULL or not a valid tenant id.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn listed_tenant(tenant: Option<String>) -> Result<sos_core::TenantId> {
+    let Some(tenant) = tenant else {
+        return Err(Error::CorruptEntry {
+            tenant: "NULL".to_owned(),
+            seq: 0,
+            reason: "entries have a NULL tenant (the key or NOT NULL constraint was dropped); find them with WHERE tenant IS NULL",
+        });
+    };
+    sos_core::TenantId::new(tenant.clone()).map_err(|_| Error::CorruptEntry {
+        tenant,
+        seq: 0,
+        reason: "the tenant id is invalid",
+    })
+}
 
 /// The columns of a stored row, before they are checked.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

@@ -357,15 +357,6 @@ impl AuditStore for SqliteAuditChain {
 
     async fn tenants(&self) -> Result<Vec<TenantId>> {
         let rows = sqlx::query(crate::TENANTS_SQL).fetch_all(&self.pool).await.map_err(storage)?;
-        rows.iter()
-            .map(|row| {
-                let tenant: String = row.try_get(0).map_err(storage)?;
-                TenantId::new(tenant.clone()).map_err(|_| Error::CorruptEntry {
-                    tenant,
-                    seq: 0,
-                    reason: "the tenant id is invalid",
-                })
-            })
-            .collect()
+        rows.iter().map(|row| crate::listed_tenant(row.try_get(0).map_err(storage)?)).collect()
     }
 }

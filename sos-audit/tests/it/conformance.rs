@@ -195,3 +195,108 @@ async fn postgres_tenant_without_head_row_is_still_listed() {
     listed.sort();
     assert_eq!(listed, vec![tenant("alpha"), tenant("beta")]);
 }
+
+/// Entries whose tenant is NULL (an administrator rebuilt the SQLite table without its key and
+/// NOT NULL constraint) make listing fail with `CorruptEntry`, as `SELECT DISTINCT` did, instead
+/// of being passed over by the loose index scan (`MIN` skips NULL) and never checked.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sqlite_null_tenant_entries_are_reported() {
+    let (store, database) = sqlite_store(clock()).await;
+    store.append(entry("alpha", 0)).await.expect("append");
+    store.append(entry("beta", 0)).await.expect("append");
+    for statement in [
+        "ALTER TABLE audit_entries RENAME TO audit_entries_old",
+        "CREATE TABLE audit_entries (tenant TEXT, seq INTEGER, time_us INTEGER, actor TEXT, \
+         action TEXT, subject TEXT, payload TEXT, prev_hash BLOB, hash BLOB, PRIMARY KEY (tenant, seq))",
+        "INSERT INTO audit_entries SELECT * FROM audit_entries_old",
+        "INSERT INTO audit_entries SELECT NULL, seq, time_us, actor, action, subject, payload, prev_hash, hash \
+         FROM audit_entries_old WHERE tenant = 'beta'",
+    ] {
+        sqlx::query(statement).execute(database.pool()).await.expect(statement);
+    }
+    let listed = store.tenants().await;
+    assert!(
+        matches!(listed, Err(sos_audit::Error::CorruptEntry { ref tenant, .. }) if tenant == "NULL"),
+        "a NULL tenant must be reported, got {listed:?}"
+    );
+}
+
+/// As above, on PostgreSQL (the key and the NOT NULL constraint dropped).
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn postgres_null_tenant_entries_are_reported() {
+    let (store, database) = postgres_store(clock()).await;
+    store.append(entry("alpha", 0)).await.expect("append");
+    store.append(entry("beta", 0)).await.expect("append");
+    for statement in [
+        "ALTER TABLE audit_entries DISABLE TRIGGER USER",
+        "ALTER TABLE audit_entries DROP CONSTRAINT audit_entries_tenant_seq_key CASCADE",
+        "ALTER TABLE audit_entries ALTER COLUMN tenant DROP NOT NULL",
+        "INSERT INTO audit_entries SELECT NULL, seq, time_us, actor, action, subject, payload, prev_hash, hash \
+         FROM audit_entries WHERE tenant = 'beta'",
+    ] {
+        sqlx::query(statement).execute(database.pool()).await.expect(statement);
+    }
+    let listed = store.tenants().await;
+    assert!(
+        matches!(listed, Err(sos_audit::Error::CorruptEntry { ref tenant, .. }) if tenant == "NULL"),
+        "a NULL tenant must be reported, got {listed:?}"
+    );
+}
+
+/// 10,000 tenants with entries and no head rows are all listed: the recursive scan takes one
+/// step per tenant, and neither database limits its depth.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sqlite_ten_thousand_tenants_are_listed() {
+    let (store, database) = sqlite_store(clock()).await;
+    store.append(entry("alpha", 0)).await.expect("append");
+    for statement in [
+        "DROP TRIGGER audit_entries_linked",
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000) \
+         INSERT INTO audit_entries SELECT 'm' || i, 1, time_us, actor, action, subject, payload, prev_hash, hash \
+         FROM n, audit_entries WHERE tenant = 'alpha'",
+    ] {
+        sqlx::query(statement).execute(database.pool()).await.expect(statement);
+    }
+    let listed = store.tenants().await.expect("tenants");
+    let mut expected: Vec<_> =
+        (1..=10_000).map(|i| tenant(&format!("m{i}"))).chain([tenant("alpha")]).collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+}
+
+/// As above, on PostgreSQL, then with the `(tenant, seq)` key dropped (1,000 tenants): the scan
+/// then reads the table once per step, slower but with the same answer.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn postgres_ten_thousand_tenants_are_listed_with_and_without_the_key() {
+    let (store, database) = postgres_store(clock()).await;
+    store.append(entry("alpha", 0)).await.expect("append");
+    for statement in [
+        "ALTER TABLE audit_entries DISABLE TRIGGER USER",
+        "INSERT INTO audit_entries SELECT 'm' || i, 1, time_us, actor, action, subject, payload, prev_hash, hash \
+         FROM generate_series(1, 10000) AS i, audit_entries WHERE tenant = 'alpha'",
+    ] {
+        sqlx::query(statement).execute(database.pool()).await.expect(statement);
+    }
+    let mut expected: Vec<_> =
+        (1..=10_000).map(|i| tenant(&format!("m{i}"))).chain([tenant("alpha")]).collect();
+    expected.sort();
+    let mut listed = store.tenants().await.expect("tenants");
+    listed.sort();
+    assert_eq!(listed, expected);
+    // Without the key each step reads the whole table (quadratic), so keep 1,000 tenants.
+    for statement in [
+        "DELETE FROM audit_entries WHERE tenant LIKE 'm%' AND length(tenant) >= 5",
+        "ALTER TABLE audit_entries DROP CONSTRAINT audit_entries_tenant_seq_key CASCADE",
+    ] {
+        sqlx::query(statement).execute(database.pool()).await.expect(statement);
+    }
+    expected.retain(|tenant| !(tenant.as_str().starts_with('m') && tenant.as_str().len() >= 5));
+    assert_eq!(expected.len(), 1_000);
+    let mut listed = store.tenants().await.expect("tenants without the key");
+    listed.sort();
+    assert_eq!(listed, expected);
+}
