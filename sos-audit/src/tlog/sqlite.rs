@@ -149,6 +149,9 @@ const EXTENSION_READ: &str = "
           AND seq >= max(coalesce((SELECT size FROM audit_tree_heads WHERE tenant = ?1), 0), 1)
         ORDER BY seq LIMIT ?2)";
 
+/// SQLite's result code for a string or BLOB longer than its length limit.
+const SQLITE_TOOBIG: &str = "18";
+
 /// One entry of [`EXTENSION_READ`]'s JSON array.
 type JsonEntry = (String, i64, i64, String, String, String, String, String, String);
 
@@ -201,12 +204,24 @@ impl MerkleStore for SqliteAuditChain {
         // its right edge and the chain's entries from entry `size` on (the checkpointer checks
         // that the new entries chain on from the last leaf it signed). Under the write lock, so
         // the three are one consistent state.
-        let rows = sqlx::query(EXTENSION_READ)
-            .bind(tenant.as_str())
-            .bind(i64::from(max_entries) + 1)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(storage)?;
+        //
+        // The entries' JSON value is bounded by SQLite's length limit (1e9 bytes by default, or
+        // less where the host lowered it), which EXTEND_BATCH entries of large payloads exceed
+        // (a payload of 64 KiB of quotes or backslashes doubles when quoted again): on
+        // SQLITE_TOOBIG the read is retried with a sixteenth as many entries, down to one new entry, so
+        // the tree still extends in smaller steps instead of failing on every run.
+        let mut limit = i64::from(max_entries) + 1;
+        let rows = loop {
+            match sqlx::query(EXTENSION_READ).bind(tenant.as_str()).bind(limit).fetch_all(&mut *tx).await {
+                Ok(rows) => break rows,
+                Err(sqlx::Error::Database(error))
+                    if error.code().as_deref() == Some(SQLITE_TOOBIG) && limit > 2 =>
+                {
+                    limit = (limit / 16).max(2);
+                }
+                Err(error) => return Err(storage(error)),
+            }
+        };
         let mut current = TreeState { size: 0, last_entry_hash: Sha256Digest::ZERO };
         let mut held_edges = Vec::new();
         let mut entries = Vec::new();

@@ -872,3 +872,40 @@ async fn fs_anchor_names_that_are_not_sizes_cannot_hide_the_latest_anchor() {
     let refused = sink.latest(&acme).await.expect_err("a symlink to an older note under a larger size");
     assert!(matches!(refused, Error::AnchorMisfiled { filed: 99, held: 7, .. }), "{refused:?}");
 }
+
+/// Threat shape: a tree extension that can never succeed (liveness of the checkpointer). The
+/// SQLite extension reads the new entries as one JSON value; entries whose quoted form exceeds
+/// SQLite's length limit (1e9 bytes: here 170 rows of 1 MiB of NUL characters, each quoted as
+/// `\u0000`, about 1.07e9 bytes) made that read fail with "string or blob too big" on every run,
+/// wedging the tree at its size. The read must instead take fewer entries and go on to check
+/// them: the rows are junk, so the checkpoint is refused as a broken chain at the first of them.
+#[tokio::test]
+async fn sqlite_extension_survives_entries_beyond_the_json_length_limit() {
+    let database = sos_testkit::SqliteTestDatabase::new(&[&sos_audit::sqlite_migrator()]).await;
+    let store = sos_audit::SqliteAuditChain::new(database.pool().clone());
+    let checkpointer = Checkpointer::new(store.clone(), signer());
+    let acme = tenant("acme");
+    append_n(&store, "acme", 0, 5).await;
+    assert_eq!(checkpointer.checkpoint_now(&acme).await.expect("checkpoint").size(), 5);
+    // A database administrator (or a buggy host) drops the triggers and appends large rows.
+    let triggers: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_entries'",
+    )
+    .fetch_all(database.pool())
+    .await
+    .expect("triggers");
+    for trigger in triggers {
+        sqlx::query(&format!("DROP TRIGGER \"{trigger}\"")).execute(database.pool()).await.expect("drop");
+    }
+    sqlx::query(
+        "WITH RECURSIVE n(seq) AS (SELECT 6 UNION ALL SELECT seq + 1 FROM n WHERE seq < 175)
+         INSERT INTO audit_entries (tenant, seq, time_us, actor, action, subject, payload, prev_hash, hash)
+         SELECT 'acme', seq, 0, 'a', 'b', 'c', CAST(zeroblob(1048576) AS TEXT), zeroblob(32), zeroblob(32) FROM n",
+    )
+    .execute(database.pool())
+    .await
+    .expect("append the large rows");
+    let refused = checkpointer.checkpoint_now(&acme).await.expect_err("junk rows");
+    assert!(matches!(refused, Error::ChainBroken { seq: 6, .. }), "{refused:?}");
+    assert_eq!(store.tree_state(&acme).await.expect("state").size, 5, "nothing was extended");
+}
