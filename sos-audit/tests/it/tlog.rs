@@ -909,3 +909,48 @@ async fn sqlite_extension_survives_entries_beyond_the_json_length_limit() {
     assert!(matches!(refused, Error::ChainBroken { seq: 6, .. }), "{refused:?}");
     assert_eq!(store.tree_state(&acme).await.expect("state").size, 5, "nothing was extended");
 }
+
+/// Threat shape: a half-written tree. The SQLite extension writes the head and every changed tile
+/// in one multi-statement round trip; when the tiles' statement fails after the head's succeeded,
+/// the error reaches the caller and the transaction rolls back, head included. Likewise the
+/// checkpoint row's insert and the read of the latest row share a round trip: when the insert
+/// fails, the checkpointer reports it and no checkpoint of that size is recorded.
+#[tokio::test]
+async fn sqlite_multi_statement_writes_fail_whole() {
+    let database = sos_testkit::SqliteTestDatabase::new(&[&sos_audit::sqlite_migrator()]).await;
+    let store = sos_audit::SqliteAuditChain::new(database.pool().clone());
+    let checkpointer = Checkpointer::new(store.clone(), signer());
+    let acme = tenant("acme");
+    append_n(&store, "acme", 0, 5).await;
+    assert_eq!(checkpointer.checkpoint_now(&acme).await.expect("checkpoint").size(), 5);
+    append_n(&store, "acme", 5, 300).await;
+    sqlx::query(
+        "CREATE TRIGGER refuse_tiles BEFORE INSERT ON audit_tree_tiles WHEN NEW.level = 0 AND NEW.idx = 1
+         BEGIN SELECT RAISE(ABORT, 'refused tile'); END",
+    )
+    .execute(database.pool())
+    .await
+    .expect("trigger");
+    let refused = checkpointer.checkpoint_now(&acme).await.expect_err("a refused tile");
+    assert!(matches!(refused, Error::Storage(_)), "{refused:?}");
+    assert_eq!(store.tree_state(&acme).await.expect("state").size, 5, "the head rolled back with the tiles");
+    let tiles: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_tree_tiles WHERE tenant = 'acme'")
+        .fetch_one(database.pool())
+        .await
+        .expect("count");
+    assert_eq!(tiles, 1, "only the tile of the first checkpoint is stored");
+    sqlx::query("DROP TRIGGER refuse_tiles").execute(database.pool()).await.expect("drop");
+    sqlx::query(
+        "CREATE TRIGGER refuse_checkpoints BEFORE INSERT ON audit_checkpoints
+         BEGIN SELECT RAISE(ABORT, 'refused checkpoint'); END",
+    )
+    .execute(database.pool())
+    .await
+    .expect("trigger");
+    let refused = checkpointer.checkpoint_now(&acme).await.expect_err("a refused checkpoint row");
+    assert!(matches!(refused, Error::Storage(_)), "{refused:?}");
+    assert!(store.checkpoint_at(&acme, 305).await.expect("read").is_none(), "nothing recorded");
+    assert_eq!(store.latest_checkpoint(&acme).await.expect("latest").expect("one").size(), 5);
+    sqlx::query("DROP TRIGGER refuse_checkpoints").execute(database.pool()).await.expect("drop");
+    assert_eq!(checkpointer.checkpoint_now(&acme).await.expect("checkpoint").size(), 305);
+}
