@@ -42,6 +42,14 @@ fn new_entry(tenant_name: &str, index: u64) -> NewEntry {
     .expect("valid entry")
 }
 
+/// The bench's one signing key: every checkpointer of a run signs with it, since a checkpointer
+/// visits every tenant of its store and must verify the checkpoints an earlier one signed.
+fn signer() -> NoteSigner {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| NoteSigner::generate("bench.example/log").expect("key").to_key_string());
+    NoteSigner::from_key_string(key).expect("key")
+}
+
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
@@ -61,8 +69,7 @@ async fn append_interval<S: MerkleStore>(store: &S, tenant_name: &str, first: u6
 /// time over the time of the 256 appends it covers (medians); the difference between the two
 /// tenants' append times is printed too, as a check that checkpoints do not slow appends down.
 async fn overhead<S: MerkleStore + Clone>(label: &str, store: S) {
-    let checkpointer =
-        Checkpointer::new(store.clone(), NoteSigner::generate("bench.example/log").expect("key"));
+    let checkpointer = Checkpointer::new(store.clone(), signer());
     let (mut plain, mut signed, mut checkpoints) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS as u64 {
         plain.push(append_interval(&store, "plain", round * INTERVAL).await);
@@ -116,7 +123,7 @@ async fn overhead_deployed<S: MerkleStore + Clone + Send + Sync + 'static>(
     poll: Duration,
 ) {
     let checkpointer = std::sync::Arc::new(
-        Checkpointer::new(store.clone(), NoteSigner::generate("bench.example/log").expect("key"))
+        Checkpointer::new(store.clone(), signer())
             .with_policy(CheckpointPolicy::default().poll_interval(poll)),
     );
     // A tenant of its own per poll interval, so that each figure starts from an empty chain.
