@@ -25,6 +25,19 @@ fn evaluation_of<R: Ruliad<Record>>(ruliad: &R, now: chrono::DateTime<Utc>, reco
     why.into_evaluation(fired)
 }
 
+/// The two methods every catalog rule shares: it applies to whole variants of [`Record`], and
+/// its [`Ruliad::evaluate`] is its [`Ruliad::evaluate_into`] through [`evaluation_of`].
+macro_rules! per_variant_rule_written_once {
+    () => {
+        fn applies_per_variant(&self) -> bool {
+            true
+        }
+        fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
+            evaluation_of(self, now, record)
+        }
+    };
+}
+
 /// The names of every ruliad in the catalog, sorted.
 pub const NAMES: &[&str] = &[
     "close-date-passed",
@@ -217,12 +230,7 @@ impl Ruliad<Record> for StaleDealNudge {
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Deal(_))
     }
-    fn applies_per_variant(&self) -> bool {
-        true
-    }
-    fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        evaluation_of(self, now, record)
-    }
+    per_variant_rule_written_once!();
     fn evaluate_into(
         &self,
         now: chrono::DateTime<Utc>,
@@ -306,12 +314,7 @@ impl Ruliad<Record> for HotOpportunityFlag {
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Deal(_))
     }
-    fn applies_per_variant(&self) -> bool {
-        true
-    }
-    fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        evaluation_of(self, now, record)
-    }
+    per_variant_rule_written_once!();
     fn evaluate_into(
         &self,
         now: chrono::DateTime<Utc>,
@@ -386,12 +389,7 @@ impl Ruliad<Record> for FollowUpOverdue {
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Contact(_))
     }
-    fn applies_per_variant(&self) -> bool {
-        true
-    }
-    fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        evaluation_of(self, now, record)
-    }
+    per_variant_rule_written_once!();
     fn evaluate_into(
         &self,
         now: chrono::DateTime<Utc>,
@@ -477,12 +475,7 @@ impl Ruliad<Record> for LeadSpike {
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::LeadLog(_))
     }
-    fn applies_per_variant(&self) -> bool {
-        true
-    }
-    fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        evaluation_of(self, now, record)
-    }
+    per_variant_rule_written_once!();
     fn evaluate_into(
         &self,
         now: chrono::DateTime<Utc>,
@@ -573,12 +566,7 @@ impl Ruliad<Record> for LeadRhythm {
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::LeadLog(_))
     }
-    fn applies_per_variant(&self) -> bool {
-        true
-    }
-    fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        evaluation_of(self, now, record)
-    }
+    per_variant_rule_written_once!();
     fn evaluate_into(
         &self,
         now: chrono::DateTime<Utc>,
@@ -690,12 +678,7 @@ impl Ruliad<Record> for ResponseTimeRising {
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Member(_))
     }
-    fn applies_per_variant(&self) -> bool {
-        true
-    }
-    fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        evaluation_of(self, now, record)
-    }
+    per_variant_rule_written_once!();
     fn evaluate_into(
         &self,
         now: chrono::DateTime<Utc>,
@@ -785,12 +768,7 @@ impl Ruliad<Record> for CloseDatePassed {
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Deal(_))
     }
-    fn applies_per_variant(&self) -> bool {
-        true
-    }
-    fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        evaluation_of(self, now, record)
-    }
+    per_variant_rule_written_once!();
     fn evaluate_into(
         &self,
         now: chrono::DateTime<Utc>,
@@ -862,12 +840,7 @@ impl Ruliad<Record> for DealWithoutNextStep {
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Deal(_))
     }
-    fn applies_per_variant(&self) -> bool {
-        true
-    }
-    fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        evaluation_of(self, now, record)
-    }
+    per_variant_rule_written_once!();
     fn evaluate_into(
         &self,
         now: chrono::DateTime<Utc>,
@@ -931,12 +904,7 @@ impl Ruliad<Record> for UnansweredMessage {
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Message(_))
     }
-    fn applies_per_variant(&self) -> bool {
-        true
-    }
-    fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        evaluation_of(self, now, record)
-    }
+    per_variant_rule_written_once!();
     fn evaluate_into(
         &self,
         now: chrono::DateTime<Utc>,
@@ -1002,12 +970,7 @@ impl Ruliad<Record> for NewLeadUncontacted {
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Lead(_))
     }
-    fn applies_per_variant(&self) -> bool {
-        true
-    }
-    fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        evaluation_of(self, now, record)
-    }
+    per_variant_rule_written_once!();
     fn evaluate_into(
         &self,
         now: chrono::DateTime<Utc>,
@@ -1080,12 +1043,7 @@ impl Ruliad<Record> for ContactGoneQuiet {
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Contact(_))
     }
-    fn applies_per_variant(&self) -> bool {
-        true
-    }
-    fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        evaluation_of(self, now, record)
-    }
+    per_variant_rule_written_once!();
     fn evaluate_into(
         &self,
         now: chrono::DateTime<Utc>,
@@ -1154,12 +1112,7 @@ impl Ruliad<Record> for StuckInStage {
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Deal(_))
     }
-    fn applies_per_variant(&self) -> bool {
-        true
-    }
-    fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        evaluation_of(self, now, record)
-    }
+    per_variant_rule_written_once!();
     fn evaluate_into(
         &self,
         now: chrono::DateTime<Utc>,
@@ -1236,12 +1189,7 @@ impl Ruliad<Record> for RenewalUpcoming {
     fn applies_to(&self, record: &Record) -> bool {
         matches!(record, Record::Contact(_))
     }
-    fn applies_per_variant(&self) -> bool {
-        true
-    }
-    fn evaluate(&self, now: chrono::DateTime<Utc>, record: &Record) -> Evaluation {
-        evaluation_of(self, now, record)
-    }
+    per_variant_rule_written_once!();
     fn evaluate_into(
         &self,
         now: chrono::DateTime<Utc>,
