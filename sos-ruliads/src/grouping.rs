@@ -26,7 +26,7 @@ use smallvec::SmallVec;
 use sos_core::{Sha256Digest, Signal, SignalId, SignalKind, TenantId};
 
 use crate::error::{Error, Result};
-use crate::explain::{Explanation, time_text, write_because};
+use crate::explain::{Explanation, recycle, time_text, write_because};
 use crate::hashing::SeededMap;
 use crate::trust::Reason;
 
@@ -136,8 +136,10 @@ pub(crate) type Members = SmallVec<[Signal; 1]>;
 /// gate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notification {
-    /// The summary of a group of several members; `None` for a single member.
-    summary: Option<Signal>,
+    /// The summary of a group of several members; `None` for a single member. Boxed: a
+    /// notification of one member (the usual one) is moved several times on its way out, and an
+    /// inline `Option<Signal>` would be copied along although it is empty.
+    summary: Option<Box<Signal>>,
     /// The members, in arrival order; never empty.
     members: Members,
 }
@@ -149,7 +151,7 @@ impl Notification {
         match members.len() {
             0 => None,
             1 => Some(Self { summary: None, members }),
-            _ => summarise(now, &members).map(|summary| Self { summary: Some(summary), members }),
+            _ => summarise(now, &members).map(|summary| Self { summary: Some(Box::new(summary)), members }),
         }
     }
 
@@ -157,7 +159,7 @@ impl Notification {
     /// member itself.
     pub fn summary(&self) -> &Signal {
         // A notification is built with at least one member (`Notification::of`).
-        self.summary.as_ref().or_else(|| self.members.first()).expect("a notification has a member")
+        self.summary.as_deref().or_else(|| self.members.first()).expect("a notification has a member")
     }
 
     /// The members, in arrival order.
@@ -165,11 +167,11 @@ impl Notification {
         &self.members
     }
 
-    pub(crate) fn into_parts(self) -> (Option<Signal>, Members) {
+    pub(crate) fn into_parts(self) -> (Option<Box<Signal>>, Members) {
         (self.summary, self.members)
     }
 
-    pub(crate) fn from_parts(summary: Option<Signal>, members: Members) -> Self {
+    pub(crate) fn from_parts(summary: Option<Box<Signal>>, members: Members) -> Self {
         Self { summary, members }
     }
 
@@ -181,7 +183,7 @@ impl Notification {
     /// The summary, by value.
     pub fn into_summary(self) -> Signal {
         match self.summary {
-            Some(summary) => summary,
+            Some(summary) => *summary,
             // A notification is built with at least one member (`Notification::of`).
             None => self.members.into_iter().next().expect("a notification has a member"),
         }
@@ -192,7 +194,7 @@ impl Notification {
 /// index, so that joining a big group stays O(log n) while a small one allocates nothing.
 const SMALL_GROUP: usize = 8;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Group {
     created_at: DateTime<Utc>,
     last_flush_at: Option<DateTime<Utc>>,
@@ -202,6 +204,22 @@ struct Group {
     /// otherwise; derived from `pending` (format 1 stored it: it is read and ignored).
     #[serde(skip)]
     pending_causes: BTreeSet<Sha256Digest>,
+    /// The group's (tenant, kind) as numbered by its grouper's [`Tenants`], once it was flushed:
+    /// recording its notified causes then needs no lookup by name. A cache of the grouper that
+    /// numbered it, never saved and cleared on [`Grouper::restore`] (another grouper numbers
+    /// scopes in its own order).
+    #[serde(skip)]
+    scope: Option<u32>,
+}
+
+/// Equal when their timers and pending members are; the derived index and the cached scope
+/// number are not part of what a group is.
+impl PartialEq for Group {
+    fn eq(&self, other: &Self) -> bool {
+        self.created_at == other.created_at
+            && self.last_flush_at == other.last_flush_at
+            && self.pending == other.pending
+    }
 }
 
 impl Group {
@@ -240,8 +258,10 @@ impl Group {
         std::mem::take(&mut self.pending)
     }
 
-    /// Rebuilds the derived index after a restore.
+    /// Rebuilds the derived index after a restore, and forgets the scope number (the restoring
+    /// grouper numbers scopes anew).
     fn reindex(&mut self) {
+        self.scope = None;
         self.pending_causes.clear();
         if self.pending.len() > SMALL_GROUP {
             self.pending_causes.extend(self.pending.iter().map(|member| *member.cause()));
@@ -497,6 +517,7 @@ fn group_mut<'a>(state: &'a mut GroupingState, now: DateTime<Utc>, signal: &Sign
             last_flush_at: None,
             pending: Members::new(),
             pending_causes: BTreeSet::new(),
+            scope: None,
         };
         kinds.insert(signal.kind().clone(), group);
     }
@@ -640,7 +661,17 @@ impl Grouper {
                 outcomes.push(self.record(now, &signal, Reason::Cooldown, detail));
                 continue;
             }
-            let group = group_mut(&mut self.state, now, &signal);
+            // One lookup by (tenant, kind) for a group that exists (the usual case); creating one
+            // looks up again.
+            let group = match self
+                .state
+                .groups
+                .get_mut(signal.tenant())
+                .and_then(|kinds| kinds.get_mut(signal.kind()))
+            {
+                Some(group) => group,
+                None => group_mut(&mut self.state, now, &signal),
+            };
             if group.is_pending(signal.cause()) {
                 continue;
             }
@@ -649,6 +680,9 @@ impl Grouper {
             let mut signal = signal;
             if let Some(explanation) = because {
                 write_because(&mut signal, &explanation);
+                // The buffer goes back to this thread's spare, which the next evaluation's
+                // recorder takes (as the engine does with its own): no allocation per signal.
+                recycle(explanation);
             }
             group.join(signal);
             if let Some((id, kind)) = delayed {
@@ -683,15 +717,20 @@ impl Grouper {
                 }
                 let members = group.take_pending();
                 group.last_flush_at = Some(now);
-                if !self.state.notified.contains_key(tenant) {
-                    self.state.notified.insert(tenant.clone(), TenantNotified::default());
-                }
-                let notified = self.state.notified.get_mut(tenant).expect("inserted above");
-                if !notified.by_kind.contains_key(kind) {
-                    notified.by_kind.insert(kind.clone(), SeededMap::default());
-                }
-                let notified = notified.by_kind.get_mut(kind).expect("inserted above");
-                let index = self.tenants.intern(tenant, Some(kind));
+                // One lookup when the tenant and kind were notified before (the usual case).
+                let notified = match self
+                    .state
+                    .notified
+                    .get_mut(tenant)
+                    .and_then(|notified| notified.by_kind.get_mut(kind))
+                {
+                    Some(notified) => notified,
+                    None => {
+                        let notified = self.state.notified.entry(tenant.clone()).or_default();
+                        notified.by_kind.entry(kind.clone()).or_default()
+                    }
+                };
+                let index = *group.scope.get_or_insert_with(|| self.tenants.intern(tenant, Some(kind)));
                 for member in &members {
                     notified.insert(*member.cause(), now);
                     self.notified_order.push_back((now, index, *member.cause()));

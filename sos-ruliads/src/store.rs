@@ -125,14 +125,11 @@ struct MemoryState {
 impl MemoryState {
     /// Claims one cause: `true` for the first claim ever.
     fn claim(&mut self, now: DateTime<Utc>, claim: &CauseClaim<'_>) -> bool {
-        if !self.causes.contains_key(claim.tenant) {
-            self.causes.insert(claim.tenant.clone(), BTreeMap::new());
-        }
-        let scopes = self.causes.get_mut(claim.tenant).expect("inserted above");
-        if !scopes.contains_key(claim.scope) {
-            scopes.insert(claim.scope.to_owned(), SeededMap::default());
-        }
-        let causes = scopes.get_mut(claim.scope).expect("inserted above");
+        // One lookup by tenant and scope when both were claimed before (the usual case).
+        let causes = match self.causes.get_mut(claim.tenant).and_then(|scopes| scopes.get_mut(claim.scope)) {
+            Some(causes) => causes,
+            None => self.scope_mut(claim),
+        };
         match causes.entry(*claim.cause) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(vacant) => {
@@ -140,6 +137,18 @@ impl MemoryState {
                 true
             }
         }
+    }
+
+    /// The causes of `claim`'s tenant and scope, created when new (cloning the names once).
+    fn scope_mut(&mut self, claim: &CauseClaim<'_>) -> &mut SeededMap<Sha256Digest, DateTime<Utc>> {
+        if !self.causes.contains_key(claim.tenant) {
+            self.causes.insert(claim.tenant.clone(), BTreeMap::new());
+        }
+        let scopes = self.causes.get_mut(claim.tenant).expect("inserted above");
+        if !scopes.contains_key(claim.scope) {
+            scopes.insert(claim.scope.to_owned(), SeededMap::default());
+        }
+        scopes.get_mut(claim.scope).expect("inserted above")
     }
 }
 

@@ -361,3 +361,48 @@ fn a_cause_notified_for_one_tenant_does_not_hold_back_another_tenant() {
     let outcomes = grouper.observe(at(10, 11), vec![other]);
     assert_eq!(outcomes.iter().map(|outcome| outcome.reason).collect::<Vec<_>>(), [Reason::Grouped]);
 }
+
+/// A signal of `kind` for `tenant` with cause digest `cause` (as [`with_cause`], any tenant).
+fn for_tenant(tenant: &str, cause: &[u8]) -> Signal {
+    Signal::builder(tenant.parse().expect("tenant"), "deal-lost".parse().expect("kind"))
+        .subject("Deal 42")
+        .text("Deal 42 needs attention.")
+        .observed_at(at(10, 9))
+        .cause(sos_core::Sha256Digest::of(cause))
+        .build()
+        .expect("valid")
+}
+
+/// A group remembers the number its grouper gave its (tenant, kind) when it was first flushed,
+/// so that recording its notified causes needs no lookup by name. A grouper restored from that
+/// state numbers scopes in its own order (sorted by tenant): the remembered number must not
+/// follow the state into it, or the causes notified after the restore would be queued for
+/// expiry under another tenant's scope and held back as `repeat` for ever.
+#[test]
+fn a_restored_grouper_expires_causes_under_its_own_scope_numbers() {
+    let mut grouper = Grouper::new(GroupingConfig::default()).expect("valid");
+    // `zeta` is numbered before `alpha` here; a restored grouper numbers `alpha` first.
+    grouper.observe(at(10, 9), vec![for_tenant("zeta", b"first")]);
+    assert_eq!(grouper.flush(at(10, 10)).len(), 1);
+    grouper.observe(at(10, 11), vec![for_tenant("alpha", b"first")]);
+    assert_eq!(grouper.flush(at(10, 12)).len(), 1);
+    for state in [
+        grouper.state().clone(),
+        serde_json::from_value(serde_json::to_value(grouper.state()).expect("saves")).expect("loads"),
+    ] {
+        let mut restored = Grouper::restore(GroupingConfig::default(), state).expect("valid");
+        // The zeta group exists (flushed at 10:00) and is due a day after its last message.
+        let joined = restored.observe(at(10, 13), vec![for_tenant("zeta", b"second")]);
+        assert_eq!(joined.iter().map(|outcome| outcome.reason).collect::<Vec<_>>(), [Reason::Grouped]);
+        assert_eq!(restored.flush(at(11, 10)).len(), 1, "the zeta group is due a day after its last message");
+        let held = restored.observe(at(12, 10), vec![for_tenant("zeta", b"second")]);
+        assert_eq!(held.iter().map(|outcome| outcome.reason).collect::<Vec<_>>(), [Reason::Repeat]);
+        // A week after it was notified, the cause expires: it is news again.
+        let again = restored.observe(at(18, 11), vec![for_tenant("zeta", b"second")]);
+        assert_eq!(
+            again.iter().map(|outcome| outcome.reason).collect::<Vec<_>>(),
+            [Reason::Grouped],
+            "the cause notified after the restore expired under its own tenant"
+        );
+    }
+}
