@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sos_core::Signal;
 
 use crate::error::Result;
-use crate::explain::{Evaluation, Explain, Explanation, trace_enabled, with_trace, write_because};
+use crate::explain::{Batch, Because, Evaluation, Explain, Explanation, trace_enabled, with_trace};
 use crate::gate::{Gate, Round};
 use crate::ruliad::{Class, Ruliad};
 use crate::store::StateStore;
@@ -19,6 +19,9 @@ use crate::store::StateStore;
 /// [`Fired::render_because`] write it, and [`Gate::round`] writes it when the signal joins its
 /// group (signals held back as repeats, inhibited or flapping are never rendered). Read
 /// `signal` directly only for what the engine decided (id, cause, labels, subject).
+///
+/// The explanations of the signals fired in one batch (one range per thread) share one buffer,
+/// which lives until the last of them is rendered or dropped.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fired {
     /// The index of the entity in the batch.
@@ -30,7 +33,7 @@ pub struct Fired {
     /// The signal; its `because` line is written by [`Fired::into_signal`] (see above).
     pub signal: Signal,
     /// The explanation whose line the signal's evidence does not hold yet.
-    because: Option<Explanation>,
+    because: Option<Because>,
 }
 
 impl Fired {
@@ -49,20 +52,21 @@ impl Fired {
     ) -> Option<Self> {
         let (signal, explanation, pending) = evaluation.into_signal_and_buffer();
         let signal = *signal?;
-        Some(Self { entity, ruliad, class, signal, because: pending.then_some(explanation) })
+        Some(Self { entity, ruliad, class, signal, because: pending.then(|| Because::whole(explanation)) })
     }
 
-    /// The explanation whose `because` line is still to be written into the signal's evidence;
-    /// `None` when there is none (trace off) or it was written.
-    pub fn explanation(&self) -> Option<&Explanation> {
-        self.because.as_ref()
+    /// The explanation whose `because` line is still to be written into the signal's evidence
+    /// (a copy: the engine keeps it in a buffer shared with the batch's other signals); `None`
+    /// when there is none (trace off) or it was written.
+    pub fn explanation(&self) -> Option<Explanation> {
+        self.because.as_ref().map(Because::to_explanation)
     }
 
     /// Writes the pending `because` line into the signal's evidence (nothing when there is
     /// none).
     pub fn render_because(&mut self) {
-        if let Some(explanation) = self.because.take() {
-            write_because(&mut self.signal, &explanation);
+        if let Some(because) = self.because.take() {
+            because.write_into(&mut self.signal);
         }
     }
 
@@ -73,7 +77,7 @@ impl Fired {
     }
 
     /// The signal and the explanation whose line it does not hold yet.
-    pub(crate) fn into_parts(self) -> (Signal, Option<Explanation>) {
+    pub(crate) fn into_parts(self) -> (Signal, Option<Because>) {
         (self.signal, self.because)
     }
 }
@@ -180,6 +184,8 @@ impl<E: Sync> Engine<E> {
         // One recorder for the whole range, passed down to every evaluation and emptied between
         // two: no per-evaluation buffer to take from and hand back to a thread-local.
         let mut why = Explain::new();
+        // The explanations of the signals that fire, in one buffer for the range (trace on).
+        let mut batch = Batch::default();
         // Which ruliads to try for each variant of `E` met so far: a ruliad whose `applies_to`
         // depends only on the variant is asked once per variant here, not once per entity; the
         // others stay in the plan with `check` set and are asked per entity. Batches usually
@@ -201,11 +207,20 @@ impl<E: Sync> Engine<E> {
                 }
                 why.reset();
                 if let Some(signal) = step.ruliad.evaluate_into(now, entity, &mut why) {
-                    fired.push(keep(offset + index, step.index, step.ruliad.class(), signal, &why));
+                    keep(
+                        &mut fired,
+                        offset + index,
+                        step.index,
+                        step.ruliad.class(),
+                        signal,
+                        &why,
+                        &mut batch,
+                    );
                 }
             }
         }
         why.recycle();
+        batch.flush(|index, because| attach(&mut fired, index, because));
         fired
     }
 
@@ -231,14 +246,33 @@ impl<E: Sync> Engine<E> {
     }
 }
 
-/// A fired signal as the engine keeps it: the explanation, when its `because` line is still to
-/// be written, copied as data (one exact-size copy; the recorder is reused). Out of line: few
+/// Keeps a fired signal: its explanation, when its `because` line is still to be written, is
+/// copied as data into the range's `batch` (the recorder is reused), and the signal gets its
+/// range of a shared buffer once that buffer is full or the range ends. Out of line: few
 /// evaluations fire, and a smaller loop keeps the hot path inlined.
 #[cold]
 #[inline(never)]
-fn keep(entity: usize, ruliad: usize, class: Class, signal: Signal, why: &Explain) -> Fired {
-    let because = why.because_pending().then(|| why.explanation().clone());
-    Fired { entity, ruliad, class, signal, because }
+fn keep(
+    fired: &mut Vec<Fired>,
+    entity: usize,
+    ruliad: usize,
+    class: Class,
+    signal: Signal,
+    why: &Explain,
+    batch: &mut Batch,
+) {
+    if why.because_pending() {
+        let at = fired.len();
+        batch.keep(at, why, |index, because| attach(fired, index, because));
+    }
+    fired.push(Fired { entity, ruliad, class, signal, because: None });
+}
+
+/// Gives the signal at `index` of `fired` its explanation.
+fn attach(fired: &mut [Fired], index: usize, because: Because) {
+    if let Some(signal) = fired.get_mut(index) {
+        signal.because = Some(because);
+    }
 }
 
 /// The ruliads to try for one variant of the batch's entities, in the engine's order.

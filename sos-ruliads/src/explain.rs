@@ -9,7 +9,7 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
@@ -568,7 +568,13 @@ impl Explanation {
 
     /// Appends every predicate, `; `-separated, to `out`.
     fn write_line(&self, out: &mut String) {
-        for (index, predicate) in self.predicates.iter().enumerate() {
+        self.write_predicates(&self.predicates, out);
+    }
+
+    /// Appends `predicates` (whose interned text is this explanation's), `; `-separated, to
+    /// `out`.
+    fn write_predicates(&self, predicates: &[Predicate], out: &mut String) {
+        for (index, predicate) in predicates.iter().enumerate() {
             if index > 0 {
                 out.push_str("; ");
             }
@@ -580,6 +586,13 @@ impl Explanation {
     /// returns the offset its interned text moved by.
     pub(crate) fn append(&mut self, other: &Explanation) -> u32 {
         let offset = u32::try_from(self.texts.len()).unwrap_or(u32::MAX);
+        if other.texts.is_empty() {
+            // Nothing interned (the usual case): one copy of the packed records, no shifting.
+            // A `Value::Interned` of empty text may still be there; it resolves to "" wherever
+            // it points.
+            self.predicates.extend_from_slice(&other.predicates);
+            return offset;
+        }
         self.texts.push_str(&other.texts);
         self.predicates.extend(other.predicates.iter().map(|predicate| predicate.shifted(offset)));
         offset
@@ -1040,11 +1053,136 @@ pub struct Evaluation {
 /// Adds `explanation` as one line (`"because"`) to `signal`'s evidence, when the evidence is an
 /// object (as [`Explain::fire`] builds it).
 pub(crate) fn write_because(signal: &mut Signal, explanation: &Explanation) {
+    write_because_of(signal, explanation, &explanation.predicates);
+}
+
+/// [`write_because`] of `predicates`, whose interned text is `texts`'.
+fn write_because_of(signal: &mut Signal, texts: &Explanation, predicates: &[Predicate]) {
     if let serde_json::Value::Object(evidence) = signal.evidence_mut() {
         // One line, as people read it: "idle 9 d > 7 d; stage negotiation not in [...]".
-        let mut because = String::with_capacity(40 * explanation.len());
-        explanation.write_line(&mut because);
+        let mut because = String::with_capacity(40 * predicates.len());
+        texts.write_predicates(predicates, &mut because);
         evidence.insert("because".to_owned(), serde_json::Value::String(because));
+    }
+}
+
+/// A fired signal's explanation, whose `because` line its evidence does not hold yet: in the
+/// engine, a range of a buffer that holds the explanations of the signals fired around it in
+/// the same batch range (see [`Batch`]), so that keeping one costs a copy into that buffer, not
+/// an allocation of its own; the buffer lives as long as the last signal still holding a range
+/// of it. Outside the engine, the evaluation's own explanation.
+#[derive(Debug, Clone)]
+pub(crate) enum Because {
+    /// An explanation of its own (a signal fired outside the engine's batch, through
+    /// [`crate::engine::Fired::from_evaluation`]); its buffer is recycled once written.
+    Own(Explanation),
+    /// A range of a buffer shared with the other signals fired in the same batch range.
+    Shared { batch: Arc<Explanation>, start: u32, end: u32 },
+}
+
+impl Because {
+    /// The whole of `explanation` (a fired signal kept outside the engine's batch).
+    pub(crate) fn whole(explanation: Explanation) -> Self {
+        Self::Own(explanation)
+    }
+
+    /// The explanation holding the interned text, and the predicates.
+    fn parts(&self) -> (&Explanation, &[Predicate]) {
+        match self {
+            Self::Own(explanation) => (explanation, &explanation.predicates),
+            Self::Shared { batch, start, end } => {
+                (batch, batch.predicates.get(*start as usize..*end as usize).unwrap_or_default())
+            }
+        }
+    }
+
+    /// The explanation as one of its own (interned text copied along).
+    pub(crate) fn to_explanation(&self) -> Explanation {
+        let (texts, predicates) = self.parts();
+        let mut own = Explanation::new();
+        own.predicates.reserve_exact(predicates.len());
+        for predicate in predicates {
+            let mut predicate = *predicate;
+            for value in [&mut predicate.observed, &mut predicate.threshold] {
+                if let Value::Interned(id) = *value {
+                    *value = own.intern(texts.resolve(id).unwrap_or("<text>"));
+                }
+            }
+            own.push(predicate);
+        }
+        own
+    }
+
+    /// Adds the explanation as one line (`"because"`) to `signal`'s evidence (see
+    /// [`write_because`]).
+    pub(crate) fn write_into(&self, signal: &mut Signal) {
+        let (texts, predicates) = self.parts();
+        write_because_of(signal, texts, predicates);
+    }
+
+    /// Hands an explanation of its own back to this thread's spare buffer, which the next
+    /// evaluation's recorder takes (no allocation per signal on the gate's path); a shared
+    /// buffer is simply released.
+    pub(crate) fn recycle(self) {
+        if let Self::Own(explanation) = self {
+            recycle(explanation);
+        }
+    }
+}
+
+/// Equal when the predicates say the same, text resolved.
+impl PartialEq for Because {
+    fn eq(&self, other: &Self) -> bool {
+        let ((my_texts, mine), (their_texts, theirs)) = (self.parts(), other.parts());
+        mine.len() == theirs.len() && mine.iter().zip(theirs).all(|(a, b)| my_texts.same(a, their_texts, b))
+    }
+}
+
+/// The explanations of the signals fired in one batch range, collected into shared buffers as
+/// they fire (the engine's path): [`Batch::keep`] copies the recorder's predicates in and
+/// remembers their range; once a buffer holds about [`Batch::CHUNK`] predicates it is shared
+/// among its signals ([`Batch::flush`]) and the next one starts. Buffers of a bounded size come
+/// from the allocator's heap and are reused from one batch to the next, where one buffer growing
+/// to the whole batch (tens of MB for a million deals) would be mapped and faulted in afresh on
+/// every batch; no signal holds more than one buffer alive.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    kept: Explanation,
+    /// (index of the fired signal in the range's list, start, end) for each explanation in
+    /// `kept`.
+    ranges: Vec<(usize, u32, u32)>,
+}
+
+impl Batch {
+    /// The predicates one shared buffer holds before the next one starts (72 KiB of records,
+    /// under the allocator's 128 KiB threshold for mapping memory).
+    pub(crate) const CHUNK: usize = 1_024;
+
+    /// Copies `why`'s explanation in, for the fired signal at `index` of the range's list;
+    /// `attach` gives the signals of a full buffer their explanations (see [`Batch::flush`]).
+    #[inline]
+    pub(crate) fn keep(&mut self, index: usize, why: &Explain, attach: impl FnMut(usize, Because)) {
+        if !self.kept.is_empty() && self.kept.len() + why.explanation.len() > Self::CHUNK {
+            self.flush(attach);
+            self.kept.predicates.reserve_exact(Self::CHUNK);
+        }
+        let start = u32::try_from(self.kept.len()).unwrap_or(u32::MAX);
+        self.kept.append(&why.explanation);
+        let end = u32::try_from(self.kept.len()).unwrap_or(u32::MAX);
+        self.ranges.push((index, start, end));
+    }
+
+    /// Shares the current buffer: calls `attach` with each index given to [`Batch::keep`] since
+    /// the last flush and that signal's explanation, and starts an empty buffer. Nothing when
+    /// nothing was kept (trace off).
+    pub(crate) fn flush(&mut self, mut attach: impl FnMut(usize, Because)) {
+        if self.ranges.is_empty() {
+            return;
+        }
+        let batch = Arc::new(std::mem::take(&mut self.kept));
+        for (index, start, end) in self.ranges.drain(..) {
+            attach(index, Because::Shared { batch: Arc::clone(&batch), start, end });
+        }
     }
 }
 

@@ -35,7 +35,7 @@ use sos_core::{Sha256Digest, Signal, SignalKind, TenantId};
 use crate::ceiling::{Admission, Attempt, TriggerCeiling};
 use crate::engine::Fired;
 use crate::error::Result;
-use crate::explain::Explanation;
+use crate::explain::Because;
 use crate::grouping::{Grouper, GroupingConfig, GroupingState, Members, Notification, Suppressed};
 use crate::ruliad::Class;
 use crate::store::{CauseClaim, StateStore};
@@ -112,7 +112,7 @@ pub struct Gate {
 struct Buffers {
     signals: Vec<Signal>,
     /// The explanations whose `because` line `signals` do not hold yet, one per signal.
-    explanations: Vec<Option<Explanation>>,
+    explanations: Vec<Option<Because>>,
     due: Vec<Notification>,
     claimed: Vec<bool>,
 }

@@ -26,7 +26,7 @@ use smallvec::SmallVec;
 use sos_core::{Sha256Digest, Signal, SignalId, SignalKind, TenantId};
 
 use crate::error::{Error, Result};
-use crate::explain::{Explanation, recycle, time_text, write_because};
+use crate::explain::{Because, time_text};
 use crate::hashing::SeededMap;
 use crate::trust::Reason;
 
@@ -614,7 +614,7 @@ impl Grouper {
         &mut self,
         now: DateTime<Utc>,
         active: &mut Vec<Signal>,
-        explanations: &mut Vec<Option<Explanation>>,
+        explanations: &mut Vec<Option<Because>>,
         outcomes: &mut Vec<Suppressed>,
     ) {
         self.expire(now);
@@ -678,11 +678,12 @@ impl Grouper {
             let due = group.due(&self.config);
             let delayed = (due > now).then(|| (signal.id(), signal.kind().clone()));
             let mut signal = signal;
-            if let Some(explanation) = because {
-                write_because(&mut signal, &explanation);
-                // The buffer goes back to this thread's spare, which the next evaluation's
-                // recorder takes (as the engine does with its own): no allocation per signal.
-                recycle(explanation);
+            if let Some(because) = because {
+                because.write_into(&mut signal);
+                // An explanation of its own goes back to this thread's spare, which the next
+                // evaluation's recorder takes (as the engine does with its own): no allocation
+                // per signal. A shared one is the engine batch's and is only released.
+                because.recycle();
             }
             group.join(signal);
             if let Some((id, kind)) = delayed {

@@ -133,7 +133,7 @@ fn the_because_line_is_rendered_on_demand_from_the_kept_explanation() {
     let mut fired = serial.evaluate_batch(at(10, 9), std::slice::from_ref(&entity));
     let first = fired.remove(0);
     assert!(first.signal.evidence().get("because").is_none(), "not rendered while evaluating");
-    assert_eq!(first.explanation().map(ToString::to_string), Some(line.clone()));
+    assert_eq!(first.explanation().map(|explanation| explanation.to_string()), Some(line.clone()));
     let signal = first.clone().into_signal();
     assert_eq!(signal.evidence()["because"], line.as_str());
     assert_eq!(signal.id(), first.signal.id());
@@ -201,5 +201,51 @@ fn a_reused_recorder_says_what_evaluate_says() {
             }
             assert!(fired > 0 && stopped > 0, "both outcomes were checked: {fired} fired, {stopped} stopped");
         });
+    }
+}
+
+/// The signals fired in one batch keep their explanations in shared buffers (of 1,024 predicates,
+/// per thread's range): each still reads as its own evaluation's, interned text (a host's stage
+/// name) included, and renders the same `because` line, on one thread and on several, across
+/// the buffers' boundaries.
+#[test]
+fn signals_of_one_batch_keep_their_own_explanations() {
+    use sos_ruliads::Ruliad;
+    let build = || -> Vec<Box<dyn Ruliad<sos_ruliads::crm::Record>>> {
+        let mut ruliads: Vec<Box<dyn Ruliad<sos_ruliads::crm::Record>>> =
+            ["stale-deal-nudge", "close-date-passed", "stuck-in-stage", "hot-opportunity-flag"]
+                .iter()
+                .map(|name| catalog::build(name, &serde_json::Value::Null).expect("defaults"))
+                .collect();
+        ruliads.push(Box::new(OddDealsOnly));
+        ruliads
+    };
+    let stages = [Stage::Discovery, Stage::Other("pilot".into()), Stage::Negotiation];
+    // Idle 8 or 9 days: every deal fires the stale-deal nudge, with three predicates.
+    let batch: Vec<_> = (0..1_500)
+        .map(|index| deal(&format!("d{index}"), stages[index % 3].clone(), Some(1 + (index % 2) as u32)))
+        .collect();
+    let direct = build();
+    for threads in [1, 3] {
+        let engine = Engine::new(build()).with_parallelism(threads, 1);
+        let fired = engine.evaluate_batch(at(10, 9), &batch);
+        let predicates: usize = fired
+            .iter()
+            .filter_map(sos_ruliads::engine::Fired::explanation)
+            .map(|explanation| explanation.len())
+            .sum();
+        assert!(predicates > 3 * 1_024, "enough to fill several buffers: {predicates} predicates");
+        let interned = fired
+            .iter()
+            .filter_map(sos_ruliads::engine::Fired::explanation)
+            .filter(|explanation| explanation.to_string().contains("pilot"))
+            .count();
+        assert!(interned > 0, "some explanations hold interned text");
+        for signal in fired {
+            let evaluation = direct[signal.ruliad].evaluate(at(10, 9), &batch[signal.entity]);
+            assert_eq!(signal.explanation().as_ref(), Some(evaluation.explanation()));
+            let expected = evaluation.into_signal().expect("fired directly too");
+            assert_eq!(signal.into_signal(), expected);
+        }
     }
 }
