@@ -83,8 +83,9 @@ pub struct TreeState {
 /// Stored tiles with their keys, as C2SP bytes (concatenated 32-byte hashes).
 pub type StoredTiles = Vec<(TileKey, Vec<u8>)>;
 
-/// What one tree extension ([`MerkleStore::extend_tree_reported`]) read and wrote, in its one
-/// transaction: enough for a [`Checkpointer`] to check the extension against a signed tree
+/// What one tree extension ([`MerkleStore::extend_tree_reported`]) read, from one consistent
+/// state of the database, and wrote, in one transaction that found the tree head still as read
+/// (SQLite reads from a snapshot before it takes the write lock): enough for a [`Checkpointer`] to check the extension against a signed tree
 /// without reading the new entries a second time.
 ///
 /// The extension resumed a [`TileBuilder`] from `edges` at `before.size` leaves, pushed the leaf
@@ -94,7 +95,7 @@ pub type StoredTiles = Vec<(TileKey, Vec<u8>)>;
 pub struct TreeExtension {
     /// The stored tree's state it started from.
     pub before: TreeState,
-    /// The stored hash of the chain's entry `before.size`, read in the same transaction (`None`
+    /// The stored hash of the chain's entry `before.size`, read with `before` (`None`
     /// when the tree was empty or that entry is missing from the chain).
     pub before_entry_hash: Option<Sha256Digest>,
     /// The edge tiles of the tree of `before.size` leaves it resumed from, as C2SP bytes, each
@@ -243,8 +244,9 @@ pub trait MerkleStore: AuditStore {
 
     /// As [`MerkleStore::extend_tree`], and reports what the extension read and wrote when it
     /// appended at least one entry ([`TreeExtension`]), so that a [`Checkpointer`] need not read
-    /// the new entries again to re-derive them. An implementation must report exactly what its
-    /// transaction read and committed: the checkpointer signs the reported root once it has
+    /// the new entries again to re-derive them. An implementation must report exactly what it
+    /// read (one consistent state, whose tree head is still the stored one when it writes) and
+    /// committed: the checkpointer signs the reported root once it has
     /// checked the report against the signed tree and the stored tiles.
     ///
     /// The default calls [`MerkleStore::extend_tree`] and reports nothing (the checkpointer
