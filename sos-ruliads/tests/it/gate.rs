@@ -945,13 +945,18 @@ impl sos_ruliads::Ruliad<Item> for HasWords {
 
 /// The items of round `round`: two tenants; every third item grows a word every other round
 /// (news again), the others stay as they are (held back as `repeat` once notified).
+/// Items per tenant: enough that a serial batch's explanations fill more than one of the
+/// engine's shared buffers (1,024 predicates each).
+const RECYCLING_ITEMS: usize = 48;
+
 fn recycling_items(round: usize) -> Vec<Item> {
     let mut items = Vec::new();
     for (tenant, prefix) in [("acme", "a"), ("globex", "g")] {
-        for index in 0..6_usize {
+        for index in 0..RECYCLING_ITEMS {
             let grown = if index % 3 == 0 { round / 2 } else { 0 };
-            let words =
-                (0..index + grown).map(|word| format!("{prefix}{index}-{}", "w".repeat(word + 1))).collect();
+            let words = (0..index + grown)
+                .map(|word| format!("{prefix}{index}-{}", "w".repeat(word % 7 + 1)))
+                .collect();
             items.push(Item {
                 tenant: tenant.parse().expect("valid tenant"),
                 id: format!("{prefix}{index}"),
@@ -971,8 +976,22 @@ fn recycling_items(round: usize) -> Vec<Item> {
 /// evaluation renders on a fresh thread: nothing of another signal, rule or tenant.
 #[test]
 fn recycled_explanation_never_leaks_into_another_signal() {
-    let engine: Engine<Item> =
-        Engine::new(vec![Box::new(HasWords), Box::new(EveryWord)]).with_parallelism(1, usize::MAX);
+    // Serial (one range, its explanations over two shared buffers) and on two threads (a
+    // range, and buffers, per thread).
+    for (threads, threshold) in [(1, usize::MAX), (2, 8)] {
+        let engine: Engine<Item> =
+            Engine::new(vec![Box::new(HasWords), Box::new(EveryWord)]).with_parallelism(threads, threshold);
+        let kept: usize = engine
+            .evaluate_batch(at(10, 9), &recycling_items(0))
+            .iter()
+            .map(|fired| fired.explanation().map_or(0, |explanation| explanation.len()))
+            .sum();
+        assert!(kept > 1_024, "the batch's explanations fill more than one shared buffer: {kept}");
+        recycled_explanations_are_each_signals_own(&engine);
+    }
+}
+
+fn recycled_explanations_are_each_signals_own(engine: &Engine<Item>) {
     let grouping = GroupingConfig {
         // Rounds are 10 minutes apart: a group flushed in one round is not due in the next, so
         // its new members are still pending when they fire again a round later.
@@ -1025,7 +1044,7 @@ fn recycled_explanation_never_leaks_into_another_signal() {
             let because = signal.evidence()["because"].as_str().expect("a because line");
             assert_eq!(Some(because), expected.get(&signal.id()).map(String::as_str), "{signal:?}");
             let prefix = if signal.tenant().as_str() == "acme" { "g" } else { "a" };
-            for index in 0..6 {
+            for index in 0..RECYCLING_ITEMS {
                 assert!(!because.contains(&format!("{prefix}{index}-")), "another tenant's words: {because}");
             }
         }
