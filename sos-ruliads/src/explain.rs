@@ -1071,7 +1071,7 @@ fn write_because_of(signal: &mut Signal, texts: &Explanation, predicates: &[Pred
 /// the same batch range (see [`Batch`]), so that keeping one costs a copy into that buffer, not
 /// an allocation of its own; the buffer lives as long as the last signal still holding a range
 /// of it. Outside the engine, the evaluation's own explanation.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) enum Because {
     /// An explanation of its own (a signal fired outside the engine's batch, through
     /// [`crate::engine::Fired::from_evaluation`]); its buffer is recycled once written.
@@ -1127,6 +1127,16 @@ impl Because {
         if let Self::Own(explanation) = self {
             recycle(explanation);
         }
+    }
+}
+
+/// Printed as the explanation of its own signal, whichever way it is kept: the shared buffer of
+/// a batch holds other signals' predicates and interned text (other rules', entities' and
+/// tenants'), which the `Debug` of one fired signal in a host's log must not show (named shape
+/// `tenant-crosstalk`). Built only when printed.
+impl fmt::Debug for Because {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Because").field(&self.to_explanation()).finish()
     }
 }
 

@@ -1045,7 +1045,10 @@ fn recycled_explanations_are_each_signals_own(engine: &Engine<Item>) {
             assert_eq!(Some(because), expected.get(&signal.id()).map(String::as_str), "{signal:?}");
             let prefix = if signal.tenant().as_str() == "acme" { "g" } else { "a" };
             for index in 0..RECYCLING_ITEMS {
-                assert!(!because.contains(&format!("{prefix}{index}-")), "another tenant's words: {because}");
+                assert!(
+                    !because.contains(&format!("{prefix}{index}-w")),
+                    "another tenant's words: {because}"
+                );
             }
         }
         // The spare buffer the next evaluation on this thread records into is empty.
@@ -1152,5 +1155,35 @@ proptest::proptest! {
             proptest::prop_assert_eq!(&actual, &expected);
             proptest::prop_assert_eq!(format!("{actual:?}"), format!("{expected:?}"));
         }
+    }
+}
+
+/// Named shape `tenant-crosstalk` in what a host logs: the engine keeps the explanations of a
+/// batch's fired signals in buffers shared by up to 1,024 predicates' worth of signals, of any
+/// rule, entity and tenant. The `Debug` of one [`Fired`] (as a host logs a signal it is about to
+/// hand on) shows its own explanation only, exactly as the same signal fired on its own does:
+/// before, it printed the whole shared buffer, with the words of other tenants' entities.
+#[test]
+fn tenant_crosstalk_a_fired_signals_debug_shows_only_its_own_explanation() {
+    let engine: Engine<Item> =
+        Engine::new(vec![Box::new(HasWords), Box::new(EveryWord)]).with_parallelism(1, usize::MAX);
+    let (now, items) = (at(10, 9), recycling_items(0));
+    let fired = engine.evaluate_batch(now, &items);
+    assert!(fired.len() > 50);
+    for one in &fired {
+        let ruliad = &engine.ruliads()[one.ruliad];
+        let alone = Fired::from_evaluation(
+            one.entity,
+            one.ruliad,
+            one.class,
+            ruliad.evaluate(now, &items[one.entity]),
+        )
+        .expect("fires alone too");
+        let other = if one.signal.tenant().as_str() == "acme" { "g" } else { "a" };
+        let printed = format!("{one:?}");
+        for index in 0..RECYCLING_ITEMS {
+            assert!(!printed.contains(&format!("{other}{index}-w")), "another tenant's words: {printed}");
+        }
+        assert_eq!(printed, format!("{alone:?}"));
     }
 }
