@@ -684,4 +684,85 @@ mod tests {
         assert_eq!(checkpoints.last().expect("one").size(), 420);
         assert_log_is_whole(&chain, &key, &checkpoints, 420).await;
     }
+
+    /// Review of the two phases: a database administrator who rewrites a stored tile between
+    /// the snapshot and the write lock leaves the head as it was, so the planned extension is
+    /// written; the checkpointer must still refuse to sign, exactly as for a rewrite after the
+    /// commit (the upper tile holds the hash of the first 256 leaves, which the signed root
+    /// covers and this extension does not rewrite).
+    #[tokio::test]
+    async fn sqlite_tile_rewritten_between_the_phases_is_never_signed() {
+        let (chain, database) = database().await;
+        let key = NoteSigner::generate(LOG).expect("key").to_key_string();
+        append(&chain, 0, 266).await;
+        let signed = checkpointer(&chain, &key).checkpoint_now(&acme()).await.expect("checkpoint");
+        assert_eq!(signed.size(), 266);
+        append(&chain, 266, 10).await;
+        let (_, planned) = chain.plan_extension_from_snapshot(&acme(), EXTEND_BATCH).await.expect("plan");
+        let planned = planned.expect("ten entries are pending");
+        assert!(
+            planned.written.iter().all(|(key, _)| *key != TileKey { level: 1, index: 0 }),
+            "the extension does not rewrite the tile under attack"
+        );
+
+        let rewritten = sqlx::query(
+            "UPDATE audit_tree_tiles SET hashes = randomblob(32) WHERE tenant = 'acme' AND level = 1 AND idx = 0",
+        )
+        .execute(database.pool())
+        .await
+        .expect("rewrite");
+        assert_eq!(rewritten.rows_affected(), 1, "the administrator rewrote one tile");
+
+        assert!(
+            chain.commit_planned_extension(&acme(), &planned).await.expect("commit"),
+            "the head did not move, so the plan is written"
+        );
+        let refused = checkpointer(&chain, &key).checkpoint_now(&acme()).await;
+        assert!(
+            matches!(refused, Err(crate::Error::Forked { .. } | crate::Error::RewrittenTree { .. })),
+            "a tree whose stored hashes no longer give the signed root is never signed: {refused:?}"
+        );
+        assert_eq!(
+            chain.latest_checkpoint(&acme()).await.expect("latest").expect("one").size(),
+            266,
+            "no checkpoint was recorded over the rewritten tree"
+        );
+    }
+
+    /// Review of the two phases: the head row rewritten between them (same size, another last
+    /// entry hash, or deleted) is a moved head, and the plan is not written.
+    #[tokio::test]
+    async fn sqlite_head_rewritten_between_the_phases_refuses_the_plan() {
+        for rewrite in [
+            "UPDATE audit_tree_heads SET last_entry_hash = randomblob(32) WHERE tenant = 'acme'",
+            "DELETE FROM audit_tree_heads WHERE tenant = 'acme'",
+        ] {
+            let (chain, database) = database().await;
+            let key = NoteSigner::generate(LOG).expect("key").to_key_string();
+            append(&chain, 0, 5).await;
+            checkpointer(&chain, &key).checkpoint_now(&acme()).await.expect("checkpoint");
+            append(&chain, 5, 5).await;
+            let (_, planned) = chain.plan_extension_from_snapshot(&acme(), EXTEND_BATCH).await.expect("plan");
+            let planned = planned.expect("five entries are pending");
+            let tiles_before =
+                chain.read_tiles(&acme(), &[TileKey { level: 0, index: 0 }]).await.expect("tiles");
+            let changed = sqlx::query(rewrite).execute(database.pool()).await.expect("rewrite");
+            assert_eq!(changed.rows_affected(), 1, "{rewrite}");
+            let after_rewrite = chain.tree_state(&acme()).await.expect("state");
+            assert!(
+                !chain.commit_planned_extension(&acme(), &planned).await.expect("commit"),
+                "a rewritten head is a moved head: {rewrite}"
+            );
+            assert_eq!(
+                chain.tree_state(&acme()).await.expect("state"),
+                after_rewrite,
+                "nothing written: {rewrite}"
+            );
+            assert_eq!(
+                chain.read_tiles(&acme(), &[TileKey { level: 0, index: 0 }]).await.expect("tiles"),
+                tiles_before,
+                "no tile written: {rewrite}"
+            );
+        }
+    }
 }
