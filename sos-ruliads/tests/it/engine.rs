@@ -249,3 +249,65 @@ fn signals_of_one_batch_keep_their_own_explanations() {
         }
     }
 }
+
+/// Review of the shared explanation buffers: records many predicates on some deals (more than
+/// one buffer holds, in one explanation) and one on the others, with run-time text holding
+/// format directives and multi-byte characters.
+#[derive(Debug)]
+struct Verbose;
+
+impl sos_ruliads::Ruliad<sos_ruliads::crm::Record> for Verbose {
+    fn name(&self) -> &str {
+        "verbose"
+    }
+    fn evaluate(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        record: &sos_ruliads::crm::Record,
+    ) -> sos_ruliads::Evaluation {
+        use sos_ruliads::{Op, Predicate};
+        let mut why = sos_ruliads::Explain::new();
+        let sos_ruliads::crm::Record::Deal(deal) = record else { return why.stop() };
+        let many = if deal.id.ends_with('0') { 1_500 } else { 1 };
+        for step in 0..many {
+            let word = why.text(&format!("{{stage}} %s ünï 🦀 {}#{step}", deal.id));
+            why.check(Predicate::custom("step", word, Op::Ne, "closed", true));
+        }
+        why.fire(
+            sos_ruliads::Draft::new(&deal.tenant, "verbose", now).subject(deal.id.clone()).text("{0} %s"),
+        )
+    }
+}
+
+/// An explanation larger than one shared buffer, run-time text with `{`, `%s` and multi-byte
+/// characters (shape `format-injection`), one and two threads: every signal the engine fired
+/// carries exactly its own explanation and renders the `because` line `evaluate` gives, and a
+/// clone renders it too after the batch's other signals are gone.
+#[test]
+fn an_explanation_larger_than_a_shared_buffer_stays_whole_and_its_own() {
+    use sos_ruliads::Ruliad;
+    let batch: Vec<_> =
+        (0..40).map(|index| deal(&format!("d{index}"), Stage::Negotiation, Some(1))).collect();
+    for threads in [1, 2] {
+        let engine = Engine::new(vec![Box::new(Verbose) as Box<dyn Ruliad<_>>]).with_parallelism(threads, 1);
+        let fired = engine.evaluate_batch(at(10, 9), &batch);
+        assert_eq!(fired.len(), batch.len(), "every deal fires");
+        let largest = fired.iter().filter_map(|signal| signal.explanation()).map(|e| e.len()).max();
+        assert_eq!(largest, Some(1_500), "one explanation fills more than a buffer");
+        let clones: Vec<_> = fired.iter().step_by(7).cloned().collect();
+        for signal in fired {
+            let evaluation = Verbose.evaluate(at(10, 9), &batch[signal.entity]);
+            assert_eq!(signal.explanation().as_ref(), Some(evaluation.explanation()), "{threads} thread(s)");
+            assert_eq!(signal.into_signal(), evaluation.into_signal().expect("fires directly too"));
+        }
+        for clone in clones {
+            let expected = Verbose.evaluate(at(10, 9), &batch[clone.entity]).into_signal().expect("fires");
+            let rendered = clone.into_signal();
+            assert!(
+                rendered.evidence().to_string().contains("%s ünï 🦀"),
+                "the run-time text is shown as written"
+            );
+            assert_eq!(rendered, expected, "a clone outlives its batch's other signals");
+        }
+    }
+}
